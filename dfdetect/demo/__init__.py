@@ -1,0 +1,1 @@
+"""`dfdetect demo`: a generated corpus run through every stage that exists, offline."""

@@ -1,0 +1,1 @@
+"""Stage 1: decode any audio, apply the seed's frontend, index datasets (and, later, write stores)."""

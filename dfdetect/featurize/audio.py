@@ -1,0 +1,233 @@
+"""Decode audio from any common container into float32 samples, without trusting the extension.
+
+The container is sniffed from the first bytes (Deepfake-Eval-2024 ships MP4/M4A files named `.dat`,
+and scraped archives mislabel files all the time). WAV, FLAC, OGG (Vorbis, Opus), MP3 and AIFF go
+through libsndfile (soundfile), which is fast and exact; MP4/M4A/AAC, WebM/Matroska and anything
+libsndfile refuses go through FFmpeg (PyAV).
+
+Every failure raises `AudioError` naming the file and the reason, so a batch can record it and
+move on.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Union
+
+import numpy as np
+import soundfile as sf
+
+Source = Union[str, os.PathLike, bytes, BinaryIO]
+
+# Magic bytes -> container name. Order matters only for overlapping prefixes.
+_SIGNATURES: list[tuple[int, bytes, str]] = [
+    (0, b"fLaC", "flac"),
+    (0, b"OggS", "ogg"),
+    (0, b"ID3", "mp3"),
+    (0, b"FORM", "aiff"),
+    (0, b"\x1a\x45\xdf\xa3", "matroska"),
+    (0, b"ADIF", "aac"),
+    (0, b"caff", "caf"),
+    (4, b"ftyp", "mp4"),
+]
+_SOUNDFILE_CONTAINERS = {"wav", "flac", "ogg", "mp3", "aiff", "caf"}
+
+
+class AudioError(Exception):
+    """A clip that cannot be used: the message names the file and why. `kind` is a short stable
+    tag (e.g. "empty", "decode_failed", "silent") so batches can tabulate errors by kind."""
+
+    def __init__(self, where: str, kind: str, reason: str):
+        super().__init__(f"{where}: {reason}")
+        self.where = where
+        self.kind = kind
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Audio:
+    samples: np.ndarray  # float32, shape [channels, frames], nominally in [-1, 1]
+    sample_rate: int
+    container: str       # what the bytes are, whatever the file name says
+
+    @property
+    def channels(self) -> int:
+        return self.samples.shape[0]
+
+    @property
+    def frames(self) -> int:
+        return self.samples.shape[1]
+
+    @property
+    def duration(self) -> float:
+        return self.frames / self.sample_rate
+
+
+def sniff_container(head: bytes) -> str | None:
+    """Name the container from the first bytes of a file, or None when it is not one we know."""
+    if head[:4] in (b"RIFF", b"RF64", b"BW64") and head[8:12] == b"WAVE":
+        return "wav"
+    for offset, magic, name in _SIGNATURES:
+        if head[offset:offset + len(magic)] == magic:
+            return name
+    # Raw MPEG audio: an 11-bit frame sync. Layer bits 01 = layer III (MP3); 00 = ADTS AAC.
+    if len(head) >= 2 and head[0] == 0xFF and (head[1] & 0xE0) == 0xE0:
+        return "aac" if (head[1] & 0x06) == 0 else "mp3"
+    return None
+
+
+def describe(source: Source, name: str | None = None) -> str:
+    """How messages name a source: the given name, else the path, else what kind of thing it is."""
+    if name:
+        return name
+    if isinstance(source, (bytes, bytearray)):
+        return "<bytes>"
+    if hasattr(source, "read"):
+        return str(getattr(source, "name", "<stream>"))
+    return str(source)
+
+
+def _read_source(source: Source, where: str) -> bytes:
+    """All bytes of the source. Clips are seconds to minutes long; long files are handled by the
+    streaming scorer, not here."""
+    if isinstance(source, (bytes, bytearray)):
+        return bytes(source)
+    if hasattr(source, "read"):
+        return source.read()
+    path = Path(source)
+    if path.is_dir():
+        raise AudioError(where, "is_directory", "is a directory, expected an audio file")
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise AudioError(where, "not_found", "file not found") from None
+    except OSError as e:
+        raise AudioError(where, "unreadable", f"cannot read file ({e.strerror or e})") from None
+    return data
+
+
+def decode(source: Source, name: str | None = None) -> Audio:
+    """Decode a path, bytes or binary stream into float32 samples [channels, frames]."""
+    where = describe(source, name)
+    data = _read_source(source, where)
+    if not data:
+        raise AudioError(where, "empty", "empty file (0 bytes)")
+    container = sniff_container(data[:16])
+    if container is None:
+        raise AudioError(
+            where,
+            "unknown_container",
+            f"not a recognised audio container (first bytes {data[:8].hex(' ')}); "
+            "supported: WAV, FLAC, OGG/Vorbis/Opus, MP3, AAC, MP4/M4A, WebM/Matroska, AIFF",
+        )
+    errors = []
+    if container in _SOUNDFILE_CONTAINERS:
+        try:
+            return _decode_soundfile(data, container)
+        except sf.LibsndfileError as e:
+            errors.append(f"libsndfile: {e.error_string}")
+        except (RuntimeError, ValueError) as e:
+            errors.append(f"libsndfile: {e}")
+    try:
+        return _decode_ffmpeg(data, container)
+    except _NoAudio as e:
+        raise AudioError(where, "no_audio", str(e)) from None
+    except Exception as e:  # FFmpeg raises many types for broken bytes; all mean "cannot decode"
+        errors.append(f"ffmpeg: {getattr(e, 'strerror', None) or e}")
+    raise AudioError(where, "decode_failed", f"cannot decode {container} data ({'; '.join(errors)})")
+
+
+class _NoAudio(Exception):
+    pass
+
+
+def _decode_soundfile(data: bytes, container: str) -> Audio:
+    samples, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    return Audio(np.ascontiguousarray(samples.T), int(rate), container)
+
+
+def _decode_ffmpeg(data: bytes, container: str) -> Audio:
+    import av  # imported lazily: FFmpeg's libraries are large and most corpora are WAV/FLAC
+
+    with av.open(io.BytesIO(data), mode="r") as f:
+        if not f.streams.audio:
+            raise _NoAudio(f"{container} container has no audio stream")
+        stream = f.streams.audio[0]
+        chunks, rate = [], None
+        for frame in f.decode(stream):
+            block = frame.to_ndarray()
+            if frame.format.is_planar:
+                block = block.reshape(len(frame.layout.channels), -1)
+            else:  # packed: samples interleaved in one row
+                block = block.reshape(-1, len(frame.layout.channels)).T
+            chunks.append(_to_float32(block))
+            rate = frame.sample_rate
+    if not chunks:
+        raise _NoAudio(f"{container} audio stream holds no samples")
+    return Audio(np.ascontiguousarray(np.concatenate(chunks, axis=1)), int(rate), container)
+
+
+def _to_float32(block: np.ndarray) -> np.ndarray:
+    if block.dtype.kind == "f":
+        return block.astype(np.float32, copy=False)
+    if block.dtype.kind == "u":  # unsigned 8-bit PCM is centred on 128
+        half = float(np.iinfo(block.dtype).max + 1) / 2
+        return ((block.astype(np.float32) - half) / half).astype(np.float32)
+    return (block.astype(np.float32) / float(-np.iinfo(block.dtype).min)).astype(np.float32)
+
+
+# -- encoding ---------------------------------------------------------------------------------
+# name -> (soundfile format, subtype) for what libsndfile writes; the rest go through FFmpeg.
+_SOUNDFILE_WRITERS = {
+    "wav": ("WAV", "PCM_16"),
+    "wav_u8": ("WAV", "PCM_U8"),
+    "wav_s24": ("WAV", "PCM_24"),
+    "wav_s32": ("WAV", "PCM_32"),
+    "wav_f32": ("WAV", "FLOAT"),
+    "wav_f64": ("WAV", "DOUBLE"),
+    "flac": ("FLAC", "PCM_16"),
+    "mp3": ("MP3", "MPEG_LAYER_III"),
+    "ogg": ("OGG", "VORBIS"),
+    "opus": ("OGG", "OPUS"),
+}
+# name -> (FFmpeg container, codec)
+_FFMPEG_WRITERS = {"m4a": ("ipod", "aac"), "mp4": ("mp4", "aac"), "aac": ("adts", "aac")}
+ENCODINGS = tuple(_SOUNDFILE_WRITERS) + tuple(_FFMPEG_WRITERS)
+OPUS_RATES = (8000, 12000, 16000, 24000, 48000)
+
+
+def encode(samples: np.ndarray, sample_rate: int, fmt: str, bitrate: int | None = None) -> bytes:
+    """Encode float samples [channels, frames] (or [frames]) in `fmt` (see ENCODINGS).
+
+    Used for demo corpora, test fixtures and codec variants: one real encoder per format, so a lossy
+    format really removes what its codec removes. Opus only runs at 8/12/16/24/48 kHz."""
+    x = np.atleast_2d(np.asarray(samples, dtype=np.float32))
+    if fmt in _SOUNDFILE_WRITERS:
+        if fmt == "opus" and sample_rate not in OPUS_RATES:
+            raise ValueError(f"opus needs a sample rate in {OPUS_RATES}, got {sample_rate}")
+        container, subtype = _SOUNDFILE_WRITERS[fmt]
+        buf = io.BytesIO()
+        sf.write(buf, x.T, sample_rate, format=container, subtype=subtype)
+        return buf.getvalue()
+    if fmt not in _FFMPEG_WRITERS:
+        raise ValueError(f"unknown encoding {fmt!r}; choose one of {', '.join(ENCODINGS)}")
+    import av
+
+    container, codec = _FFMPEG_WRITERS[fmt]
+    buf = io.BytesIO()
+    with av.open(buf, mode="w", format=container) as out:
+        stream = out.add_stream(codec, rate=sample_rate, layout="mono" if len(x) == 1 else "stereo")
+        if bitrate:
+            stream.bit_rate = bitrate
+        frame = av.AudioFrame.from_ndarray(
+            np.clip(x, -1, 1), format="fltp", layout="mono" if len(x) == 1 else "stereo"
+        )
+        frame.sample_rate = sample_rate
+        for packet in stream.encode(frame):
+            out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    return buf.getvalue()

@@ -1,0 +1,251 @@
+"""What every dataset adapter returns: one clip table, plus the problems found while building it.
+
+An adapter (one module per corpus, like lhotse's recipes) exposes
+
+    NAME: str                      # the name used by `--dataset`
+    DESCRIPTION: str               # one line for `dfdetect datasets list`
+    def prepare(root: Path) -> DatasetIndex
+
+`prepare` raises `DatasetLayoutError` when the root is not the corpus at all (the message names
+the file or folder it expected and where). Anything wrong with individual rows or files (a file
+named in a protocol that is missing, a label it cannot read) becomes a `Problem` in the index and
+never stops the rest: one bad row in 100,000 must not cost the other 99,999.
+
+Labels everywhere: 1 = fake (spoof), 0 = real (bona fide).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+FAKE, REAL = 1, 0
+
+# Spellings seen in the wild, lower-cased with spaces/underscores/hyphens removed.
+_LABEL_SPELLINGS = {
+    "fake": FAKE, "spoof": FAKE, "spoofed": FAKE, "deepfake": FAKE, "synthetic": FAKE, "1": FAKE,
+    "real": REAL, "bonafide": REAL, "genuine": REAL, "human": REAL, "0": REAL,
+}
+
+
+class DatasetLayoutError(Exception):
+    """The root folder does not look like the dataset: says what was expected where."""
+
+
+@dataclass(frozen=True)
+class Clip:
+    clip_id: str          # unique within the dataset
+    path: str             # absolute path to the audio file
+    label: int            # 1 = fake, 0 = real
+    split: str            # train / dev / eval / test / all ...
+    generator: str = ""   # attack id or generator family; "" for real or unknown
+    speaker: str = ""
+    codec: str = ""
+    language: str = ""
+    date: str = ""
+    source: str = ""      # where the clip came from (website, corpus part, ...)
+
+
+@dataclass(frozen=True)
+class Problem:
+    where: str            # file (and line/row) the problem is about
+    message: str          # what is wrong and what to do
+
+
+@dataclass
+class DatasetIndex:
+    dataset: str
+    root: str
+    clips: list[Clip] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+
+    def counts(self) -> dict:
+        """Counts per split, label and generator: what `datasets show` prints."""
+        by_split: dict[str, Counter] = {}
+        generators: Counter = Counter()
+        for c in self.clips:
+            by_split.setdefault(c.split, Counter())["fake" if c.label == FAKE else "real"] += 1
+            if c.label == FAKE:
+                generators[c.generator or "(unknown)"] += 1
+        return {
+            "clips": len(self.clips),
+            "by_split": {s: dict(cnt) for s, cnt in sorted(by_split.items())},
+            "fake_by_generator": dict(sorted(generators.items())),
+            "problems": len(self.problems),
+        }
+
+    def to_dict(self) -> dict:
+        return {
+            "dataset": self.dataset,
+            "root": self.root,
+            "counts": self.counts(),
+            "problems": [asdict(p) for p in self.problems],
+        }
+
+
+def parse_label(text: str) -> int | None:
+    """Map a label spelling to 1 (fake) / 0 (real); None when the spelling is unknown."""
+    key = str(text).strip().lower().replace("-", "").replace("_", "").replace(" ", "")
+    return _LABEL_SPELLINGS.get(key)
+
+
+def require(path: Path, what: str, expected_layout: str) -> Path:
+    """Fail with a message naming the expected file when a dataset root has the wrong layout."""
+    if not path.exists():
+        raise DatasetLayoutError(
+            f"expected {what} at {path}, but it does not exist.\nExpected layout:\n{expected_layout}"
+        )
+    return path
+
+
+def list_files(folder: Path) -> set[str]:
+    """Names of the regular entries in a folder, read once (one scandir instead of a stat per row)."""
+    try:
+        with os.scandir(folder) as it:
+            return {e.name for e in it if not e.is_dir()}
+    except FileNotFoundError:
+        return set()
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers shared by the adapters: reading metadata text, keeping paths inside the root, checking
+# files with one scandir per folder, and collecting clips with duplicate-id / missing-file checks.
+# ---------------------------------------------------------------------------------------------
+
+def read_text(path: Path) -> tuple[str, Problem | None]:
+    """Read a metadata file as text (UTF-8, a BOM tolerated).
+
+    Bytes that are not UTF-8 are replaced rather than fatal; the returned Problem says so.
+    """
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8-sig"), None
+    except UnicodeDecodeError as exc:
+        text = data.decode("utf-8-sig", errors="replace")
+        return text, Problem(str(path), f"not valid UTF-8 (first bad byte at offset {exc.start}); "
+                                        "undecodable bytes were replaced with U+FFFD")
+
+
+def path_inside(root: str, rel: str) -> str | None:
+    """Absolute, normalised path of `rel` taken under `root`; None when it leaves `root`.
+
+    Lexical only (os.path.normpath, symlinks are not resolved): `..` that climbs out of the root
+    and absolute paths elsewhere are refused; an absolute path that lies under the root is fine.
+    """
+    base = os.path.normpath(os.path.abspath(root))
+    full = os.path.normpath(os.path.join(base, rel))
+    prefix = base if base.endswith(os.sep) else base + os.sep
+    if full == base or full.startswith(prefix):
+        return full
+    return None
+
+
+class IndexBuilder:
+    """Builds one DatasetIndex: duplicate ids, files listed but missing, paths escaping the root.
+
+    Every check ends as a Problem in the index; only `add` decides whether a clip is kept:
+    a duplicate id is skipped, a listed-but-missing file is kept (later stages record it as an
+    error, so every input is accounted for).
+    """
+
+    def __init__(self, dataset: str, root: Path | str):
+        self.root = os.path.normpath(os.path.abspath(root))
+        self.index = DatasetIndex(dataset=dataset, root=self.root)
+        self._ids: set[str] = set()
+        self._listings: dict[str, set[str]] = {}
+        self._bases: dict[tuple[str, str], bool] = {}
+
+    def problem(self, where: str, message: str) -> None:
+        self.index.problems.append(Problem(str(where), message))
+
+    def rel(self, path: Path | str) -> str:
+        """A path shown relative to the root when it is under it (for readable messages)."""
+        p = os.path.abspath(path)
+        try:
+            r = os.path.relpath(p, self.root)
+        except ValueError:
+            return p
+        return p if r.startswith("..") else r.replace(os.sep, "/")
+
+    def resolve(self, rel: str, where: str, base: str | None = None,
+                boundary: str | None = None) -> str | None:
+        """`rel` under `base` (default: the root) as an absolute path, or None plus a Problem when
+        it is empty or escapes `boundary` (default: the root)."""
+        if not rel:
+            self.problem(where, "empty file name; row skipped")
+            return None
+        base = os.path.abspath(base) if base else self.root
+        boundary = boundary or self.root
+        if os.sep not in rel and "/" not in rel and rel not in (".", ".."):
+            # A plain file name (the common case, once per row): only its folder needs checking.
+            inside = self._bases.get((base, boundary))
+            if inside is None:
+                inside = self._bases[(base, boundary)] = path_inside(boundary, base) is not None
+            if inside:
+                return os.path.join(base, rel)
+        full = path_inside(boundary, os.path.join(base, rel))
+        if full is None:
+            self.problem(where, f"path {rel!r} points outside {boundary}; row skipped")
+        return full
+
+    def is_file(self, path: str) -> bool:
+        """Whether `path` is a non-directory entry, with one scandir per folder (cached)."""
+        folder, name = os.path.split(path)
+        names = self._listings.get(folder)
+        if names is None:
+            try:
+                names = list_files(Path(folder))
+            except OSError:            # not a directory, no permission, ...
+                names = set()
+            self._listings[folder] = names
+        return name in names
+
+    def add(self, clip: Clip, where: str, listed_in: str | None = None) -> bool:
+        """Keep `clip` unless its id was seen already. With `listed_in` (e.g. "meta.csv line 7"),
+        a file missing on disk is reported and the clip kept."""
+        if clip.clip_id in self._ids:
+            self.problem(where, f"duplicate clip id {clip.clip_id!r}; later row skipped")
+            return False
+        self._ids.add(clip.clip_id)
+        if listed_in is not None and not self.is_file(clip.path):
+            self.problem(where, f"{clip.path} listed in {listed_in} but missing "
+                                "(kept; it will be recorded as an error)")
+        self.index.clips.append(clip)
+        return True
+
+
+def csv_rows(text: str, delimiter: str = ","):
+    """Yield (start_line, row) from CSV text, skipping blank lines. `start_line` is the 1-based
+    line where the record begins (a quoted field may span lines). A csv.Error is yielded in place
+    of the row, so the caller can report it with its line number and go on."""
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    while True:
+        start = reader.line_num + 1
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            yield start, exc
+            continue
+        if not row or (len(row) == 1 and not row[0].strip()):
+            continue
+        yield start, row
+
+
+def header_key(name: str) -> str:
+    """Normalise a header cell: BOM and surrounding whitespace removed, lower-cased."""
+    return name.replace("\ufeff", "").strip().lower()
+
+
+def protocol_lines(text: str):
+    """Yield (line_number, fields) of a whitespace-separated protocol file (spaces or tabs),
+    skipping blank lines and lines starting with '#'."""
+    for number, line in enumerate(text.splitlines(), start=1):
+        fields = line.split()
+        if fields and not fields[0].startswith("#"):
+            yield number, fields

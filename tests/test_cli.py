@@ -1,0 +1,80 @@
+"""The command line as a user runs it: `datasets list/show` and `demo`."""
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from dfdetect.cli import app
+from dfdetect.demo.corpus import GENERATORS, CorpusSpec, write_corpus
+from dfdetect.demo.run import run_demo
+from dfdetect.featurize.audio import encode
+
+runner = CliRunner()
+
+
+def test_datasets_list_names_every_adapter():
+    result = runner.invoke(app, ["datasets", "list"])
+    assert result.exit_code == 0
+    for name in ("deepfake_eval_2024", "asvspoof5", "asvspoof2019_la", "in_the_wild", "folder", "manifest"):
+        assert name in result.output
+
+
+def test_datasets_show_counts_a_clean_folder(tmp_path):
+    write_corpus(tmp_path, CorpusSpec(real=3, per_generator=2, min_seconds=1, max_seconds=1.5))
+    result = runner.invoke(app, ["datasets", "show", "folder", "--root", str(tmp_path), "--json", "--decode", "-1"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["counts"]["by_split"] == {"all": {"real": 3, "fake": 2 * len(GENERATORS)}}
+    assert report["counts"]["fake_by_generator"] == {g: 2 for g in GENERATORS}
+    assert report["problems"] == []
+
+
+def test_datasets_show_finds_broken_audio_before_the_expensive_pass(tmp_path):
+    (tmp_path / "real").mkdir()
+    (tmp_path / "fake").mkdir()
+    t = np.arange(16000) / 16000
+    (tmp_path / "real" / "ok.wav").write_bytes(encode(np.sin(2 * np.pi * 200 * t), 16000, "wav"))
+    (tmp_path / "fake" / "silent.wav").write_bytes(encode(np.zeros(16000), 16000, "wav"))
+    (tmp_path / "fake" / "not audio.mp3").write_text("<html>403 Forbidden</html>")
+    result = runner.invoke(app, ["datasets", "show", "folder", "--root", str(tmp_path), "--decode", "-1"])
+    assert result.exit_code == 1
+    assert "silent.wav" in result.output and "[silent]" in result.output
+    assert "not audio.mp3" in result.output and "[unknown_container]" in result.output
+
+
+def test_datasets_show_wrong_root_names_the_expected_file(tmp_path):
+    result = runner.invoke(app, ["datasets", "show", "in_the_wild", "--root", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "meta.csv" in result.output
+
+
+def test_datasets_show_unknown_adapter(tmp_path):
+    result = runner.invoke(app, ["datasets", "show", "timit", "--root", str(tmp_path)])
+    assert result.exit_code == 2 and "valid names" in result.output
+
+
+def test_demo_runs_every_stage_and_accounts_for_every_file(tmp_path):
+    spec = CorpusSpec(real=6, per_generator=3, min_seconds=1.0, max_seconds=4.0)
+    summary = run_demo(tmp_path, spec)
+    n_good = spec.real + spec.per_generator * len(GENERATORS)
+    assert summary["index"]["clips"] == n_good + 2
+    assert summary["frontend"]["clips"] == n_good
+    assert sorted(summary["frontend"]["errors"].values()) == ["decode_failed", "empty"]
+    assert summary["frontend"]["mel_shape"] == [2, 128, 301]
+    assert summary["frontend"]["lfcc_shape"] == [60, 301]
+
+
+def test_demo_corpus_is_deterministic(tmp_path):
+    spec = CorpusSpec(real=2, per_generator=1, min_seconds=1.0, max_seconds=1.5)
+    a = write_corpus(tmp_path / "a", spec)
+    b = write_corpus(tmp_path / "b", spec)
+    assert [p.read_bytes() for p in a] == [p.read_bytes() for p in b]
+
+
+@pytest.mark.slow
+def test_demo_command_end_to_end(tmp_path):
+    result = runner.invoke(app, ["demo", "--out", str(tmp_path / "demo")])
+    assert result.exit_code == 0, result.output
+    assert "156 clips" in result.output
