@@ -35,6 +35,66 @@ def demo(
     run_demo(out, console=console)
 
 
+@app.command()
+def featurize(
+    dataset: str = typer.Option(..., "--dataset", help="Adapter name (see `dfdetect datasets list`)."),
+    root: Path = typer.Option(..., "--root", help="The dataset's folder (a CSV file for `manifest`)."),
+    out: str = typer.Option(None, "--out", help="Store path (default: stores/DATASET.zarr)."),
+    features: str = typer.Option("mel,lfcc,wavlm", help="Comma-separated subset of mel,lfcc,wavlm."),
+    wavlm: str = typer.Option("microsoft/wavlm-large", "--wavlm", help="WavLM hub id or local directory."),
+    wavlm_layers: str = typer.Option("6,12,24", help="Hidden states to store (0 = CNN output, 24 = last of Large)."),
+    device: str = typer.Option("auto", help="auto|cpu|cuda for WavLM."),
+    scheduler: str = typer.Option(None, help="tcp://HOST:PORT of an existing dask.distributed scheduler."),
+    workers: int = typer.Option(None, help="Local worker processes (default: one per core; 0: in this process, no dask)."),
+    block_size: int = typer.Option(128, help="Clips per block = rows per shard (the unit of writing)."),
+):
+    """Decode every clip once and write mel, LFCC and frozen WavLM features to a versioned Zarr store.
+
+    Rerun the same command to resume an interrupted run. Exit code 0 when every clip was written,
+    1 when some clips are errors (recorded in the store), 2 when the run could not finish."""
+    from dfdetect.featurize.datasets import DatasetLayoutError
+    from dfdetect.featurize.pipeline import featurize as run
+    from dfdetect.store import StoreError
+
+    wavlm_config = None
+    if "wavlm" in features.split(","):
+        from dfdetect.featurize.wavlm import WavLMConfig, WavLMUnavailableError
+
+        wavlm_config = WavLMConfig(model=wavlm, layers=tuple(int(x) for x in wavlm_layers.split(",")))
+    out = out or f"stores/{dataset}.zarr"
+    try:
+        result = run(dataset, root, out, features=tuple(f.strip() for f in features.split(",")),
+                     wavlm=wavlm_config, device=device, scheduler=scheduler, workers=workers,
+                     block_size=block_size, console=console)
+    except (DatasetLayoutError, StoreError, ValueError) as e:
+        console.print(f"[red]error:[/] {e}", soft_wrap=True)
+        raise typer.Exit(2)
+    except Exception as e:
+        if wavlm_config is not None and isinstance(e, WavLMUnavailableError):
+            console.print(f"[red]error:[/] {e}", soft_wrap=True)
+            raise typer.Exit(2)
+        raise
+    _print_featurize_summary(result)
+    if result.failed_blocks or not result.complete:
+        raise typer.Exit(2)
+    raise typer.Exit(1 if result.errors else 0)
+
+
+def _print_featurize_summary(result) -> None:
+    console.print(
+        f"{result.store}@{result.version}: {result.ok} of {result.n_clips} clips written, "
+        f"{sum(result.errors.values())} errors; {result.blocks_run} blocks run, "
+        f"{result.blocks_skipped} already done; {result.seconds:.1f} s"
+        + ("" if result.complete else " [yellow](incomplete: rerun to finish)[/]"))
+    if result.errors:
+        table = Table("error kind", "clips", "example")
+        for kind, n in result.errors.most_common():
+            table.add_row(kind, str(n), result.error_examples[kind])
+        console.print(table)
+    for block, message in sorted(result.failed_blocks.items()):
+        console.print(f"[red]block {block} failed:[/] {message}", soft_wrap=True)
+
+
 @datasets_app.command("list")
 def datasets_list():
     """Name the dataset adapters and what each expects."""

@@ -1,0 +1,168 @@
+"""Layout of a feature store, and opening one for reading.
+
+    NAME.zarr/                      root group   attrs: dfdetect_store, dataset, dataset_root
+      v-<hash>/                     one version per (frontend config, features, WavLM model+layers,
+                                    dtype, variant); attrs: config, config_hash, clip_table_hash,
+                                    n_clips, block_size, complete, created, dfdetect_version
+        mel          [N, 2, 128, 301]     float16
+        lfcc         [N, 60, 301]         float16
+        wavlm        [N, L, 149, 1024]    float16   attrs: layers (hidden-state indices)
+        wavlm_stats  [N, 25, 2, 1024]     float16   per-layer mean/std over time, all layers
+        meta/        one 1-D array per clip-table column (clip_id, path, label, split, ...) and
+                     per outcome column (status, error_kind, error, duration, sample_rate, ...)
+        block_done   [n_blocks] int8      1 when a block's rows are all written
+    NAME.zarr.lock                  held (flock) by the featurize run writing this store
+
+Rows are clips in the dataset adapter's order, bad clips included (status "error", features NaN):
+every input is accounted for. Shards hold `block_size` rows and are the unit of writing: one
+featurize block writes exactly one shard of every array, so parallel writers never share a shard
+(zarr loses data when several processes write parts of one shard). Chunks inside shards are the
+unit of reading (whole-chunk reads are fast; single rows are not). Float arrays are filled with
+NaN, so a chunk that was never written is caught by the finiteness check in `store verify`,
+and every chunk carries a CRC32C so a corrupted one fails to read instead of returning garbage.
+Completion is never inferred from chunk presence (missing chunks read as the fill value): each
+block sets its `block_done` entry last, and the version's `complete` attribute is set only after
+every block is done.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec, Crc32cCodec
+
+STORE_FORMAT = 1
+VERSION_PREFIX = "v-"
+
+# Columns copied from the dataset adapter's clip table when the version is created.
+CLIP_COLUMNS = ("clip_id", "path", "label", "split", "generator", "speaker", "codec", "language",
+                "date", "source")
+# Columns each block fills with what it found when decoding its clips.
+OUTCOME_COLUMNS = {
+    "status": str,        # "ok" or "error"
+    "error_kind": str,    # AudioError.kind ("" when ok)
+    "error": str,         # the message ("" when ok)
+    "duration": np.float32,      # seconds, of the original file
+    "sample_rate": np.int32,     # original rate
+    "channels": np.int16,
+    "container": str,            # what the bytes were (wav, mp3, mp4, ...)
+}
+OK, ERROR = "ok", "error"
+
+
+class StoreError(Exception):
+    """A store that cannot be used as asked: the message says what is wrong and what to do."""
+
+
+def compressors():
+    # Blosc-zstd with bit-shuffle packs float16 features well; CRC32C makes corruption an error.
+    return [BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle"), Crc32cCodec()]
+
+
+def content_hash(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:12]
+
+
+def version_name(config: dict) -> str:
+    return VERSION_PREFIX + content_hash(config)
+
+
+def parse_store_spec(spec: str) -> tuple[str, str | None, str | None]:
+    """'PATH[@VERSION][:SPLIT]' -> (path, version, split). A ':' inside a URL scheme (s3://) or a
+    Windows drive is not a split separator."""
+    path, split = spec, None
+    head, sep, tail = spec.rpartition(":")
+    if sep and tail and "/" not in tail and not tail.startswith("//") and len(head) > 1:
+        path, split = head, tail
+    version = None
+    if "@" in path.rsplit("/", 1)[-1]:
+        path, version = path.rsplit("@", 1)
+    return path, version, split
+
+
+@dataclass
+class FeatureStore:
+    """One version of a store, opened for reading."""
+
+    path: str
+    version: str
+    group: zarr.Group
+
+    @property
+    def attrs(self) -> dict:
+        return dict(self.group.attrs)
+
+    @property
+    def config(self) -> dict:
+        return self.attrs["config"]
+
+    @property
+    def n_clips(self) -> int:
+        return int(self.attrs["n_clips"])
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.attrs.get("complete", False))
+
+    @property
+    def feature_names(self) -> list[str]:
+        return [k for k in ("mel", "lfcc", "wavlm", "wavlm_stats") if k in self.group]
+
+    def array(self, name: str) -> zarr.Array:
+        if name not in self.group:
+            raise StoreError(f"{self.path}@{self.version} has no array {name!r} "
+                             f"(it has {', '.join(self.feature_names)}); featurize with it first")
+        return self.group[name]
+
+    @cached_property
+    def meta(self) -> dict[str, np.ndarray]:
+        """Every metadata column, read whole (one small read per column)."""
+        g = self.group["meta"]
+        return {name: g[name][:] for name in g.array_keys()}
+
+    def rows(self, split: str | None = None, status: str | None = OK) -> np.ndarray:
+        """Row indices of a split (None: all) with the given status (None: any)."""
+        keep = np.ones(self.n_clips, bool)
+        if split is not None:
+            keep &= self.meta["split"] == split
+        if status is not None:
+            keep &= self.meta["status"] == status
+        return np.flatnonzero(keep)
+
+
+def list_versions(path: str) -> dict[str, dict]:
+    """version name -> attrs, for every version group in a store."""
+    try:
+        root = zarr.open_group(path, mode="r")
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError) as e:
+        raise StoreError(f"no feature store at {path} ({e}); create one with `dfdetect featurize`") from None
+    if "dfdetect_store" not in root.attrs:
+        raise StoreError(f"{path} is a Zarr group but not a dfdetect feature store")
+    return {name: dict(g.attrs) for name, g in root.groups() if name.startswith(VERSION_PREFIX)}
+
+
+def open_store(spec: str, version: str | None = None, require_complete: bool = True) -> FeatureStore:
+    """Open 'PATH[@VERSION]' for reading: the named version, else the newest complete one."""
+    path, spec_version, _ = parse_store_spec(spec)
+    version = version or spec_version
+    versions = list_versions(path)
+    if version is None:
+        candidates = sorted((a.get("created", ""), name) for name, a in versions.items()
+                            if a.get("complete") or not require_complete)
+        if not candidates:
+            state = ", ".join(f"{n} ({'complete' if a.get('complete') else 'incomplete'})"
+                              for n, a in versions.items()) or "none"
+            raise StoreError(f"{path} has no complete version (versions: {state}); rerun the same "
+                             "`dfdetect featurize` command to finish it")
+        version = candidates[-1][1]
+    elif version not in versions:
+        raise StoreError(f"{path} has no version {version!r}; it has: {', '.join(versions) or 'none'}")
+    store = FeatureStore(path, version, zarr.open_group(path, mode="r", path=version))
+    if require_complete and not store.complete:
+        raise StoreError(f"{path}@{version} is incomplete; rerun its `dfdetect featurize` command to finish it")
+    return store

@@ -1,0 +1,145 @@
+"""Creating a store version and writing it block by block (see schema.py for the layout).
+
+Only the coordinator creates arrays (`create_version`); workers only call `write_block`, each on
+its own shard-aligned row range, and mark the block done last.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import fcntl
+import os
+import socket
+from math import gcd
+
+import numpy as np
+import zarr
+
+from dfdetect import __version__
+from dfdetect.featurize.datasets import Clip
+from dfdetect.store.schema import (CLIP_COLUMNS, OUTCOME_COLUMNS, STORE_FORMAT, StoreError,
+                                   compressors, content_hash)
+
+# Rows per chunk (the unit of reading) for each feature array; shards hold a whole block.
+CHUNK_ROWS = {"mel": 16, "lfcc": 64, "wavlm": 16, "wavlm_stats": 16}
+
+
+def clip_table_hash(clips: list[Clip]) -> str:
+    """Identity of the rows: a resumed run must see the same clips in the same order."""
+    return content_hash([[c.clip_id, c.path, c.label, c.split] for c in clips])
+
+
+class StoreLock:
+    """An exclusive lock beside a local store (`NAME.zarr.lock`), held while featurize writes.
+
+    flock is released by the kernel when the process dies (Ctrl-C, kill -9), so a crashed run never
+    leaves a stale lock behind. Stores on object storage (s3://, gs://) are not locked."""
+
+    def __init__(self, store_path: str):
+        self.path = None if "://" in store_path else store_path.rstrip("/") + ".lock"
+        self._fd: int | None = None
+
+    def __enter__(self) -> "StoreLock":
+        if self.path is None:
+            return self
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 512, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise StoreError(
+                f"another featurize is writing {self.path[:-5]} ({holder}); wait for it to finish, "
+                "or write to a different --out") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since "
+                      f"{_dt.datetime.now().isoformat(timespec='seconds')}".encode(), 0)
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # releases the flock; the file stays, empty of meaning
+            self._fd = None
+
+
+def create_version(path: str, version: str, config: dict, clips: list[Clip], shapes: dict,
+                   block_size: int, dataset: str, dataset_root: str) -> zarr.Group:
+    """Create (or reopen, when it matches) one version of a store; returns its group.
+
+    `shapes` maps feature name -> per-clip shape. Reopening checks that the rows and the block
+    size are the ones the version was started with, so a resumed run cannot mix two datasets."""
+    root = zarr.open_group(path, mode="a")
+    if "dfdetect_store" not in root.attrs:
+        root.attrs.update({"dfdetect_store": STORE_FORMAT, "dataset": dataset, "dataset_root": dataset_root})
+    table_hash = clip_table_hash(clips)
+    if version in root:
+        group = root[version]
+        attrs = group.attrs
+        if attrs.get("clip_table_hash") != table_hash:
+            raise StoreError(
+                f"{path}@{version} was started on a different clip list ({attrs.get('n_clips')} clips "
+                f"then, {len(clips)} now): the dataset changed. Write to a new --out, or delete "
+                f"{path} to start over")
+        return group
+
+    n = len(clips)
+    group = root.create_group(version)
+    for name, shape in shapes.items():
+        rows = gcd(CHUNK_ROWS[name], block_size)
+        group.create_array(
+            name, shape=(n, *shape), dtype="float16", fill_value=np.nan,
+            chunks=(rows, *shape) if name != "wavlm" else (rows, 1, *shape[1:]),
+            shards=(block_size, *shape), compressors=compressors(),
+        )
+    meta = group.create_group("meta")
+    columns = {k: np.array([getattr(c, k) for c in clips]) for k in CLIP_COLUMNS}
+    columns["label"] = columns["label"].astype(np.int8)
+    for name, values in columns.items():
+        _meta_array(meta, name, values.dtype if values.dtype.kind != "U" else str, n, block_size)[:] = values
+    for name, dtype in OUTCOME_COLUMNS.items():
+        _meta_array(meta, name, dtype, n, block_size)
+    n_blocks = -(-n // block_size)
+    group.create_array("block_done", shape=(n_blocks,), dtype="int8", chunks=(1,), fill_value=0)
+    group.attrs.update({
+        "config": config, "config_hash": version, "clip_table_hash": table_hash, "n_clips": n,
+        "block_size": block_size, "complete": False, "dfdetect_version": __version__,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    })
+    return group
+
+
+def _meta_array(meta: zarr.Group, name: str, dtype, n: int, block_size: int) -> zarr.Array:
+    # One chunk per block: each block writes only its own chunk of the outcome columns.
+    fill = "" if dtype is str else 0
+    return meta.create_array(name, shape=(n,), dtype=dtype, chunks=(block_size,), fill_value=fill)
+
+
+def pending_blocks(group: zarr.Group) -> list[int]:
+    return [int(b) for b in np.flatnonzero(group["block_done"][:] == 0)]
+
+
+def write_block(group: zarr.Group, block: int, features: dict[str, np.ndarray],
+                outcomes: dict[str, list], mark_done: bool = True) -> None:
+    """Write one block's rows of the given arrays (whole shards and chunks); with `mark_done`
+    (the block's last writer), mark the block done after everything else is written."""
+    size = int(group.attrs["block_size"])
+    start = block * size
+    stop = min(start + size, int(group.attrs["n_clips"]))
+    for name, values in features.items():
+        group[name][start:stop] = values
+    meta = group["meta"]
+    for name, values in outcomes.items():
+        column = meta[name]
+        column[start:stop] = np.asarray(values, dtype=str if column.dtype.kind in "OUT" else column.dtype)
+    if mark_done:
+        group["block_done"][block] = 1
+
+
+def mark_complete(group: zarr.Group) -> bool:
+    """Set `complete` when every block is done; returns whether it is."""
+    done = not pending_blocks(group)
+    if done:
+        group.attrs["complete"] = True
+    return done
