@@ -12,39 +12,15 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
-import soxr
 import torch
+from common import FORMATS, make_clips, time_it
 
-from dfdetect.demo.corpus import GENERATORS, synthesize
 from dfdetect.featurize import librosa_reference as reference
-from dfdetect.featurize.audio import decode, encode
+from dfdetect.featurize.audio import decode
 from dfdetect.featurize.frontend import Frontend
-
-FORMATS = (("wav", 16000), ("wav", 44100), ("flac", 22050), ("flac", 48000), ("mp3", 24000), ("ogg", 32000))
-
-
-def make_clips(folder: Path, n: int) -> list[Path]:
-    families = ("real", *GENERATORS)
-    paths = []
-    for i in range(n):
-        rng = np.random.default_rng([42, i])
-        fmt, rate = FORMATS[i % len(FORMATS)]
-        x = synthesize(families[i % len(families)], rng, rng.uniform(2.0, 6.0))
-        path = folder / f"clip_{i:04d}.{fmt}"
-        path.write_bytes(encode(soxr.resample(x, 16000, rate) if rate != 16000 else x, rate, fmt))
-        paths.append(path)
-    return paths
-
-
-def time_it(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -54,26 +54,18 @@ def featurize(
     1 when some clips are errors (recorded in the store), 2 when the run could not finish."""
     from dfdetect.featurize.datasets import DatasetLayoutError
     from dfdetect.featurize.pipeline import featurize as run
+    from dfdetect.featurize.wavlm import WavLMConfig, WavLMUnavailableError
     from dfdetect.store import StoreError
 
-    wavlm_config = None
-    if "wavlm" in features.split(","):
-        from dfdetect.featurize.wavlm import WavLMConfig, WavLMUnavailableError
-
-        wavlm_config = WavLMConfig(model=wavlm, layers=tuple(int(x) for x in wavlm_layers.split(",")))
+    wanted = tuple(f.strip() for f in features.split(",") if f.strip())
     out = out or f"stores/{dataset}.zarr"
     try:
-        result = run(dataset, root, out, features=tuple(f.strip() for f in features.split(",")),
-                     wavlm=wavlm_config, device=device, scheduler=scheduler, workers=workers,
-                     block_size=block_size, console=console)
-    except (DatasetLayoutError, StoreError, ValueError) as e:
+        wavlm_config = WavLMConfig(model=wavlm, layers=tuple(int(x) for x in wavlm_layers.split(",")))
+        result = run(dataset, root, out, features=wanted, wavlm=wavlm_config, device=device,
+                     scheduler=scheduler, workers=workers, block_size=block_size, console=console)
+    except (DatasetLayoutError, StoreError, ValueError, WavLMUnavailableError) as e:
         console.print(f"[red]error:[/] {e}", soft_wrap=True)
         raise typer.Exit(2)
-    except Exception as e:
-        if wavlm_config is not None and isinstance(e, WavLMUnavailableError):
-            console.print(f"[red]error:[/] {e}", soft_wrap=True)
-            raise typer.Exit(2)
-        raise
     _print_featurize_summary(result)
     if result.failed_blocks or not result.complete:
         raise typer.Exit(2)
@@ -163,6 +155,183 @@ def _print_index(report: dict, max_problems: int) -> None:
             console.print(f"  ... and {len(problems) - max_problems} more (--json lists all)")
     else:
         console.print("[green]no problems found[/]")
+
+
+# -- dfdetect store: list, describe, verify and export feature stores -----------------------------
+store_app = typer.Typer(help="Feature stores: list them, describe one, verify every chunk, export to HDF5.",
+                        no_args_is_help=True)
+app.add_typer(store_app, name="store")
+
+
+def _store_error(e: Exception) -> typer.Exit:
+    console.print(f"[red]error:[/] {e}", soft_wrap=True, markup=True, highlight=False)
+    return typer.Exit(2)
+
+
+@store_app.command("ls")
+def store_ls(
+    directory: Path = typer.Argument(Path("."), help="Folder searched recursively for *.zarr stores."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+):
+    """Every feature store under a folder, one row per version."""
+    from dfdetect.store import StoreError
+    from dfdetect.store.inspect import find_stores, human_bytes
+
+    try:
+        rows = find_stores(directory)
+    except StoreError as e:
+        raise _store_error(e)
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        console.print(f"no dfdetect stores under {directory}")
+        return
+    table = Table("store", "dataset", "version", "clips", "ok", "errors", "complete", "features",
+                  "size", "created")
+    for r in rows:
+        complete = r.get("complete")
+        blocks = (f" ({r['blocks_done']}/{r['blocks']} blocks)"
+                  if not complete and r.get("blocks") is not None else "")
+        table.add_row(r["store"], str(r.get("dataset") or "-"), str(r.get("version") or "-"),
+                      str(r.get("clips", "-")), str(r.get("ok", "-")), str(r.get("errors", "-")),
+                      ("yes" if complete else "[yellow]no[/]" + blocks) if "complete" in r else "-",
+                      ",".join(r.get("features") or []), human_bytes(r.get("size_bytes")),
+                      str(r.get("created") or r.get("problem") or "-"))
+    console.print(table)
+
+
+@store_app.command("info")
+def store_info(
+    store: str = typer.Argument(..., help="PATH[@VERSION] (default: the newest version)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
+):
+    """Arrays (shapes, chunks, codecs, sizes), version config and clip counts of one store version."""
+    from dfdetect.store import StoreError
+    from dfdetect.store.inspect import store_info as info_of
+
+    try:
+        info = info_of(store)
+    except StoreError as e:
+        raise _store_error(e)
+    if as_json:
+        print(json.dumps(info, indent=2))
+        return
+    _print_store_info(info)
+
+
+def _print_store_info(info: dict) -> None:
+    from dfdetect.store.inspect import human_bytes
+
+    state = ("[green]complete[/]" if info["complete"] else
+             f"[yellow]incomplete: {info['blocks_done']}/{info['blocks']} blocks done[/]")
+    console.print(f"[bold]{info['store']}@{info['version']}[/]  dataset {info['dataset']} "
+                  f"({info['dataset_root']}): {info['n_clips']} clips, blocks of {info['block_size']}, "
+                  f"{state}; created {info['created']} by dfdetect {info['dfdetect_version']}",
+                  soft_wrap=True)
+    if len(info["versions"]) > 1:
+        versions = Table("version", "clips", "features", "complete", "created", "shown")
+        for v in info["versions"]:
+            versions.add_row(v["version"], str(v["clips"]), ",".join(v["features"] or []),
+                             "yes" if v["complete"] else "no", str(v["created"]), "<-" if v["shown"] else "")
+        console.print(versions)
+    config = Table("config", "value")
+    config.add_row("features", ",".join(info["features"] or []))
+    config.add_row("frontend hash", str(info["frontend_hash"]))
+    config.add_row("frontend", json.dumps(info["frontend"], sort_keys=True))
+    if info["wavlm"]:
+        config.add_row("wavlm layers", ",".join(map(str, info["wavlm_layers"] or [])))
+        config.add_row("wavlm", json.dumps(info["wavlm"], sort_keys=True))
+    console.print(config)
+    arrays = Table("array", "shape", "dtype", "chunks", "shards", "codecs", "bytes", "stored", "ratio")
+    for a in info["arrays"]:
+        arrays.add_row(a["name"], str(tuple(a["shape"])), a["dtype"], str(tuple(a["chunks"])),
+                       str(tuple(a["shards"])) if a["shards"] else "-", " + ".join(a["codecs"]),
+                       human_bytes(a["nbytes"]), human_bytes(a["nbytes_stored"]),
+                       f"{a['ratio']:.2f}" if a["ratio"] else "-")
+    arrays.add_row("total", "", "", "", "", "", human_bytes(info["nbytes"]), human_bytes(info["nbytes_stored"]),
+                   f"{info['ratio']:.2f}" if info["ratio"] else "-")
+    console.print(arrays)
+    counts = info["counts"]
+    statuses = sorted({s for c in counts["by_split_status"].values() for s in c})
+    splits = Table("split", "real (0)", "fake (1)", "total", *statuses)
+    for split, c in counts["by_split"].items():
+        by_status = counts["by_split_status"].get(split, {})
+        splits.add_row(split, str(c["real"]), str(c["fake"]), str(c["total"]),
+                       *(str(by_status.get(s, 0)) for s in statuses))
+    console.print(splits)
+    if counts["error_kinds"]:
+        kinds = Table("error kind", "clips")
+        for kind, n in counts["error_kinds"].items():
+            kinds.add_row(kind, str(n))
+        console.print(kinds)
+    if counts["fake_by_generator"]:
+        gen = Table("generator / attack", "fake clips")
+        for g, n in counts["fake_by_generator"].items():
+            gen.add_row(g, str(n))
+        console.print(gen)
+    for p in info["problems"]:
+        console.print(f"[yellow]problem:[/] {p}", soft_wrap=True)
+
+
+@store_app.command("verify")
+def store_verify(
+    store: str = typer.Argument(..., help="PATH[@VERSION] (default: the newest version)."),
+    max_problems: int = typer.Option(50, help="How many problems to list (all are counted)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
+):
+    """Read every chunk of every array and check shapes, finiteness, shards and metadata.
+
+    Exit code 0 when everything checks out, 1 when problems were found (each listed on one line),
+    2 when STORE is not a store or has no such version."""
+    from dfdetect.store import StoreError
+    from dfdetect.store.inspect import human_bytes, verify_store
+
+    try:
+        result = verify_store(store, max_problems=max_problems)
+    except StoreError as e:
+        raise _store_error(e)
+    if as_json:
+        print(json.dumps(result, indent=2))
+        raise typer.Exit(0 if result["ok"] else 1)
+    where = f"{result['store']}@{result['version']}"
+    read = (f"{result['arrays']} arrays, {result['chunks_read']} chunks read, "
+            f"{human_bytes(result['bytes_read'])} decoded, {result['seconds']:.1f} s")
+    if result["ok"]:
+        console.print(f"OK: {where}: {result['n_clips']} clips, {read}", soft_wrap=True, highlight=False)
+        raise typer.Exit(0)
+    console.print(f"FAILED: {where}: {result['n_problems']} problem(s) ({read})", soft_wrap=True,
+                  highlight=False, style="red")
+    for p in result["problems"]:
+        console.print(f"  {p}", markup=False, highlight=False, soft_wrap=True)
+    if result["n_problems"] > len(result["problems"]):
+        console.print(f"  ... and {result['n_problems'] - len(result['problems'])} more", highlight=False)
+    raise typer.Exit(1)
+
+
+@store_app.command("export")
+def store_export(
+    store: str = typer.Argument(..., help="PATH[@VERSION][:SPLIT] of a complete version."),
+    hdf5: Path = typer.Option(..., "--hdf5", help="The HDF5 file to write."),
+    arrays: str = typer.Option(None, "--arrays", help="Comma-separated feature arrays (default: all present)."),
+    split: str = typer.Option(None, "--split", help="Only rows of this split."),
+    status: str = typer.Option("ok", "--status", help="ok | error | all."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing file."),
+):
+    """Copy feature arrays and every metadata column of the selected rows into one HDF5 file."""
+    from dfdetect.store import StoreError
+    from dfdetect.store.inspect import export_hdf5, human_bytes
+
+    names = [a.strip() for a in arrays.split(",") if a.strip()] if arrays else None
+    try:
+        result = export_hdf5(store, hdf5, arrays=names, split=split, status=status, force=force)
+    except StoreError as e:
+        raise _store_error(e)
+    console.print(f"wrote {result['rows']} rows of {result['store']}@{result['version']} "
+                  f"({', '.join(result['arrays']) or 'metadata only'} + {len(result['meta_columns'])} "
+                  f"metadata columns) to {result['out']}: {human_bytes(result['bytes_written'])} "
+                  f"({human_bytes(result['bytes_raw'])} uncompressed), {result['seconds']:.1f} s",
+                  soft_wrap=True, highlight=False)
 
 
 if __name__ == "__main__":

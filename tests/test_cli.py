@@ -57,13 +57,14 @@ def test_datasets_show_unknown_adapter(tmp_path):
 
 def test_demo_runs_every_stage_and_accounts_for_every_file(tmp_path):
     spec = CorpusSpec(real=6, per_generator=3, min_seconds=1.0, max_seconds=4.0)
-    summary = run_demo(tmp_path, spec)
+    summary = run_demo(tmp_path, spec, workers=0)
     n_good = spec.real + spec.per_generator * len(GENERATORS)
     assert summary["index"]["clips"] == n_good + 2
-    assert summary["frontend"]["clips"] == n_good
-    assert sorted(summary["frontend"]["errors"].values()) == ["decode_failed", "empty"]
-    assert summary["frontend"]["mel_shape"] == [2, 128, 301]
-    assert summary["frontend"]["lfcc_shape"] == [60, 301]
+    featurized = summary["featurize"]
+    assert featurized["complete"] and featurized["clips"] == n_good + 2 and featurized["ok"] == n_good
+    assert featurized["errors"] == {"decode_failed": 1, "empty": 1}
+    assert featurized["arrays"]["mel"] == [2, 128, 301] and featurized["arrays"]["lfcc"] == [60, 301]
+    assert featurized["arrays"]["wavlm"][:2] == [2, 149]
 
 
 def test_demo_corpus_is_deterministic(tmp_path):

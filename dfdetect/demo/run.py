@@ -4,7 +4,6 @@ shows the whole system on a corpus generated in code (no downloads, deterministi
 from __future__ import annotations
 
 import time
-from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -13,12 +12,14 @@ from rich.markup import escape
 from rich.table import Table
 
 from dfdetect.demo.corpus import GENERATORS, HELD_OUT_GENERATOR, CorpusSpec, write_corpus
-from dfdetect.featurize.audio import AudioError
 from dfdetect.featurize.datasets import prepare
-from dfdetect.featurize.frontend import Frontend
+from dfdetect.featurize.pipeline import featurize
+from dfdetect.featurize.wavlm import WavLMConfig, save_random_wavlm
+from dfdetect.store import open_store
 
 
-def run_demo(out: Path, spec: CorpusSpec = CorpusSpec(), console: Console | None = None) -> dict:
+def run_demo(out: Path, spec: CorpusSpec = CorpusSpec(), console: Console | None = None,
+             workers: int = 2) -> dict:
     """Run every stage on the demo corpus under `out`; returns a summary (used by the tests)."""
     console = console or Console()
     out = Path(out)
@@ -44,29 +45,26 @@ def run_demo(out: Path, spec: CorpusSpec = CorpusSpec(), console: Console | None
                   f"fakes by generator {counts['fake_by_generator']}")
     summary["index"] = counts
 
-    console.rule("[bold]3. decode + the seed's frontend (16 kHz mono, 3 s, peak norm, mel, LFCC)")
-    frontend = Frontend()
-    t0 = time.perf_counter()
-    waves, families, errors = [], [], []
-    formats: Counter = Counter()
-    for clip in index.clips:
-        try:
-            waves.append(frontend.load(clip.path))
-            families.append(clip.generator or "real")
-            formats[Path(clip.path).suffix.lower()] += 1
-        except AudioError as e:
-            errors.append(e)
-    features = frontend.features(np.stack(waves))
-    seconds = time.perf_counter() - t0
-    console.print(
-        f"{len(waves)} clips in {seconds:.1f} s ({len(waves) / seconds:.0f} clips/s) from "
-        f"{dict(formats)}: mel {features['mel'].shape[1:]}, lfcc {features['lfcc'].shape[1:]} per clip"
-    )
-    for e in errors:
-        console.print(f"  [yellow]skipped[/] {escape(f'{e.where}: [{e.kind}] {e.reason}')}", soft_wrap=True)
-    summary["frontend"] = {"clips": len(waves), "errors": {e.where: e.kind for e in errors},
-                           "mel_shape": list(features["mel"].shape[1:]),
-                           "lfcc_shape": list(features["lfcc"].shape[1:])}
+    console.rule("[bold]3. featurize: decode once, the seed's frontend + frozen WavLM, into Zarr (dask)")
+    model_dir = save_random_wavlm(out / "tiny-random-wavlm", size="tiny")
+    console.print("[dim]WavLM here is a tiny randomly initialised model (no downloads in the demo): it "
+                  "shows the pipeline, not WavLM-Large's features. Use --wavlm microsoft/wavlm-large "
+                  "on real data.[/]")
+    store_path = str(out / "stores" / "demo.zarr")
+    result = featurize("folder", corpus, store_path, features=("mel", "lfcc", "wavlm"),
+                       wavlm=WavLMConfig(model=str(model_dir), layers=(1, 2)), workers=workers,
+                       block_size=32, console=console)
+    store = open_store(store_path)
+    meta = store.meta
+    console.print(f"{store_path}@{result.version}: {result.ok} of {result.n_clips} clips written in "
+                  f"{result.seconds:.1f} s; arrays " + ", ".join(
+                      f"{k} {list(store.array(k).shape[1:])}" for k in store.feature_names))
+    for i in np.flatnonzero(meta["status"] == "error"):
+        line = f"[{meta['error_kind'][i]}] {meta['error'][i]}"
+        console.print(f"  [yellow]recorded as error[/] {escape(line)}", soft_wrap=True)
+    summary["featurize"] = {"clips": result.n_clips, "ok": result.ok, "errors": dict(result.errors),
+                            "arrays": {k: list(store.array(k).shape[1:]) for k in store.feature_names},
+                            "complete": result.complete}
 
     # What the families look like to the frontend: the artifacts are there to be learned.
     bands = {"<1 kHz": slice(0, 30), "1-4 kHz": slice(30, 80), ">4 kHz": slice(80, 128)}
@@ -74,15 +72,13 @@ def run_demo(out: Path, spec: CorpusSpec = CorpusSpec(), console: Console | None
     table.add_column("family")
     for name in (*bands, "delta std"):
         table.add_column(name, justify="right")
-    mel = features["mel"]
-    by_family = defaultdict(list)
-    for i, fam in enumerate(families):
-        by_family[fam].append(i)
-    for fam, idx in sorted(by_family.items()):
-        m = mel[idx]
+    ok = store.rows()
+    mel = store.array("mel")[:][ok].astype(np.float32)
+    families = np.where(meta["label"][ok] == 1, meta["generator"][ok], "real")
+    for fam in sorted(set(families)):
+        m = mel[families == fam]
         table.add_row(fam, *[f"{m[:, 0, b].mean():+.2f}" for b in bands.values()],
                       f"{m[:, 1].std():.3f}")
     console.print(table)
-    console.print("[dim]Later stages (featurize to Zarr, train, evaluate, score) extend this demo "
-                  "as they land.[/]")
+    console.print("[dim]Later stages (train, evaluate, report, score) extend this demo as they land.[/]")
     return summary

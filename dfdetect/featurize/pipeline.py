@@ -163,22 +163,40 @@ def dask_client(scheduler: str | None, workers: int):
             yield client
 
 
-def store_config(frontend: FrontendConfig, features: tuple[str, ...], wavlm_info: dict | None) -> dict:
-    """What names a store version: change any of it and a new version is written beside the old."""
-    return {"frontend": frontend.to_dict(), "frontend_hash": frontend.hash(),
-            "features": sorted(features), "dtype": "float16", "wavlm": wavlm_info, "variant": None}
+# What of WavLM's description names a version; device, autocast dtype and library versions are
+# recorded but do not split stores (a resumed run may land on another machine).
+WAVLM_IDENTITY = ("model", "revision", "layers", "normalize")
 
 
-def feature_shapes(frontend: FrontendConfig, features, wavlm_spec: dict | None) -> dict:
+def store_config(frontend: FrontendConfig, features: tuple[str, ...], wavlm_info: dict | None) -> tuple[dict, str]:
+    """The version's recorded config and its name: change what names it and a new version is
+    written beside the old."""
+    config = {"frontend": frontend.to_dict(), "frontend_hash": frontend.hash(),
+              "features": sorted(features), "dtype": "float16", "wavlm": wavlm_info, "variant": None}
+    identity = {**config, "wavlm": wavlm_info and {k: wavlm_info[k] for k in WAVLM_IDENTITY}}
+    return config, version_name(identity)
+
+
+def wavlm_spec(config, n_samples: int) -> dict:
+    """Load WavLM once here (on CPU) to fail early when the weights are missing, and to learn its
+    shapes and provenance before any worker starts."""
+    from dfdetect.featurize.wavlm import load_wavlm
+
+    extractor = load_wavlm(config, device="cpu")
+    return {"info": extractor.info(), "frames": extractor.frames(n_samples),
+            "hidden_size": extractor.hidden_size, "num_hidden_states": extractor.num_hidden_states,
+            "layers": config.layers}
+
+
+def feature_shapes(frontend: FrontendConfig, features, spec: dict | None) -> dict:
     shapes = {}
     if "mel" in features:
         shapes["mel"] = frontend.mel_shape
     if "lfcc" in features:
         shapes["lfcc"] = frontend.lfcc_shape
     if "wavlm" in features:
-        frames = wavlm_spec["frames"]
-        shapes["wavlm"] = (len(wavlm_spec["layers"]), frames, wavlm_spec["hidden_size"])
-        shapes["wavlm_stats"] = (wavlm_spec["num_hidden_states"], 2, wavlm_spec["hidden_size"])
+        shapes["wavlm"] = (len(spec["layers"]), spec["frames"], spec["hidden_size"])
+        shapes["wavlm_stats"] = (spec["num_hidden_states"], 2, spec["hidden_size"])
     return shapes
 
 
@@ -209,20 +227,19 @@ def featurize(dataset: str, root: str | Path, out: str, features=("mel", "lfcc")
         console.print(f"[yellow]... {len(index.problems) - 5} more dataset problems "
                       f"(`dfdetect datasets show {dataset} --root {root}` lists them)[/]")
 
-    wavlm_spec = None
+    spec = None
     if "wavlm" in features:
-        from dfdetect.featurize.wavlm import WavLMConfig, describe_wavlm
+        from dfdetect.featurize.wavlm import WavLMConfig
 
         wavlm = wavlm or WavLMConfig()
-        wavlm_spec = describe_wavlm(wavlm, frontend.clip_samples)  # fails early, before any work
-    config = store_config(frontend, features, wavlm_spec["info"] if wavlm_spec else None)
-    version = version_name(config)
+        spec = wavlm_spec(wavlm, frontend.clip_samples)
+    config, version = store_config(frontend, features, spec["info"] if spec else None)
     workers = (os.cpu_count() or 1) if workers is None else workers
     result = FeaturizeResult(store=out, version=version, n_clips=len(index.clips))
     t0 = time.perf_counter()
     with StoreLock(out):
         group = create_version(out, version, config, index.clips,
-                               feature_shapes(frontend, features, wavlm_spec), block_size,
+                               feature_shapes(frontend, features, spec), block_size,
                                dataset=index.dataset, dataset_root=index.root)
         block_size = int(group.attrs["block_size"])
         pending = pending_blocks(group)

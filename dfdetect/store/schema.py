@@ -34,7 +34,7 @@ from functools import cached_property
 
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec, Crc32cCodec
+from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
 STORE_FORMAT = 1
 VERSION_PREFIX = "v-"
@@ -62,6 +62,11 @@ class StoreError(Exception):
 def compressors():
     # Blosc-zstd with bit-shuffle packs float16 features well; CRC32C makes corruption an error.
     return [BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle"), Crc32cCodec()]
+
+
+def meta_compressors():
+    # Metadata and progress markers: strings and small ints, zstd with its frame checksum.
+    return [ZstdCodec(level=3, checksum=True)]
 
 
 def content_hash(obj) -> str:
@@ -139,6 +144,8 @@ def list_versions(path: str) -> dict[str, dict]:
     """version name -> attrs, for every version group in a store."""
     try:
         root = zarr.open_group(path, mode="r")
+    except zarr.errors.ContainsArrayError:
+        raise StoreError(f"{path} is a Zarr array, not a dfdetect feature store (give the *.zarr folder)") from None
     except (FileNotFoundError, zarr.errors.GroupNotFoundError) as e:
         raise StoreError(f"no feature store at {path} ({e}); create one with `dfdetect featurize`") from None
     if "dfdetect_store" not in root.attrs:

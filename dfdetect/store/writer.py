@@ -18,7 +18,7 @@ import zarr
 from dfdetect import __version__
 from dfdetect.featurize.datasets import Clip
 from dfdetect.store.schema import (CLIP_COLUMNS, OUTCOME_COLUMNS, STORE_FORMAT, StoreError,
-                                   compressors, content_hash)
+                                   compressors, content_hash, meta_compressors)
 
 # Rows per chunk (the unit of reading) for each feature array; shards hold a whole block.
 CHUNK_ROWS = {"mel": 16, "lfcc": 64, "wavlm": 16, "wavlm_stats": 16}
@@ -101,7 +101,8 @@ def create_version(path: str, version: str, config: dict, clips: list[Clip], sha
     for name, dtype in OUTCOME_COLUMNS.items():
         _meta_array(meta, name, dtype, n, block_size)
     n_blocks = -(-n // block_size)
-    group.create_array("block_done", shape=(n_blocks,), dtype="int8", chunks=(1,), fill_value=0)
+    group.create_array("block_done", shape=(n_blocks,), dtype="int8", chunks=(1,), fill_value=0,
+                       compressors=meta_compressors())
     group.attrs.update({
         "config": config, "config_hash": version, "clip_table_hash": table_hash, "n_clips": n,
         "block_size": block_size, "complete": False, "dfdetect_version": __version__,
@@ -113,7 +114,8 @@ def create_version(path: str, version: str, config: dict, clips: list[Clip], sha
 def _meta_array(meta: zarr.Group, name: str, dtype, n: int, block_size: int) -> zarr.Array:
     # One chunk per block: each block writes only its own chunk of the outcome columns.
     fill = "" if dtype is str else 0
-    return meta.create_array(name, shape=(n,), dtype=dtype, chunks=(block_size,), fill_value=fill)
+    return meta.create_array(name, shape=(n,), dtype=dtype, chunks=(block_size,), fill_value=fill,
+                             compressors=meta_compressors())
 
 
 def pending_blocks(group: zarr.Group) -> list[int]:

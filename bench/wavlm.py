@@ -1,0 +1,98 @@
+"""WavLM featurize throughput in clips/s, on CPU and (when CUDA is available) on the GPU.
+
+The frozen extractor (chosen layers + all-layer stats, float16 out) on 3 s clips, for a
+WavLM-Large-sized model and the tiny test model.
+
+    python bench/wavlm.py [--batch 4] [--batches 2] [--gpu-batch 32] [--gpu-batches 8]
+                          [--warmup 2] [--sizes large,tiny] [--threads N]
+
+The models are random weights written by save_random_wavlm (same architecture and cost as
+microsoft/wavlm-large; no download), loaded through load_wavlm like a real local copy. Each run
+runs `warmup` untimed calls (on this CPU the first two calls of a fresh model are each slower by
+~0.7 s), then times `batches` calls of `batch` clips (batch_size = batch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import transformers
+
+from dfdetect.demo.corpus import synthesize
+from dfdetect.featurize.wavlm import WavLMConfig, clear_wavlm_cache, load_wavlm, save_random_wavlm
+
+LAYERS = {"large": (6, 12, 24), "tiny": (0, 1, 2)}
+
+
+def clips(n: int) -> np.ndarray:
+    """n prepared 3 s waveforms (speech-like, peak 1), as the frontend hands them to WavLM."""
+    waves = [synthesize("real", np.random.default_rng([5, i]), 3.0)[:48000] for i in range(n)]
+    return np.stack([w / np.abs(w).max() for w in waves]).astype(np.float32)
+
+
+def cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def run(model_dir: Path, size: str, device: str, batch: int, batches: int, warmup: int) -> None:
+    clear_wavlm_cache()
+    t0 = time.perf_counter()
+    ex = load_wavlm(WavLMConfig(model=str(model_dir), layers=LAYERS[size], batch_size=batch), device)
+    load_s = time.perf_counter() - t0
+    waves = clips(batch)
+    for _ in range(warmup):
+        ex(waves)
+    t0 = time.perf_counter()
+    for _ in range(batches):
+        ex(waves)
+    seconds = time.perf_counter() - t0
+    n = batch * batches
+    info = ex.info()
+    where = torch.cuda.get_device_name(ex.device) if ex.device.type == "cuda" else \
+        f"{cpu_name()}, {torch.get_num_threads()} torch threads"
+    print(f"{size:5s} {info['parameters']:>11,} params  {device:4s} ({where}; {info['dtype']})  "
+          f"{n} clips in {seconds:.2f} s: {n / seconds:8.2f} clips/s, {seconds / n:.4f} s/clip, "
+          f"{3.0 * n / seconds:7.1f}x real time  (load {load_s:.1f} s)", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="\n".join(__doc__.splitlines()[1:]))
+    parser.add_argument("--batch", type=int, default=4, help="CPU: clips per call and per forward")
+    parser.add_argument("--batches", type=int, default=2, help="CPU: timed calls after the warm-up")
+    parser.add_argument("--gpu-batch", type=int, default=32, help="GPU: clips per call and per forward")
+    parser.add_argument("--gpu-batches", type=int, default=8, help="GPU: timed calls after the warm-up")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed calls before timing")
+    parser.add_argument("--sizes", default="large,tiny", help="comma-separated: large, tiny")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    args = parser.parse_args()
+    transformers.utils.logging.disable_progress_bar()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    print(f"torch {torch.__version__}; CUDA {'available' if 'cuda' in devices else 'not available'}; "
+          "3 s clips (48,000 samples -> 149 frames); random weights")
+    with tempfile.TemporaryDirectory() as tmp:
+        for size in args.sizes.split(","):
+            t0 = time.perf_counter()
+            model_dir = save_random_wavlm(Path(tmp) / size, size=size)
+            print(f"{size}: wrote the random model in {time.perf_counter() - t0:.1f} s", flush=True)
+            for device in devices:
+                gpu = device == "cuda"
+                run(model_dir, size, device, args.gpu_batch if gpu else args.batch,
+                    args.gpu_batches if gpu else args.batches, args.warmup)
+        clear_wavlm_cache()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,383 @@
+"""Frozen WavLM features: the one expensive model of the featurize pass, run once per clip.
+
+The waveform is the frontend's (16 kHz mono, 3 s = 48,000 samples, peak 1). WavLM turns it into
+`num_hidden_states` sequences of `frames(48000) = 149` vectors (20 ms apart): hidden state 0 is the
+transformer's input (the CNN features, projected, plus the convolutional position embedding) and
+hidden state i is the output of transformer layer i; WavLM-Large has 24 layers, so 25 states of
+1024 dims. Storing all 25 costs ~7.3 MiB per clip in float16, so the store keeps:
+
+- "layers": the chosen hidden states in full, float16 [B, len(layers), frames, hidden];
+- "stats": the per-state mean and (population) std over time for all hidden states, computed in
+  float32 and stored as float16 [B, num_hidden_states, 2, hidden] (index 0 = mean, 1 = std), cheap
+  enough for a head to learn a weighted sum over every layer without the full tensors.
+
+Default layers (6, 12, 24): studies of SSL front-ends for anti-spoofing find the early and middle
+layers of WavLM-Large / wav2vec 2.0 carry the most useful spoofing cues (acoustic detail the later,
+more phonetic layers discard), so an early and a middle layer, plus the last layer that most
+downstream recipes use.
+
+Input normalisation: WavLM-Large was pre-trained on per-utterance zero-mean/unit-variance input (its
+CNN uses layer norm, the fairseq pairing for normalised input); WavLM-Base was not. The decision is
+made once per model and recorded in `info()`; see `WavLMExtractor._decide_normalize`.
+
+Loading is offline-first: a local directory, else the Hugging Face cache, else (unless
+HF_HUB_OFFLINE is set) the hub. A dask worker loads the model once per process (`load_wavlm` is
+memoised), never per batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import os
+import threading
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+# transformers is imported where it is used: importing this module stays cheap for runs that
+# featurize only mel/LFCC.
+
+# float16's largest finite value: features beyond it are saturated, not stored as inf.
+FP16_MAX = float(torch.finfo(torch.float16).max)
+# Wav2Vec2FeatureExtractor's epsilon in its zero-mean/unit-variance normalisation.
+NORM_EPS = 1e-7
+
+_HOW_TO_GET = (
+    "Download it into the Hugging Face cache once with `hf download {model}` (huggingface_hub >= "
+    "1.0; older versions: `huggingface-cli download {model}`) and rerun: it is then found in the "
+    "cache, also offline. Or pass `--wavlm PATH` pointing at a local copy (a directory holding "
+    "config.json and the model weights, as written by save_pretrained)."
+)
+
+
+class WavLMUnavailableError(RuntimeError):
+    """The WavLM weights could not be loaded; the message says how to get them."""
+
+
+@dataclass(frozen=True)
+class WavLMConfig:
+    """What determines the WavLM features (hashable: it keys the per-process model cache).
+
+    model: a hub id ("microsoft/wavlm-large") or a local directory with config.json + weights.
+    revision: hub branch, tag or commit; ignored for local directories.
+    layers: indices into the hidden states (0 = transformer input, i = output of layer i; 24 =
+        last layer of Large) stored in full. Default: early, middle, last (module docstring).
+    batch_size: clips per forward pass.
+    normalize: per-utterance input normalisation; None decides from the model (module docstring).
+    """
+
+    model: str = "microsoft/wavlm-large"
+    revision: str | None = None
+    layers: tuple[int, ...] = (6, 12, 24)
+    batch_size: int = 16
+    normalize: bool | None = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "layers", tuple(int(i) for i in self.layers))
+        if not self.layers:
+            raise ValueError("WavLMConfig.layers is empty: choose at least one hidden state")
+        if self.batch_size < 1:
+            raise ValueError(f"WavLMConfig.batch_size must be >= 1, got {self.batch_size}")
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "layers": list(self.layers)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "WavLMConfig":
+        return cls(**{**d, "layers": tuple(d["layers"])})
+
+
+def _offline() -> bool:
+    """HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) set to a true value, read now, not at import."""
+    return any(os.environ.get(k, "").strip().lower() in {"1", "true", "yes", "on"}
+               for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def _looks_like_path(model: str) -> bool:
+    """A string meant as a directory (not a hub id of the form `org/name`)."""
+    return (Path(model).expanduser().is_absolute() or model.startswith((".", "~"))
+            or model.count("/") > 1 or "\\" in model)
+
+
+def _first_line(error: Exception) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+def _resolve_device(device: str | torch.device) -> torch.device:
+    if str(device) == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device} requested but CUDA is not available; use 'cpu' or 'auto'")
+        if device.index is None:  # "cuda" and "cuda:N" of the current GPU share one cached model
+            device = torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+def _hash_local_dir(folder: Path) -> str:
+    """sha256 over config.json and the weight files (names and bytes): a local copy's revision."""
+    digest = hashlib.sha256()
+    weights = sorted(p for p in folder.iterdir() if p.suffix in {".safetensors", ".bin"})
+    for path in [folder / "config.json", *weights]:
+        digest.update(path.name.encode() + b"\0")
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 24), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def _hub_commit(model: str, revision: str | None) -> str | None:
+    """The commit the cached snapshot belongs to: its folder is named after the commit hash."""
+    from huggingface_hub import try_to_load_from_cache
+
+    path = try_to_load_from_cache(model, "config.json", revision=revision)
+    if not isinstance(path, str):
+        return None
+    snapshot = Path(path).parent
+    return snapshot.name if snapshot.parent.name == "snapshots" else None
+
+
+class WavLMExtractor:
+    """A frozen WavLM on one device: prepared waveforms [B, samples] -> float16 features.
+
+    Build it with `load_wavlm` (cached per process). Calls are pure inference: eval mode, no
+    gradients, `torch.inference_mode()`. On CUDA the forward runs under bf16 autocast when the GPU
+    supports it (bf16 keeps float32's range, and WavLM-Large has activations that overflow float16),
+    fp16 otherwise, with TF32 matmuls; on CPU it runs in float32.
+    """
+
+    def __init__(self, config: WavLMConfig, device: torch.device):
+        self.config = config
+        self.device = device
+        self._local = Path(config.model).expanduser().is_dir()
+        self.model = self._load_model()
+        self.model.float().eval().requires_grad_(False).to(device)
+        self.normalize, self.normalize_source = self._decide_normalize()
+        if device.type == "cuda":
+            torch.set_float32_matmul_precision("high")  # TF32 for the float32 matmuls left
+            self.autocast_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        else:
+            self.autocast_dtype = None
+        n = self.num_hidden_states
+        bad = [i for i in config.layers if not 0 <= i < n]
+        if bad:
+            raise ValueError(f"WavLM layer indices {bad} out of range: {config.model} has {n} hidden "
+                             f"states, valid indices are 0..{n - 1} (0 = transformer input)")
+
+    # -- loading --------------------------------------------------------------------------------
+    def _unavailable(self, reason: str) -> WavLMUnavailableError:
+        model = "microsoft/wavlm-large" if self._local or _looks_like_path(self.config.model) \
+            else self.config.model
+        return WavLMUnavailableError(f"WavLM model {self.config.model!r} is not available: {reason}. "
+                                     + _HOW_TO_GET.format(model=model))
+
+    def _load_model(self):
+        """Local directory; else the HF cache; else, unless offline, the hub. Any failure to get
+        weights becomes a WavLMUnavailableError that says how to get them."""
+        from transformers import WavLMModel
+
+        c = self.config
+        if self._local:
+            try:
+                return WavLMModel.from_pretrained(str(Path(c.model).expanduser()), local_files_only=True)
+            except Exception as e:  # any failure means: no usable weights there
+                raise self._unavailable("the directory does not hold a loadable WavLM "
+                                        f"({_first_line(e)})") from e
+        if _looks_like_path(c.model):
+            raise self._unavailable("no such directory")
+        try:
+            return WavLMModel.from_pretrained(c.model, revision=c.revision, local_files_only=True)
+        except Exception as cached_error:  # not in the cache: try the hub if allowed
+            if _offline():
+                raise self._unavailable("not in the Hugging Face cache and HF_HUB_OFFLINE is set "
+                                        f"({_first_line(cached_error)})") from cached_error
+        try:
+            return WavLMModel.from_pretrained(c.model, revision=c.revision)
+        except Exception as e:
+            raise self._unavailable("not in the Hugging Face cache and the download failed "
+                                    f"({_first_line(e)})") from e
+
+    def _decide_normalize(self) -> tuple[bool, str]:
+        """Whether to normalise each clip to zero mean / unit variance, and why.
+
+        Explicit config wins. Otherwise normalise when either the model's preprocessor_config.json
+        says do_normalize, or its CNN uses layer norm (feat_extract_norm == "layer"): fairseq pairs
+        the layer-norm CNN with normalised input, and WavLM's authors confirm Large was pre-trained
+        on normalised input even though hub preprocessor configs of pre-trained-only checkpoints
+        have been seen to say otherwise. A group-norm model (WavLM-Base) whose preprocessor config
+        says nothing or False is left unnormalised.
+        """
+        if self.config.normalize is not None:
+            return self.config.normalize, "config"
+        from transformers import Wav2Vec2FeatureExtractor
+
+        source = str(Path(self.config.model).expanduser()) if self._local else self.config.model
+        layer_norm_cnn = self.model.config.feat_extract_norm == "layer"
+        try:
+            fe = Wav2Vec2FeatureExtractor.from_pretrained(source, revision=self.config.revision,
+                                                          local_files_only=True)
+        except Exception:  # no preprocessor_config.json: the architecture decides
+            return layer_norm_cnn, f"feat_extract_norm={self.model.config.feat_extract_norm}"
+        if fe.do_normalize or not layer_norm_cnn:
+            return bool(fe.do_normalize), f"preprocessor_config do_normalize={fe.do_normalize}"
+        return True, "feat_extract_norm=layer (preprocessor_config says do_normalize=False)"
+
+    # -- shape ----------------------------------------------------------------------------------
+    @property
+    def num_hidden_states(self) -> int:
+        return self.model.config.num_hidden_layers + 1
+
+    @property
+    def hidden_size(self) -> int:
+        return self.model.config.hidden_size
+
+    def frames(self, n_samples: int) -> int:
+        """Output frames for n_samples of input: the conv stack's floor((n - kernel) / stride) + 1."""
+        n = int(n_samples)
+        for kernel, stride in zip(self.model.config.conv_kernel, self.model.config.conv_stride):
+            n = (n - kernel) // stride + 1
+        if n < 1:
+            raise ValueError(f"{n_samples} samples are shorter than WavLM's receptive field")
+        return n
+
+    # -- provenance -----------------------------------------------------------------------------
+    @functools.cached_property
+    def revision(self) -> str | None:
+        """Local directory: sha256 of config.json + weights. Hub: the cached snapshot's commit."""
+        if self._local:
+            return "sha256:" + _hash_local_dir(Path(self.config.model).expanduser())
+        return _hub_commit(self.config.model, self.config.revision) or self.config.revision
+
+    def info(self) -> dict:
+        """Everything a store records about how its WavLM features were made."""
+        import transformers
+
+        return {
+            "model": self.config.model,
+            "revision": self.revision,
+            "layers": list(self.config.layers),
+            "num_hidden_states": self.num_hidden_states,
+            "hidden_size": self.hidden_size,
+            "normalize": self.normalize,
+            "normalize_source": self.normalize_source,
+            "dtype": "float32" if self.autocast_dtype is None
+                     else f"autocast {str(self.autocast_dtype).removeprefix('torch.')}",
+            "device": str(self.device),
+            "parameters": sum(p.numel() for p in self.model.parameters()),
+            "stats": "mean and population std over frames, float32 -> float16",
+            "transformers_version": transformers.__version__,
+        }
+
+    # -- inference ------------------------------------------------------------------------------
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    @torch.inference_mode()
+    def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One batch [b, samples] float32 on device -> (layers, stats) float16 on device."""
+        if self.normalize:
+            var, mean = torch.var_mean(x, dim=1, correction=0, keepdim=True)
+            x = (x - mean) / torch.sqrt(var + NORM_EPS)
+        with self._autocast():
+            states = self.model(x, output_hidden_states=True).hidden_states
+        layers = torch.stack([states[i].float() for i in self.config.layers], dim=1)
+        stats = torch.stack([torch.stack(torch.std_mean(h.float(), dim=1, correction=0)[::-1], dim=1)
+                             for h in states], dim=1)                      # [b, states, 2, hidden]
+        return (layers.clamp(-FP16_MAX, FP16_MAX).half(), stats.clamp(-FP16_MAX, FP16_MAX).half())
+
+    def __call__(self, waves: np.ndarray) -> dict[str, np.ndarray]:
+        """Prepared waveforms [B, samples] (or one [samples]) -> {"layers", "stats"} (float16).
+
+        layers: [B, len(config.layers), frames(samples), hidden_size]
+        stats:  [B, num_hidden_states, 2, hidden_size], [..., 0, :] mean, [..., 1, :] std
+        Clips run in batches of config.batch_size; the result does not depend on the batching.
+        """
+        waves = np.asarray(waves, dtype=np.float32)
+        if waves.ndim == 1:
+            waves = waves[None]
+        if waves.ndim != 2:
+            raise ValueError(f"expected waveforms [batch, samples], got shape {waves.shape}")
+        count, frames, hidden = len(waves), self.frames(waves.shape[1]), self.hidden_size
+        out = {"layers": np.empty((count, len(self.config.layers), frames, hidden), np.float16),
+               "stats": np.empty((count, self.num_hidden_states, 2, hidden), np.float16)}
+        for start in range(0, count, self.config.batch_size):
+            stop = min(start + self.config.batch_size, count)
+            x = torch.from_numpy(waves[start:stop]).to(self.device)
+            layers, stats = self._forward(x)
+            out["layers"][start:stop] = layers.cpu().numpy()
+            out["stats"][start:stop] = stats.cpu().numpy()
+        return out
+
+
+_LOADED: dict[tuple[WavLMConfig, torch.device], WavLMExtractor] = {}
+_LOCK = threading.Lock()
+
+
+def load_wavlm(config: WavLMConfig = WavLMConfig(),
+               device: str | torch.device = "auto") -> WavLMExtractor:
+    """The extractor for (config, device), loaded at most once per process.
+
+    device: "auto" (cuda when available, else cpu), "cpu", "cuda" or "cuda:N". Thread-safe: dask
+    threads of one worker that ask at the same time share one load. Raises WavLMUnavailableError
+    when the weights cannot be found, ValueError for a layer index outside the model.
+    """
+    key = (config, _resolve_device(device))
+    with _LOCK:
+        if key not in _LOADED:
+            _LOADED[key] = WavLMExtractor(*key)
+        return _LOADED[key]
+
+
+def clear_wavlm_cache() -> None:
+    """Forget the loaded extractors (frees their memory once no one else holds them)."""
+    with _LOCK:
+        _LOADED.clear()
+
+
+def save_random_wavlm(path: str | Path, size: str = "tiny", seed: int = 0) -> Path:
+    """Write a randomly initialised WavLM as a local model directory; returns the directory.
+
+    These are random weights, for tests ("tiny") and benchmarks ("large"); the real model comes
+    from the hub (microsoft/wavlm-large). The directory has the layout of a real local copy
+    (config.json, model.safetensors, preprocessor_config.json with do_normalize=True), so it loads
+    through the same `load_wavlm(WavLMConfig(model=dir))` path.
+
+    "tiny": hidden 32, 2 layers, 2 heads, 32 conv channels, with WavLM's real conv kernel/stride
+        schedule (48,000 samples -> 149 frames); loads and runs in milliseconds.
+    "large": microsoft/wavlm-large's architecture (hidden 1024, 24 layers, 16 heads, FFN 4096,
+        7 x 512 conv channels, layer-norm CNN, pre-norm transformer), ~315M parameters, ~1.3 GB.
+    """
+    from transformers import Wav2Vec2FeatureExtractor, WavLMModel
+    from transformers import WavLMConfig as HFWavLMConfig
+
+    common = dict(feat_extract_norm="layer", do_stable_layer_norm=True, conv_bias=False,
+                  conv_kernel=(10, 3, 3, 3, 3, 2, 2), conv_stride=(5, 2, 2, 2, 2, 2, 2))
+    if size == "tiny":
+        hf_config = HFWavLMConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                  intermediate_size=64, conv_dim=(32,) * 7, num_conv_pos_embeddings=16,
+                                  num_conv_pos_embedding_groups=2, num_buckets=16,
+                                  max_bucket_distance=32, **common)
+    elif size == "large":
+        hf_config = HFWavLMConfig(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
+                                  intermediate_size=4096, conv_dim=(512,) * 7,
+                                  num_conv_pos_embeddings=128,
+                                  num_conv_pos_embedding_groups=16, num_buckets=320,
+                                  max_bucket_distance=800, **common)
+    else:
+        raise ValueError(f"size must be 'tiny' or 'large', got {size!r}")
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = WavLMModel(hf_config)
+    model.save_pretrained(path)
+    Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=True,
+                             return_attention_mask=True).save_pretrained(path)
+    return path

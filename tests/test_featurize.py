@@ -1,0 +1,169 @@
+"""The featurize pass: values, bad clips, versions, locking, kill -9 and resume, real dask clusters."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import zarr
+
+from dfdetect.demo.corpus import CorpusSpec, write_corpus
+from dfdetect.featurize.frontend import Frontend, FrontendConfig, MelConfig
+from dfdetect.featurize.pipeline import featurize
+from dfdetect.store import StoreError, open_store
+from dfdetect.store.writer import StoreLock
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("corpus")
+    write_corpus(root, CorpusSpec(real=8, per_generator=4, min_seconds=1.0, max_seconds=4.0))
+    (root / "real" / "empty.wav").write_bytes(b"")
+    (root / "fake" / "vocoder" / "not audio.mp3").write_text("<html>403</html>")
+    return root
+
+
+def _arrays(path, version=None):
+    store = open_store(str(path), version=version)
+    return {k: store.array(k)[:] for k in store.feature_names}, store
+
+
+def test_values_equal_the_frontend_and_bad_clips_are_recorded(corpus, tmp_path):
+    result = featurize("folder", corpus, str(tmp_path / "s.zarr"), features=("mel", "lfcc"),
+                       workers=0, block_size=16)
+    assert result.complete and result.n_clips == 26 and result.ok == 24
+    assert result.errors == {"empty": 1, "unknown_container": 1}
+    arrays, store = _arrays(tmp_path / "s.zarr")
+    meta = store.meta
+    frontend = Frontend()
+    for i in range(store.n_clips):
+        if meta["status"][i] == "ok":
+            expected = frontend.features(frontend.load(meta["path"][i]))
+            np.testing.assert_allclose(arrays["mel"][i], expected["mel"][0], atol=0.02, rtol=2e-3)
+            np.testing.assert_allclose(arrays["lfcc"][i], expected["lfcc"][0], atol=0.02, rtol=2e-3)
+            assert meta["error"][i] == "" and meta["duration"][i] > 0.9
+        else:
+            assert np.isnan(arrays["mel"][i]).all() and str(meta["path"][i]) in meta["error"][i]
+    bad = {meta["error_kind"][i] for i in np.flatnonzero(meta["status"] == "error")}
+    assert bad == {"empty", "unknown_container"}
+    assert set(meta["generator"][meta["label"] == 1]) == {"vocoder", "bandlimited", "griffinlim", "codec"}
+
+
+def test_a_different_frontend_writes_a_new_version_beside_the_old(corpus, tmp_path):
+    out = str(tmp_path / "s.zarr")
+    a = featurize("folder", corpus, out, features=("mel",), workers=0, block_size=16)
+    b = featurize("folder", corpus, out, features=("mel",), workers=0, block_size=16,
+                  frontend=FrontendConfig(mel=MelConfig(n_mels=64)))
+    assert a.version != b.version
+    assert open_store(out, version=a.version).array("mel").shape[2] == 128
+    assert open_store(out, version=b.version).array("mel").shape[2] == 64
+    again = featurize("folder", corpus, out, features=("mel",), workers=0, block_size=16)
+    assert again.version == a.version and again.blocks_run == 0 and again.blocks_skipped == 2
+
+
+def test_a_second_run_on_the_same_store_is_refused(corpus, tmp_path):
+    out = str(tmp_path / "s.zarr")
+    with StoreLock(out):
+        with pytest.raises(StoreError, match="another featurize is writing"):
+            featurize("folder", corpus, out, features=("mel",), workers=0)
+
+
+def test_resume_refuses_a_changed_dataset(corpus, tmp_path):
+    import shutil
+
+    copy = tmp_path / "corpus"
+    shutil.copytree(corpus, copy)
+    out = str(tmp_path / "s.zarr")
+    featurize("folder", copy, out, features=("mel",), workers=0, block_size=16)
+    shutil.copy(next((copy / "real").glob("real_*")), copy / "real" / "added later.flac")
+    with pytest.raises(StoreError, match="dataset changed"):
+        featurize("folder", copy, out, features=("mel",), workers=0, block_size=16)
+
+
+def test_unknown_feature_is_a_clear_error(corpus, tmp_path):
+    with pytest.raises(StoreError, match="unknown feature"):
+        featurize("folder", corpus, str(tmp_path / "s.zarr"), features=("mfcc",), workers=0)
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume_equals_an_uninterrupted_run(corpus, tmp_path):
+    clean = str(tmp_path / "clean.zarr")
+    featurize("folder", corpus, clean, features=("mel", "lfcc"), workers=0, block_size=2)
+    killed = str(tmp_path / "killed.zarr")
+    cmd = [sys.executable, "-m", "dfdetect.cli", "featurize", "--dataset", "folder", "--root", str(corpus),
+           "--out", killed, "--features", "mel,lfcc", "--workers", "0", "--block-size", "2"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    done = 0
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            group = zarr.open_group(killed, mode="r")
+            version = next(iter(group.group_keys()))
+            done = int(group[version]["block_done"][:].sum())
+        except Exception:
+            done = 0
+        if done >= 3:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, f"run ended before it could be killed: {proc.stderr.read()[-2000:]}"
+    with pytest.raises(StoreError, match="no complete version"):
+        open_store(killed)
+    resumed = subprocess.run(cmd, capture_output=True, text=True)
+    assert resumed.returncode == 1, resumed.stdout + resumed.stderr  # 1: the two bad clips
+    assert "resuming" in resumed.stdout
+    a, store_a = _arrays(clean)
+    b, store_b = _arrays(killed)
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name])
+    for column in ("status", "error_kind", "duration", "clip_id"):
+        np.testing.assert_array_equal(store_a.meta[column], store_b.meta[column])
+
+
+@pytest.mark.slow
+def test_runs_on_an_existing_distributed_cluster(corpus, tmp_path):
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        out = str(tmp_path / "dask.zarr")
+        result = featurize("folder", corpus, out, features=("mel", "lfcc"), scheduler=cluster.scheduler_address,
+                           block_size=4)
+    assert result.complete and result.blocks_run == 7 and not result.failed_blocks
+    local = str(tmp_path / "local.zarr")
+    featurize("folder", corpus, local, features=("mel", "lfcc"), workers=0, block_size=4)
+    a, _ = _arrays(out)
+    b, _ = _arrays(local)
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name])
+
+
+def test_wavlm_features_equal_the_model_on_the_same_clip(corpus, tmp_path):
+    """A tiny random WavLM saved to disk, loaded through the same --wavlm PATH as the real one."""
+    from dfdetect.featurize.wavlm import WavLMConfig, load_wavlm, save_random_wavlm
+
+    model_dir = save_random_wavlm(tmp_path / "tiny-wavlm", size="tiny")
+    config = WavLMConfig(model=str(model_dir), layers=(0, 2), batch_size=4)
+    result = featurize("folder", corpus, str(tmp_path / "s.zarr"), features=("mel", "wavlm"),
+                       wavlm=config, workers=0, block_size=16)
+    assert result.complete and result.ok == 24
+    store = open_store(str(tmp_path / "s.zarr"))
+    assert store.feature_names == ["mel", "wavlm", "wavlm_stats"]
+    assert store.config["wavlm"]["layers"] == [0, 2] and store.config["wavlm"]["revision"].startswith("sha256:")
+    layers, stats = store.array("wavlm")[:], store.array("wavlm_stats")[:]
+    assert layers.shape == (26, 2, 149, store.config["wavlm"]["hidden_size"])
+    assert stats.shape == (26, 3, 2, store.config["wavlm"]["hidden_size"])
+    extractor, frontend = load_wavlm(config, device="cpu"), Frontend()
+    for i in np.flatnonzero(store.meta["status"] == "ok")[:5]:
+        direct = extractor(frontend.load(store.meta["path"][i]))
+        # equal up to float16 rounding of float32 sums that differ with the batch's composition
+        np.testing.assert_allclose(layers[i], direct["layers"][0], atol=1e-3, rtol=1e-2)
+        np.testing.assert_allclose(stats[i], direct["stats"][0], atol=1e-3, rtol=1e-2)
+    assert np.isnan(layers[store.meta["status"] == "error"]).all()
+    # a different WavLM layer choice is a different version, never mixed into this one
+    other = featurize("folder", corpus, str(tmp_path / "s.zarr"), features=("mel", "wavlm"),
+                      wavlm=WavLMConfig(model=str(model_dir), layers=(1,)), workers=0, block_size=16)
+    assert other.version != result.version
