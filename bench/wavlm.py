@@ -8,8 +8,9 @@ WavLM-Large-sized model and the tiny test model.
 
 The models are random weights written by save_random_wavlm (same architecture and cost as
 microsoft/wavlm-large; no download), loaded through load_wavlm like a real local copy. Each run
-runs `warmup` untimed calls (on this CPU the first two calls of a fresh model are each slower by
-~0.7 s), then times `batches` calls of `batch` clips (batch_size = batch).
+makes `warmup` untimed calls (the first calls of a fresh model pay one-off setup costs), then
+times `batches` calls of `batch` clips (batch_size = batch). CPU timings are only meaningful on an
+otherwise idle machine: with 2 torch threads, one busy core elsewhere halves the throughput or worse.
 """
 
 from __future__ import annotations

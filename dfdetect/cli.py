@@ -22,7 +22,7 @@ app = typer.Typer(
 )
 datasets_app = typer.Typer(help="Dataset adapters: list them, validate a download.", no_args_is_help=True)
 app.add_typer(datasets_app, name="datasets")
-console = Console()
+console = Console(emoji=False)
 
 
 @app.command()
@@ -155,6 +155,66 @@ def _print_index(report: dict, max_problems: int) -> None:
             console.print(f"  ... and {len(problems) - max_problems} more (--json lists all)")
     else:
         console.print("[green]no problems found[/]")
+
+
+@app.command()
+def models(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")):
+    """Each architecture with its parameter count and checkpoint size (the seed's model-size table)."""
+    from dfdetect.train.architectures import ARCHITECTURES, model_summary
+
+    rows = [model_summary(name) for name in ARCHITECTURES]
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table("arch", "model", "reads", "head params", "head checkpoint", "deployed (with WavLM-Large)")
+    for r in rows:
+        deployed = (f"{r['deployed_parameters'] / 1e6:.1f}M params, {r['deployed_bytes'] / 1e9:.2f} GB"
+                    if "deployed_bytes" in r else "same")
+        table.add_row(r["arch"], r["title"], ",".join(r["inputs"]), f"{r['parameters']:,}",
+                      f"{r['checkpoint_bytes'] / 1e6:.2f} MB", deployed)
+    console.print(table)
+    console.print("WavLM heads train on cached WavLM features, so their checkpoints hold the head only; "
+                  "scoring raw audio also needs the frozen WavLM-Large.")
+
+
+@app.command("train")
+def train_command(
+    arch: str = typer.Option(..., help="mel_cnn | mel_aasist | wavlm_cnn | wavlm_aasist"),
+    train_set: str = typer.Option(..., "--train", help="STORE[@VERSION][:SPLIT] to train on."),
+    out: Path = typer.Option(..., "--out", help="Run folder, e.g. runs/mel_aasist."),
+    val: str = typer.Option(None, help="Validation set (default: a seeded, stratified 5% of --train)."),
+    test: str = typer.Option(None, help="In-distribution test set."),
+    ood: list[str] = typer.Option([], help="Out-of-distribution set; repeat for several."),
+    epochs: int = typer.Option(None, help="Default: the seed's, 50 for mel heads, 15 for WavLM heads."),
+    batch_size: int = typer.Option(None, help="Default: 128 for mel heads, 64 for WavLM heads."),
+    lr: float = typer.Option(5e-5),
+    weight_decay: float = typer.Option(0.01),
+    seed: int = typer.Option(0),
+    device: str = typer.Option("auto", help="auto | cpu | cuda"),
+    early_stopping: int = typer.Option(None, help="Stop after N epochs without a better validation EER (default: never)."),
+    init_from: Path = typer.Option(None, help="Start from another run's best weights (fine-tuning)."),
+    config_file: Path = typer.Option(None, "--config", help="JSON file of TrainConfig fields; flags given here override it."),
+    resume: bool = typer.Option(False, help="Continue the run in --out where it stopped."),
+    force: bool = typer.Option(False, help="Overwrite an existing run in --out."),
+):
+    """Train a head from cached features; every epoch is evaluated on validation, test and OOD sets.
+
+    Labels: 1 = fake, 0 = real. Scores written are P(fake), higher = more likely fake."""
+    from dfdetect.store import StoreError
+    from dfdetect.train.trainer import TrainConfig, TrainError, train
+
+    fields = json.loads(config_file.read_text()) if config_file else {}
+    given = {"arch": arch, "train": train_set, "val": val, "test": test, "ood": tuple(ood) or None,
+             "epochs": epochs, "batch_size": batch_size, "seed": seed, "device": device,
+             "early_stopping": early_stopping, "init_from": str(init_from) if init_from else None,
+             "lr": lr, "weight_decay": weight_decay}
+    fields.update({k: v for k, v in given.items() if v is not None})
+    try:
+        config = TrainConfig(**fields)
+        train(config, out, resume=resume, force=force, console=console)
+    except (TrainError, StoreError, ValueError, TypeError) as e:
+        console.print(f"[red]error:[/] {e}", soft_wrap=True)
+        raise typer.Exit(2)
 
 
 # -- dfdetect store: list, describe, verify and export feature stores -----------------------------

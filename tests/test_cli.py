@@ -22,12 +22,14 @@ def test_datasets_list_names_every_adapter():
 
 
 def test_datasets_show_counts_a_clean_folder(tmp_path):
-    write_corpus(tmp_path, CorpusSpec(real=3, per_generator=2, min_seconds=1, max_seconds=1.5))
+    write_corpus(tmp_path, CorpusSpec(real=5, per_generator=3, min_seconds=1, max_seconds=1.5))
     result = runner.invoke(app, ["datasets", "show", "folder", "--root", str(tmp_path), "--json", "--decode", "-1"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
-    assert report["counts"]["by_split"] == {"all": {"real": 3, "fake": 2 * len(GENERATORS)}}
-    assert report["counts"]["fake_by_generator"] == {g: 2 for g in GENERATORS}
+    # reals 3/1/1 over train/test/ood; seen generators 2/1 over train/test; the held-out one in ood
+    assert report["counts"]["by_split"] == {"train": {"real": 3, "fake": 6}, "test": {"real": 1, "fake": 3},
+                                            "ood": {"real": 1, "fake": 3}}
+    assert report["counts"]["fake_by_generator"] == {g: 3 for g in GENERATORS}
     assert report["problems"] == []
 
 

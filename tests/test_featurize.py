@@ -21,8 +21,8 @@ from dfdetect.store.writer import StoreLock
 def corpus(tmp_path_factory):
     root = tmp_path_factory.mktemp("corpus")
     write_corpus(root, CorpusSpec(real=8, per_generator=4, min_seconds=1.0, max_seconds=4.0))
-    (root / "real" / "empty.wav").write_bytes(b"")
-    (root / "fake" / "vocoder" / "not audio.mp3").write_text("<html>403</html>")
+    (root / "train" / "real" / "empty.wav").write_bytes(b"")
+    (root / "test" / "fake" / "vocoder" / "not audio.mp3").write_text("<html>403</html>")
     return root
 
 
@@ -78,7 +78,7 @@ def test_resume_refuses_a_changed_dataset(corpus, tmp_path):
     shutil.copytree(corpus, copy)
     out = str(tmp_path / "s.zarr")
     featurize("folder", copy, out, features=("mel",), workers=0, block_size=16)
-    shutil.copy(next((copy / "real").glob("real_*")), copy / "real" / "added later.flac")
+    shutil.copy(next((copy / "train" / "real").glob("real_*")), copy / "train" / "real" / "added later.flac")
     with pytest.raises(StoreError, match="dataset changed"):
         featurize("folder", copy, out, features=("mel",), workers=0, block_size=16)
 

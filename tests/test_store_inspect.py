@@ -38,8 +38,13 @@ def built(tmp_path_factory):
     base = tmp_path_factory.mktemp("store")
     corpus = base / "corpus"
     spec = dict(min_seconds=0.4, max_seconds=0.8)
-    write_corpus(corpus / "train", CorpusSpec(real=5, per_generator=2, seed=1, **spec))
-    write_corpus(corpus / "test", CorpusSpec(real=2, per_generator=2, seed=2, **spec))
+    for split, real, seed in (("train", 5, 1), ("test", 2, 2)):
+        # every clip of the demo corpus (whatever its own split) into this store's one split
+        for path in write_corpus(base / f"gen-{split}", CorpusSpec(real=real, per_generator=2, seed=seed, **spec)):
+            inner = path.relative_to(base / f"gen-{split}").parts[1:]  # drop the corpus's split level
+            target = corpus.joinpath(split, *inner)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(path, target)
     (corpus / "train" / "real" / "empty.wav").write_bytes(b"")
     (corpus / "test" / "fake" / "vocoder" / "notes.mp3").write_text("not audio at all")
     first_real = sorted((corpus / "train" / "real").glob("real_*"))[0]

@@ -17,8 +17,12 @@ behaviour. The families:
     codec        a low-bitrate neural-codec-like resynthesis: band energies kept, fine structure
                  above 1.5 kHz replaced by noise (meant as the held-out, unseen family)
 
-Files are written in the `folder` dataset layout (real/, fake/<generator>/) in mixed formats and
-sample rates, chosen independently of the label so that the container tells a model nothing.
+Files are written in the `folder` dataset layout with a split level, in mixed formats and sample
+rates chosen independently of the label (so the container tells a model nothing):
+
+    train/real, train/fake/{vocoder,bandlimited,griffinlim}   the seen generators
+    test/real,  test/fake/{...}                               same generators, held-out clips
+    ood/real,   ood/fake/codec                                an unseen generator family
 """
 
 from __future__ import annotations
@@ -193,8 +197,18 @@ def synthesize(kind: str, rng: np.random.Generator, seconds: float) -> np.ndarra
     return (0.9 * y / (np.abs(y).max() + 1e-9)).astype(np.float32)
 
 
+def split_of(family: str, i: int) -> str:
+    """Seen families: 2/3 train, 1/3 test. Reals: 3/5 train, 1/5 test, 1/5 ood. Held out: ood."""
+    if family == HELD_OUT_GENERATOR:
+        return "ood"
+    if family == "real":
+        return {3: "test", 4: "ood"}.get(i % 5, "train")
+    return "test" if i % 3 == 2 else "train"
+
+
 def write_corpus(root: Path, spec: CorpusSpec = CorpusSpec()) -> list[Path]:
-    """Write the corpus under root in the `folder` layout; returns the files written.
+    """Write the corpus under root in the `folder` layout (see the module docstring); returns the
+    files written.
 
     Every clip has its own seed derived from (spec.seed, family, index), so the corpus is the same
     on every machine and a clip does not change when the counts do."""
@@ -209,7 +223,8 @@ def write_corpus(root: Path, spec: CorpusSpec = CorpusSpec()) -> list[Path]:
         audio = synthesize(family, rng, seconds)
         if rate != _RATE:
             audio = soxr.resample(audio, _RATE, rate).astype(np.float32)
-        folder = root / "real" if family == "real" else root / "fake" / family
+        split = root / split_of(family, i)
+        folder = split / "real" if family == "real" else split / "fake" / family
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{family}_{i:04d}.{_EXTENSION[fmt]}"
         path.write_bytes(encode(audio, rate, fmt))

@@ -30,8 +30,8 @@ def run_demo(out: Path, spec: CorpusSpec = CorpusSpec(), console: Console | None
     t0 = time.perf_counter()
     files = write_corpus(corpus, spec)
     # Two broken files, as every real download has: they must be reported, and cost nothing else.
-    (corpus / "real" / "truncated_download.wav").write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt ")
-    (corpus / "fake" / GENERATORS[0] / "empty.flac").write_bytes(b"")
+    (corpus / "train" / "real" / "truncated_download.wav").write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt ")
+    (corpus / "train" / "fake" / GENERATORS[0] / "empty.flac").write_bytes(b"")
     console.print(
         f"wrote {len(files)} clips ({spec.real} real, {spec.per_generator} for each fake family "
         f"{', '.join(GENERATORS)}) + 2 broken files to {corpus} in {time.perf_counter() - t0:.1f} s; "

@@ -180,6 +180,9 @@ class WavLMExtractor:
         """Local directory; else the HF cache; else, unless offline, the hub. Any failure to get
         weights becomes a WavLMUnavailableError that says how to get them."""
         from transformers import WavLMModel
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # one bar per worker per load is noise in a featurize log
 
         c = self.config
         if self._local:
@@ -356,6 +359,9 @@ def save_random_wavlm(path: str | Path, size: str = "tiny", seed: int = 0) -> Pa
     """
     from transformers import Wav2Vec2FeatureExtractor, WavLMModel
     from transformers import WavLMConfig as HFWavLMConfig
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
 
     common = dict(feat_extract_norm="layer", do_stable_layer_norm=True, conv_bias=False,
                   conv_kernel=(10, 3, 3, 3, 3, 2, 2), conv_stride=(5, 2, 2, 2, 2, 2, 2))

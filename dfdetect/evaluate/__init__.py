@@ -1,0 +1,1 @@
+"""Stage 3: metrics (shared with the trainer), and later reports and bulk scoring."""

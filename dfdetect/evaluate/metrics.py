@@ -1,0 +1,118 @@
+"""Detection metrics, with one convention for everything.
+
+Labels: 1 = fake (spoof), 0 = real (bona fide). Scores: probability of fake, higher = more likely
+fake. A clip is called fake when score >= threshold.
+
+EER follows ASVspoof's reference code exactly (`compute_det_curve` / `compute_eer` of the
+ASVspoof 2019/2021/5 evaluation packages): bona fide is the target class, scored higher = more
+bona fide, so it runs on -score; all scores are sorted with a stable sort (mergesort), the DET curve
+is taken at every sample (no interpolation), the operating point is argmin |FRR - FAR| and the EER
+is the mean of FRR and FAR there. With tied scores the stable sort decides which tied clips fall on
+which side, so ties can move the EER by several points on small sets: `tied_scores` reports how
+many scores repeat another one. scikit-learn computes the other metrics; its ROC merges tied
+scores, so it is not used for the EER.
+
+Metrics that are undefined (precision with no clip called fake, MCC or AUC with one class) are
+NaN here and `null` in JSON, never 0.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+from sklearn.exceptions import UndefinedMetricWarning
+from sklearn.metrics import (accuracy_score, confusion_matrix, f1_score, matthews_corrcoef,
+                             precision_score, recall_score, roc_auc_score)
+
+NAN = float("nan")
+
+
+def det_curve(target_scores: np.ndarray, nontarget_scores: np.ndarray):
+    """ASVspoof's DET curve: (FRR, FAR, thresholds) at every sample of the stable-sorted scores."""
+    n = target_scores.size + nontarget_scores.size
+    scores = np.concatenate([target_scores, nontarget_scores])
+    labels = np.concatenate([np.ones(target_scores.size), np.zeros(nontarget_scores.size)])
+    order = np.argsort(scores, kind="mergesort")
+    labels = labels[order]
+    target_sums = np.cumsum(labels)
+    nontarget_sums = nontarget_scores.size - (np.arange(1, n + 1) - target_sums)
+    frr = np.concatenate([[0.0], target_sums / target_scores.size])
+    far = np.concatenate([[1.0], nontarget_sums / nontarget_scores.size])
+    thresholds = np.concatenate([[scores[order[0]] - 0.001], scores[order]])
+    return frr, far, thresholds
+
+
+def eer(labels: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
+    """(EER, threshold on P(fake)) by the ASVspoof convention; (nan, nan) with one class."""
+    labels, scores = np.asarray(labels), np.asarray(scores, dtype=np.float64)
+    real, fake = scores[labels == 0], scores[labels == 1]
+    if real.size == 0 or fake.size == 0:
+        return NAN, NAN
+    frr, far, thresholds = det_curve(-real, -fake)  # bona fide is the target, higher = bona fide
+    i = int(np.argmin(np.abs(frr - far)))
+    # bona fide accepted when -score > t, i.e. fake when score >= -t
+    return float((frr[i] + far[i]) / 2), float(-thresholds[i])
+
+
+def at_threshold(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict:
+    """Classification metrics when clips with score >= threshold are called fake."""
+    labels = np.asarray(labels).astype(int)
+    predicted = (np.asarray(scores) >= threshold).astype(int)
+    tn, fp, fn, tp = confusion_matrix(labels, predicted, labels=[0, 1]).ravel()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UndefinedMetricWarning)
+        warnings.simplefilter("ignore", RuntimeWarning)
+        two_classes = len(np.unique(labels)) == 2
+        return {
+            "threshold": float(threshold),
+            "accuracy": float(accuracy_score(labels, predicted)),
+            "precision": float(precision_score(labels, predicted, zero_division=np.nan)),
+            "recall": float(recall_score(labels, predicted, zero_division=np.nan)),
+            "f1": float(f1_score(labels, predicted, zero_division=np.nan)),
+            # sklearn returns 0 for MCC when a row/column of the confusion matrix is empty; that
+            # is "undefined", not "no correlation" (the seed's MP3-corrupt CNN) unless both classes
+            # are present and one is never predicted.
+            "mcc": float(matthews_corrcoef(labels, predicted)) if two_classes else NAN,
+            "sensitivity": float(tp / (tp + fn)) if tp + fn else NAN,   # recall of fakes
+            "specificity": float(tn / (tn + fp)) if tn + fp else NAN,   # recall of reals
+            "tp": int(tp), "fp": int(fp), "tn": int(tn), "fn": int(fn),
+        }
+
+
+def evaluate_scores(labels, scores, thresholds: dict[str, float] | None = None) -> dict:
+    """Every metric for one set: AUC, EER (+ its threshold), and the classification metrics at
+    0.5, at the EER threshold and at any extra named thresholds (e.g. one chosen on validation)."""
+    labels = np.asarray(labels).astype(int)
+    scores = np.asarray(scores, dtype=np.float64)
+    if labels.shape != scores.shape or labels.ndim != 1:
+        raise ValueError(f"labels {labels.shape} and scores {scores.shape} must be 1-D and equal length")
+    if not np.isfinite(scores).all():
+        bad = np.flatnonzero(~np.isfinite(scores))
+        raise ValueError(f"{bad.size} scores are NaN/Inf (rows {bad[:10].tolist()}...)")
+    value, eer_threshold = eer(labels, scores)
+    two_classes = (labels == 0).any() and (labels == 1).any()
+    result = {
+        "n": int(labels.size), "n_fake": int(labels.sum()), "n_real": int((labels == 0).sum()),
+        "auc": float(roc_auc_score(labels, scores)) if two_classes else NAN,
+        "eer": value, "eer_threshold": eer_threshold,
+        "tied_scores": int(labels.size - np.unique(scores).size),
+        "at_0.5": at_threshold(labels, scores, 0.5),
+    }
+    if two_classes:
+        result["at_eer"] = at_threshold(labels, scores, eer_threshold)
+    for name, t in (thresholds or {}).items():
+        result[f"at_{name}"] = at_threshold(labels, scores, t)
+    return result
+
+
+def json_safe(obj):
+    """NaN -> None recursively, so undefined metrics are `null` in JSON, not a fake number."""
+    if isinstance(obj, float) and math.isnan(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj

@@ -1,0 +1,119 @@
+"""The four heads by name: what each reads, how to build one, and how big it is.
+
+    ARCHITECTURES["mel_aasist"].inputs          -> ("mel",)
+    model = build_model("wavlm_cnn", hidden_size=768, num_layers=2)
+    model_summary("wavlm_aasist")               -> parameters, checkpoint bytes, deployed size
+
+Each head lives in its own file (mel_cnn.py, mel_aasist.py, wavlm_cnn.py, wavlm_aasist.py) with its
+config at the top; this module only names them. A config round-trips through JSON with
+`config_to_dict` and `build_model(arch, **dict)` (lists become tuples, a dict becomes a nested config).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from safetensors.torch import save as safetensors_save
+from torch import nn
+
+from dfdetect.train.mel_aasist import MelAASIST, MelAASISTConfig
+from dfdetect.train.mel_cnn import MelCNN, MelCNNConfig
+from dfdetect.train.wavlm_aasist import WavLMAASIST, WavLMAASISTConfig
+from dfdetect.train.wavlm_cnn import WavLMCNN, WavLMCNNConfig
+
+# Frozen WavLM-Large, which the WavLM heads need at scoring time (it runs live there; training reads
+# the cache): 316.6M parameters (WavLM paper, Chen et al. 2022, Table 1: 316.62M), ~1.27 GB as float32
+# -- the bulk of the seed's "~350M+ parameters, ~1.3 GB per checkpoint" for its WavLM models.
+WAVLM_LARGE_PARAMETERS = 316_620_000
+WAVLM_LARGE_BYTES = WAVLM_LARGE_PARAMETERS * 4     # float32 weights
+
+
+@dataclass(frozen=True)
+class Architecture:
+    name: str                       # registry key, e.g. "mel_aasist"
+    title: str                      # for people, e.g. "Mel-AASIST"
+    config_cls: type
+    model_cls: type[nn.Module]
+    inputs: tuple[str, ...]         # feature arrays the model reads from a batch
+    batch_size: int                 # the seed's: 128 for mel-only heads, 64 for WavLM heads
+
+    @property
+    def uses_wavlm(self) -> bool:
+        return "wavlm" in self.inputs
+
+
+ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in (
+    Architecture("mel_cnn", "Mel-CNN", MelCNNConfig, MelCNN, MelCNN.inputs, 128),
+    Architecture("mel_aasist", "Mel-AASIST", MelAASISTConfig, MelAASIST, MelAASIST.inputs, 128),
+    Architecture("wavlm_cnn", "WavLM+CNN", WavLMCNNConfig, WavLMCNN, WavLMCNN.inputs, 64),
+    Architecture("wavlm_aasist", "WavLM+AASIST", WavLMAASISTConfig, WavLMAASIST, WavLMAASIST.inputs, 64),
+)}
+
+
+def get_architecture(arch: str) -> Architecture:
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {arch!r}; valid: {', '.join(ARCHITECTURES)}")
+    return ARCHITECTURES[arch]
+
+
+def _make(config_cls: type, overrides: dict[str, Any], where: str):
+    fields = {f.name: f for f in dataclasses.fields(config_cls)}
+    unknown = sorted(set(overrides) - set(fields))
+    if unknown:
+        raise ValueError(f"unknown {where} option(s) {', '.join(map(repr, unknown))}; "
+                         f"valid: {', '.join(fields)}")
+    values = {}
+    for name, value in overrides.items():
+        default = getattr(config_cls(), name)
+        if dataclasses.is_dataclass(default) and isinstance(value, dict):
+            value = _make(type(default), value, f"{where}.{name}")
+        elif isinstance(default, tuple) and isinstance(value, list):
+            value = tuple(value)
+        values[name] = value
+    return config_cls(**values)
+
+
+def make_config(arch: str, **overrides):
+    """The architecture's config with the seed's defaults, changed by `overrides` (ValueError if unknown)."""
+    return _make(get_architecture(arch).config_cls, overrides, arch)
+
+
+def build_model(arch: str, **config_overrides) -> nn.Module:
+    """A freshly initialised head. Unknown arch or override -> ValueError naming the valid choices."""
+    return get_architecture(arch).model_cls(make_config(arch, **config_overrides))
+
+
+def config_to_dict(config) -> dict:
+    """JSON-friendly dict of a config; `build_model(arch, **config_to_dict(c))` rebuilds the same model."""
+    def plain(v):
+        return [plain(x) for x in v] if isinstance(v, (tuple, list)) else v
+    return {k: config_to_dict(v) if dataclasses.is_dataclass(v) else plain(v)
+            for k, v in ((f.name, getattr(config, f.name)) for f in dataclasses.fields(config))}
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def checkpoint_bytes(model: nn.Module) -> int:
+    """Size of the model's state_dict saved with safetensors (measured, not estimated)."""
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    return len(safetensors_save(state))
+
+
+def model_summary(arch: str, wavlm_hidden: int = 1024, wavlm_layers: int = 3) -> dict:
+    """Sizes for `dfdetect models`: parameters and checkpoint bytes of the head as trained, and for
+    WavLM heads also the deployed size with frozen WavLM-Large (which scoring needs)."""
+    a = get_architecture(arch)
+    overrides = {"hidden_size": wavlm_hidden, "num_layers": wavlm_layers} if a.uses_wavlm else {}
+    model = build_model(arch, **overrides)
+    summary = {"arch": a.name, "title": a.title, "inputs": list(a.inputs), "batch_size": a.batch_size,
+               "parameters": count_parameters(model), "checkpoint_bytes": checkpoint_bytes(model),
+               "config": config_to_dict(model.config)}
+    if a.uses_wavlm:
+        summary.update(wavlm_parameters=WAVLM_LARGE_PARAMETERS,
+                       deployed_parameters=summary["parameters"] + WAVLM_LARGE_PARAMETERS,
+                       deployed_bytes=summary["checkpoint_bytes"] + WAVLM_LARGE_BYTES)
+    return summary

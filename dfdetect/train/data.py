@@ -1,0 +1,142 @@
+"""Feeding cached features to the heads: sets from stores, and a loader that reads whole chunks.
+
+A set is `STORE[@VERSION][:SPLIT]`: the ok rows of one split (or all) of one store version.
+
+zarr-python is slow at single-row random reads and fast at whole chunks, so the loader never reads
+a row on its own. Rows are grouped in read units (the least common multiple of the selected arrays'
+chunk rows, so every read is whole chunks of every array). Then either
+- in memory: when the selected rows fit the memory budget, every unit is read once at the start
+  and each epoch is a permutation of rows in RAM; or
+- streaming: each epoch shuffles the order of units, reads `buffer_units` of them, shuffles the
+  rows inside that buffer and cuts batches (chunk-aware shuffling, as WebDataset and lhotse do).
+Both are seeded by (seed, epoch), so an epoch's order never depends on what ran before it (which
+is what makes `--resume` exact).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from math import lcm
+
+import numpy as np
+import torch
+
+from dfdetect.store import FeatureStore, StoreError, open_store, parse_store_spec
+
+
+@dataclass
+class DataSet:
+    """Rows of one store version that a run trains or evaluates on."""
+    name: str
+    spec: str
+    store: FeatureStore
+    rows: np.ndarray
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.store.meta["label"][self.rows].astype(np.int64)
+
+    def describe(self) -> dict:
+        labels = self.labels
+        return {"name": self.name, "spec": self.spec, "store": self.store.path, "version": self.store.version,
+                "frontend_hash": self.store.config.get("frontend_hash"), "rows": int(len(self.rows)),
+                "fake": int(labels.sum()), "real": int((labels == 0).sum())}
+
+
+def open_set(spec: str, name: str) -> DataSet:
+    """Open `STORE[@VERSION][:SPLIT]` (ok rows only); errors say what is available instead."""
+    path, version, split = parse_store_spec(spec)
+    store = open_store(path, version=version)
+    if split is not None and split not in set(store.meta["split"]):
+        raise StoreError(f"{name} set {spec}: no split {split!r} in {path}; it has "
+                         f"{', '.join(sorted(set(store.meta['split'])))}")
+    rows = store.rows(split)
+    if rows.size == 0:
+        raise StoreError(f"{name} set {spec} is empty (no clip with status ok"
+                         f"{' in split ' + split if split else ''})")
+    return DataSet(name, spec, store, rows)
+
+
+def stratified_split(rows: np.ndarray, labels: np.ndarray, fraction: float, seed: int):
+    """(train_rows, val_rows): `fraction` of each label to validation, seeded."""
+    from sklearn.model_selection import train_test_split
+
+    train, val = train_test_split(rows, test_size=fraction, stratify=labels, random_state=seed)
+    return np.sort(train), np.sort(val)
+
+
+def row_bytes(store: FeatureStore, features) -> int:
+    return sum(int(np.prod(store.array(f).shape[1:])) * store.array(f).dtype.itemsize for f in features)
+
+
+class FeatureLoader:
+    """Batches {feature: float16 tensor, "label": float tensor, "row": rows} from one DataSet."""
+
+    def __init__(self, data: DataSet, features: tuple[str, ...], batch_size: int, shuffle: bool,
+                 seed: int = 0, memory_budget: int = 4 << 30, buffer_units: int = 16):
+        self.data, self.features, self.batch_size = data, tuple(features), batch_size
+        self.shuffle, self.seed, self.buffer_units = shuffle, seed, buffer_units
+        arrays = [data.store.array(f) for f in self.features]
+        self.unit = lcm(*(a.chunks[0] for a in arrays))
+        self._arrays = dict(zip(self.features, arrays))
+        self._labels = data.store.meta["label"].astype(np.float32)
+        units = data.rows // self.unit
+        self._units = np.unique(units)
+        self._rows_by_unit = {int(u): data.rows[units == u] for u in self._units}
+        self.in_memory = len(data.rows) * row_bytes(data.store, self.features) <= memory_budget
+        self._cache = self._read_units(self._units) if self.in_memory else None
+
+    def __len__(self) -> int:
+        return -(-len(self.data.rows) // self.batch_size)
+
+    def _read_units(self, units) -> dict[str, np.ndarray]:
+        """The wanted rows of whole read units, in unit order; checks they are finite."""
+        parts = {f: [] for f in self.features}
+        rows = []
+        for u in units:
+            u = int(u)
+            wanted = self._rows_by_unit[u] - u * self.unit
+            for f, arr in self._arrays.items():
+                parts[f].append(arr[u * self.unit:(u + 1) * self.unit][wanted])
+            rows.append(self._rows_by_unit[u])
+        out = {f: np.concatenate(p) for f, p in parts.items()}
+        out["row"] = np.concatenate(rows)
+        for f in self.features:
+            finite = np.isfinite(out[f].reshape(len(out["row"]), -1)).all(axis=1)
+            if not finite.all():
+                bad = out["row"][~finite]
+                raise StoreError(
+                    f"{self.data.spec}: {f} has NaN/Inf in {bad.size} ok rows (first: {bad[:5].tolist()}); "
+                    f"run `dfdetect store verify {self.data.store.path}` and re-featurize")
+        return out
+
+    def _batches(self, block: dict, order: np.ndarray):
+        for start in range(0, len(order), self.batch_size):
+            take = order[start:start + self.batch_size]
+            batch = {f: torch.from_numpy(np.ascontiguousarray(block[f][take])) for f in self.features}
+            rows = block["row"][take]
+            batch["label"] = torch.from_numpy(self._labels[rows])
+            batch["row"] = rows
+            yield batch
+
+    def epoch(self, epoch: int = 0):
+        """The batches of one epoch, in an order seeded by (seed, epoch)."""
+        rng = np.random.default_rng([self.seed, epoch])
+        if self.in_memory:
+            n = len(self._cache["row"])
+            yield from self._batches(self._cache, rng.permutation(n) if self.shuffle else np.arange(n))
+            return
+        units = rng.permutation(self._units) if self.shuffle else self._units
+        carry = None
+        for start in range(0, len(units), self.buffer_units):
+            block = self._read_units(units[start:start + self.buffer_units])
+            if carry is not None:  # rows left over from the last buffer start this one
+                block = {k: np.concatenate([carry[k], block[k]]) for k in block}
+            n = len(block["row"])
+            order = rng.permutation(n) if self.shuffle else np.arange(n)
+            last = start + self.buffer_units >= len(units)
+            full = n if last else n - n % self.batch_size
+            yield from self._batches(block, order[:full])
+            carry = None if last else {k: v[order[full:]] for k, v in block.items()}
+
+    __iter__ = epoch
