@@ -184,7 +184,7 @@ def train_command(
     out: Path = typer.Option(..., "--out", help="Run folder, e.g. runs/mel_aasist."),
     val: str = typer.Option(None, help="Validation set (default: a seeded, stratified 5% of --train)."),
     test: str = typer.Option(None, help="In-distribution test set."),
-    ood: list[str] = typer.Option([], help="Out-of-distribution set; repeat for several."),
+    ood: list[str] = typer.Option([], help="Out-of-distribution set [NAME=]STORE[:SPLIT]; repeat for several."),
     epochs: int = typer.Option(None, help="Default: the seed's, 50 for mel heads, 15 for WavLM heads."),
     batch_size: int = typer.Option(None, help="Default: 128 for mel heads, 64 for WavLM heads."),
     lr: float = typer.Option(5e-5),

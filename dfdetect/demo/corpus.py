@@ -6,7 +6,7 @@ can run end to end in seconds, with a held-out generator family to show out-of-d
 behaviour. The families:
 
     real         source-filter speech: glottal pulses with jitter/shimmer and declining F0, moving
-                 formants, fricative noise bursts, room reverb and background noise
+                 formants, fricative noise bursts
     vocoder      the same voice, but a perfectly steady pitch and faint tonal lines at multiples of
                  2 kHz (the periodic artifacts of transposed-convolution upsampling, as in GAN
                  vocoders)
@@ -17,7 +17,8 @@ behaviour. The families:
     codec        a low-bitrate neural-codec-like resynthesis: band energies kept, fine structure
                  above 1.5 kHz replaced by noise (meant as the held-out, unseen family)
 
-Files are written in the `folder` dataset layout with a split level, in mixed formats and sample
+Every family gets room reverb and background noise at random (80% of reals, 50% of fakes), so the
+recording conditions are not a shortcut. Files are written in the `folder` dataset layout with a split level, in mixed formats and sample
 rates chosen independently of the label (so the container tells a model nothing):
 
     train/real, train/fake/{vocoder,bandlimited,griffinlim}   the seen generators
@@ -56,8 +57,8 @@ _VOWELS = np.array([   # F1, F2, F3 (Hz) of a few vowels
 
 @dataclass(frozen=True)
 class CorpusSpec:
-    real: int = 60
-    per_generator: int = 24
+    real: int = 120
+    per_generator: int = 48
     min_seconds: float = 2.0
     max_seconds: float = 4.5
     seed: int = 0
@@ -178,8 +179,7 @@ def _codec(rng: np.random.Generator, x: np.ndarray) -> np.ndarray:
 def synthesize(kind: str, rng: np.random.Generator, seconds: float) -> np.ndarray:
     """One clip of family `kind` ("real" or one of GENERATORS) at 16 kHz, peak about 0.9."""
     if kind == "real":
-        y = _room(rng, _voice(rng, seconds, steady=False, smooth=False, fricatives=True),
-                  rng.uniform(25, 40))
+        y = _voice(rng, seconds, steady=False, smooth=False, fricatives=True)
     elif kind == "vocoder":
         y = _voice(rng, seconds, steady=True, smooth=False, fricatives=True)
         t = np.arange(len(y)) / _RATE
@@ -194,6 +194,10 @@ def synthesize(kind: str, rng: np.random.Generator, seconds: float) -> np.ndarra
         y = _codec(rng, _voice(rng, seconds, steady=False, smooth=False, fricatives=True))
     else:
         raise ValueError(f"unknown family {kind!r}; choose real or one of {GENERATORS}")
+    # Rooms and noise for every family (most real clips, half the fakes: fakes get re-recorded and
+    # reals get cleaned), so that "clean = fake" is not a shortcut a detector can learn.
+    if rng.uniform() < (0.8 if kind == "real" else 0.5):
+        y = _room(rng, y, rng.uniform(20, 40))
     return (0.9 * y / (np.abs(y).max() + 1e-9)).astype(np.float32)
 
 

@@ -82,6 +82,7 @@ def create_version(path: str, version: str, config: dict, clips: list[Clip], sha
                 f"{path}@{version} was started on a different clip list ({attrs.get('n_clips')} clips "
                 f"then, {len(clips)} now): the dataset changed. Write to a new --out, or delete "
                 f"{path} to start over")
+        _remove_partial_writes(path)
         return group
 
     n = len(clips)
@@ -109,6 +110,17 @@ def create_version(path: str, version: str, config: dict, clips: list[Clip], sha
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     })
     return group
+
+
+def _remove_partial_writes(path: str) -> None:
+    """A killed writer can leave zarr's temporary `*.partial` files behind; the blocks they belonged
+    to are not marked done and will be rewritten, so the leftovers are only litter."""
+    if "://" in path:
+        return
+    for folder, _, files in os.walk(path):
+        for name in files:
+            if name.endswith(".partial"):
+                os.remove(os.path.join(folder, name))
 
 
 def _meta_array(meta: zarr.Group, name: str, dtype, n: int, block_size: int) -> zarr.Array:

@@ -32,7 +32,7 @@ from safetensors.torch import load_file, save_file
 
 from dfdetect import __version__
 from dfdetect.evaluate.metrics import evaluate_scores, json_safe
-from dfdetect.store import StoreError
+from dfdetect.store import StoreError, parse_store_spec
 from dfdetect.train.architectures import (build_model, config_to_dict, count_parameters,
                                           get_architecture)
 from dfdetect.train.data import DataSet, FeatureLoader, open_set, stratified_split
@@ -91,10 +91,9 @@ def open_sets(config: TrainConfig) -> dict[str, DataSet]:
     if config.test:
         sets["test"] = open_set(config.test, "test")
     for spec in config.ood:
-        name = "ood:" + Path(spec.split("@")[0].split(":")[0].rstrip("/")).stem + (
-            ":" + spec.rsplit(":", 1)[1] if ":" in spec.split("://")[-1] else "")
+        name, spec = ood_name(spec)
         if name in sets:
-            raise TrainError(f"OOD set {spec} is given twice")
+            raise TrainError(f"two OOD sets are named {name}; name them with NAME=STORE[:SPLIT]")
         sets[name] = open_set(spec, name)
     for name, s in sets.items():
         missing = [f for f in arch.inputs if f not in s.store.feature_names]
@@ -117,6 +116,15 @@ def open_sets(config: TrainConfig) -> dict[str, DataSet]:
             raise TrainError(f"the sets hold different WavLM features (layers/shapes {sorted(shapes)}); "
                              "featurize them with the same --wavlm and --wavlm-layers")
     return sets
+
+
+def ood_name(spec: str) -> tuple[str, str]:
+    """'NAME=STORE[:SPLIT]' -> ('ood:NAME', spec); without a name, the store's stem and split."""
+    if "=" in spec.split("/")[0]:
+        name, spec = spec.split("=", 1)
+        return "ood:" + name, spec
+    path, _, split = parse_store_spec(spec)
+    return "ood:" + Path(path.rstrip("/")).stem + (f":{split}" if split else ""), spec
 
 
 def model_overrides(config: TrainConfig, train: DataSet) -> dict:

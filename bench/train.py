@@ -1,0 +1,286 @@
+"""Training from the feature cache against training with WavLM live, and the training loader against
+plain numpy, on the same generated clips, side by side in one run.
+
+    python bench/train.py [--clips 256] [--wavlm-size large] [--threads 2] [--live-batches 2]
+                          [--live-batch-size 16] [--loader-epochs 3]
+
+On `--clips` generated 3 s clips (a `folder` corpus in mixed formats), with a random WavLM of
+`--wavlm-size` (large: microsoft/wavlm-large's architecture and cost, cached tensors
+[N, 3, 149, 1024] float16; tiny: for quick runs), it measures:
+
+1. the one-off featurize pass (mel + LFCC + WavLM layers 6/12/24, workers=0, in this process) that
+   every later epoch reuses;
+2. a cached Mel-AASIST epoch (batch 128) against a cached WavLM+AASIST epoch (batch 64): the real
+   training step (model.train(), AdamW lr 5e-5 wd 0.01, BCEWithLogits, grad clip 1.0) on batches
+   from FeatureLoader, one untimed warm-up batch each; target WavLM+AASIST <= 1.5x Mel-AASIST;
+3. a WavLM+AASIST epoch with WavLM run live on every batch's waveforms (decode + frozen WavLM +
+   the same step, as s3prl-style training pays it): too slow for a whole epoch on CPU, so
+   `--live-batches` batches are timed and the epoch extrapolated per clip; target cached >= 20x
+   faster;
+4. loader throughput (mel + LFCC + WavLM, shuffled, batch 64) in memory and streaming, against
+   batches of the same rows cut from uncompressed numpy arrays; target >= 70% of numpy.
+
+CPU timings are only meaningful on an otherwise idle machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from common import make_clips
+from rich.console import Console
+
+from dfdetect.featurize.frontend import Frontend
+from dfdetect.featurize.pipeline import featurize
+from dfdetect.featurize.wavlm import WavLMConfig, clear_wavlm_cache, load_wavlm, save_random_wavlm
+from dfdetect.store import open_store
+from dfdetect.train.architectures import build_model, get_architecture
+from dfdetect.train.data import DataSet, FeatureLoader, row_bytes
+
+LAYERS = {"large": (6, 12, 24), "tiny": (0, 1, 2)}   # tiny has 3 hidden states
+LOADER_FEATURES = ("mel", "lfcc", "wavlm")
+LOADER_BATCH = 64
+
+
+def cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def say(text: str) -> None:
+    print(text, flush=True)
+
+
+class Trainer:
+    """The training step of dfdetect.train.trainer (CPU, no AMP) for one freshly built head."""
+
+    def __init__(self, arch: str, overrides: dict):
+        torch.manual_seed(0)
+        self.model = build_model(arch, **overrides)
+        self.model.train()
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=5e-5, weight_decay=0.01)
+        self.loss_fn = torch.nn.BCEWithLogitsLoss()
+
+    def step(self, x: dict, y: torch.Tensor) -> float:
+        logits = self.model(x).float()
+        loss = self.loss_fn(logits, y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.optimizer.step()
+        return loss.item()
+
+
+def cached_epochs(data: DataSet, arch: str, overrides: dict, epochs: int) -> dict:
+    """Seconds of `epochs` cached epochs (after one untimed warm-up batch), and the loader's load time."""
+    a = get_architecture(arch)
+    t0 = time.perf_counter()
+    loader = FeatureLoader(data, a.inputs, a.batch_size, shuffle=True, seed=0)
+    load_s = time.perf_counter() - t0
+    trainer = Trainer(arch, overrides)
+    warm = next(iter(loader.epoch(0)))
+    trainer.step({k: warm[k] for k in a.inputs}, warm["label"])
+    times = []
+    for e in range(1, epochs + 1):
+        t0 = time.perf_counter()
+        clips = 0
+        for batch in loader.epoch(e):
+            trainer.step({k: batch[k] for k in a.inputs}, batch["label"])
+            clips += len(batch["label"])
+        times.append(time.perf_counter() - t0)
+    seconds = statistics.median(times)
+    return {"seconds": seconds, "per_clip": seconds / clips, "times": times, "load_s": load_s,
+            "batch": a.batch_size, "trainer": trainer}
+
+
+def live_batches(data: DataSet, trainer: Trainer, wavlm: WavLMConfig, batch_size: int, batches: int) -> dict:
+    """Seconds per clip of WavLM+AASIST steps whose WavLM input is computed live from the clips."""
+    frontend, extractor = Frontend(), load_wavlm(wavlm, device="cpu")
+    paths = data.store.meta["path"]
+    loader = FeatureLoader(data, ("mel", "lfcc"), batch_size, shuffle=True, seed=0)
+    parts = {"decode": 0.0, "wavlm": 0.0, "step": 0.0}
+    clips = 0
+    t_all = time.perf_counter()
+    for i, batch in enumerate(loader.epoch(1)):
+        if i == batches:
+            break
+        t0 = time.perf_counter()
+        waves = np.stack([frontend.load(str(paths[r])) for r in batch["row"]])
+        t1 = time.perf_counter()
+        layers = torch.from_numpy(extractor(waves)["layers"])
+        t2 = time.perf_counter()
+        trainer.step({"wavlm": layers, "mel": batch["mel"], "lfcc": batch["lfcc"]}, batch["label"])
+        t3 = time.perf_counter()
+        parts["decode"] += t1 - t0
+        parts["wavlm"] += t2 - t1
+        parts["step"] += t3 - t2
+        clips += len(batch["row"])
+    return {"seconds": time.perf_counter() - t_all, "clips": clips, "batches": min(batches, len(loader)),
+            "parts": parts}
+
+
+def loader_epochs(make, epochs: int) -> list[float]:
+    """Seconds of each of `epochs` full passes over make(epoch)'s batches."""
+    times = []
+    for e in range(1, epochs + 1):
+        t0 = time.perf_counter()
+        for batch in make(e):
+            pass
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def numpy_batches(arrays: dict, labels: np.ndarray, batch_size: int, epoch: int):
+    """The baseline: shuffled batches of the same rows from uncompressed in-memory arrays."""
+    order = np.random.default_rng([0, epoch]).permutation(len(labels))
+    for start in range(0, len(order), batch_size):
+        take = order[start:start + batch_size]
+        batch = {f: torch.from_numpy(a[take]) for f, a in arrays.items()}
+        batch["label"] = torch.from_numpy(labels[take])
+        yield batch
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="\n".join(__doc__.splitlines()[1:]))
+    parser.add_argument("--clips", type=int, default=256, help="generated 3 s clips (default 256)")
+    parser.add_argument("--wavlm-size", choices=("large", "tiny"), default="large",
+                        help="random WavLM to featurize and run live with (default large)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads for training and live WavLM")
+    parser.add_argument("--live-batches", type=int, default=2, help="timed live-WavLM batches (default 2)")
+    parser.add_argument("--live-batch-size", type=int, default=16, help="clips per live batch (default 16)")
+    parser.add_argument("--cached-epochs", type=int, default=2, help="timed cached epochs per head (median)")
+    parser.add_argument("--loader-epochs", type=int, default=3, help="timed passes per loader mode (median)")
+    args = parser.parse_args()
+    quiet = Console(quiet=True)
+    t_start = time.perf_counter()
+    rows: list[tuple[str, str, str]] = []   # (what, number, ratio / target)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        paths = make_clips(tmp / "corpus", args.clips, 3.0, 3.0)
+        n = len(paths)
+        say(f"{n} clips of 3 s; WavLM {args.wavlm_size}-sized, random weights; torch {torch.__version__}, "
+            f"{cpu_name()}, {args.threads} torch threads, CPU only")
+
+        # 1. the one-off featurize pass
+        t0 = time.perf_counter()
+        model_dir = save_random_wavlm(tmp / "wavlm", size=args.wavlm_size)
+        say(f"setup: wrote the random WavLM in {time.perf_counter() - t0:.1f} s (not counted)")
+        wavlm = WavLMConfig(model=str(model_dir), layers=LAYERS[args.wavlm_size])
+        store_path = str(tmp / "train.zarr")
+        t0 = time.perf_counter()
+        load_wavlm(wavlm, device="cpu").info()  # load + hash the weights; featurize reuses this extractor
+        wavlm_load_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        result = featurize("folder", tmp / "corpus", store_path, features=("mel", "lfcc", "wavlm"),
+                           wavlm=wavlm, workers=0, console=quiet)
+        clips_s = time.perf_counter() - t0
+        feat_s = wavlm_load_s + clips_s
+        if result.ok != n:
+            raise SystemExit(f"featurize wrote {result.ok} of {n} clips: {dict(result.errors)}")
+        store = open_store(store_path)
+        data = DataSet("train", store_path, store, store.rows())
+        shape = store.array("wavlm").shape
+        title = f"one-off featurize (WavLM-{args.wavlm_size.capitalize()}-sized, CPU)"
+        say(f"{title}: {feat_s:.1f} s = WavLM load + weights hash {wavlm_load_s:.1f} s + {n} clips "
+            f"{clips_s:.1f} s ({clips_s / n:.3f} s/clip, {n / clips_s:.2f} clips/s; workers=0: in this "
+            f"process, 1 torch thread); wavlm cached as {list(shape)} float16")
+        rows.append((title, f"{feat_s:.1f} s = {wavlm_load_s:.1f} s load + {clips_s / n:.3f} s/clip",
+                     "paid once per store"))
+
+        torch.set_num_threads(args.threads)  # featurize's in-process blocks set 1 thread
+        overrides = {"hidden_size": shape[3], "num_layers": shape[1]}
+
+        # 2. cached epochs
+        results = {}
+        for arch, extra in (("mel_aasist", {}), ("wavlm_aasist", overrides)):
+            r = results[arch] = cached_epochs(data, arch, extra, args.cached_epochs)
+            title = f"cached {get_architecture(arch).title} epoch (batch {r['batch']})"
+            say(f"{title}: {r['seconds']:.2f} s, {r['per_clip'] * 1e3:.1f} ms/clip (median of "
+                f"{', '.join(f'{t:.2f}' for t in r['times'])} s; loader load {r['load_s']:.2f} s, once)")
+            rows.append((title, f"{r['seconds']:.2f} s = {r['per_clip'] * 1e3:.1f} ms/clip", ""))
+        mel, wl = results["mel_aasist"], results["wavlm_aasist"]
+        cached_ratio = wl["seconds"] / mel["seconds"]
+        say(f"ratio cached WavLM+AASIST / cached Mel-AASIST epoch: {cached_ratio:.2f}x (target <= 1.5x)")
+        rows[-1] = (*rows[-1][:2], f"{cached_ratio:.2f}x Mel-AASIST (target <= 1.5x) "
+                                   f"{'PASS' if cached_ratio <= 1.5 else 'FAIL'}")
+
+        # 3. WavLM live (the same head and optimizer, already warm)
+        live = live_batches(data, wl["trainer"], wavlm, args.live_batch_size, args.live_batches)
+        cached_per_clip = wl["per_clip"]
+        measured_per_clip = live["seconds"] / live["clips"]
+        # The verdict uses the cached step's per-clip cost (batch 64) plus what live WavLM adds
+        # (decode + forward), so a small live batch does not flatter the ratio.
+        live_per_clip = cached_per_clip + (live["parts"]["decode"] + live["parts"]["wavlm"]) / live["clips"]
+        live_ratio = live_per_clip / cached_per_clip
+        parts = ", ".join(f"{k} {v / live['clips'] * 1e3:.0f}" for k, v in live["parts"].items())
+        say(f"live-WavLM WavLM+AASIST: {live['clips']} clips in {live['seconds']:.2f} s "
+            f"({live['batches']} batches of <= {args.live_batch_size}): {measured_per_clip * 1e3:.0f} ms/clip "
+            f"({parts} ms/clip); per clip with the cached epoch's step (batch {wl['batch']}) + decode + "
+            f"WavLM: {live_per_clip * 1e3:.0f} ms/clip; an epoch of {n} clips extrapolated (not run): "
+            f"{live_per_clip * n:.1f} s")
+        say(f"ratio live / cached WavLM+AASIST per clip: {live_ratio:.1f}x (target cached >= 20x faster; "
+            f"{measured_per_clip / cached_per_clip:.1f}x with the live batches' own step)")
+        rows.append((f"live-WavLM epoch, extrapolated from {live['clips']} clips",
+                     f"{live_per_clip * n:.1f} s = {live_per_clip * 1e3:.0f} ms/clip",
+                     f"cached {live_ratio:.1f}x faster (target >= 20x) {'PASS' if live_ratio >= 20 else 'FAIL'}"))
+        gain = live_per_clip - cached_per_clip
+        if gain > 0:
+            rows.append(("featurize pays for itself after", f"{feat_s / (gain * n):.2f} epochs",
+                         "featurize time / (live - cached epoch)"))
+        del results, wl, mel, live
+        clear_wavlm_cache()
+
+        # 4. loader throughput
+        clip_bytes = row_bytes(store, LOADER_FEATURES)
+        mb = n * clip_bytes / 1e6
+        t0 = time.perf_counter()
+        memory = FeatureLoader(data, LOADER_FEATURES, LOADER_BATCH, shuffle=True, seed=0)
+        load_s = time.perf_counter() - t0
+        assert memory.in_memory
+        loader_s = {"in memory": statistics.median(loader_epochs(memory.epoch, args.loader_epochs))}
+        del memory
+        streaming = FeatureLoader(data, LOADER_FEATURES, LOADER_BATCH, shuffle=True, seed=0, memory_budget=0)
+        assert not streaming.in_memory
+        loader_s["streaming"] = statistics.median(loader_epochs(streaming.epoch, args.loader_epochs))
+        del streaming
+        arrays = {f: np.ascontiguousarray(store.array(f)[:][data.rows]) for f in LOADER_FEATURES}
+        labels = store.meta["label"][data.rows].astype(np.float32)
+        loader_s["numpy"] = statistics.median(loader_epochs(
+            lambda e: numpy_batches(arrays, labels, LOADER_BATCH, e), args.loader_epochs))
+        del arrays
+        say(f"loader ({'+'.join(LOADER_FEATURES)}, {clip_bytes / 1e6:.2f} MB/clip, batch {LOADER_BATCH}, "
+            f"shuffled, median of {args.loader_epochs} epochs); in-memory load (once): {load_s:.2f} s, "
+            f"{mb / load_s:.0f} MB/s")
+        rows.append(("loader in-memory load (once)", f"{load_s:.2f} s = {mb / load_s:.0f} MB/s", ""))
+        for name, seconds in loader_s.items():
+            ratio = loader_s["numpy"] / seconds
+            say(f"loader {name:<10} {mb / seconds:8.0f} MB/s {n / seconds:9.0f} clips/s"
+                + (f"  ratio {ratio:.0%} of numpy (target >= 70%)" if name != "numpy" else ""))
+            rows.append((f"loader epoch, {name}", f"{mb / seconds:.0f} MB/s = {n / seconds:.0f} clips/s",
+                         "baseline" if name == "numpy" else
+                         f"{ratio:.0%} of numpy (target >= 70%) {'PASS' if ratio >= 0.7 else 'FAIL'}"))
+
+    total = time.perf_counter() - t_start
+    width = max(len(r[0]) for r in rows)
+    nwidth = max(len(r[1]) for r in rows)
+    say("")
+    say(f"summary: {n} clips of 3 s, WavLM {args.wavlm_size}-sized (cached {list(shape)} float16), CPU "
+        f"({cpu_name()}), {args.threads} torch threads (featurize: 1), total run {total:.0f} s")
+    for what, number, ratio in rows:
+        say(f"  {what:<{width}}  {number:<{nwidth}}  {ratio}")
+
+
+if __name__ == "__main__":
+    main()

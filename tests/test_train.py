@@ -1,0 +1,203 @@
+"""Training from cached features: every set every epoch, exact resume, checkpoints that score the
+same, the loader's whole-chunk reads, and every bad input refused before training starts."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+import zarr
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from dfdetect.cli import app
+from dfdetect.demo.corpus import CorpusSpec, write_corpus
+from dfdetect.featurize.frontend import FrontendConfig, MelConfig
+from dfdetect.featurize.pipeline import featurize
+from dfdetect.featurize.wavlm import WavLMConfig, save_random_wavlm
+from dfdetect.store import StoreError
+from dfdetect.train.architectures import build_model
+from dfdetect.train.data import FeatureLoader, open_set
+from dfdetect.train.trainer import TrainConfig, TrainError, predict, train
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory):
+    base = tmp_path_factory.mktemp("train")
+    corpus = base / "corpus"
+    write_corpus(corpus, CorpusSpec(real=20, per_generator=6, min_seconds=1.0, max_seconds=3.5))
+    fakes_only = corpus / "fakesonly" / "fake" / "vocoder"
+    fakes_only.mkdir(parents=True)
+    for path in sorted((corpus / "train" / "fake" / "vocoder").iterdir())[:3]:
+        shutil.copy(path, fakes_only / path.name)
+    model_dir = save_random_wavlm(base / "wavlm", size="tiny")
+    full = str(base / "full.zarr")
+    featurize("folder", corpus, full, features=("mel", "lfcc", "wavlm"),
+              wavlm=WavLMConfig(model=str(model_dir), layers=(1, 2)), workers=0, block_size=16)
+    mel_only = str(base / "mel.zarr")
+    featurize("folder", corpus, mel_only, features=("mel",), workers=0, block_size=16)
+    other_frontend = str(base / "mel64.zarr")
+    featurize("folder", corpus, other_frontend, features=("mel",), workers=0, block_size=16,
+              frontend=FrontendConfig(mel=MelConfig(f_max=7000.0)))
+    return {"base": base, "full": full, "mel": mel_only, "other": other_frontend}
+
+
+def _config(stores, arch="mel_cnn", **kw):
+    s = stores["full"]
+    fields = dict(train=f"{s}:train", test=f"{s}:test", ood=(f"unseen={s}:ood",), batch_size=16, lr=1e-3, epochs=2)
+    return TrainConfig(arch=arch, **{**fields, **kw})
+
+
+def _records(run):
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_every_set_every_epoch_and_the_run_folder(stores, tmp_path):
+    run = tmp_path / "run"
+    train(_config(stores), run)
+    records = _records(run)
+    assert [r["epoch"] for r in records] == [1, 2]
+    for r in records:
+        assert set(r["sets"]) == {"val", "test", "ood:unseen"}
+        assert r["train"]["loss"] > 0 and 0 <= r["train"]["accuracy"] <= 1
+        for name, m in r["sets"].items():
+            for key in ("eer", "auc", "at_0.5", "at_eer"):
+                assert key in m, (name, key)
+            for key in ("accuracy", "precision", "recall", "f1", "mcc", "sensitivity", "specificity"):
+                assert key in m["at_0.5"]
+            if name != "val":
+                assert "at_val" in m  # the threshold chosen on validation, applied here
+    config = json.loads((run / "config.json").read_text())
+    assert config["sets"]["train"]["rows"] + config["sets"]["val"]["rows"] == 24  # 12 real + 3 x 4 seen fakes
+    assert config["sets"]["val"]["fake"] >= 1 and config["sets"]["val"]["real"] >= 1
+    assert config["sets"]["ood:unseen"]["version"] == config["sets"]["train"]["version"]
+    assert {p.name for p in (run / "checkpoints").iterdir()} == {"epoch_001.safetensors", "epoch_002.safetensors", "best.safetensors"}
+    for which in ("best", "last"):
+        assert {p.name for p in (run / "scores" / which).iterdir()} == {"val.csv", "test.csv", "ood_unseen.csv"}
+    assert json.loads((run / "run.json").read_text())["loaders"]["train"] == "in memory"
+
+
+def test_resume_after_epoch_1_equals_an_uninterrupted_run(stores, tmp_path):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    train(_config(stores, arch="mel_aasist"), straight)
+    train(_config(stores, arch="mel_aasist", epochs=1), resumed)
+    train(_config(stores, arch="mel_aasist", epochs=2), resumed, resume=True)
+    a, b = _records(straight), _records(resumed)
+    for ra, rb in zip(a, b, strict=True):
+        ra.pop("seconds"), rb.pop("seconds")
+        assert ra == rb
+    wa = load_file(str(straight / "checkpoints" / "epoch_002.safetensors"))
+    wb = load_file(str(resumed / "checkpoints" / "epoch_002.safetensors"))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_checkpoints_load_with_safetensors_and_score_identically(stores, tmp_path):
+    run = tmp_path / "run"
+    train(_config(stores, arch="wavlm_aasist", epochs=1), run)
+    model = build_model("wavlm_aasist", **json.loads((run / "config.json").read_text())["model"])
+    model.load_state_dict(load_file(str(run / "checkpoints" / "best.safetensors")))
+    test = open_set(f"{stores['full']}:test", "test")
+    rows, scores = predict(model, FeatureLoader(test, model.inputs, 8, shuffle=False), torch.device("cpu"))
+    saved = np.genfromtxt(run / "scores" / "best" / "test.csv", delimiter=",", names=True, dtype=None, encoding="utf-8")
+    np.testing.assert_array_equal(rows, saved["store_row"])
+    np.testing.assert_allclose(scores, saved["score"], atol=1e-6)
+
+
+@pytest.mark.parametrize("arch", ["mel_cnn", "wavlm_cnn"])
+def test_other_heads_train_from_the_store(stores, tmp_path, arch):
+    record = train(_config(stores, arch=arch, epochs=1), tmp_path / arch)
+    assert np.isfinite(record["train"]["loss"]) and record["sets"]["ood:unseen"]["n"] > 0
+
+
+def test_init_from_another_run(stores, tmp_path):
+    train(_config(stores, epochs=1), tmp_path / "a")
+    train(_config(stores, epochs=1, init_from=str(tmp_path / "a")), tmp_path / "b")
+    with pytest.raises(TrainError, match="do not fit"):
+        train(_config(stores, arch="mel_aasist", epochs=1, init_from=str(tmp_path / "a")), tmp_path / "c")
+
+
+@pytest.mark.parametrize("change,message", [
+    (dict(arch="wavlm_aasist", train="{mel}:train"), "has only mel: featurize it with --features"),
+    (dict(test="{other}:test"), "different frontends"),
+    (dict(test="{full}:nosuchsplit"), "no split 'nosuchsplit'"),
+    (dict(val="{full}:fakesonly"), "has only fake clips"),
+    (dict(ood=("a={full}:ood", "a={full}:test")), "two OOD sets are named ood:a"),
+])
+def test_bad_inputs_fail_before_training(stores, tmp_path, change, message):
+    change = {k: (v.format(**stores) if isinstance(v, str) else tuple(x.format(**stores) for x in v))
+              for k, v in change.items()}
+    if "train" in change:  # a mel-only store: no other set from the full store either
+        change.update(test=None, ood=())
+    config = _config(stores, **change)
+    with pytest.raises((TrainError, StoreError), match=message):
+        train(config, tmp_path / "run")
+    assert not (tmp_path / "run").exists()  # nothing was started
+
+
+def test_an_existing_run_is_not_overwritten(stores, tmp_path):
+    run = tmp_path / "run"
+    train(_config(stores, epochs=1), run)
+    with pytest.raises(TrainError, match="--resume .* or --force"):
+        train(_config(stores, epochs=1), run)
+    train(_config(stores, epochs=1), run, force=True)
+    assert len(_records(run)) == 1
+
+
+def test_nan_features_are_refused(stores, tmp_path):
+    store = tmp_path / "nan.zarr"
+    shutil.copytree(stores["mel"], store)
+    group = zarr.open_group(str(store), mode="r+")
+    version = next(iter(group.group_keys()))
+    mel = group[version]["mel"]
+    ok_row = int(np.flatnonzero(group[version]["meta/status"][:] == "ok")[0])
+    block = mel[0:16]
+    block[ok_row] = np.nan
+    mel[0:16] = block
+    with pytest.raises(StoreError, match=f"NaN/Inf in 1 ok rows .*{ok_row}"):
+        train(TrainConfig(arch="mel_cnn", train=str(store), epochs=1), tmp_path / "run")
+
+
+def test_loader_modes_agree_and_read_only_whole_chunks(stores):
+    data = open_set(f"{stores['full']}:train", "train")
+    features = ("mel", "lfcc", "wavlm")
+    memory = FeatureLoader(data, features, 8, shuffle=True, seed=3)
+    streaming = FeatureLoader(data, features, 8, shuffle=True, seed=3, memory_budget=0, buffer_units=1)
+    assert memory.in_memory and not streaming.in_memory
+    reads = []
+    for name, arr in streaming._arrays.items():
+        streaming._arrays[name] = _Recorder(arr, reads)
+    for loader in (memory, streaming):
+        epoch1 = [b["row"] for b in loader.epoch(1)]
+        rows = np.concatenate(epoch1)
+        assert sorted(rows) == sorted(data.rows)                      # every row once
+        again = np.concatenate([b["row"] for b in loader.epoch(1)])
+        np.testing.assert_array_equal(rows, again)                    # seeded
+        assert not np.array_equal(rows, np.concatenate([b["row"] for b in loader.epoch(2)]))
+        batch = next(iter(loader.epoch(1)))
+        assert batch["mel"].dtype == torch.float16 and batch["wavlm"].shape[1:] == (2, 149, 32)
+        np.testing.assert_array_equal(batch["label"].numpy(), data.store.meta["label"][batch["row"]])
+    unit = streaming.unit
+    assert reads and all(s.start % unit == 0 and s.stop - s.start == unit for s in reads)
+
+
+class _Recorder:
+    """Wraps a zarr array and records every slice the loader reads."""
+
+    def __init__(self, arr, reads):
+        self.arr, self.reads, self.chunks = arr, reads, arr.chunks
+
+    def __getitem__(self, key):
+        self.reads.append(key)
+        return self.arr[key]
+
+
+def test_train_command(stores, tmp_path):
+    runner = CliRunner()
+    s = stores["full"]
+    result = runner.invoke(app, ["train", "--arch", "mel_cnn", "--train", f"{s}:train", "--ood", f"{s}:ood",
+                                 "--epochs", "1", "--batch-size", "16", "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    assert "epoch   1/1" in result.output and "ood:full:ood" in result.output
+    again = runner.invoke(app, ["train", "--arch", "mel_cnn", "--train", f"{s}:train", "--out", str(tmp_path / "run")])
+    assert again.exit_code == 2 and "--resume" in again.output
