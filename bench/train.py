@@ -1,26 +1,35 @@
-"""Training from the feature cache against training with WavLM live, and the training loader against
-plain numpy, on the same generated clips, side by side in one run.
+"""Cached vs live-WavLM training epochs, and the training loader vs numpy, side by side in one run.
 
-    python bench/train.py [--clips 256] [--wavlm-size large] [--threads 2] [--live-batches 2]
-                          [--live-batch-size 16] [--loader-epochs 3]
+On the same generated clips: what featurizing once costs, what a cached epoch costs per head, what
+running WavLM live would cost instead, and how fast the loader feeds cached tensors.
+
+    python bench/train.py [--clips 192] [--wavlm-size large] [--threads 2] [--live-batches 2]
+                          [--live-batch-size 16] [--cached-epochs 2] [--loader-epochs 3]
 
 On `--clips` generated 3 s clips (a `folder` corpus in mixed formats), with a random WavLM of
-`--wavlm-size` (large: microsoft/wavlm-large's architecture and cost, cached tensors
+`--wavlm-size` (large: microsoft/wavlm-large's architecture and cost, so the cache holds the real
 [N, 3, 149, 1024] float16; tiny: for quick runs), it measures:
 
-1. the one-off featurize pass (mel + LFCC + WavLM layers 6/12/24, workers=0, in this process) that
-   every later epoch reuses;
+1. the one-off featurize pass that every later epoch reuses: mel + LFCC + WavLM layers 6/12/24,
+   workers=0 (in this process, where the pipeline runs each block with 1 torch thread), with the
+   WavLM load and weights hash shown apart;
 2. a cached Mel-AASIST epoch (batch 128) against a cached WavLM+AASIST epoch (batch 64): the real
    training step (model.train(), AdamW lr 5e-5 wd 0.01, BCEWithLogits, grad clip 1.0) on batches
-   from FeatureLoader, one untimed warm-up batch each; target WavLM+AASIST <= 1.5x Mel-AASIST;
-3. a WavLM+AASIST epoch with WavLM run live on every batch's waveforms (decode + frozen WavLM +
-   the same step, as s3prl-style training pays it): too slow for a whole epoch on CPU, so
-   `--live-batches` batches are timed and the epoch extrapolated per clip; target cached >= 20x
-   faster;
-4. loader throughput (mel + LFCC + WavLM, shuffled, batch 64) in memory and streaming, against
-   batches of the same rows cut from uncompressed numpy arrays; target >= 70% of numpy.
+   from FeatureLoader, one untimed warm-up batch, then the median of `--cached-epochs` epochs;
+   target WavLM+AASIST <= 1.5x Mel-AASIST;
+3. WavLM+AASIST with WavLM run live (what s3prl-style training pays every step): each batch's
+   clips decoded (Frontend.load), frozen WavLM run on them, the same step on the result (mel and
+   LFCC still from the cache). Too slow for a whole epoch on CPU, so `--live-batches` batches of
+   `--live-batch-size` are timed and the epoch is extrapolated per clip, as the cached epoch's
+   per-clip step plus the measured decode + WavLM per clip (a small live batch's slower step does
+   not count for it; the ratio with it is printed too); target cached >= 20x faster;
+4. loader throughput (mel + LFCC + WavLM, shuffled, batch 64): FeatureLoader in memory (its
+   one-off load shown apart) and streaming (memory_budget=0: every epoch reads and decompresses
+   the store, from the page cache here), against shuffled batches of the same rows cut from
+   uncompressed float16 numpy arrays (torch.from_numpy included); target >= 70% of numpy.
 
-CPU timings are only meaningful on an otherwise idle machine.
+The defaults take about 6-7 minutes on 2 idle cores, most of it the featurize pass (~1.4 s/clip
+for WavLM-Large on 1 thread). CPU timings are only meaningful on an otherwise idle machine.
 """
 
 from __future__ import annotations
@@ -153,7 +162,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="\n".join(__doc__.splitlines()[1:]))
-    parser.add_argument("--clips", type=int, default=256, help="generated 3 s clips (default 256)")
+    parser.add_argument("--clips", type=int, default=192, help="generated 3 s clips (default 192)")
     parser.add_argument("--wavlm-size", choices=("large", "tiny"), default="large",
                         help="random WavLM to featurize and run live with (default large)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads for training and live WavLM")

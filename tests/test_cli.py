@@ -67,6 +67,7 @@ def test_demo_runs_every_stage_and_accounts_for_every_file(tmp_path):
     assert featurized["errors"] == {"decode_failed": 1, "empty": 1}
     assert featurized["arrays"]["mel"] == [2, 128, 301] and featurized["arrays"]["lfcc"] == [60, 301]
     assert featurized["arrays"]["wavlm"][:2] == [2, 149]
+    assert summary["train"]["epochs"] == 8 and 0 <= summary["train"]["ood_eer"] <= 1
 
 
 def test_demo_corpus_is_deterministic(tmp_path):
@@ -80,4 +81,5 @@ def test_demo_corpus_is_deterministic(tmp_path):
 def test_demo_command_end_to_end(tmp_path):
     result = runner.invoke(app, ["demo", "--out", str(tmp_path / "demo")])
     assert result.exit_code == 0, result.output
-    assert "156 clips" in result.output
+    assert "wrote 312 clips" in result.output
+    assert "ood:unseen" in result.output and "in distribution vs the unseen" in result.output

@@ -58,10 +58,12 @@ def open_set(spec: str, name: str) -> DataSet:
 
 
 def stratified_split(rows: np.ndarray, labels: np.ndarray, fraction: float, seed: int):
-    """(train_rows, val_rows): `fraction` of each label to validation, seeded."""
+    """(train_rows, val_rows): `fraction` of each label to validation (at least one clip of each
+    label, so validation EER is defined on small sets), seeded."""
     from sklearn.model_selection import train_test_split
 
-    train, val = train_test_split(rows, test_size=fraction, stratify=labels, random_state=seed)
+    n_val = max(len(np.unique(labels)), int(np.ceil(fraction * len(rows))))
+    train, val = train_test_split(rows, test_size=n_val, stratify=labels, random_state=seed)
     return np.sort(train), np.sort(val)
 
 
