@@ -4,7 +4,7 @@ On the same generated clips: what featurizing once costs, what a cached epoch co
 running WavLM live would cost instead, and how fast the loader feeds cached tensors.
 
     python bench/train.py [--clips 192] [--wavlm-size large] [--threads 2] [--live-batches 2]
-                          [--live-batch-size 16] [--cached-epochs 2] [--loader-epochs 3]
+                          [--live-batch-size 16] [--cached-epochs 3] [--loader-epochs 3]
 
 On `--clips` generated 3 s clips (a `folder` corpus in mixed formats), with a random WavLM of
 `--wavlm-size` (large: microsoft/wavlm-large's architecture and cost, so the cache holds the real
@@ -168,7 +168,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch threads for training and live WavLM")
     parser.add_argument("--live-batches", type=int, default=2, help="timed live-WavLM batches (default 2)")
     parser.add_argument("--live-batch-size", type=int, default=16, help="clips per live batch (default 16)")
-    parser.add_argument("--cached-epochs", type=int, default=2, help="timed cached epochs per head (median)")
+    parser.add_argument("--cached-epochs", type=int, default=3, help="timed cached epochs per head (median)")
     parser.add_argument("--loader-epochs", type=int, default=3, help="timed passes per loader mode (median)")
     args = parser.parse_args()
     quiet = Console(quiet=True)

@@ -128,11 +128,19 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(corpus, tmp_path):
 def test_runs_on_an_existing_distributed_cluster(corpus, tmp_path):
     from distributed import LocalCluster
 
+    from typer.testing import CliRunner
+
+    from dfdetect.cli import app
+
+    out = str(tmp_path / "dask.zarr")
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
-        out = str(tmp_path / "dask.zarr")
-        result = featurize("folder", corpus, out, features=("mel", "lfcc"), scheduler=cluster.scheduler_address,
-                           block_size=4)
-    assert result.complete and result.blocks_run == 7 and not result.failed_blocks
+        result = CliRunner().invoke(app, ["featurize", "--dataset", "folder", "--root", str(corpus), "--out", out,
+                                          "--features", "mel,lfcc", "--block-size", "4",
+                                          "--scheduler", cluster.scheduler_address])
+        n_workers = len(cluster.workers)
+    assert result.exit_code == 1, result.output  # 1: the two bad clips, recorded
+    assert "24 of 26 clips written" in result.output and "7 blocks run" in result.output
+    assert n_workers == 2
     local = str(tmp_path / "local.zarr")
     featurize("folder", corpus, local, features=("mel", "lfcc"), workers=0, block_size=4)
     a, _ = _arrays(out)

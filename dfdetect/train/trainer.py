@@ -225,6 +225,8 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, force: boo
           console=None) -> dict:
     """Train (or resume) one run into `out`; returns the last epoch's record."""
     from rich.console import Console
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
 
     console = console or Console()
     out = Path(out)
@@ -278,6 +280,11 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, force: boo
         t0 = time.perf_counter()
         model.train()
         total_loss, correct, seen = 0.0, 0, 0
+        bar = Progress(TextColumn(f"epoch {epoch}/{config.epochs}"), BarColumn(), MofNCompleteColumn(),
+                       TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                       console=console, transient=True)
+        task = bar.add_task("train", total=len(loaders["train"]), loss=0.0)
+        bar.start()
         for batch in loaders["train"].epoch(epoch):
             x = {k: v.to(device, non_blocking=True) for k, v in batch.items() if k in arch.inputs}
             y = batch["label"].to(device)
@@ -299,6 +306,8 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, force: boo
             total_loss += loss.item() * len(y)
             correct += int(((logits > 0).float() == y).sum())
             seen += len(y)
+            bar.update(task, advance=1, loss=total_loss / seen)
+        bar.stop()
         train_seconds = time.perf_counter() - t0
 
         t1 = time.perf_counter()
