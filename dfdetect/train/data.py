@@ -15,6 +15,8 @@ is what makes `--resume` exact).
 
 from __future__ import annotations
 
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from math import lcm
 
@@ -99,7 +101,11 @@ class FeatureLoader:
             u = int(u)
             wanted = self._rows_by_unit[u] - u * self.unit
             for f, arr in self._arrays.items():
-                parts[f].append(arr[u * self.unit:(u + 1) * self.unit][wanted])
+                # one read per chunk row-group: zarr-python decodes these faster than one big read
+                step = arr.chunks[0]
+                unit = np.concatenate([arr[start:start + step]
+                                       for start in range(u * self.unit, (u + 1) * self.unit, step)])
+                parts[f].append(unit[wanted])
             rows.append(self._rows_by_unit[u])
         out = {f: np.concatenate(p) for f, p in parts.items()}
         out["row"] = np.concatenate(rows)
@@ -129,9 +135,20 @@ class FeatureLoader:
             yield from self._batches(self._cache, rng.permutation(n) if self.shuffle else np.arange(n))
             return
         units = rng.permutation(self._units) if self.shuffle else self._units
+        starts = range(0, len(units), self.buffer_units)
+        # Read ahead: two threads fetch the next buffers while this one is consumed (zarr's codecs
+        # release the GIL), so reading overlaps with the training step.
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            pending = deque(pool.submit(self._read_units, units[s:s + self.buffer_units]) for s in starts[:2])
+            yield from self._stream(rng, units, starts, pending, pool)
+
+    def _stream(self, rng, units, starts, pending, pool):
         carry = None
-        for start in range(0, len(units), self.buffer_units):
-            block = self._read_units(units[start:start + self.buffer_units])
+        for i, start in enumerate(starts):
+            block = pending.popleft().result()
+            if i + 2 < len(starts):
+                s = starts[i + 2]
+                pending.append(pool.submit(self._read_units, units[s:s + self.buffer_units]))
             if carry is not None:  # rows left over from the last buffer start this one
                 block = {k: np.concatenate([carry[k], block[k]]) for k in block}
             n = len(block["row"])

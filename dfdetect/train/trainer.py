@@ -269,7 +269,10 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, force: boo
     else:
         (out / "config.json").write_text(json.dumps({
             "config": asdict(config), "model": config_to_dict(model.config),
-            "parameters": count_parameters(model), "sets": {n: s.describe() for n, s in sets.items()}}, indent=2))
+            "parameters": count_parameters(model), "sets": {n: s.describe() for n, s in sets.items()},
+            # what scoring raw audio needs to reproduce the features this head was trained on
+            "frontend": sets["train"].store.config["frontend"], "wavlm": sets["train"].store.config.get("wavlm")},
+            indent=2))
     (out / "run.json").write_text(json.dumps({
         "dfdetect_version": __version__, "git_commit": git_commit(), "torch": torch.__version__,
         "device": str(device), "threads": torch.get_num_threads(),

@@ -25,8 +25,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .base import (FAKE, Clip, DatasetIndex, DatasetLayoutError, IndexBuilder, parse_label,
-                   protocol_lines, read_text, require)
+from .base import (FAKE, Clip, DatasetIndex, DatasetLayoutError, IndexBuilder,
+                   index_protocol_splits, require)
 
 NAME = "asvspoof2019_la"
 DESCRIPTION = "ASVspoof 2019 LA (121,461 FLAC utterances, bonafide/spoof, attacks A01-A19, train/dev/eval)"
@@ -46,7 +46,7 @@ LAYOUT = """\
     ASVspoof2019_LA_dev/flac/<FILE>.flac
     ASVspoof2019_LA_eval/flac/<FILE>.flac"""
 
-_COLUMNS = 5
+COLUMNS = ("SPEAKER", "FILE", "-", "ATTACK", "KEY")
 
 
 def prepare(root: Path) -> DatasetIndex:
@@ -63,41 +63,11 @@ def prepare(root: Path) -> DatasetIndex:
             f"{protocols}, but none exists.\nExpected layout:\n{LAYOUT}")
 
     b = IndexBuilder(NAME, root)
-    read_any = False
-    for split, proto, audio_name in found:
-        audio = root / audio_name
-        text, problem = read_text(proto)
-        if problem:
-            b.index.problems.append(problem)
-        if not audio.is_dir():
-            rows = sum(1 for _ in protocol_lines(text))
-            b.problem(str(audio), f"{proto.name} is present but its audio folder {audio_name}/ is "
-                                  f"missing: split {split!r} ({rows} rows) skipped")
-            continue
-        read_any = True
-        shown = b.rel(proto)
-        for line, f in protocol_lines(text):
-            where = f"{proto}:{line}"
-            if len(f) != _COLUMNS:
-                b.problem(where, f"{len(f)} columns, expected {_COLUMNS} (SPEAKER FILE - ATTACK KEY); "
-                                 "row skipped")
-                continue
-            speaker, name, _, attack, key = f
-            label = parse_label(key)
-            if label is None:
-                b.problem(where, f"unknown KEY {key!r} (expected bonafide/spoof) for {name!r}; "
-                                 "row skipped")
-                continue
-            path = b.resolve(name + ".flac", where, base=str(audio))
-            if path is None:
-                continue
-            generator = attack if label == FAKE and attack != "-" else ""
-            b.add(Clip(clip_id=name, path=path, label=label, split=split, generator=generator,
-                       speaker=speaker),
-                  where, listed_in=f"{shown} line {line}")
-    if not read_any:
-        raise DatasetLayoutError(
-            "found protocol file(s) " + ", ".join(str(p) for _, p, _ in found) + " but none of "
-            "their audio folders (" + ", ".join(str(root / a) for _, _, a in found) + ") exists."
-            f"\nExpected layout:\n{LAYOUT}")
+
+    def make_clip(row: dict, label: int, split: str, path: str) -> Clip:
+        attack = row["ATTACK"]
+        return Clip(clip_id=row["FILE"], path=path, label=label, split=split, speaker=row["SPEAKER"],
+                    generator=attack if label == FAKE and attack != "-" else "")
+
+    index_protocol_splits(b, root, found, COLUMNS, make_clip, LAYOUT)
     return b.index

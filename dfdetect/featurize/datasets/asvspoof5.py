@@ -28,8 +28,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .base import (FAKE, Clip, DatasetIndex, DatasetLayoutError, IndexBuilder, parse_label,
-                   protocol_lines, read_text, require)
+from .base import (FAKE, Clip, DatasetIndex, DatasetLayoutError, IndexBuilder,
+                   index_protocol_splits, require)
 
 NAME = "asvspoof5"
 DESCRIPTION = "ASVspoof 5 (~1.0M FLAC utterances, bonafide/spoof, attacks A01-A32, train/dev/eval)"
@@ -50,7 +50,9 @@ LAYOUT = """\
     flac_E_eval/<FLAC_FILE_NAME>.flac   (eval)
   At least one protocol file with its audio folder is needed."""
 
-_COLUMNS = 10
+# FILE is FLAC_FILE_NAME in the challenge's documentation.
+COLUMNS = ("SPEAKER_ID", "FILE", "SPEAKER_GENDER", "CODEC", "CODEC_Q", "CODEC_SEED", "ATTACK_TAG",
+           "ATTACK_LABEL", "KEY", "TMP")
 
 
 def _find_protocol(root: Path, name: str) -> Path | None:
@@ -72,42 +74,12 @@ def prepare(root: Path) -> DatasetIndex:
             f"in {root} or {root / PROTOCOL_DIR}, but none exists.\nExpected layout:\n{LAYOUT}")
 
     b = IndexBuilder(NAME, root)
-    read_any = False
-    for split, proto, audio_name in found:
-        audio = root / audio_name
-        text, problem = read_text(proto)
-        if problem:
-            b.index.problems.append(problem)
-        if not audio.is_dir():
-            rows = sum(1 for _ in protocol_lines(text))
-            b.problem(str(audio), f"{proto.name} is present but its audio folder {audio_name}/ is "
-                                  f"missing: split {split!r} ({rows} rows) skipped")
-            continue
-        read_any = True
-        shown = b.rel(proto)
-        for line, f in protocol_lines(text):
-            where = f"{proto}:{line}"
-            if len(f) != _COLUMNS:
-                b.problem(where, f"{len(f)} columns, expected {_COLUMNS} (SPEAKER_ID FLAC_FILE_NAME "
-                                 "SPEAKER_GENDER CODEC CODEC_Q CODEC_SEED ATTACK_TAG ATTACK_LABEL "
-                                 "KEY TMP); row skipped")
-                continue
-            speaker, name, _gender, codec, _q, _seed, _tag, attack, key, _tmp = f
-            label = parse_label(key)
-            if label is None:
-                b.problem(where, f"unknown KEY {key!r} (expected bonafide/spoof) for {name!r}; "
-                                 "row skipped")
-                continue
-            path = b.resolve(name + ".flac", where, base=str(audio))
-            if path is None:
-                continue
-            generator = attack if label == FAKE and attack not in ("-", "bonafide") else ""
-            b.add(Clip(clip_id=name, path=path, label=label, split=split, generator=generator,
-                       speaker=speaker, codec="" if codec == "-" else codec),
-                  where, listed_in=f"{shown} line {line}")
-    if not read_any:
-        raise DatasetLayoutError(
-            "found protocol file(s) " + ", ".join(str(p) for _, p, _ in found) + " but none of "
-            "their audio folders (" + ", ".join(str(root / a) for _, _, a in found) + ") exists."
-            f"\nExpected layout:\n{LAYOUT}")
+
+    def make_clip(row: dict, label: int, split: str, path: str) -> Clip:
+        attack, codec = row["ATTACK_LABEL"], row["CODEC"]
+        return Clip(clip_id=row["FILE"], path=path, label=label, split=split, speaker=row["SPEAKER_ID"],
+                    generator=attack if label == FAKE and attack not in ("-", "bonafide") else "",
+                    codec="" if codec == "-" else codec)
+
+    index_protocol_splits(b, root, found, COLUMNS, make_clip, LAYOUT)
     return b.index

@@ -249,3 +249,70 @@ def protocol_lines(text: str):
         fields = line.split()
         if fields and not fields[0].startswith("#"):
             yield number, fields
+
+
+def index_protocol_splits(b: IndexBuilder, root: Path, found, columns: tuple[str, ...],
+                          make_clip, layout: str) -> None:
+    """The ASVspoof family's shape: per split, a header-less whitespace-separated protocol file and
+    a folder of `<FILE>.flac`. `found` lists (split, protocol path, audio folder name);
+    `make_clip(row: dict, label, split, path) -> Clip` maps one row (keyed by `columns`, which
+    must include FILE and KEY). Bad rows become problems; a split whose audio folder is missing is
+    skipped with a problem; DatasetLayoutError when no split can be read at all."""
+    read_any = False
+    for split, proto, audio_name in found:
+        audio = root / audio_name
+        text, problem = read_text(proto)
+        if problem:
+            b.index.problems.append(problem)
+        if not audio.is_dir():
+            rows = sum(1 for _ in protocol_lines(text))
+            b.problem(str(audio), f"{proto.name} is present but its audio folder {audio_name}/ is "
+                                  f"missing: split {split!r} ({rows} rows) skipped")
+            continue
+        read_any = True
+        shown = b.rel(proto)
+        for line, fields in protocol_lines(text):
+            where = f"{proto}:{line}"
+            if len(fields) != len(columns):
+                b.problem(where, f"{len(fields)} columns, expected {len(columns)} "
+                                 f"({' '.join(columns)}); row skipped")
+                continue
+            row = dict(zip(columns, fields))
+            label = parse_label(row["KEY"])
+            if label is None:
+                b.problem(where, f"unknown KEY {row['KEY']!r} (expected bonafide/spoof) for "
+                                 f"{row['FILE']!r}; row skipped")
+                continue
+            path = b.resolve(row["FILE"] + ".flac", where, base=str(audio))
+            if path is not None:
+                b.add(make_clip(row, label, split, path), where, listed_in=f"{shown} line {line}")
+    if not read_any:
+        raise DatasetLayoutError(
+            "found protocol file(s) " + ", ".join(str(p) for _, p, _ in found) + " but none of "
+            "their audio folders (" + ", ".join(str(root / a) for _, _, a in found) + ") exists."
+            f"\nExpected layout:\n{layout}")
+
+
+def csv_records(b: IndexBuilder, path: Path, required: tuple[str, ...], layout: str):
+    """Yield (where, line, row) for every good record of a CSV metadata file with a header; `row`
+    maps lower-cased header names to stripped cells (`required` is matched case-insensitively). Unreadable records and wrong column counts
+    become problems; missing required columns raise DatasetLayoutError naming the ones found."""
+    text, problem = read_text(path)
+    if problem:
+        b.index.problems.append(problem)
+    rows = csv_rows(text)
+    header = next((row for _, row in rows if not isinstance(row, Exception)), None) or []
+    cols = [header_key(h) for h in header]
+    missing = [c for c in required if c.lower() not in cols]
+    if missing:
+        raise DatasetLayoutError(
+            f"{path} has no column(s) {', '.join(repr(c) for c in missing)}; columns found: "
+            f"{[h.strip() for h in header]}.\nExpected layout:\n{layout}")
+    for line, row in rows:
+        where = f"{path}:{line}"
+        if isinstance(row, Exception):
+            b.problem(where, f"unreadable CSV record ({row}); skipped")
+        elif len(row) != len(cols):
+            b.problem(where, f"{len(row)} columns, expected {len(cols)} ({', '.join(cols)}); row skipped")
+        else:
+            yield where, line, {c: cell.strip() for c, cell in zip(cols, row)}

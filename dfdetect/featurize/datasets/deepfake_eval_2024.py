@@ -27,8 +27,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .base import (DatasetIndex, DatasetLayoutError, IndexBuilder, Clip, csv_rows, header_key,
-                   parse_label, read_text, require)
+from .base import (Clip, DatasetIndex, DatasetLayoutError, IndexBuilder, csv_records, parse_label,
+                   require)
 
 NAME = "deepfake_eval_2024"
 DESCRIPTION = "Deepfake-Eval-2024 audio (~1,980 in-the-wild clips, Real/Fake, Train/Test)"
@@ -40,7 +40,7 @@ LAYOUT = """\
     audio-data/
       <Filename>                 (.mp3 / .m4a / .mp4 / .wav / .dat)"""
 
-_REQUIRED = ("filename", "ground truth")
+_REQUIRED = ("Filename", "Ground Truth")
 
 
 def prepare(root: Path) -> DatasetIndex:
@@ -54,41 +54,17 @@ def prepare(root: Path) -> DatasetIndex:
                                  f"not a folder.\nExpected layout:\n{LAYOUT}")
 
     b = IndexBuilder(NAME, root)
-    text, problem = read_text(meta)
-    if problem:
-        b.index.problems.append(problem)
-    rows = csv_rows(text)
-    header = next((row for _, row in rows if not isinstance(row, Exception)), None)
-    cols = [header_key(h) for h in header or []]
-    missing = [c for c in _REQUIRED if c not in cols]
-    if missing:
-        raise DatasetLayoutError(
-            f"{meta} has no column(s) {', '.join(repr(c.title()) for c in missing)}; columns found: "
-            f"{[h.strip() for h in header or []]}.\nExpected layout:\n{LAYOUT}")
-    i_file, i_label = cols.index("filename"), cols.index("ground truth")
-    i_date = cols.index("date") if "date" in cols else None
-    i_split = cols.index("finetuning set") if "finetuning set" in cols else None
-
-    for line, row in rows:
-        where = f"{meta}:{line}"
-        if isinstance(row, Exception):
-            b.problem(where, f"unreadable CSV record ({row}); skipped")
-            continue
-        if len(row) != len(cols):
-            b.problem(where, f"{len(row)} columns, expected {len(cols)} ({', '.join(cols)}); "
-                             "row skipped")
-            continue
-        name = row[i_file].strip()
-        label = parse_label(row[i_label])
+    for where, line, row in csv_records(b, meta, _REQUIRED, LAYOUT):
+        name = row["filename"]
+        label = parse_label(row["ground truth"])
         if label is None:
-            b.problem(where, f"unknown label {row[i_label]!r} in column 'Ground Truth' "
+            b.problem(where, f"unknown label {row['ground truth']!r} in column 'Ground Truth' "
                              f"(expected Real/Fake) for {name!r}; row skipped")
             continue
         path = b.resolve(name, where, base=str(audio))
         if path is None:
             continue
-        split = row[i_split].strip().lower() if i_split is not None else ""
-        b.add(Clip(clip_id=name, path=path, label=label, split=split or "all",
-                   date=row[i_date].strip() if i_date is not None else ""),
+        b.add(Clip(clip_id=name, path=path, label=label, split=row.get("finetuning set", "").lower() or "all",
+                   date=row.get("date", "")),
               where, listed_in=f"{METADATA} line {line}")
     return b.index

@@ -24,8 +24,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .base import (Clip, DatasetIndex, DatasetLayoutError, IndexBuilder, csv_rows, header_key,
-                   list_files, parse_label, read_text, require)
+from .base import (Clip, DatasetIndex, DatasetLayoutError, IndexBuilder, csv_records, list_files,
+                   parse_label, require)
+
 
 NAME = "in_the_wild"
 DESCRIPTION = "In-the-Wild (31,779 clips of 58 public figures, bona-fide/spoof, eval only)"
@@ -65,40 +66,17 @@ def prepare(root: Path) -> DatasetIndex:
     meta, audio = _locate(root)
 
     b = IndexBuilder(NAME, root)
-    text, problem = read_text(meta)
-    if problem:
-        b.index.problems.append(problem)
-    rows = csv_rows(text)
-    header = next((row for _, row in rows if not isinstance(row, Exception)), None)
-    cols = [header_key(h) for h in header or []]
-    missing = [c for c in ("file", "label") if c not in cols]
-    if missing:
-        raise DatasetLayoutError(
-            f"{meta} has no column(s) {', '.join(map(repr, missing))}; columns found: "
-            f"{[h.strip() for h in header or []]}.\nExpected layout:\n{LAYOUT}")
-    i_file, i_label = cols.index("file"), cols.index("label")
-    i_speaker = cols.index("speaker") if "speaker" in cols else None
     shown = b.rel(meta)
-
-    for line, row in rows:
-        where = f"{meta}:{line}"
-        if isinstance(row, Exception):
-            b.problem(where, f"unreadable CSV record ({row}); skipped")
-            continue
-        if len(row) != len(cols):
-            b.problem(where, f"{len(row)} columns, expected {len(cols)} ({', '.join(cols)}); "
-                             "row skipped")
-            continue
-        name = row[i_file].strip()
-        label = parse_label(row[i_label])
+    for where, line, row in csv_records(b, meta, ("file", "label"), LAYOUT):
+        name = row["file"]
+        label = parse_label(row["label"])
         if label is None:
-            b.problem(where, f"unknown label {row[i_label]!r} (expected spoof/bona-fide) for "
+            b.problem(where, f"unknown label {row['label']!r} (expected spoof/bona-fide) for "
                              f"{name!r}; row skipped")
             continue
         path = b.resolve(name, where, base=str(audio))
         if path is None:
             continue
-        b.add(Clip(clip_id=name, path=path, label=label, split="all",
-                   speaker=row[i_speaker].strip() if i_speaker is not None else ""),
+        b.add(Clip(clip_id=name, path=path, label=label, split="all", speaker=row.get("speaker", "")),
               where, listed_in=f"{shown} line {line}")
     return b.index
