@@ -217,6 +217,12 @@ def train_command(
         raise typer.Exit(2)
 
 
+# -- dfdetect evaluate / report --------------------------------------------------------------------
+
+
+# -- dfdetect score ---------------------------------------------------------------------------------
+
+
 # -- dfdetect store: list, describe, verify and export feature stores -----------------------------
 store_app = typer.Typer(help="Feature stores: list them, describe one, verify every chunk, export to HDF5.",
                         no_args_is_help=True)
