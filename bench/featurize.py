@@ -1,11 +1,12 @@
 """The featurize pass (mel + LFCC into a Zarr store) against a per-file librosa loop and against
 decode alone, on the same generated clips, side by side in one run.
 
-    python bench/featurize.py [--clips 400] [--workers 2]
+    python bench/featurize.py [--clips 400] [--workers 2] [--block-size 32]
 
 Rows: decode only (1 process); the librosa loop (librosa.load + mel + LFCC per file, 1 process);
 dfdetect featurize in this process (workers=0, 1 torch thread); dfdetect featurize on a local
-dask cluster of --workers processes (wall time including the cluster's start). Then bytes per
+dask cluster of --workers processes, once with the cluster's start in the wall time (what one
+command costs) and once on a cluster already up (what a long run converges to). Then bytes per
 clip and compression ratio of each stored array.
 """
 
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import torch
 from common import FORMATS, make_clips, time_it
+from distributed import Client, LocalCluster
 from rich.console import Console
 
 from dfdetect.featurize import librosa_reference as reference
@@ -29,6 +31,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clips", type=int, default=400)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--block-size", type=int, default=32, help="clips per block (shard)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     quiet = Console(quiet=True)
@@ -48,16 +51,23 @@ def main() -> None:
                 reference.mel(y)
                 reference.lfcc(y)
 
-        def run(name, workers):
+        def run(name, **where):
             return lambda: featurize("folder", corpus, str(Path(tmp) / name), features=("mel", "lfcc"),
-                                     workers=workers, console=quiet)
+                                     block_size=args.block_size, console=quiet, **where)
 
         times = {
             "decode only": time_it(decode_only),
             "librosa per-file loop": time_it(librosa_loop),
-            "dfdetect featurize, in-process": time_it(run("inproc.zarr", 0)),
-            f"dfdetect featurize, dask x{args.workers}": time_it(run("dask.zarr", args.workers)),
+            "dfdetect featurize, in-process": time_it(run("inproc.zarr", workers=0)),
+            f"dfdetect featurize, dask x{args.workers}": time_it(run("dask.zarr", workers=args.workers)),
         }
+        # The same pass on a cluster that is already up (as on a long run, or with --scheduler):
+        # the local cluster's start (worker processes importing torch) is paid once per command.
+        with LocalCluster(n_workers=args.workers, threads_per_worker=1, dashboard_address=None) as cluster:
+            with Client(cluster) as client:
+                client.run(lambda: __import__("dfdetect.featurize.pipeline"))
+            times[f"dfdetect featurize, dask x{args.workers}, cluster up"] = time_it(
+                run("warm.zarr", scheduler=cluster.scheduler_address))
         store = open_store(str(Path(tmp) / "dask.zarr"))
         sizes = {name: (store.array(name).nbytes, store.array(name).nbytes_stored()) for name in store.feature_names}
 

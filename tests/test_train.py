@@ -185,7 +185,8 @@ class _Recorder:
     """Wraps a zarr array and records every slice the loader reads."""
 
     def __init__(self, arr, reads):
-        self.arr, self.reads, self.chunks = arr, reads, arr.chunks
+        self.arr, self.reads = arr, reads
+        self.chunks, self.shape, self.dtype = arr.chunks, arr.shape, arr.dtype
 
     def __getitem__(self, key):
         self.reads.append((self.chunks[0], key))
