@@ -9,8 +9,19 @@ bona fide, so it runs on -score; all scores are sorted with a stable sort (merge
 is taken at every sample (no interpolation), the operating point is argmin |FRR - FAR| and the EER
 is the mean of FRR and FAR there. With tied scores the stable sort decides which tied clips fall on
 which side, so ties can move the EER by several points on small sets: `tied_scores` reports how
-many scores repeat another one. scikit-learn computes the other metrics; its ROC merges tied
-scores, so it is not used for the EER.
+many scores repeat another one, and `mixed_ties` how many clips share their score with a clip of
+the other label (only those ties can move the EER). scikit-learn computes the other metrics; its
+ROC merges tied scores, so it is not used for the EER.
+
+minDCF is ASVspoof 5's primary metric (`compute_mindcf` of its evaluation package), on the same
+DET curve: the normalised detection cost
+    DCF(t) = (Cmiss * (1 - Pspoof) * Pmiss(t) + Cfa * Pspoof * Pfa(t)) / min(Cmiss * (1 - Pspoof), Cfa * Pspoof)
+with Pspoof 0.05, Cmiss 1, Cfa 10, where Pmiss is the rate of bona fide clips rejected (called
+fake) and Pfa the rate of spoofs accepted (called real); minDCF is its minimum over the DET curve's
+points. 1.0 is the cost of a system that always decides the cheaper way without looking at the
+audio; lower is better. Like the EER it is taken at every sorted sample, so with tied scores it can
+sit slightly below what any single threshold achieves (the ASVspoof convention, kept for
+comparability with published numbers).
 
 Metrics that are undefined (precision with no clip called fake, MCC or AUC with one class) are
 NaN here and `null` in JSON, never 0.
@@ -56,6 +67,33 @@ def eer(labels: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
     return float((frr[i] + far[i]) / 2), float(-thresholds[i])
 
 
+# ASVspoof 5's cost model for minDCF (evaluation plan, and `calculate_minDCF_EER_CLLR` of its package).
+ASVSPOOF5_P_SPOOF = 0.05
+ASVSPOOF5_C_MISS = 1.0
+ASVSPOOF5_C_FA = 10.0
+
+
+def min_dcf(labels: np.ndarray, scores: np.ndarray, p_spoof: float = ASVSPOOF5_P_SPOOF,
+            c_miss: float = ASVSPOOF5_C_MISS, c_fa: float = ASVSPOOF5_C_FA) -> tuple[float, float]:
+    """(normalised minDCF, threshold on P(fake)) on ASVspoof's DET curve; (nan, nan) with one class."""
+    labels, scores = np.asarray(labels), np.asarray(scores, dtype=np.float64)
+    real, fake = scores[labels == 0], scores[labels == 1]
+    if real.size == 0 or fake.size == 0:
+        return NAN, NAN
+    p_miss, p_fa, thresholds = det_curve(-real, -fake)  # Pmiss = FRR of bona fide, Pfa = FAR of spoofs
+    cost = c_miss * (1 - p_spoof) * p_miss + c_fa * p_spoof * p_fa
+    i = int(np.argmin(cost))   # the first minimum, as ASVspoof's strict `<` loop keeps
+    return float(cost[i] / min(c_miss * (1 - p_spoof), c_fa * p_spoof)), float(-thresholds[i])
+
+
+def mixed_ties(labels: np.ndarray, scores: np.ndarray) -> int:
+    """Clips whose score equals the score of a clip of the other label: the ties whose order in the
+    stable sort decides the EER."""
+    labels, scores = np.asarray(labels), np.asarray(scores, dtype=np.float64)
+    both = np.intersect1d(scores[labels == 0], scores[labels == 1])
+    return int(np.isin(scores, both).sum())
+
+
 def at_threshold(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict:
     """Classification metrics when clips with score >= threshold are called fake."""
     labels = np.asarray(labels).astype(int)
@@ -82,8 +120,9 @@ def at_threshold(labels: np.ndarray, scores: np.ndarray, threshold: float) -> di
 
 
 def evaluate_scores(labels, scores, thresholds: dict[str, float] | None = None) -> dict:
-    """Every metric for one set: AUC, EER (+ its threshold), and the classification metrics at
-    0.5, at the EER threshold and at any extra named thresholds (e.g. one chosen on validation)."""
+    """Every metric for one set: AUC, EER and minDCF (+ their thresholds), tie counts, and the
+    classification metrics at 0.5, at the EER threshold and at any extra named thresholds (e.g. one
+    chosen on validation)."""
     labels = np.asarray(labels).astype(int)
     scores = np.asarray(scores, dtype=np.float64)
     if labels.shape != scores.shape or labels.ndim != 1:
@@ -92,12 +131,15 @@ def evaluate_scores(labels, scores, thresholds: dict[str, float] | None = None) 
         bad = np.flatnonzero(~np.isfinite(scores))
         raise ValueError(f"{bad.size} scores are NaN/Inf (rows {bad[:10].tolist()}...)")
     value, eer_threshold = eer(labels, scores)
+    dcf, dcf_threshold = min_dcf(labels, scores)
     two_classes = (labels == 0).any() and (labels == 1).any()
     result = {
         "n": int(labels.size), "n_fake": int(labels.sum()), "n_real": int((labels == 0).sum()),
         "auc": float(roc_auc_score(labels, scores)) if two_classes else NAN,
         "eer": value, "eer_threshold": eer_threshold,
+        "min_dcf": dcf, "min_dcf_threshold": dcf_threshold,
         "tied_scores": int(labels.size - np.unique(scores).size),
+        "mixed_ties": mixed_ties(labels, scores),
         "at_0.5": at_threshold(labels, scores, 0.5),
     }
     if two_classes:
