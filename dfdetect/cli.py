@@ -47,6 +47,9 @@ def featurize(
     scheduler: str = typer.Option(None, help="tcp://HOST:PORT of an existing dask.distributed scheduler."),
     workers: int = typer.Option(None, help="Local worker processes (default: one per core; 0: in this process, no dask)."),
     block_size: int = typer.Option(128, help="Clips per block = rows per shard (the unit of writing)."),
+    codec: str = typer.Option(None, help="Variant: round-trip every clip through flac | mp3[:BITRATE] | opus[:BITRATE] | aac[:BITRATE]."),
+    corrupt: str = typer.Option(None, help="Variant: seeded corruptions, comma-separated from noise,reverb,clip,bandlimit,resample,packetloss, or 'default' for all."),
+    variant_seed: int = typer.Option(0, help="Seed of the corruptions (each clip's draw also depends on its id)."),
 ):
     """Decode every clip once and write mel, LFCC and frozen WavLM features to a versioned Zarr store.
 
@@ -54,6 +57,7 @@ def featurize(
     1 when some clips are errors (recorded in the store), 2 when the run could not finish."""
     from dfdetect.featurize.datasets import DatasetLayoutError
     from dfdetect.featurize.pipeline import featurize as run
+    from dfdetect.featurize.variants import Variant
     from dfdetect.featurize.wavlm import WavLMConfig, WavLMUnavailableError
     from dfdetect.store import StoreError
 
@@ -62,7 +66,8 @@ def featurize(
     try:
         wavlm_config = WavLMConfig(model=wavlm, layers=tuple(int(x) for x in wavlm_layers.split(",")))
         result = run(dataset, root, out, features=wanted, wavlm=wavlm_config, device=device,
-                     scheduler=scheduler, workers=workers, block_size=block_size, console=console)
+                     scheduler=scheduler, workers=workers, block_size=block_size,
+                     variant=Variant.parse(codec, corrupt, variant_seed), console=console)
     except (DatasetLayoutError, StoreError, ValueError, WavLMUnavailableError) as e:
         console.print(f"[red]error:[/] {e}", soft_wrap=True)
         raise typer.Exit(2)
@@ -218,6 +223,78 @@ def train_command(
 
 
 # -- dfdetect evaluate / report --------------------------------------------------------------------
+@app.command("evaluate")
+def evaluate_command(
+    run: Path = typer.Argument(None, help="Run folder (runs/NAME) whose checkpoint scores --on."),
+    on: str = typer.Option(None, "--on", help="STORE[@VERSION][:SPLIT] to score with the run."),
+    epoch: str = typer.Option("best", help="best (by validation EER) | last | N"),
+    scores: Path = typer.Option(None, "--scores", help="Evaluate a score file instead of a run."),
+    fmt: str = typer.Option(None, "--format", help="csv|tsv|jsonl|parquet|asvspoof (default: from the extension)."),
+    score_col: str = typer.Option(None, help="Score column (default: score, cm-score, ...)."),
+    label_col: str = typer.Option(None, help="Label column (default: label, key, cm-label, ...); any spelling."),
+    id_col: str = typer.Option(None, help="Clip id column, to join --labels (default: clip_id, filename, file, ...)."),
+    higher_is: str = typer.Option("fake", help="fake: scores are P(fake); real: higher = more bona fide (flipped)."),
+    labels: Path = typer.Option(None, "--labels", help="Protocol/key file giving the labels by clip id (ASVspoof protocol, meta.csv)."),
+    drop_bad: bool = typer.Option(False, help="Leave out bad rows (named in a note) instead of failing."),
+    batch_size: int = typer.Option(None, help="Default: the architecture's."),
+    device: str = typer.Option("cpu", help="auto | cpu | cuda"),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON (undefined metrics are null)."),
+):
+    """Every metric at threshold 0.5, at the EER threshold and at the run's validation threshold, with
+    breakdowns per generator/attack, codec, language and source.
+
+    Labels: 1 = fake (spoof), 0 = real (bona fide). Scores: P(fake), higher = more likely fake; use
+    --higher-is real for systems that score bona fide high (ASVspoof's convention). EER: the ASVspoof
+    convention. Formats and the ASVspoof column rule: see dfdetect/evaluate/evaluation.py."""
+    from dfdetect.evaluate.evaluation import (EvaluationError, evaluate_run, evaluate_score_file,
+                                              print_evaluation, read_scores)
+    from dfdetect.evaluate.metrics import json_safe
+    from dfdetect.store import StoreError
+    from dfdetect.train.runs import RunError
+
+    try:
+        if (run is None) == (scores is None):
+            raise EvaluationError("give either RUN --on STORE[:SPLIT] or --scores FILE")
+        if run is not None:
+            if on is None:
+                raise EvaluationError("RUN needs --on STORE[@VERSION][:SPLIT], the set to score")
+            result = evaluate_run(run, on, epoch=int(epoch) if epoch.isdigit() else epoch,
+                                  batch_size=batch_size, device=device)
+        else:
+            result = evaluate_score_file(read_scores(scores, fmt, score_col, label_col, id_col, higher_is,
+                                                     labels, drop_bad))
+    except (EvaluationError, RunError, StoreError, ValueError, OSError) as e:
+        console.print(f"[red]error:[/] {e}", soft_wrap=True, highlight=False)
+        raise typer.Exit(2)
+    if as_json:
+        print(json.dumps(json_safe(result), indent=2))
+    else:
+        print_evaluation(result, console)
+
+
+@app.command("report")
+def report_command(
+    runs: list[Path] = typer.Argument(..., help="Run folders to compare."),
+    out: Path = typer.Option(Path("report.html"), "--out", help="HTML page; the Markdown tables go next to it (.md)."),
+    ood: str = typer.Option(None, "--ood", help="OOD set to rank by (NAME of ood:NAME; default: the first)."),
+):
+    """One self-contained HTML page (+ Markdown): runs ranked by OOD accuracy, test vs OOD and their
+    correlation, training curves, ROC/DET/score histograms, model size, failure warnings.
+
+    Labels: 1 = fake, 0 = real; scores are P(fake); accuracies at threshold 0.5."""
+    from dfdetect.evaluate.report import ReportError, build_report
+    from dfdetect.train.runs import RunError
+
+    try:
+        report = build_report(runs, out, ood=ood)
+    except (ReportError, RunError) as e:
+        console.print(f"[red]error:[/] {e}", soft_wrap=True, highlight=False)
+        raise typer.Exit(2)
+    for warning in report.warnings:
+        console.print(f"[yellow]warning:[/] {warning.run}: {warning.message}", soft_wrap=True, highlight=False)
+    console.print(f"wrote {report.html} and {report.markdown} ({len(report.runs)} runs, "
+                  f"{len(report.warnings)} warnings)")
+
 
 
 # -- dfdetect score ---------------------------------------------------------------------------------

@@ -175,3 +175,28 @@ def test_wavlm_features_equal_the_model_on_the_same_clip(corpus, tmp_path):
     other = featurize("folder", corpus, str(tmp_path / "s.zarr"), features=("mel", "wavlm"),
                       wavlm=WavLMConfig(model=str(model_dir), layers=(1,)), workers=0, block_size=16)
     assert other.version != result.version
+
+
+def test_codec_and_corruption_variants_are_their_own_versions(corpus, tmp_path):
+    from dfdetect.featurize.variants import Variant
+
+    out = str(tmp_path / "s.zarr")
+    clean = featurize("folder", corpus, out, features=("mel",), workers=0, block_size=16)
+    mp3 = featurize("folder", corpus, out, features=("mel",), workers=0, block_size=16,
+                    variant=Variant.parse("mp3:32k"))
+    corrupt = featurize("folder", corpus, out, features=("mel",), workers=0, block_size=16,
+                        variant=Variant.parse(None, "default", seed=1))
+    assert len({clean.version, mp3.version, corrupt.version}) == 3
+    stores = {v: open_store(out, version=v) for v in (clean.version, mp3.version, corrupt.version)}
+    assert stores[mp3.version].config["variant"] == {"codec": "mp3", "bitrate": 32000, "corruptions": [], "seed": 0}
+    mels = {v: s.array("mel")[:].astype(np.float32) for v, s in stores.items()}
+    ok = stores[clean.version].rows()
+    top = slice(126, 128)  # mel bins centred above 7.2 kHz, where MP3 at 16 kHz low-passes
+    # the codec empties the top mel bands (relative to each clip's own level) ...
+    assert mels[mp3.version][ok, 0, top].mean() < mels[clean.version][ok, 0, top].mean() - 0.5
+    # ... and leaves the rest close to the original
+    assert np.abs(mels[mp3.version][ok, 0, :100] - mels[clean.version][ok, 0, :100]).mean() < 0.5
+    assert not np.allclose(mels[corrupt.version][ok], mels[clean.version][ok])
+    again = featurize("folder", corpus, str(tmp_path / "again.zarr"), features=("mel",), workers=0,
+                      block_size=16, variant=Variant.parse(None, "default", seed=1))
+    np.testing.assert_array_equal(open_store(str(tmp_path / "again.zarr")).array("mel")[:], mels[corrupt.version].astype(np.float16))

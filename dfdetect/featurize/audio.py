@@ -193,9 +193,11 @@ _SOUNDFILE_WRITERS = {
     "ogg": ("OGG", "VORBIS"),
     "opus": ("OGG", "OPUS"),
 }
-# name -> (FFmpeg container, codec)
-_FFMPEG_WRITERS = {"m4a": ("ipod", "aac"), "mp4": ("mp4", "aac"), "aac": ("adts", "aac")}
-ENCODINGS = tuple(_SOUNDFILE_WRITERS) + tuple(_FFMPEG_WRITERS)
+# name -> (FFmpeg container, codec). MP3 and Opus go through FFmpeg too when a bitrate is asked
+# for (libsndfile has no bitrate setting).
+_FFMPEG_WRITERS = {"m4a": ("ipod", "aac"), "mp4": ("mp4", "aac"), "aac": ("adts", "aac"),
+                   "mp3": ("mp3", "libmp3lame"), "opus": ("ogg", "libopus")}
+ENCODINGS = tuple(dict.fromkeys((*_SOUNDFILE_WRITERS, *_FFMPEG_WRITERS)))
 OPUS_RATES = (8000, 12000, 16000, 24000, 48000)
 
 
@@ -205,7 +207,7 @@ def encode(samples: np.ndarray, sample_rate: int, fmt: str, bitrate: int | None 
     Used for demo corpora, test fixtures and codec variants: one real encoder per format, so a lossy
     format really removes what its codec removes. Opus only runs at 8/12/16/24/48 kHz."""
     x = np.atleast_2d(np.asarray(samples, dtype=np.float32))
-    if fmt in _SOUNDFILE_WRITERS:
+    if fmt in _SOUNDFILE_WRITERS and not (bitrate and fmt in _FFMPEG_WRITERS):
         if fmt == "opus" and sample_rate not in OPUS_RATES:
             raise ValueError(f"opus needs a sample rate in {OPUS_RATES}, got {sample_rate}")
         container, subtype = _SOUNDFILE_WRITERS[fmt]

@@ -27,6 +27,7 @@ import numpy as np
 
 from dfdetect.featurize.audio import AudioError, decode
 from dfdetect.featurize.frontend import FrontendConfig, Frontend
+from dfdetect.featurize.variants import Variant
 from dfdetect.store.schema import ERROR, OK, StoreError, version_name
 
 FEATURES = ("mel", "lfcc", "wavlm")
@@ -44,6 +45,8 @@ class BlockJob:
     wavlm: object | None = None   # WavLMConfig when "wavlm" in features
     device: str = "cpu"
     threads: int = 1
+    variant: Variant | None = None
+    clip_ids: tuple[str, ...] = ()  # seed each clip's corruption
 
 
 @dataclass
@@ -81,6 +84,20 @@ def _setup_worker(threads: int) -> None:
     zarr.config.set({"async.concurrency": 4})  # one block at a time per worker needs little I/O fan-out
 
 
+def prepare_waveform(frontend: Frontend, audio, where: str, variant: Variant | None, key: str) -> np.ndarray:
+    """The frontend's waveform, with the store's variant (codec, corruption) applied before the
+    crop. A long file keeps 0.5 s around its centre crop, so the codec's start and end effects
+    fall outside the 3 s the features see; the variant runs on at most clip + 1 s of audio."""
+    if variant is None:
+        return frontend.waveform(audio, where)
+    wave = frontend.to_mono_16k(audio, where)
+    window = frontend.config.clip_samples + frontend.config.sample_rate
+    if len(wave) > window:
+        start = (len(wave) - window) // 2
+        wave = wave[start:start + window]
+    return frontend.peak_normalise(frontend.crop_or_pad(variant.apply(wave, key)), where)
+
+
 def frontend_block(job: BlockJob) -> dict:
     """Decode the block's clips, run the frontend, write mel/LFCC and the outcome columns."""
     from dfdetect.store.writer import write_block
@@ -95,7 +112,7 @@ def frontend_block(job: BlockJob) -> dict:
         audio = None
         try:
             audio = decode(path)
-            waves[i] = frontend.waveform(audio, path)
+            waves[i] = prepare_waveform(frontend, audio, path, job.variant, job.clip_ids[i] if job.clip_ids else path)
             ok[i] = True
             status, kind, message = OK, "", ""
         except AudioError as e:
@@ -168,11 +185,13 @@ def dask_client(scheduler: str | None, workers: int):
 WAVLM_IDENTITY = ("model", "revision", "layers", "normalize")
 
 
-def store_config(frontend: FrontendConfig, features: tuple[str, ...], wavlm_info: dict | None) -> tuple[dict, str]:
+def store_config(frontend: FrontendConfig, features: tuple[str, ...], wavlm_info: dict | None,
+                 variant: Variant | None = None) -> tuple[dict, str]:
     """The version's recorded config and its name: change what names it and a new version is
     written beside the old."""
     config = {"frontend": frontend.to_dict(), "frontend_hash": frontend.hash(),
-              "features": sorted(features), "dtype": "float16", "wavlm": wavlm_info, "variant": None}
+              "features": sorted(features), "dtype": "float16", "wavlm": wavlm_info,
+              "variant": variant.to_dict() if variant else None}
     identity = {**config, "wavlm": wavlm_info and {k: wavlm_info[k] for k in WAVLM_IDENTITY}}
     return config, version_name(identity)
 
@@ -203,7 +222,8 @@ def feature_shapes(frontend: FrontendConfig, features, spec: dict | None) -> dic
 def featurize(dataset: str, root: str | Path, out: str, features=("mel", "lfcc"),
               wavlm=None, device: str = "auto", scheduler: str | None = None,
               workers: int | None = None, block_size: int = 128,
-              frontend: FrontendConfig = FrontendConfig(), console=None) -> FeaturizeResult:
+              frontend: FrontendConfig = FrontendConfig(), variant: Variant | None = None,
+              console=None) -> FeaturizeResult:
     """Run (or resume) the featurize pass of one dataset into the store at `out`."""
     from rich.console import Console
 
@@ -233,7 +253,7 @@ def featurize(dataset: str, root: str | Path, out: str, features=("mel", "lfcc")
 
         wavlm = wavlm or WavLMConfig()
         spec = wavlm_spec(wavlm, frontend.clip_samples)
-    config, version = store_config(frontend, features, spec["info"] if spec else None)
+    config, version = store_config(frontend, features, spec["info"] if spec else None, variant)
     workers = (os.cpu_count() or 1) if workers is None else workers
     result = FeaturizeResult(store=out, version=version, n_clips=len(index.clips))
     t0 = time.perf_counter()
@@ -247,8 +267,10 @@ def featurize(dataset: str, root: str | Path, out: str, features=("mel", "lfcc")
         result.blocks_skipped = n_blocks - len(pending)
         if result.blocks_skipped:
             console.print(f"resuming {out}@{version}: {result.blocks_skipped} of {n_blocks} blocks already written")
-        jobs = [BlockJob(out, version, b, tuple(c.path for c in index.clips[b * block_size:(b + 1) * block_size]),
-                         frontend, features, wavlm, device, threads=1) for b in pending]
+        blocks = {b: index.clips[b * block_size:(b + 1) * block_size] for b in pending}
+        jobs = [BlockJob(out, version, b, tuple(c.path for c in clips), frontend, features, wavlm, device,
+                         threads=1, variant=variant, clip_ids=tuple(c.clip_id for c in clips))
+                for b, clips in blocks.items()]
         if jobs:
             _run_jobs(jobs, scheduler, workers, result, console)
         result.complete = mark_complete(group)

@@ -1,0 +1,206 @@
+"""Streaming decode: a recording of any length -> 16 kHz mono blocks -> sliding windows, in memory
+bounded by one block plus one window.
+
+`audio.decode` reads a whole file, which is right for clips and wrong for a three-hour recording.
+Here the same containers (sniffed with `audio.sniff_container`, never trusting the name) are read
+block by block: libsndfile for WAV/FLAC/OGG/MP3/AIFF, FFmpeg (PyAV) frame by frame for MP4/M4A/AAC/
+WebM and whatever libsndfile refuses to open. Blocks are mixed to mono and resampled with a soxr
+stream, so the samples are exactly those of `Frontend.to_mono_16k(decode(...))` (the same float64
+channel mean and soxr quality; soxr's stream reproduces its one-shot result), and problems raise the
+same `AudioError` kinds, plus "truncated" (the decoder stopped before the length the header declares,
+or failed mid-stream), "too_long" and "unsupported_codec".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import BinaryIO, Iterable, Iterator
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+from dfdetect.featurize.audio import AudioError, sniff_container
+from dfdetect.featurize.frontend import FrontendConfig
+
+BLOCK_FRAMES = 1 << 16   # source frames per block: ~1.4 s at 48 kHz, 64 channels would be 16 MiB
+TRUNCATED_FRACTION = 0.99  # decoded below this share of the declared length: a truncated file
+
+_SOUNDFILE_CONTAINERS = {"wav", "flac", "ogg", "mp3", "aiff", "caf"}
+
+
+@dataclass(frozen=True)
+class StreamInfo:
+    sample_rate: int
+    channels: int
+    container: str
+    declared_frames: int | None   # what the header says; None when it says nothing reliable
+
+
+class AudioStream:
+    """One open source, read once through `blocks()`.
+
+    `source` is a seekable binary stream (an open file or an archive member). `max_seconds` stops a
+    recording longer than that with AudioError "too_long", from the header when it declares a length
+    and while decoding when it does not."""
+
+    def __init__(self, source: BinaryIO, where: str, config: FrontendConfig = FrontendConfig(),
+                 max_seconds: float | None = None, block_frames: int = BLOCK_FRAMES):
+        self.where, self.config, self.max_seconds, self.block_frames = where, config, max_seconds, block_frames
+        self.frames = 0  # source frames decoded so far
+        head = source.read(16)
+        source.seek(0)
+        if not head:
+            raise AudioError(where, "empty", "empty file (0 bytes)")
+        container = sniff_container(head)
+        if container is None:
+            raise AudioError(where, "unknown_container",
+                             f"not a recognised audio container (first bytes {head[:8].hex(' ')}); supported: "
+                             "WAV, FLAC, OGG/Vorbis/Opus, MP3, AAC, MP4/M4A, WebM/Matroska, AIFF")
+        self._reader = None
+        if container in _SOUNDFILE_CONTAINERS:
+            try:
+                self._reader = _SoundfileReader(source, container)
+            except (sf.LibsndfileError, RuntimeError, ValueError):
+                source.seek(0)  # as in decode(): what libsndfile refuses, FFmpeg may read
+        if self._reader is None:
+            self._reader = _FFmpegReader(source, container, where)
+        self.info = self._reader.info
+        declared = self.info.declared_frames
+        if max_seconds is not None and declared and declared / self.info.sample_rate > max_seconds:
+            raise self._too_long(declared)
+
+    @property
+    def seconds(self) -> float:
+        """Duration decoded so far (the whole file once `blocks()` is exhausted)."""
+        return self.frames / self.info.sample_rate
+
+    def _too_long(self, frames: int) -> AudioError:
+        return AudioError(self.where, "too_long", f"longer than the {self.max_seconds / 3600:g} h limit "
+                          f"(--max-hours): at least {frames / self.info.sample_rate / 3600:.2f} h")
+
+    def blocks(self) -> Iterator[np.ndarray]:
+        """Mono float32 blocks at the frontend's rate: the streaming form of Frontend.to_mono_16k."""
+        c, rate = self.config, self.info.sample_rate
+        resampler = (soxr.ResampleStream(rate, c.sample_rate, 1, dtype="float32", quality=c.resample_quality)
+                     if rate != c.sample_rate else None)
+        limit = None if self.max_seconds is None else self.max_seconds * rate
+        for block in self._reader.blocks(self.block_frames, self):
+            if not np.isfinite(block).all():
+                raise AudioError(self.where, "non_finite", f"NaN or Inf samples near {self.seconds:.2f} s; "
+                                 "the file is corrupt")
+            self.frames += block.shape[1]
+            if limit is not None and self.frames > limit:
+                raise self._too_long(self.frames)
+            mono = block.mean(axis=0, dtype=np.float64).astype(np.float32)
+            out = resampler.resample_chunk(mono) if resampler else mono
+            if len(out):
+                yield out
+        self._check_complete()
+        if resampler:
+            tail = resampler.resample_chunk(np.zeros(0, np.float32), last=True)
+            if len(tail):
+                yield tail
+
+    def _check_complete(self) -> None:
+        declared, seconds = self.info.declared_frames, self.seconds
+        if self.frames == 0:
+            raise AudioError(self.where, "too_short", "no audio samples (zero-length clip)")
+        if declared and self.frames < TRUNCATED_FRACTION * declared:
+            raise AudioError(self.where, "truncated", f"truncated: the header declares "
+                             f"{declared / self.info.sample_rate:.2f} s, only {seconds:.2f} s could be decoded")
+        if seconds < self.config.min_seconds:
+            raise AudioError(self.where, "too_short", f"too short: {self.frames} samples ({seconds * 1000:.1f} ms "
+                             f"at {self.info.sample_rate} Hz); at least {self.config.min_seconds * 1000:.0f} ms "
+                             "is needed")
+
+    def truncated(self, reason: str) -> AudioError:
+        """A decoder that failed after the start: what was decoded is not the whole file."""
+        return AudioError(self.where, "truncated", f"truncated or corrupt: decoding failed after "
+                          f"{self.seconds:.2f} s ({reason})")
+
+
+class _SoundfileReader:
+    def __init__(self, source: BinaryIO, container: str):
+        self._file = sf.SoundFile(source)
+        f = self._file
+        # MP3 lengths are estimated from the file size unless a Xing/Info header gives them exactly;
+        # the estimate is still a fair check, as truncation usually removes far more than 1%.
+        self.info = StreamInfo(f.samplerate, f.channels, container, f.frames if f.frames > 0 else None)
+
+    def blocks(self, frames: int, stream: AudioStream) -> Iterator[np.ndarray]:
+        with self._file as f:
+            while True:
+                try:
+                    # read() until it returns nothing: blocks() would pad a short file to the header's length
+                    block = f.read(frames, dtype="float32", always_2d=True)
+                except (sf.LibsndfileError, RuntimeError) as e:
+                    raise stream.truncated(f"libsndfile: {getattr(e, 'error_string', e)}") from None
+                if not len(block):
+                    return
+                yield block.T
+
+
+class _FFmpegReader:
+    def __init__(self, source: BinaryIO, container: str, where: str):
+        import av  # lazily, as in audio.py
+
+        self._av = av
+        try:
+            self._file = av.open(source, mode="r")
+        except Exception as e:  # FFmpeg raises many types for bytes it cannot parse
+            raise AudioError(where, "decode_failed", f"cannot decode {container} data "
+                             f"(ffmpeg: {getattr(e, 'strerror', None) or e})") from None
+        if not self._file.streams.audio:
+            self._file.close()
+            raise AudioError(where, "no_audio", f"{container} container has no audio stream")
+        self._stream = s = self._file.streams.audio[0]
+        if s.codec_context is None:
+            self._file.close()
+            raise AudioError(where, "unsupported_codec", f"no decoder for the audio codec of this {container} "
+                             "file (FFmpeg has none for it)")
+        declared = None
+        if s.duration and s.time_base:
+            declared = int(s.duration * s.time_base * s.codec_context.sample_rate)
+        self.info = StreamInfo(s.codec_context.sample_rate, len(s.codec_context.layout.channels), container, declared)
+
+    def blocks(self, frames: int, stream: AudioStream) -> Iterator[np.ndarray]:
+        # Frames come in the codec's sample format; the resampler only converts them to float planar
+        # (FFmpeg's own int -> float scaling, the same as decode()'s), keeping rate and channels.
+        to_float = self._av.AudioResampler(format="fltp")
+        with self._file as f:
+            try:
+                for frame in f.decode(self._stream):
+                    for converted in to_float.resample(frame):
+                        yield converted.to_ndarray()
+            except self._av.error.DecoderNotFoundError:
+                raise AudioError(stream.where, "unsupported_codec", "no decoder for this audio codec") from None
+            except Exception as e:  # corrupt packets: FFmpeg raises many types
+                raise stream.truncated(f"ffmpeg: {getattr(e, 'strerror', None) or e}") from None
+
+
+def sliding_windows(blocks: Iterable[np.ndarray], size: int, hop: int) -> Iterator[tuple[int, np.ndarray]]:
+    """(start sample, samples) of windows of `size` every `hop` over the concatenated blocks.
+
+    When the regular windows leave samples at the end uncovered, one more window ends at the last
+    sample, so every sample is scored; a stream shorter than `size` gives one short window (the
+    frontend pads it, as in training). Holds at most one window plus one block."""
+    buffer = np.zeros(0, np.float32)
+    offset = 0             # stream position of buffer[0]
+    next_start = 0
+    covered = 0            # end of the last window yielded
+    for block in blocks:
+        buffer = np.concatenate([buffer, block])
+        while next_start + size <= offset + len(buffer):
+            i = next_start - offset
+            yield next_start, buffer[i:i + size]
+            covered = next_start + size
+            next_start += hop
+        # keep what the next regular window or a final tail window can still need
+        keep = max(offset, min(next_start, offset + len(buffer) - size))
+        buffer = buffer[keep - offset:]
+        offset = keep
+    total = offset + len(buffer)
+    if total > covered:
+        start = max(0, total - size)
+        yield start, buffer[start - offset:]
