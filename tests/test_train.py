@@ -202,3 +202,23 @@ def test_train_command(stores, tmp_path):
     assert "epoch   1/1" in result.output and "ood:full:ood" in result.output
     again = runner.invoke(app, ["train", "--arch", "mel_cnn", "--train", f"{s}:train", "--out", str(tmp_path / "run")])
     assert again.exit_code == 2 and "--resume" in again.output
+
+
+def test_leave_one_generator_out(stores, tmp_path):
+    s = stores["full"]
+    config = TrainConfig(arch="mel_cnn", train=f"{s}:train", holdout_generators=("vocoder",), epochs=1,
+                         batch_size=16, lr=1e-3)
+    record = train(config, tmp_path / "run")
+    described = json.loads((tmp_path / "run" / "config.json").read_text())["sets"]
+    store = open_set(f"{s}:train", "x").store
+    gens = store.meta["generator"]
+    holdout = np.genfromtxt(tmp_path / "run" / "scores" / "last" / "ood_holdout.csv", delimiter=",",
+                            names=True, dtype=None, encoding="utf-8")
+    held_rows = holdout["store_row"]
+    assert set(gens[held_rows][store.meta["label"][held_rows] == 1]) == {"vocoder"}
+    assert described["ood:holdout"]["real"] >= 1 and described["ood:holdout"]["fake"] == 4
+    train_rows = described["train"]["rows"] + described["val"]["rows"]
+    assert train_rows + described["ood:holdout"]["rows"] == 24
+    assert "ood:holdout" in record["sets"]
+    with pytest.raises(TrainError, match="not among the fakes"):
+        train(TrainConfig(arch="mel_cnn", train=f"{s}:train", holdout_generators=("codec",), epochs=1), tmp_path / "x")

@@ -64,12 +64,14 @@ class TrainConfig:
     tf32: bool = True                   # CUDA only
     early_stopping: int | None = None   # patience in epochs on validation EER; None: off
     init_from: str | None = None        # a run folder whose best weights start this run
+    holdout_generators: tuple[str, ...] = ()  # leave-one-generator-out: these fakes (+ a share of
+    holdout_real_fraction: float = 0.2        # the reals) leave --train and form "ood:holdout"
     model: dict = field(default_factory=dict)   # head config overrides
     memory_budget_gb: float = 4.0       # load sets into RAM when they fit, else stream chunks
 
     def resolved(self) -> "TrainConfig":
         uses_wavlm = get_architecture(self.arch).uses_wavlm
-        return dataclasses.replace(self, ood=tuple(self.ood),
+        return dataclasses.replace(self, ood=tuple(self.ood), holdout_generators=tuple(self.holdout_generators),
                                    epochs=self.epochs or DEFAULT_EPOCHS[uses_wavlm],
                                    batch_size=self.batch_size or get_architecture(self.arch).batch_size)
 
@@ -79,6 +81,9 @@ def open_sets(config: TrainConfig) -> dict[str, DataSet]:
     """Train, val, test and OOD sets, checked against each other and the architecture."""
     arch = get_architecture(config.arch)
     train = open_set(config.train, "train")
+    holdout = None
+    if config.holdout_generators:
+        train, holdout = hold_out_generators(train, config)
     if config.val:
         sets = {"train": train, "val": open_set(config.val, "val")}
     else:
@@ -90,6 +95,8 @@ def open_sets(config: TrainConfig) -> dict[str, DataSet]:
                 "val": DataSet("val", f"{config.train} (seeded {config.val_fraction:.0%} split)", train.store, val_rows)}
     if config.test:
         sets["test"] = open_set(config.test, "test")
+    if holdout is not None:
+        sets[holdout.name] = holdout
     for spec in config.ood:
         name, spec = ood_name(spec)
         if name in sets:
@@ -116,6 +123,31 @@ def open_sets(config: TrainConfig) -> dict[str, DataSet]:
             raise TrainError(f"the sets hold different WavLM features (layers/shapes {sorted(shapes)}); "
                              "featurize them with the same --wavlm and --wavlm-layers")
     return sets
+
+
+def hold_out_generators(train: DataSet, config: TrainConfig) -> tuple[DataSet, DataSet]:
+    """Leave-one-generator-out: the held-out generators' fakes and a seeded share of the reals leave
+    the training set and become the OOD set "ood:holdout", so generalization to an unseen generator
+    is measured without a second corpus."""
+    generators = train.store.meta["generator"][train.rows]
+    labels = train.labels
+    present = set(generators[labels == 1])
+    missing = [g for g in config.holdout_generators if g not in present]
+    if missing:
+        raise TrainError(f"--holdout-generator {', '.join(missing)}: not among the fakes of {config.train} "
+                         f"(generators: {', '.join(sorted(present)) or 'none recorded'})")
+    held_fakes = (labels == 1) & np.isin(generators, config.holdout_generators)
+    reals = np.flatnonzero(labels == 0)
+    rng = np.random.default_rng([config.seed, 1])
+    held_reals = rng.choice(reals, size=max(1, int(round(config.holdout_real_fraction * len(reals)))), replace=False)
+    held = held_fakes.copy()
+    held[held_reals] = True
+    if held_fakes.all() or (labels[~held] == 1).sum() == 0:
+        raise TrainError("holding out every generator leaves no fakes to train on")
+    spec = f"{config.train} (generators {', '.join(config.holdout_generators)} held out)"
+    return (DataSet("train", spec, train.store, train.rows[~held]),
+            DataSet("ood:holdout", f"{config.train} (held-out generators {', '.join(config.holdout_generators)} "
+                    f"+ {config.holdout_real_fraction:.0%} of the reals)", train.store, train.rows[held]))
 
 
 def ood_name(spec: str) -> tuple[str, str]:
