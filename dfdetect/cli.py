@@ -12,6 +12,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 app = typer.Typer(
@@ -198,6 +199,7 @@ def train_command(
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
     early_stopping: int = typer.Option(None, help="Stop after N epochs without a better validation EER (default: never)."),
     init_from: Path = typer.Option(None, help="Start from another run's best weights (fine-tuning)."),
+    holdout_generator: list[str] = typer.Option([], help="Leave-one-generator-out: hold these generators' fakes (and 20% of the reals) out of --train as the OOD set ood:holdout; repeat for several."),
     config_file: Path = typer.Option(None, "--config", help="JSON file of TrainConfig fields; flags given here override it."),
     resume: bool = typer.Option(False, help="Continue the run in --out where it stopped."),
     force: bool = typer.Option(False, help="Overwrite an existing run in --out."),
@@ -212,7 +214,7 @@ def train_command(
     given = {"arch": arch, "train": train_set, "val": val, "test": test, "ood": tuple(ood) or None,
              "epochs": epochs, "batch_size": batch_size, "seed": seed, "device": device,
              "early_stopping": early_stopping, "init_from": str(init_from) if init_from else None,
-             "lr": lr, "weight_decay": weight_decay}
+             "lr": lr, "weight_decay": weight_decay, "holdout_generators": tuple(holdout_generator) or None}
     fields.update({k: v for k, v in given.items() if v is not None})
     try:
         config = TrainConfig(**fields)
@@ -220,6 +222,64 @@ def train_command(
     except (TrainError, StoreError, ValueError, TypeError) as e:
         console.print(f"[red]error:[/] {e}", soft_wrap=True)
         raise typer.Exit(2)
+
+
+# -- dfdetect experiment ---------------------------------------------------------------------------
+experiment_app = typer.Typer(help="A whole study from one TOML file: stores, runs, report.", no_args_is_help=True)
+app.add_typer(experiment_app, name="experiment")
+_SET_HELP = "Override a value of the file: KEY.PATH=VALUE (e.g. runs.mel_aasist.epochs=2); repeat."
+
+
+def _error_exit(e: Exception) -> typer.Exit:
+    """Print an error as text (messages hold [brackets] that are not markup) and exit 2."""
+    console.print("[red]error:[/] " + escape(str(e)), soft_wrap=True)
+    return typer.Exit(2)
+
+
+@experiment_app.command("run")
+def experiment_run(
+    file: Path = typer.Argument(..., help="The experiment file (see experiments/)."),
+    set_: list[str] = typer.Option([], "--set", help=_SET_HELP),
+    workers: int = typer.Option(None, help="Featurize worker processes (default: one per core; 0: in this process)."),
+):
+    """Check the file, featurize the stores that are not complete, train the runs that have not
+    finished (resuming interrupted ones), and write the report."""
+    from dfdetect.featurize.datasets import DatasetLayoutError
+    from dfdetect.featurize.wavlm import WavLMUnavailableError
+    from dfdetect.store import StoreError
+    from dfdetect.train.experiment import ExperimentError, load_experiment, run_experiment
+    from dfdetect.train.trainer import TrainError
+
+    try:
+        experiment = load_experiment(file, set_)
+        states = run_experiment(experiment, console, workers=workers)
+    except (ExperimentError, DatasetLayoutError, StoreError, TrainError, WavLMUnavailableError, ValueError) as e:
+        raise _error_exit(e)
+    console.print(f"{experiment.name}: " + ", ".join(f"{n} {s['state']}" for n, s in states.items()))
+
+
+@experiment_app.command("status")
+def experiment_status(
+    file: Path = typer.Argument(..., help="The experiment file."),
+    set_: list[str] = typer.Option([], "--set", help=_SET_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+):
+    """What is done: each store (complete / incomplete / missing) and run (epochs done / planned)."""
+    from dfdetect.train.experiment import ExperimentError, load_experiment, status_rows
+
+    try:
+        rows = status_rows(load_experiment(file, set_))
+    except ExperimentError as e:
+        raise _error_exit(e)
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table("kind", "name", "state", "last epoch (acc@0.5 / EER per set)", "path")
+    for r in rows:
+        last = "; ".join(f"{k} {v['acc']:.1%} / {v['eer']:.3f}" for k, v in r.get("last", {}).items()
+                         if v["acc"] is not None and v["eer"] is not None)
+        table.add_row(r["kind"], r["name"], r["state"], last, r["path"])
+    console.print(table)
 
 
 # -- dfdetect evaluate / report --------------------------------------------------------------------
@@ -298,6 +358,60 @@ def report_command(
 
 
 # -- dfdetect score ---------------------------------------------------------------------------------
+@app.command("score")
+def score_command(
+    paths: list[str] = typer.Argument(..., help="Audio files, folders (recursive), archives (.tar, .tar.gz/.tgz, "
+                                      ".tar.bz2, .tar.xz, .zip; read in place, never extracted), lists of paths "
+                                      "(.txt, or .csv with a 'path' column), or - for a list on stdin."),
+    model: Path = typer.Option(..., "--model", help="Run folder (runs/NAME) whose checkpoint scores."),
+    out: Path = typer.Option(..., "--out", help="Table to write: .csv | .jsonl | .parquet."),
+    epoch: str = typer.Option("best", help="best (by validation EER) | last | N"),
+    window: float = typer.Option(None, help="Window length in seconds (default: the run's clip length, 3 s)."),
+    hop: float = typer.Option(None, help="Window hop in seconds (default: half the window)."),
+    aggregate: str = typer.Option("mean", help="File score from its window scores: mean (default; keeps the "
+                                  "clip-level threshold's meaning) | max (any suspicious segment) | topk."),
+    top_k: int = typer.Option(3, help="k for --aggregate topk."),
+    windows: Path = typer.Option(None, "--windows", help="Also write every window's score with its start/end "
+                                 "times to this table (.csv | .jsonl | .parquet)."),
+    resume: bool = typer.Option(False, help="Continue an interrupted --out: inputs already in it are skipped."),
+    scheduler: str = typer.Option(None, help="Address of an existing dask cluster (default: a local one)."),
+    workers: int = typer.Option(None, help="Local decode/feature worker processes (default: cores - 1; 0 = in "
+                                "this process)."),
+    batch_size: int = typer.Option(64, help="Windows per model batch."),
+    max_file_mb: float = typer.Option(2048, help="Inputs larger than this are error rows (too_large)."),
+    max_hours: float = typer.Option(12, help="Recordings longer than this are error rows (too_long)."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda, for the model (and WavLM)."),
+):
+    """Score every audio file in PATHS with a trained run: one row per input (path, archive member,
+    duration, sample rate, channels, windows, score, decision at the run's threshold, run id,
+    frontend hash, status, error).
+
+    Scores are P(fake): higher = more likely fake (labels: 1 = fake, 0 = real); decision = fake when
+    score >= the run's validation-EER threshold. Long files are decoded as a stream and scored in
+    sliding windows; silent windows are left out. Broken, unsupported, huge or unsafe inputs become
+    rows with status error or skipped and the reason; the batch goes on.
+
+    Exit code: 0 when every input was scored, 1 when some failed or were skipped (the output still
+    holds every row), 2 on a usage error (bad option, missing PATH or run, existing --out without
+    --resume)."""
+    from rich.markup import escape
+
+    from dfdetect.evaluate.score import ScoreError, ScoreOptions, score
+    from dfdetect.evaluate.sources import SourceError
+    from dfdetect.train.runs import RunError
+
+    options = ScoreOptions(window=window, hop=hop, aggregate=aggregate, top_k=top_k, batch_size=batch_size,
+                           max_file_mb=max_file_mb, max_hours=max_hours, workers=workers, scheduler=scheduler,
+                           device=device)
+    try:
+        summary = score(model, paths, out, options, windows_out=windows, resume=resume,
+                        epoch=int(epoch) if epoch.isdigit() else epoch, console=console)
+    except (ScoreError, SourceError, RunError) as e:
+        console.print(f"[red]error:[/] {escape(str(e))}", soft_wrap=True, highlight=False)
+        raise typer.Exit(2)
+    for line in summary.lines():
+        console.print(line, soft_wrap=True, highlight=False, markup=False)
+    raise typer.Exit(summary.exit_code)
 
 
 # -- dfdetect store: list, describe, verify and export feature stores -----------------------------

@@ -1,0 +1,322 @@
+"""A whole study from one TOML file: stores to featurize, runs to train, the report at the end.
+
+    [experiment]
+    name = "main-comparison"
+    stores_dir = "stores"            # relative to this file, or absolute
+    runs_dir = "runs/main"
+
+    [datasets.asv5]                  # roots from the environment: set them once for all studies
+    dataset = "asvspoof5"
+    root = "${DFDETECT_ASV5_ROOT}"
+
+    [stores.asv5_mel]                # featurize options: features, codec, corrupt, wavlm, wavlm_layers,
+    data = "asv5"                    # variant_seed, block_size
+    features = ["mel", "lfcc"]
+
+    [runs.mel_aasist]                # any `dfdetect train` option; sets name stores as STORE[:SPLIT],
+    arch = "mel_aasist"              # OOD sets as [NAME=]STORE[:SPLIT], init_from a run of this file
+    train = "asv5_mel:train"
+    ood = ["dfeval=dfeval_mel"]
+    epochs = 50
+
+    [report]
+    out = "report.html"              # relative to runs_dir
+
+`dfdetect experiment run FILE` checks everything first (unknown keys, missing roots, unknown stores
+or runs, two runs in one folder, an init_from cycle), then featurizes the stores that are not
+complete, trains the runs that have not finished (resuming interrupted ones, skipping finished ones:
+runs that share a store never recompute its features), and writes the report. `--set KEY=VALUE`
+overrides any value (e.g. `--set runs.mel_aasist.epochs=2`, `--set datasets.asv5.root=/data/asv5`),
+which is how the tests run scaled-down copies of the shipped studies.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from dfdetect.featurize.datasets import ADAPTERS
+from dfdetect.train.trainer import TrainConfig
+
+SECTIONS = {"experiment": {"name", "stores_dir", "runs_dir", "description"},
+            "datasets": None, "stores": None, "runs": None, "report": {"out", "ood"}}
+DATASET_KEYS = {"dataset", "root"}
+STORE_KEYS = {"data", "features", "codec", "corrupt", "variant_seed", "wavlm", "wavlm_layers", "block_size"}
+RUN_KEYS = {f.name for f in dataclasses.fields(TrainConfig)} | {"out"}
+SET_KEYS = ("train", "val", "test")
+
+
+class ExperimentError(Exception):
+    """An experiment file that cannot run as written; the message names the line."""
+
+
+@dataclass
+class Experiment:
+    path: Path
+    name: str
+    stores_dir: Path
+    runs_dir: Path
+    datasets: dict[str, dict]
+    stores: dict[str, dict]
+    runs: dict[str, dict]          # name -> TrainConfig fields with store refs resolved to paths
+    run_dirs: dict[str, Path]
+    order: list[str]               # runs in an order where init_from comes first
+    report: dict
+
+    def store_path(self, name: str) -> str:
+        return str(self.stores_dir / f"{name}.zarr")
+
+
+def _line_of(text: str, table: str, key: str | None = None) -> int:
+    """1-based line of `key` inside `[table]` (or of the table header), for error messages."""
+    current, header_line = None, 0
+    for number, line in enumerate(text.splitlines(), 1):
+        stripped = line.strip()
+        m = re.match(r"^\[+\s*([^\]]+?)\s*\]+", stripped)
+        if m:
+            current = m.group(1)
+            if current == table:
+                header_line = number
+                if key is None:
+                    return number
+            continue
+        if current == table and key is not None and re.match(rf"^\"?{re.escape(key)}\"?\s*=", stripped):
+            return number
+    return header_line
+
+
+def _expand(value, where: str):
+    """${VAR} from the environment; an unset variable is an error naming it."""
+    if not isinstance(value, str):
+        return value
+
+    def sub(m):
+        if m.group(1) not in os.environ:
+            raise ExperimentError(f"{where}: environment variable {m.group(1)} is not set "
+                                  f"(export {m.group(1)}=/path/to/the/dataset)")
+        return os.environ[m.group(1)]
+    return re.sub(r"\$\{(\w+)\}", sub, value)
+
+
+def _apply_override(data: dict, assignment: str) -> None:
+    """KEY.PATH=VALUE, VALUE parsed as TOML (so numbers, lists, booleans work; bare words are text)."""
+    key, sep, raw = assignment.partition("=")
+    if not sep:
+        raise ExperimentError(f"--set {assignment!r}: write KEY=VALUE, e.g. runs.mel_aasist.epochs=2")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    node = data
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+
+
+def load_experiment(path: str | Path, overrides: list[str] = ()) -> Experiment:
+    """Parse and check an experiment file; every error names the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise ExperimentError(f"no experiment file at {path}")
+    text = path.read_text()
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ExperimentError(f"{path}: not valid TOML ({e})") from None
+    for assignment in overrides:
+        _apply_override(data, assignment)
+    base = path.parent
+
+    def fail(table: str, key: str | None, message: str):
+        raise ExperimentError(f"{path}:{_line_of(text, table, key)}: [{table}]"
+                              f"{' ' + key if key else ''}: {message}")
+
+    def check_keys(table: str, given: dict, allowed: set[str]):
+        for key in given:
+            if key not in allowed:
+                fail(table, key, f"unknown key {key!r}; allowed: {', '.join(sorted(allowed))}")
+
+    check_keys("experiment", data.get("experiment", {}), SECTIONS["experiment"])
+    for section in data:
+        if section not in SECTIONS:
+            fail(section, None, f"unknown section [{section}]; allowed: {', '.join(SECTIONS)}")
+    check_keys("report", data.get("report", {}), SECTIONS["report"])
+    meta = data.get("experiment", {})
+    stores_dir = base / meta.get("stores_dir", "stores")
+    runs_dir = base / meta.get("runs_dir", "runs")
+
+    datasets = {}
+    for name, d in data.get("datasets", {}).items():
+        table = f"datasets.{name}"
+        check_keys(table, d, DATASET_KEYS)
+        if d.get("dataset") not in ADAPTERS:
+            fail(table, "dataset", f"unknown dataset {d.get('dataset')!r}; valid: {', '.join(ADAPTERS)}")
+        if "root" not in d:
+            fail(table, None, "needs root = \"...\"")
+        root = Path(_expand(d["root"], f"{path}:{_line_of(text, table, 'root')}"))
+        root = root if root.is_absolute() else base / root
+        if not root.exists():
+            fail(table, "root", f"dataset root {root} does not exist")
+        datasets[name] = {"dataset": d["dataset"], "root": root}
+
+    stores = {}
+    for name, s in data.get("stores", {}).items():
+        table = f"stores.{name}"
+        check_keys(table, s, STORE_KEYS)
+        if s.get("data") not in datasets:
+            fail(table, "data", f"unknown dataset {s.get('data')!r}; declared: {', '.join(datasets) or 'none'}")
+        stores[name] = s
+
+    def resolve_set(table: str, key: str, ref: str) -> str:
+        label = ""
+        if key == "ood" and "=" in ref.split("/")[0]:
+            label, ref = ref.split("=", 1)
+            label += "="
+        store, _, split = ref.partition(":")
+        store_name, _, version = store.partition("@")
+        if store_name not in stores:
+            fail(table, key, f"unknown store {store_name!r}; declared: {', '.join(stores) or 'none'}")
+        if version:
+            _check_version(stores_dir / f"{store_name}.zarr", store_name, version,
+                           lambda message: fail(table, key, message))
+        path_ = str(stores_dir / f"{store_name}.zarr") + (f"@{version}" if version else "")
+        return label + path_ + (f":{split}" if split else "")
+
+    runs, run_dirs = {}, {}
+    for name, r in data.get("runs", {}).items():
+        table = f"runs.{name}"
+        check_keys(table, r, RUN_KEYS)
+        if "arch" not in r or "train" not in r:
+            fail(table, None, "needs arch and train")
+        fields = {k: v for k, v in r.items() if k != "out"}
+        for key in SET_KEYS:
+            if key in fields and fields[key]:
+                fields[key] = resolve_set(table, key, fields[key])
+        fields["ood"] = tuple(resolve_set(table, "ood", o) for o in fields.get("ood", ()))
+        if "holdout_generators" in fields:
+            fields["holdout_generators"] = tuple(fields["holdout_generators"])
+        out = base / r["out"] if "out" in r else runs_dir / name
+        clash = [other for other, d in run_dirs.items() if d.resolve() == out.resolve()]
+        if clash:
+            fail(table, "out" if "out" in r else None, f"writes to {out}, as run {clash[0]!r} does")
+        runs[name], run_dirs[name] = fields, out
+    for name, fields in runs.items():
+        parent = fields.get("init_from")
+        if parent is not None and parent not in runs:
+            fail(f"runs.{name}", "init_from", f"unknown run {parent!r}; declared: {', '.join(runs)}")
+
+    order, visiting = [], set()
+
+    def visit(name: str):
+        if name in order:
+            return
+        if name in visiting:
+            fail(f"runs.{name}", "init_from", "init_from forms a cycle")
+        visiting.add(name)
+        parent = runs[name].get("init_from")
+        if parent:
+            visit(parent)
+        order.append(name)
+    for name in runs:
+        visit(name)
+    return Experiment(path, meta.get("name", path.stem), stores_dir, runs_dir, datasets, stores,
+                      runs, run_dirs, order, data.get("report", {}))
+
+
+def _check_version(store: Path, name: str, version: str, fail) -> None:
+    """A pinned STORE@VERSION must exist already: featurize names versions by content, so a
+    version that is not there is a typo or another machine's store."""
+    from dfdetect.store import StoreError
+    from dfdetect.store.schema import list_versions
+
+    if not store.exists():
+        fail(f"pins version {version} of store {name!r}, which has not been featurized yet; "
+             "drop @VERSION to use the version this file makes")
+    try:
+        versions = list_versions(str(store))
+    except StoreError as e:
+        fail(str(e))
+    if version not in versions:
+        fail(f"store {name!r} has no version {version!r}; it has {', '.join(versions) or 'none'}")
+
+
+def train_config(experiment: Experiment, name: str) -> TrainConfig:
+    fields = dict(experiment.runs[name])
+    if fields.get("init_from"):
+        fields["init_from"] = str(experiment.run_dirs[fields["init_from"]])
+    return TrainConfig(**fields)
+
+
+def run_state(experiment: Experiment, name: str) -> dict:
+    """'done', 'partial' (resumable) or 'new', with the epochs finished."""
+    out = experiment.run_dirs[name]
+    config = train_config(experiment, name).resolved()
+    metrics = out / "metrics.jsonl"
+    epochs = len(metrics.read_text().splitlines()) if metrics.exists() else 0
+    if epochs >= config.epochs:
+        return {"state": "done", "epochs": epochs, "of": config.epochs}
+    if (out / "state.json").exists():
+        return {"state": "partial", "epochs": epochs, "of": config.epochs}
+    return {"state": "new", "epochs": 0, "of": config.epochs}
+
+
+def store_state(experiment: Experiment, name: str) -> str:
+    from dfdetect.store import StoreError, open_store
+
+    try:
+        open_store(experiment.store_path(name))
+        return "complete"
+    except StoreError:
+        return "missing" if not Path(experiment.store_path(name)).exists() else "incomplete"
+
+
+def run_experiment(experiment: Experiment, console, workers: int | None = None) -> dict:
+    """Featurize what is missing, train what is unfinished, write the report; returns states."""
+    from dfdetect.featurize.pipeline import featurize
+    from dfdetect.featurize.variants import Variant
+    from dfdetect.featurize.wavlm import WavLMConfig
+    from dfdetect.train.trainer import train
+
+    for name, s in experiment.stores.items():
+        data = experiment.datasets[s["data"]]
+        features = tuple(s.get("features", ("mel", "lfcc")))
+        wavlm = (WavLMConfig(model=s.get("wavlm", "microsoft/wavlm-large"),
+                             layers=tuple(s.get("wavlm_layers", (6, 12, 24)))) if "wavlm" in features else None)
+        console.rule(f"store {name}")
+        result = featurize(data["dataset"], data["root"], experiment.store_path(name), features=features,
+                           wavlm=wavlm, workers=workers, block_size=s.get("block_size", 128),
+                           variant=Variant.parse(s.get("codec"), s.get("corrupt"), s.get("variant_seed", 0)),
+                           console=console)
+        if not result.complete:
+            raise ExperimentError(f"store {name} did not complete ({len(result.failed_blocks)} blocks failed); "
+                                  "rerun `dfdetect experiment run` to retry them")
+    states = {}
+    for name in experiment.order:
+        state = run_state(experiment, name)
+        console.rule(f"run {name}: {state['state']} ({state['epochs']}/{state['of']} epochs)")
+        if state["state"] != "done":
+            train(train_config(experiment, name), experiment.run_dirs[name],
+                  resume=state["state"] == "partial", force=state["state"] == "new", console=console)
+        states[name] = run_state(experiment, name)
+    return states
+
+
+def status_rows(experiment: Experiment) -> list[dict]:
+    rows = [{"kind": "store", "name": n, "state": store_state(experiment, n), "path": experiment.store_path(n)}
+            for n in experiment.stores]
+    for name in experiment.order:
+        state = run_state(experiment, name)
+        row = {"kind": "run", "name": name, "state": f"{state['state']} {state['epochs']}/{state['of']}",
+               "path": str(experiment.run_dirs[name])}
+        metrics = experiment.run_dirs[name] / "metrics.jsonl"
+        if metrics.exists() and metrics.read_text().strip():
+            last = json.loads(metrics.read_text().splitlines()[-1])
+            row["last"] = {k: {"acc": v["at_0.5"]["accuracy"], "eer": v["eer"]} for k, v in last["sets"].items()}
+        rows.append(row)
+    return rows

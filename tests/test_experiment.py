@@ -1,0 +1,140 @@
+"""Experiment files: every shipped study runs scaled down on generated data; errors name the line
+before anything expensive starts; an interrupted study resumes without redoing finished runs."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from dfdetect.cli import app
+from dfdetect.demo.corpus import CorpusSpec, write_corpus
+from dfdetect.featurize.wavlm import save_random_wavlm
+from dfdetect.train.experiment import ExperimentError, load_experiment
+
+EXPERIMENTS = Path(__file__).parent.parent / "experiments"
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """A generated corpus with the splits the shipped files name (train, test, eval), a polished
+    holdout without splits, and a tiny random WavLM."""
+    base = tmp_path_factory.mktemp("experiment")
+    corpus = base / "corpus"
+    write_corpus(corpus, CorpusSpec(real=15, per_generator=4, min_seconds=1.0, max_seconds=2.0))
+    shutil.copytree(corpus / "test", corpus / "eval")
+    polished = base / "polished"
+    shutil.copytree(corpus / "ood", polished)
+    shutil.rmtree(corpus / "ood")
+    return {"base": base, "corpus": corpus, "polished": polished,
+            "wavlm": save_random_wavlm(base / "wavlm", size="tiny")}
+
+
+def scaled_down(file: Path, data: dict, out: Path) -> list[str]:
+    """--set overrides that run `file` on the generated data in seconds."""
+    raw = load_experiment.__globals__["tomllib"].loads(file.read_text())
+    sets = [f"experiment.stores_dir={json.dumps(str(out / 'stores'))}",
+            f"experiment.runs_dir={json.dumps(str(out / 'runs'))}"]
+    for name in raw.get("datasets", {}):
+        root = data["polished"] if name == "polished" else data["corpus"]
+        sets += [f"datasets.{name}.dataset=\"folder\"", f"datasets.{name}.root={json.dumps(str(root))}"]
+    for name in raw.get("stores", {}):
+        sets += [f"stores.{name}.wavlm={json.dumps(str(data['wavlm']))}", f"stores.{name}.wavlm_layers=[1, 2]",
+                 f"stores.{name}.block_size=16"]
+    for name in raw.get("runs", {}):
+        sets += [f"runs.{name}.epochs=1", f"runs.{name}.batch_size=16", f"runs.{name}.lr=0.001"]
+    return sets
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("file", sorted(EXPERIMENTS.glob("*.toml")), ids=lambda p: p.stem)
+def test_every_shipped_study_runs_scaled_down(file, data, tmp_path):
+    sets = scaled_down(file, data, tmp_path)
+    args = ["experiment", "run", str(file), "--workers", "0"] + [a for s in sets for a in ("--set", s)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    experiment = load_experiment(file, sets)
+    status = runner.invoke(app, ["experiment", "status", str(file), "--json"] + [a for s in sets for a in ("--set", s)])
+    rows = json.loads(status.output)
+    assert {r["name"] for r in rows if r["kind"] == "store"} == set(experiment.stores)
+    assert all(r["state"] == "complete" for r in rows if r["kind"] == "store")
+    assert all(r["state"] == "done 1/1" for r in rows if r["kind"] == "run")
+    for name in experiment.runs:
+        record = json.loads((experiment.run_dirs[name] / "metrics.jsonl").read_text())
+        assert any(k.startswith("ood:") for k in record["sets"]), name
+
+
+def _write(tmp_path, text):
+    path = tmp_path / "study.toml"
+    path.write_text(text)
+    return path
+
+
+STUDY = """
+[experiment]
+stores_dir = "stores"
+runs_dir = "runs"
+
+[datasets.demo]
+dataset = "folder"
+root = "{root}"
+
+[stores.demo]
+data = "demo"
+features = ["mel"]
+block_size = 16
+
+[runs.first]
+arch = "mel_cnn"
+train = "demo:train"
+test = "demo:test"
+epochs = 1
+batch_size = 16
+
+[runs.second]
+arch = "mel_cnn"
+train = "demo:train"
+ood = ["heldout=demo:eval"]
+epochs = 2
+batch_size = 16
+"""
+
+
+def test_an_interrupted_study_resumes_without_redoing_finished_runs(data, tmp_path):
+    file = _write(tmp_path, STUDY.format(root=data["corpus"]))
+    first = runner.invoke(app, ["experiment", "run", str(file), "--workers", "0", "--set", "runs.second.epochs=1"])
+    assert first.exit_code == 0, first.output
+    done = (tmp_path / "runs" / "first" / "checkpoints" / "epoch_001.safetensors").stat().st_mtime_ns
+    again = runner.invoke(app, ["experiment", "run", str(file), "--workers", "0"])
+    assert again.exit_code == 0, again.output
+    assert "run first: done (1/1 epochs)" in again.output and "run second: partial (1/2 epochs)" in again.output
+    assert (tmp_path / "runs" / "first" / "checkpoints" / "epoch_001.safetensors").stat().st_mtime_ns == done
+    assert len((tmp_path / "runs" / "second" / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda t: t.replace("epochs = 1\n", "epochs = 1\nlearning_rate = 0.1\n", 1), r"study.toml:\d+: \[runs.first\] learning_rate: unknown key"),
+    (lambda t: t.replace('root = "', 'root = "/nonexistent', 1), r"study.toml:8: \[datasets.demo\] root: dataset root /nonexistent"),
+    (lambda t: t.replace('train = "demo:train"', 'train = "other:train"', 1), r"study.toml:\d+: \[runs.first\] train: unknown store 'other'"),
+    (lambda t: t + '\n[runs.third]\narch = "mel_cnn"\ntrain = "demo:train"\nout = "runs/first"\n', r"\[runs.third\] out: writes to .* as run 'first' does"),
+    (lambda t: t.replace("[runs.first]", "[runs.first]\ninit_from = \"second\"").replace("[runs.second]", "[runs.second]\ninit_from = \"first\""), "cycle"),
+    (lambda t: t.replace("[report]", "") + "\n[reports]\nout = 'x'\n", r"unknown section \[reports\]"),
+])
+def test_errors_name_the_line_before_anything_runs(data, tmp_path, edit, message):
+    file = _write(tmp_path, edit(STUDY.format(root=data["corpus"])))
+    with pytest.raises(ExperimentError, match=message):
+        load_experiment(file)
+    assert not (tmp_path / "stores").exists() and not (tmp_path / "runs").exists()
+
+
+def test_a_store_version_that_does_not_exist(data, tmp_path):
+    text = STUDY.format(root=data["corpus"])
+    pinned = _write(tmp_path, text.replace('test = "demo:test"', 'test = "demo@v-000000000000:test"'))
+    with pytest.raises(ExperimentError, match=r"study.toml:\d+: \[runs.first\] test: pins version v-000000000000 .* not been featurized"):
+        load_experiment(pinned)
+    assert runner.invoke(app, ["experiment", "run", str(_write(tmp_path, text)), "--workers", "0"]).exit_code == 0
+    pinned = _write(tmp_path, text.replace('test = "demo:test"', 'test = "demo@v-000000000000:test"'))
+    with pytest.raises(ExperimentError, match=r"store 'demo' has no version 'v-000000000000'; it has v-"):
+        load_experiment(pinned)
