@@ -1,0 +1,490 @@
+"""`dfdetect report`: the seed's tables, curves and failure warnings for a set of runs, as one
+self-contained HTML page (figures embedded as PNG data URIs, no other file needed) and the same
+tables as Markdown next to it (report.md).
+
+    report = build_report(["runs/mel_cnn", "runs/mel_aasist"], "report.html", ood="dfeval")
+
+Which numbers. Everything is read from the runs' metrics.jsonl and scores/ (nothing is rescored).
+The ranking table uses each run's best-validation epoch (lowest validation EER, as `load_run(...,
+"best")` picks it): the epoch one would deploy without peeking at test or OOD. A second table shows
+the last epoch, because OOD performance can keep moving after validation stops improving (the seed's
+Mel-AASIST: 58.6% OOD accuracy at 20 epochs, 83.2% at 50). Accuracy, F1, recall, specificity and MCC
+are at threshold 0.5, as the seed reported them; EER follows the ASVspoof convention. Runs are ranked
+by the chosen OOD set's accuracy (`ood`; default: the first OOD set of the first run). ROC/DET curves
+and histograms come from scores/best/ (the best-validation epoch).
+
+Warnings: the seed's failure signatures, each with the numbers that triggered it (constants below).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from dfdetect.evaluate.evaluation import HEADER, fmt, read_scores
+from dfdetect.evaluate.metrics import det_curve, eer
+
+# (a) The 100%-accuracy trap (seed Part 3: test accuracy 100% while validation EER sat at 0.50):
+# an epoch with test accuracy at least TRAP_TEST_ACCURACY and validation EER at least TRAP_VAL_EER.
+TRAP_TEST_ACCURACY = 0.99
+TRAP_VAL_EER = 0.40
+# (b) A model that calls (nearly) everything real or everything fake out of distribution (seed:
+# recall 0.74% on Deepfake-Eval; the MP3-corrupt CNN's specificity 0.00%): OOD recall or
+# specificity at threshold 0.5 at most DEGENERATE_RATE, at the best-validation or the last epoch.
+DEGENERATE_RATE = 0.05
+# (c) Predictions anti-correlated with the truth (seed: the FLAC-corrupt CNN's MCC -0.0736): MCC
+# at 0.5 below 0 on any eval set at the best-validation or the last epoch.
+# (d) In- and out-of-distribution performance moving apart (seed Part 4): the epoch of best test
+# accuracy and the epoch of best OOD accuracy at least max(EPOCH_GAP_MIN, EPOCH_GAP_FRACTION x
+# epochs) apart.
+EPOCH_GAP_MIN = 3
+EPOCH_GAP_FRACTION = 0.25
+
+
+class ReportError(Exception):
+    """Runs that cannot be reported as asked; the message says why."""
+
+
+@dataclass
+class RunInfo:
+    """What the report needs of one run folder."""
+    path: Path
+    name: str
+    title: str                 # architecture, e.g. "Mel-AASIST"
+    data: str                  # the training set, e.g. "asvspoof5.zarr:train (182,357 clips)"
+    wavlm: str | None          # the WavLM model of a WavLM head
+    parameters: int
+    checkpoint_bytes: int      # measured: the best epoch's checkpoint file
+    best_epoch: int
+    records: list[dict]
+
+    @property
+    def last_epoch(self) -> int:
+        return self.records[-1]["epoch"]
+
+    @property
+    def set_names(self) -> list[str]:
+        return list(self.records[-1]["sets"])
+
+    def metric(self, epoch: int, name: str, key: str):
+        """A metric of set `name` at `epoch`: eer/auc/min_dcf as stored, the rest at threshold 0.5;
+        None when the run has no such set, NaN when the metric is undefined there."""
+        sets = next(r for r in self.records if r["epoch"] == epoch)["sets"]
+        if name not in sets:
+            return None
+        value = sets[name][key] if key in ("eer", "auc", "min_dcf") else sets[name]["at_0.5"].get(key)
+        return math.nan if value is None else value
+
+
+@dataclass
+class RunWarning:
+    run: str
+    signature: str             # trap | degenerate | negative_mcc | epoch_gap
+    message: str
+
+
+@dataclass
+class Report:
+    html: Path
+    markdown: Path
+    runs: list[RunInfo]
+    warnings: list[RunWarning]
+    ood: str | None
+
+
+def _missing(value) -> bool:
+    return value is None or math.isnan(value)
+
+
+# -- reading runs ------------------------------------------------------------------------------------------
+def read_run(path: Path) -> RunInfo:
+    """Records, best epoch and sizes of a run (load_run checks the folder and the checkpoint)."""
+    from dfdetect.train.architectures import count_parameters, get_architecture
+    from dfdetect.train.runs import load_run
+
+    run = load_run(path, "best")
+    train = run.config["sets"]["train"]   # its spec may say more than STORE:SPLIT (held-out generators)
+    data = train["spec"].replace(train["store"], Path(train["store"].rstrip("/")).name)
+    arch = get_architecture(run.arch)
+    wavlm = (run.config.get("wavlm") or {}).get("model") if arch.uses_wavlm else None
+    checkpoint = path / "checkpoints" / f"epoch_{run.epoch:03d}.safetensors"
+    return RunInfo(path, path.name, arch.title, f"{data} ({train['rows']:,} clips)", wavlm,
+                   count_parameters(run.model), checkpoint.stat().st_size, run.epoch, run.records)
+
+
+def _choose_ood(runs: list[RunInfo], ood: str | None) -> tuple[list[str], str | None]:
+    names = list(dict.fromkeys(n for r in runs for n in r.set_names if n.startswith("ood:")))
+    if ood is None:
+        return names, names[0] if names else None
+    wanted = ood if ood.startswith("ood:") else "ood:" + ood
+    if wanted not in names:
+        raise ReportError(f"no run has an OOD set {ood!r}; they have: {', '.join(n[4:] for n in names) or 'none'}")
+    return names, wanted
+
+
+# -- warnings ----------------------------------------------------------------------------------------------
+def _ranges(epochs: list[int]) -> str:
+    """[1, 2, 3, 7] -> '1-3, 7'."""
+    spans: list[list[int]] = []
+    for e in epochs:
+        if spans and e == spans[-1][1] + 1:
+            spans[-1][1] = e
+        else:
+            spans.append([e, e])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
+
+
+def _epochs_to_check(run: RunInfo) -> list[tuple[int, str]]:
+    best = [(run.best_epoch, f"epoch {run.best_epoch} (best validation)")]
+    return best if run.best_epoch == run.last_epoch else best + [(run.last_epoch, f"epoch {run.last_epoch} (last)")]
+
+
+def _ood_names(run: RunInfo) -> list[str]:
+    return [n for n in run.set_names if n.startswith("ood:")]
+
+
+def trap_warnings(run: RunInfo) -> list[str]:
+    """(a) test accuracy near 100% while validation EER sits near chance, at any epoch."""
+    epochs = [r["epoch"] for r in run.records]
+    trap = [e for e in epochs if (run.metric(e, "test", "accuracy") or 0) >= TRAP_TEST_ACCURACY
+            and (run.metric(e, "val", "eer") or 0) >= TRAP_VAL_EER]
+    if not trap:
+        return []
+    e = trap[-1]
+    return [f"the 100%-accuracy trap: test accuracy >= {TRAP_TEST_ACCURACY:.0%} while validation EER >= "
+            f"{TRAP_VAL_EER} at epochs {_ranges(trap)} (epoch {e}: test accuracy "
+            f"{run.metric(e, 'test', 'accuracy'):.2%}, validation EER {run.metric(e, 'val', 'eer'):.4f}); the model "
+            "memorised its training distribution, trust validation over test"]
+
+
+def degenerate_warnings(run: RunInfo) -> list[str]:
+    """(b) OOD recall or specificity near 0 at threshold 0.5: everything called real, or fake."""
+    found = []
+    for epoch, when in _epochs_to_check(run):
+        for name in _ood_names(run):
+            recall, spec = run.metric(epoch, name, "recall"), run.metric(epoch, name, "specificity")
+            c = next(r for r in run.records if r["epoch"] == epoch)["sets"][name]["at_0.5"]
+            for value, calls, rate in ((recall, "real", "recall"), (spec, "fake", "specificity")):
+                if not _missing(value) and value <= DEGENERATE_RATE:
+                    found.append(f"calls (nearly) everything {calls} on {name} at {when}: {rate} {value:.2%} at "
+                                 f"threshold 0.5 (tp {c['tp']}, fn {c['fn']}, tn {c['tn']}, fp {c['fp']}; recall "
+                                 f"{fmt(recall, 'recall')}, specificity {fmt(spec, 'specificity')})")
+    return found
+
+
+def negative_mcc_warnings(run: RunInfo) -> list[str]:
+    """(c) MCC below 0 on any eval set at threshold 0.5."""
+    return [f"MCC {mcc:.4f} < 0 on {name} at {when} (threshold 0.5): its predictions are anti-correlated with "
+            "the truth; flipping them would do better"
+            for epoch, when in _epochs_to_check(run) for name in run.set_names
+            if not _missing(mcc := run.metric(epoch, name, "mcc")) and mcc < 0]
+
+
+def epoch_gap_warnings(run: RunInfo) -> list[str]:
+    """(d) The epoch of best test accuracy far from the epoch of best OOD accuracy."""
+    epochs = [r["epoch"] for r in run.records]
+    test = [run.metric(e, "test", "accuracy") for e in epochs]
+    if any(map(_missing, test)):
+        return []
+    limit = max(EPOCH_GAP_MIN, EPOCH_GAP_FRACTION * len(epochs))
+    best_test, found = epochs[int(np.argmax(test))], []
+    for name in _ood_names(run):
+        ood = [run.metric(e, name, "accuracy") for e in epochs]
+        best_ood = epochs[int(np.argmax(ood))]
+        if abs(best_test - best_ood) >= limit:
+            found.append(f"best test accuracy at epoch {best_test} ({max(test):.2%}) but best {name} accuracy at "
+                         f"epoch {best_ood} ({max(ood):.2%}): {abs(best_test - best_ood)} of {len(epochs)} epochs "
+                         f"apart (limit {limit:g}); in- and out-of-distribution performance moved apart")
+    return found
+
+
+def find_warnings(run: RunInfo) -> list[RunWarning]:
+    """Every failure signature the run shows, with the numbers that triggered it."""
+    checks = {"trap": trap_warnings, "degenerate": degenerate_warnings, "negative_mcc": negative_mcc_warnings,
+              "epoch_gap": epoch_gap_warnings}
+    return [RunWarning(run.name, signature, message) for signature, check in checks.items()
+            for message in check(run)]
+
+
+# -- figures -------------------------------------------------------------------------------------------------
+def _png(fig) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=80)
+    return buffer.getvalue()
+
+
+def curves_figure(run: RunInfo) -> bytes:
+    """The seed's training dynamics: train loss, validation EER, and accuracy and EER of test and
+    every OOD set per epoch; the dotted line is the best-validation epoch."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    epochs = [r["epoch"] for r in run.records]
+    fig = Figure(figsize=(11, 6.5), layout="constrained")
+    axes = fig.subplots(2, 2)
+    axes[0, 0].plot(epochs, [r["train"]["loss"] for r in run.records], marker=".")
+    axes[0, 0].set_title("train loss")
+    axes[0, 1].plot(epochs, [run.metric(e, "val", "eer") for e in epochs], marker=".", color="tab:purple")
+    axes[0, 1].set_title("validation EER")
+    shown = [n for n in run.set_names if n != "val"]
+    for ax, key, title in ((axes[1, 0], "accuracy", "accuracy at 0.5"), (axes[1, 1], "eer", "EER")):
+        for name in shown:
+            ax.plot(epochs, [run.metric(e, name, key) for e in epochs], marker=".", label=name)
+        ax.set_title(title)
+        ax.legend(fontsize=8)
+    for ax in axes.flat:
+        ax.axvline(run.best_epoch, color="grey", linestyle=":")
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"{run.name} ({run.title})")
+    return _png(fig)
+
+
+def score_files(run: RunInfo) -> list[tuple[str, Path]]:
+    folder = run.path / "scores" / "best"
+    return [(name, folder / f"{name.replace(':', '_')}.csv") for name in run.set_names
+            if (folder / f"{name.replace(':', '_')}.csv").is_file()]
+
+
+def scores_figure(run: RunInfo, files: list[tuple[str, Path]]) -> bytes:
+    """ROC, DET (normal-deviate axes, the EER point marked) and score histograms per eval set."""
+    from matplotlib.figure import Figure
+    from scipy.stats import norm
+    from sklearn.metrics import roc_curve
+
+    fig = Figure(figsize=(12, 3.5 * len(files)), layout="constrained")
+    axes = fig.subplots(len(files), 3, squeeze=False)
+    ticks = np.array([0.001, 0.01, 0.05, 0.2, 0.5, 0.8, 0.95, 0.99])
+    limits = norm.ppf([0.0005, 0.9995])
+
+    def probit(rate):   # DET axes: error rates on the normal-deviate scale
+        return norm.ppf(np.clip(rate, 0.0005, 0.9995))
+
+    for (name, path), (roc, det, hist) in zip(files, axes):
+        table = read_scores(path, fmt="csv")
+        labels, scores = table.labels, table.scores
+        real, fake = scores[labels == 0], scores[labels == 1]
+        bins = np.linspace(0, 1, 26) if ((scores >= 0) & (scores <= 1)).all() else 25
+        hist.hist(real, bins=bins, alpha=0.6, label=f"real ({real.size})", color="tab:green")
+        hist.hist(fake, bins=bins, alpha=0.6, label=f"fake ({fake.size})", color="tab:red")
+        hist.set_title(f"{name}: scores (P(fake))")
+        hist.legend(fontsize=8)
+        if real.size == 0 or fake.size == 0:
+            for ax in (roc, det):
+                ax.text(0.5, 0.5, "one label only:\nno ROC/DET", ha="center", va="center")
+            continue
+        fpr, tpr, _ = roc_curve(labels, scores)
+        roc.plot(fpr, tpr)
+        roc.plot([0, 1], [0, 1], color="grey", linestyle=":")
+        roc.set(title=f"{name}: ROC", xlabel="reals called fake (FPR)", ylabel="fakes caught (TPR)")
+        frr, far, _ = det_curve(-real, -fake)
+        value, _ = eer(labels, scores)
+        det.plot(probit(far), probit(frr))
+        det.plot(probit(value), probit(value), "o", label=f"EER {value:.4f}")
+        det.set_xticks(probit(ticks), [f"{t:.1%}" if t < 0.01 else f"{t:.0%}" for t in ticks])
+        det.set_yticks(probit(ticks), [f"{t:.1%}" if t < 0.01 else f"{t:.0%}" for t in ticks])
+        det.set(xlim=limits, ylim=limits)
+        det.set(title=f"{name}: DET", xlabel="fakes accepted as real", ylabel="reals rejected as fake")
+        det.legend(fontsize=8)
+    for ax in axes.flat:
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"{run.name}: epoch {run.best_epoch} (best validation)")
+    return _png(fig)
+
+
+# -- the page ------------------------------------------------------------------------------------------------
+class Page:
+    """The report's content once, rendered as HTML (with figures) and as Markdown (without)."""
+
+    def __init__(self, title: str):
+        self.title, self.blocks = title, []
+
+    def heading(self, text: str) -> None:
+        self.blocks.append(("h", text))
+
+    def text(self, text: str) -> None:
+        self.blocks.append(("p", text))
+
+    def warning(self, text: str) -> None:
+        self.blocks.append(("warn", text))
+
+    def table(self, headers: list[str], rows: list[list[str]]) -> None:
+        self.blocks.append(("table", headers, rows))
+
+    def figure(self, png: bytes, caption: str) -> None:
+        self.blocks.append(("img", png, caption))
+
+    def html(self) -> str:
+        e = html.escape
+        parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{e(self.title)}</title><style>"
+                 "body{font-family:sans-serif;max-width:1250px;margin:2em auto;color:#222}"
+                 "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;"
+                 "text-align:right}th{background:#f3f3f3}td:nth-child(-n+3){text-align:left}"
+                 ".warn{background:#fff3cd;border-left:4px solid #e0a800;padding:6px 10px;margin:6px 0}"
+                 "img{max-width:100%}</style></head><body>", f"<h1>{e(self.title)}</h1>"]
+        for block in self.blocks:
+            kind = block[0]
+            if kind == "h":
+                parts.append(f"<h2>{e(block[1])}</h2>")
+            elif kind == "p":
+                parts.append(f"<p>{e(block[1])}</p>")
+            elif kind == "warn":
+                parts.append(f"<div class='warn'>{e(block[1])}</div>")
+            elif kind == "table":
+                parts.append("<table><tr>" + "".join(f"<th>{e(h)}</th>" for h in block[1]) + "</tr>"
+                             + "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in block[2])
+                             + "</table>")
+            else:
+                data = base64.b64encode(block[1]).decode()
+                parts.append(f"<figure><img alt='{e(block[2])}' src='data:image/png;base64,{data}'>"
+                             f"<figcaption>{e(block[2])}</figcaption></figure>")
+        return "\n".join(parts + ["</body></html>"])
+
+    def markdown(self, html_name: str) -> str:
+        lines = [f"# {self.title}", ""]
+        for block in self.blocks:
+            kind = block[0]
+            if kind == "h":
+                lines += [f"## {block[1]}", ""]
+            elif kind == "p":
+                lines += [block[1], ""]
+            elif kind == "warn":
+                lines += [f"> **warning:** {block[1]}", ""]
+            elif kind == "table":
+                for i, row in enumerate([block[1], *block[2]]):
+                    lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |")
+                    if i == 0:
+                        lines.append("|" + "---|" * len(row))
+                lines.append("")
+            else:
+                lines += [f"*Figure in {html_name}: {block[2]}*", ""]
+        return "\n".join(lines)
+
+
+def _cell(run: RunInfo, epoch: int, name: str | None, key: str) -> str:
+    value = None if name is None else run.metric(epoch, name, key)
+    return "n/a" if value is None else fmt(value, key)
+
+
+def _sort_key(run: RunInfo, epoch: int, ood: str | None):
+    """Higher OOD accuracy first, ties by lower OOD EER; runs without the set (or the metric) last."""
+    acc, err = (None, None) if ood is None else (run.metric(epoch, ood, "accuracy"), run.metric(epoch, ood, "eer"))
+    return (_missing(acc), 0 if _missing(acc) else -acc, _missing(err), 0 if _missing(err) else err)
+
+
+def ranking_table(page: Page, runs: list[RunInfo], oods: list[str], ood: str | None, which: str) -> None:
+    """The seed's "Complete Picture": ranked by the chosen OOD set's accuracy at the given epoch."""
+    epoch_of = {"best": lambda r: r.best_epoch, "last": lambda r: r.last_epoch}[which]
+    ranked = sorted(runs, key=lambda r: _sort_key(r, epoch_of(r), ood))
+    headers = ["Rank", "Run", "Model", "Data", "Epochs", "Epoch", "Val EER", "Test Acc"]
+    for name in oods:
+        headers += [f"{name[4:]} Acc", f"{name[4:]} F1", f"{name[4:]} EER"]
+    rows = []
+    for rank, run in enumerate(ranked, 1):
+        e = epoch_of(run)
+        row = [str(rank), run.name, run.title, run.data, str(len(run.records)), str(e),
+               _cell(run, e, "val", "eer"), _cell(run, e, "test", "accuracy")]
+        for name in oods:
+            row += [_cell(run, e, name, "accuracy"), _cell(run, e, name, "f1"), _cell(run, e, name, "eer")]
+        rows.append(row)
+    page.table(headers, rows)
+
+
+def correlation_text(runs: list[RunInfo], ood: str | None) -> str:
+    """Pearson and Spearman correlation of test accuracy and OOD accuracy across runs."""
+    from scipy.stats import ConstantInputWarning, pearsonr, spearmanr
+
+    if ood is None:
+        return "Correlation of test and OOD accuracy: undefined (no OOD set)."
+    pairs = [(r.metric(r.best_epoch, "test", "accuracy"), r.metric(r.best_epoch, ood, "accuracy")) for r in runs]
+    pairs = [(t, o) for t, o in pairs if not _missing(t) and not _missing(o)]
+    what = f"Correlation across runs of test accuracy and {ood} accuracy (best-validation epoch, threshold 0.5)"
+    if len(pairs) < 3:
+        return f"{what}: undefined: it needs at least 3 runs with both sets, and there are {len(pairs)}."
+    test, out = np.array(pairs).T
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConstantInputWarning)
+        pearson, spearman = pearsonr(test, out).statistic, spearmanr(test, out).statistic
+    return (f"{what}, over {len(pairs)} runs: Pearson {fmt(float(pearson))}, Spearman {fmt(float(spearman))} "
+            "(undefined when one of them is the same for every run). The seed found it near zero: test accuracy "
+            "did not predict real-world accuracy.")
+
+
+def size_table(page: Page, runs: list[RunInfo], ood: str | None) -> None:
+    """The seed's model size table: parameters, checkpoint MB (the file, measured), OOD accuracy per MB."""
+    from dfdetect.train.architectures import WAVLM_LARGE_BYTES, WAVLM_LARGE_PARAMETERS
+
+    label = ood[4:] if ood else "OOD"
+    rows = []
+    for run in sorted(runs, key=lambda r: r.checkpoint_bytes):
+        mb = run.checkpoint_bytes / 1e6
+        acc = None if ood is None else run.metric(run.best_epoch, ood, "accuracy")
+        per_mb = "n/a" if acc is None else ("undefined" if math.isnan(acc) else f"{acc * 100 / mb:.2f}%/MB")
+        rows.append([run.name, run.title, f"{run.parameters:,}", f"{mb:.3f}",
+                     "n/a" if acc is None else fmt(acc, "accuracy"), per_mb])
+    page.table(["Run", "Model", "Params", "Checkpoint MB", f"{label} Acc", "Acc/MB"], rows)
+    for run in runs:
+        if run.wavlm:
+            page.text(f"{run.name}: the checkpoint holds the head only; scoring audio also needs the frozen "
+                      f"{run.wavlm} (WavLM-Large: {WAVLM_LARGE_PARAMETERS / 1e6:.1f}M parameters, "
+                      f"{WAVLM_LARGE_BYTES / 1e6:,.0f} MB as float32).")
+
+
+def build_report(runs: list[str | Path], out: str | Path = "report.html", ood: str | None = None) -> Report:
+    """Write the HTML page and the Markdown next to it; returns where, and the warnings."""
+    if not runs:
+        raise ReportError("give at least one run folder")
+    infos = [read_run(Path(p)) for p in runs]
+    if len({r.name for r in infos}) < len(infos):
+        for r in infos:
+            r.name = str(r.path)
+    oods, chosen = _choose_ood(infos, ood)
+    found = [w for r in infos for w in find_warnings(r)]
+
+    page = Page("dfdetect report")
+    page.text(HEADER)
+    page.heading("Ranking (the seed's \"Complete Picture\")")
+    page.text(f"Ranked by {chosen or 'OOD'} accuracy (ties: lower EER first). Metrics at each run's best-validation "
+              "epoch (lowest validation EER: the epoch chosen without looking at test or OOD). Accuracy and F1 at "
+              "threshold 0.5, EER by the ASVspoof convention. Epochs: trained; Epoch: the one shown. n/a: the run has "
+              "no such set.")
+    ranking_table(page, infos, oods, chosen, "best")
+    page.text("The same at each run's last epoch (OOD performance can keep moving after validation stops improving):")
+    ranking_table(page, infos, oods, chosen, "last")
+    page.text(correlation_text(infos, chosen))
+    page.heading("Warnings")
+    page.text(f"Checked: (a) test accuracy >= {TRAP_TEST_ACCURACY:.0%} while validation EER >= {TRAP_VAL_EER} (any "
+              f"epoch); (b) OOD recall or specificity <= {DEGENERATE_RATE:.0%} at 0.5; (c) MCC < 0 on any set "
+              f"((b), (c): best-validation and last epoch); (d) best-test and best-OOD epochs at least "
+              f"max({EPOCH_GAP_MIN}, {EPOCH_GAP_FRACTION:.0%} of epochs) apart.")
+    for w in found:
+        page.warning(f"{w.run}: {w.message}")
+    if not found:
+        page.text("None of the runs shows the seed's failure signatures.")
+    page.heading("Model size")
+    size_table(page, infos, chosen)
+    for run in infos:
+        page.heading(f"{run.name}: training curves and scores")
+        page.figure(curves_figure(run), f"{run.name}: train loss, validation EER, accuracy and EER per epoch "
+                                        f"(dotted: best-validation epoch {run.best_epoch})")
+        files = score_files(run)
+        if files:
+            page.figure(scores_figure(run, files), f"{run.name}: ROC, DET and score histograms per set at epoch "
+                                                   f"{run.best_epoch} (scores/best)")
+        else:
+            page.text(f"{run.name} has no scores/best/*.csv: no ROC/DET curves or histograms.")
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    markdown = out.with_suffix(".md")
+    out.write_text(page.html())
+    markdown.write_text(page.markdown(out.name))
+    return Report(out, markdown, infos, found, chosen)
