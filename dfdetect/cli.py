@@ -20,6 +20,7 @@ app = typer.Typer(
     "Labels: 1 = fake (spoof), 0 = real (bona fide); scores are P(fake), higher = more likely fake.",
     no_args_is_help=True,
     add_completion=False,
+    rich_markup_mode=None,  # help texts name STORE[@VERSION][:SPLIT]: brackets are text, not markup
 )
 datasets_app = typer.Typer(help="Dataset adapters: list them, validate a download.", no_args_is_help=True)
 app.add_typer(datasets_app, name="datasets")
@@ -375,8 +376,8 @@ def score_command(
                                  "times to this table (.csv | .jsonl | .parquet)."),
     resume: bool = typer.Option(False, help="Continue an interrupted --out: inputs already in it are skipped."),
     scheduler: str = typer.Option(None, help="Address of an existing dask cluster (default: a local one)."),
-    workers: int = typer.Option(None, help="Local decode/feature worker processes (default: cores - 1; 0 = in "
-                                "this process)."),
+    workers: int = typer.Option(None, help="Local decode/feature worker processes (default: a third of the "
+                                "cores, at least 1; the model uses the rest; 0 = all in this process)."),
     batch_size: int = typer.Option(64, help="Windows per model batch."),
     max_file_mb: float = typer.Option(2048, help="Inputs larger than this are error rows (too_large)."),
     max_hours: float = typer.Option(12, help="Recordings longer than this are error rows (too_long)."),
