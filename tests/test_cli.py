@@ -68,6 +68,8 @@ def test_demo_runs_every_stage_and_accounts_for_every_file(tmp_path):
     assert featurized["arrays"]["mel"] == [2, 128, 301] and featurized["arrays"]["lfcc"] == [60, 301]
     assert featurized["arrays"]["wavlm"][:2] == [2, 149]
     assert summary["train"]["epochs"] == 8 and 0 <= summary["train"]["ood_eer"] <= 1
+    html = (tmp_path / "report.html").read_text()
+    assert summary["report"]["html"] == str(tmp_path / "report.html") and "<img" in html and 'src="http' not in html
 
 
 def test_demo_corpus_is_deterministic(tmp_path):

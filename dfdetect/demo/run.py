@@ -13,6 +13,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from dfdetect.demo.corpus import GENERATORS, HELD_OUT_GENERATOR, CorpusSpec, write_corpus
+from dfdetect.evaluate.evaluation import evaluate_run, print_evaluation
+from dfdetect.evaluate.report import build_report
 from dfdetect.featurize.datasets import prepare
 from dfdetect.featurize.pipeline import featurize
 from dfdetect.featurize.wavlm import WavLMConfig, save_random_wavlm
@@ -102,5 +104,13 @@ def run_demo(out: Path, spec: CorpusSpec = CorpusSpec(), console: Console | None
     console.print(table)
     summary["train"] = {"epochs": len(records), "best_epoch": best["epoch"],
                         "test_eer": last["sets"]["test"]["eer"], "ood_eer": last["sets"]["ood:unseen"]["eer"]}
-    console.print("[dim]Later stages (evaluate, report, score) extend this demo as they land.[/]")
+
+    console.rule("[bold]5. evaluate and report: the unseen family, ranking, curves, failure warnings")
+    print_evaluation(evaluate_run(run_dir, f"{store_path}:ood"), console)
+    report = build_report([run_dir], out / "report.html")
+    for w in report.warnings:
+        console.print(f"[yellow]warning:[/] {escape(w.message)}", soft_wrap=True)
+    console.print(f"report: open {report.html} (tables also in {report.markdown})")
+    summary["report"] = {"html": str(report.html), "markdown": str(report.markdown),
+                         "warnings": [w.signature for w in report.warnings]}
     return summary
