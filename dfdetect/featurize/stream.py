@@ -20,13 +20,11 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from dfdetect.featurize.audio import AudioError, sniff_container
+from dfdetect.featurize.audio import _SOUNDFILE_CONTAINERS, AudioError, sniff_container
 from dfdetect.featurize.frontend import FrontendConfig
 
 BLOCK_FRAMES = 1 << 16   # source frames per block: ~1.4 s at 48 kHz, 64 channels would be 16 MiB
 TRUNCATED_FRACTION = 0.99  # decoded below this share of the declared length: a truncated file
-
-_SOUNDFILE_CONTAINERS = {"wav", "flac", "ogg", "mp3", "aiff", "caf"}
 
 
 @dataclass(frozen=True)
@@ -165,18 +163,26 @@ class _FFmpegReader:
         self.info = StreamInfo(s.codec_context.sample_rate, len(s.codec_context.layout.channels), container, declared)
 
     def blocks(self, frames: int, stream: AudioStream) -> Iterator[np.ndarray]:
-        # Frames come in the codec's sample format; the resampler only converts them to float planar
-        # (FFmpeg's own int -> float scaling, the same as decode()'s), keeping rate and channels.
+        """Codec frames (~1,000 samples each) gathered into blocks of about `frames`. They come in
+        the codec's sample format; the resampler only converts them to float planar (FFmpeg's own
+        int -> float scaling, the same as decode()'s), keeping rate and channels."""
         to_float = self._av.AudioResampler(format="fltp")
+        gathered, count = [], 0
         with self._file as f:
             try:
                 for frame in f.decode(self._stream):
                     for converted in to_float.resample(frame):
-                        yield converted.to_ndarray()
+                        gathered.append(converted.to_ndarray())
+                        count += gathered[-1].shape[1]
+                    if count >= frames:
+                        yield np.concatenate(gathered, axis=1)
+                        gathered, count = [], 0
             except self._av.error.DecoderNotFoundError:
                 raise AudioError(stream.where, "unsupported_codec", "no decoder for this audio codec") from None
             except Exception as e:  # corrupt packets: FFmpeg raises many types
                 raise stream.truncated(f"ffmpeg: {getattr(e, 'strerror', None) or e}") from None
+        if gathered:
+            yield np.concatenate(gathered, axis=1)
 
 
 def sliding_windows(blocks: Iterable[np.ndarray], size: int, hop: int) -> Iterator[tuple[int, np.ndarray]]:

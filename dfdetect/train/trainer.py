@@ -91,8 +91,8 @@ def open_sets(config: TrainConfig) -> dict[str, DataSet]:
         if min((labels == 0).sum(), (labels == 1).sum()) < 2:
             raise TrainError(f"train set {config.train} needs at least 2 clips of each label to split off validation")
         rows, val_rows = stratified_split(train.rows, labels, config.val_fraction, config.seed)
-        sets = {"train": DataSet("train", config.train, train.store, rows),
-                "val": DataSet("val", f"{config.train} (seeded {config.val_fraction:.0%} split)", train.store, val_rows)}
+        sets = {"train": DataSet("train", train.spec, train.store, rows),
+                "val": DataSet("val", f"{train.spec} (seeded {config.val_fraction:.0%} split)", train.store, val_rows)}
     if config.test:
         sets["test"] = open_set(config.test, "test")
     if holdout is not None:
