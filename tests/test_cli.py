@@ -72,6 +72,9 @@ def test_demo_runs_every_stage_and_accounts_for_every_file(tmp_path):
     assert summary["study"] == {"mel_aasist": "done", "mel_cnn": "done", "mel_aasist_corrupt": "done",
                                 "mel_cnn_corrupt": "done"}
     assert "mel_cnn_corrupt" in (tmp_path / "report.md").read_text()
+    assert summary["score"]["rows"] == n_good + 2 and summary["score"]["scored"] == n_good
+    assert summary["score"]["failed"] == 2 and summary["score"]["skipped"] == 0
+    assert summary["score"]["errors"] == {"decode_failed": 1, "empty": 1}
     assert summary["report"]["html"] == str(tmp_path / "report.html") and "<img" in html and 'src="http' not in html
 
 

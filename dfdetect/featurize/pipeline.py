@@ -309,12 +309,18 @@ def _execute(jobs: list[BlockJob], scheduler, workers):
     """Yield (job, error message or None) as blocks finish: on dask, or in this process when
     workers == 0 and no scheduler is given (debugging, small tests)."""
     if workers == 0 and not scheduler:
-        for job in jobs:
-            try:
-                _run_block(job)
-                yield job, None
-            except Exception as e:
-                yield job, f"{type(e).__name__}: {e}"
+        import torch
+
+        threads = torch.get_num_threads()  # blocks set their own; give the caller's back after
+        try:
+            for job in jobs:
+                try:
+                    _run_block(job)
+                    yield job, None
+                except Exception as e:
+                    yield job, f"{type(e).__name__}: {e}"
+        finally:
+            torch.set_num_threads(threads)
         return
     from distributed import as_completed
 
