@@ -253,7 +253,7 @@ def experiment_run(
 
     try:
         experiment = load_experiment(file, set_)
-        states = run_experiment(experiment, console, workers=workers)
+        states, _ = run_experiment(experiment, console, workers=workers)
     except (ExperimentError, DatasetLayoutError, StoreError, TrainError, WavLMUnavailableError, ValueError) as e:
         raise _error_exit(e)
     console.print(f"{experiment.name}: " + ", ".join(f"{n} {s['state']}" for n, s in states.items()))

@@ -5,6 +5,7 @@ on a real run."""
 import json
 import math
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,8 +14,8 @@ from sklearn.metrics import (accuracy_score, confusion_matrix, f1_score, matthew
                              precision_score, recall_score, roc_auc_score)
 from typer.testing import CliRunner
 
+from conftest import train_tiny
 from dfdetect.cli import app
-from dfdetect.demo.corpus import CorpusSpec, write_corpus
 from dfdetect.evaluate.evaluation import (EvaluationError, evaluate_run, evaluate_score_file,
                                           read_scores)
 from dfdetect.evaluate.metrics import eer, evaluate_scores, json_safe, min_dcf
@@ -22,7 +23,7 @@ from dfdetect.featurize.pipeline import featurize
 from dfdetect.store import open_store
 from dfdetect.train.data import FeatureLoader, open_set
 from dfdetect.train.runs import RunError, load_run
-from dfdetect.train.trainer import TrainConfig, predict, train
+from dfdetect.train.trainer import predict
 
 
 # -- independent reference implementations ---------------------------------------------------------------
@@ -282,16 +283,11 @@ def test_cli_errors_exit_2_with_the_message(tmp_path):
 
 # -- a real run on a store -------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def run(mel_store, tmp_path_factory):
     base = tmp_path_factory.mktemp("evaluate")
-    write_corpus(base / "corpus", CorpusSpec(real=20, per_generator=6, min_seconds=1, max_seconds=2))
-    store = str(base / "mel.zarr")
-    featurize("folder", base / "corpus", store, features=("mel",), workers=0, block_size=16)
-    config = TrainConfig(arch="mel_cnn", train=f"{store}:train", test=f"{store}:test",
-                         ood=(f"unseen={store}:ood",), epochs=2, batch_size=16, lr=1e-3)
-    train(config, base / "run")
+    train_tiny(mel_store, base / "run")
     records = [json.loads(line) for line in (base / "run" / "metrics.jsonl").read_text().splitlines()]
-    return {"base": base, "store": store, "run": base / "run", "records": records}
+    return {"base": base, "store": mel_store, "run": base / "run", "records": records}
 
 
 def test_evaluate_run_reproduces_the_trainers_numbers(run):
@@ -343,7 +339,7 @@ def test_cli_evaluate_run_prints_three_thresholds_and_breakdowns(run):
 
 def test_evaluate_run_refuses_what_it_cannot_score(run, tmp_path):
     lfcc = str(tmp_path / "lfcc.zarr")
-    featurize("folder", run["base"] / "corpus", lfcc, features=("lfcc",), workers=0, block_size=16)
+    featurize("folder", Path(run["store"]).parent / "corpus", lfcc, features=("lfcc",), workers=0, block_size=16)
     with pytest.raises(EvaluationError, match="mel_cnn reads mel.*--features mel"):
         evaluate_run(run["run"], f"{lfcc}:test")
     broken = tmp_path / "broken"

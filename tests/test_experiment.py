@@ -64,6 +64,8 @@ def test_every_shipped_study_runs_scaled_down(file, data, tmp_path):
     for name in experiment.runs:
         record = json.loads((experiment.run_dirs[name] / "metrics.jsonl").read_text())
         assert any(k.startswith("ood:") for k in record["sets"]), name
+    ranking = experiment.report_path.with_suffix(".md").read_text()
+    assert all(f"| {name} |" in ranking for name in experiment.runs)  # the report ranks every run
 
 
 def _write(tmp_path, text):

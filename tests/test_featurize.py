@@ -1,6 +1,5 @@
 """The featurize pass: values, bad clips, versions, locking, kill -9 and resume, real dask clusters."""
 
-import os
 import signal
 import subprocess
 import sys
@@ -197,6 +196,6 @@ def test_codec_and_corruption_variants_are_their_own_versions(corpus, tmp_path):
     # ... and leaves the rest close to the original
     assert np.abs(mels[mp3.version][ok, 0, :100] - mels[clean.version][ok, 0, :100]).mean() < 0.5
     assert not np.allclose(mels[corrupt.version][ok], mels[clean.version][ok])
-    again = featurize("folder", corpus, str(tmp_path / "again.zarr"), features=("mel",), workers=0,
+    featurize("folder", corpus, str(tmp_path / "again.zarr"), features=("mel",), workers=0,
                       block_size=16, variant=Variant.parse(None, "default", seed=1))
     np.testing.assert_array_equal(open_store(str(tmp_path / "again.zarr")).array("mel")[:], mels[corrupt.version].astype(np.float16))

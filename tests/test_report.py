@@ -10,28 +10,17 @@ import pytest
 from scipy.stats import pearsonr, spearmanr
 from typer.testing import CliRunner
 
+from conftest import train_tiny
 from dfdetect.cli import app
-from dfdetect.demo.corpus import CorpusSpec, write_corpus
 from dfdetect.evaluate.report import ReportError, build_report, find_warnings, read_run
-from dfdetect.featurize.pipeline import featurize
 from dfdetect.train.runs import RunError
-from dfdetect.train.trainer import TrainConfig, train
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(mel_store, tmp_path_factory):
     """Two real Mel-CNN runs (different seeds) on a tiny generated corpus."""
     base = tmp_path_factory.mktemp("report")
-    write_corpus(base / "corpus", CorpusSpec(real=20, per_generator=6, min_seconds=1, max_seconds=2))
-    store = str(base / "mel.zarr")
-    featurize("folder", base / "corpus", store, features=("mel",), workers=0, block_size=16)
-    paths = []
-    for seed in (0, 1):
-        config = TrainConfig(arch="mel_cnn", train=f"{store}:train", test=f"{store}:test",
-                             ood=(f"unseen={store}:ood",), epochs=2, batch_size=16, lr=1e-3, seed=seed)
-        train(config, base / f"cnn_seed{seed}")
-        paths.append(base / f"cnn_seed{seed}")
-    return paths
+    return [train_tiny(mel_store, base / f"cnn_seed{seed}", seed=seed) for seed in (0, 1)]
 
 
 def _records(path):

@@ -21,6 +21,7 @@ import torch
 from distributed import LocalCluster
 from typer.testing import CliRunner
 
+from conftest import train_tiny
 from dfdetect.cli import app
 from dfdetect.demo.corpus import CorpusSpec, synthesize, write_corpus
 from dfdetect.evaluate.score import LANES_PER_WORKER, aggregate, make_lanes
@@ -42,13 +43,8 @@ def speech(seconds: float, rate: int = 16000, seed: int = 0) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("run")
-    write_corpus(root / "corpus", CorpusSpec(real=20, per_generator=6, min_seconds=1, max_seconds=2))
-    store = str(root / "store.zarr")
-    featurize("folder", root / "corpus", store, features=("mel",), workers=0, block_size=16)
-    train(TrainConfig(arch="mel_cnn", train=f"{store}:train", epochs=1, batch_size=16, lr=1e-3), root / "run")
-    return root / "run"
+def run_dir(mel_store, tmp_path_factory):
+    return train_tiny(mel_store, tmp_path_factory.mktemp("run") / "run", epochs=1, ood=False)
 
 
 # name -> expected (status, error_kind); "ok" rows have no kind

@@ -15,7 +15,6 @@ from rich.table import Table
 
 from dfdetect.demo.corpus import GENERATORS, HELD_OUT_GENERATOR, CorpusSpec, write_corpus
 from dfdetect.evaluate.evaluation import evaluate_run, print_evaluation
-from dfdetect.evaluate.report import build_report
 from dfdetect.evaluate.score import ScoreOptions, score
 from dfdetect.featurize.datasets import prepare
 from dfdetect.featurize.pipeline import featurize
@@ -30,6 +29,10 @@ STUDY = """
 name = "demo-matrix"
 stores_dir = "stores"
 runs_dir = "runs"
+
+[report]
+out = "../report.html"
+ood = "unseen"
 
 [datasets.demo]
 dataset = "folder"
@@ -130,7 +133,7 @@ def run_demo(out: Path, spec: CorpusSpec = CorpusSpec(), console: Console | None
     study = out / "study.toml"
     study.write_text(STUDY.format(corpus=json.dumps(str(corpus)), wavlm=json.dumps(str(model_dir))))
     experiment = load_experiment(study)
-    states = run_experiment(experiment, console, workers=workers)
+    states, report = run_experiment(experiment, console, workers=workers)
     summary["study"] = {name: state["state"] for name, state in states.items()}
     console.print(f"[dim]the study: {study}; rerun `dfdetect experiment run {study}` and it skips "
                   "everything that is done[/]")
@@ -152,7 +155,6 @@ def run_demo(out: Path, spec: CorpusSpec = CorpusSpec(), console: Console | None
 
     console.rule("[bold]5. evaluate and report: the unseen family, ranking, curves, failure warnings")
     print_evaluation(evaluate_run(run_dir, f"{store_path}:ood"), console)
-    report = build_report([experiment.run_dirs[n] for n in experiment.order], out / "report.html")
     for w in report.warnings:
         console.print(f"[yellow]warning:[/] {escape(w.message)}", soft_wrap=True)
     console.print(f"report: open {report.html} (tables also in {report.markdown})")

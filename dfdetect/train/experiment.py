@@ -68,6 +68,10 @@ class Experiment:
     order: list[str]               # runs in an order where init_from comes first
     report: dict
 
+    @property
+    def report_path(self) -> Path:
+        return Path(os.path.normpath(self.runs_dir / self.report.get("out", "report.html")))
+
     def store_path(self, name: str) -> str:
         return str(self.stores_dir / f"{name}.zarr")
 
@@ -276,8 +280,9 @@ def store_state(experiment: Experiment, name: str) -> str:
         return "missing" if not Path(experiment.store_path(name)).exists() else "incomplete"
 
 
-def run_experiment(experiment: Experiment, console, workers: int | None = None) -> dict:
-    """Featurize what is missing, train what is unfinished, write the report; returns states."""
+def run_experiment(experiment: Experiment, console, workers: int | None = None):
+    """Featurize what is missing, train what is unfinished, write the report; returns the runs'
+    states and the report (None without runs)."""
     from dfdetect.featurize.pipeline import featurize
     from dfdetect.featurize.variants import Variant
     from dfdetect.featurize.wavlm import WavLMConfig
@@ -304,7 +309,14 @@ def run_experiment(experiment: Experiment, console, workers: int | None = None) 
             train(train_config(experiment, name), experiment.run_dirs[name],
                   resume=state["state"] == "partial", force=state["state"] == "new", console=console)
         states[name] = run_state(experiment, name)
-    return states
+    report = None
+    if experiment.runs:
+        from dfdetect.evaluate.report import build_report
+
+        report = build_report([experiment.run_dirs[n] for n in experiment.order], experiment.report_path,
+                              ood=experiment.report.get("ood"))
+        console.print(f"report: {report.html} ({len(report.warnings)} warnings; tables in {report.markdown})")
+    return states, report
 
 
 def status_rows(experiment: Experiment) -> list[dict]:

@@ -32,7 +32,7 @@ from safetensors.torch import load_file, save_file
 
 from dfdetect import __version__
 from dfdetect.evaluate.metrics import evaluate_scores, json_safe
-from dfdetect.store import StoreError, parse_store_spec
+from dfdetect.store import parse_store_spec
 from dfdetect.train.architectures import (build_model, config_to_dict, count_parameters,
                                           get_architecture)
 from dfdetect.train.data import DataSet, FeatureLoader, open_set, stratified_split
