@@ -33,7 +33,7 @@ _SIGNATURES: list[tuple[int, bytes, str]] = [
     (0, b"caff", "caf"),
     (4, b"ftyp", "mp4"),
 ]
-_SOUNDFILE_CONTAINERS = {"wav", "flac", "ogg", "mp3", "aiff", "caf"}
+SOUNDFILE_CONTAINERS = {"wav", "flac", "ogg", "mp3", "aiff", "caf"}  # read by libsndfile first
 
 
 class AudioError(Exception):
@@ -79,6 +79,17 @@ def sniff_container(head: bytes) -> str | None:
     return None
 
 
+def container_of(head: bytes, where: str) -> str:
+    """sniff_container, or the AudioError every reader raises for bytes that are not audio."""
+    container = sniff_container(head)
+    if container is None:
+        raise AudioError(
+            where, "unknown_container",
+            f"not a recognised audio container (first bytes {head[:8].hex(' ')}); "
+            "supported: WAV, FLAC, OGG/Vorbis/Opus, MP3, AAC, MP4/M4A, WebM/Matroska, AIFF")
+    return container
+
+
 def describe(source: Source, name: str | None = None) -> str:
     """How messages name a source: the given name, else the path, else what kind of thing it is."""
     if name:
@@ -115,16 +126,9 @@ def decode(source: Source, name: str | None = None) -> Audio:
     data = _read_source(source, where)
     if not data:
         raise AudioError(where, "empty", "empty file (0 bytes)")
-    container = sniff_container(data[:16])
-    if container is None:
-        raise AudioError(
-            where,
-            "unknown_container",
-            f"not a recognised audio container (first bytes {data[:8].hex(' ')}); "
-            "supported: WAV, FLAC, OGG/Vorbis/Opus, MP3, AAC, MP4/M4A, WebM/Matroska, AIFF",
-        )
+    container = container_of(data[:16], where)
     errors = []
-    if container in _SOUNDFILE_CONTAINERS:
+    if container in SOUNDFILE_CONTAINERS:
         try:
             return _decode_soundfile(data, container)
         except sf.LibsndfileError as e:

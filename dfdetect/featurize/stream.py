@@ -20,7 +20,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from dfdetect.featurize.audio import _SOUNDFILE_CONTAINERS, AudioError, sniff_container
+from dfdetect.featurize.audio import SOUNDFILE_CONTAINERS, AudioError, container_of
 from dfdetect.featurize.frontend import FrontendConfig
 
 BLOCK_FRAMES = 1 << 16   # source frames per block: ~1.4 s at 48 kHz, 64 channels would be 16 MiB
@@ -50,13 +50,9 @@ class AudioStream:
         source.seek(0)
         if not head:
             raise AudioError(where, "empty", "empty file (0 bytes)")
-        container = sniff_container(head)
-        if container is None:
-            raise AudioError(where, "unknown_container",
-                             f"not a recognised audio container (first bytes {head[:8].hex(' ')}); supported: "
-                             "WAV, FLAC, OGG/Vorbis/Opus, MP3, AAC, MP4/M4A, WebM/Matroska, AIFF")
+        container = container_of(head, where)
         self._reader = None
-        if container in _SOUNDFILE_CONTAINERS:
+        if container in SOUNDFILE_CONTAINERS:
             try:
                 self._reader = _SoundfileReader(source, container)
             except (sf.LibsndfileError, RuntimeError, ValueError):
