@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import soxr
+from scipy.signal import fftconvolve  # long kernels (jitter smoothing, reverb): FFT, not direct
 
 from dfdetect.featurize.audio import encode
 
@@ -100,7 +101,7 @@ def _voice(rng: np.random.Generator, seconds: float, steady: bool, smooth: bool,
     f0_base = rng.uniform(95, 230)
     f0 = f0_base * (1.1 - 0.2 * t / seconds) * (1 + 0.06 * np.sin(2 * np.pi * rng.uniform(2, 5) * t))
     if not steady:  # jitter: slow random pitch wander, shimmer below
-        f0 *= 1 + 0.02 * np.convolve(rng.standard_normal(n), np.ones(400) / 20, mode="same")
+        f0 *= 1 + 0.02 * fftconvolve(rng.standard_normal(n), np.ones(400) / 20, mode="same")
     phase = np.cumsum(f0 / _RATE)
     pulses = np.diff(np.floor(phase), prepend=0.0)  # one impulse per glottal cycle
     if not steady:
@@ -141,7 +142,7 @@ def _room(rng: np.random.Generator, x: np.ndarray, snr_db: float) -> np.ndarray:
     rt = int(rng.uniform(0.05, 0.25) * _RATE)
     ir = rng.standard_normal(rt) * np.exp(-np.arange(rt) / (rt / 6))
     ir[0] = 1.0 / 0.3
-    y = np.convolve(x, ir * 0.3, mode="full")[: len(x)]
+    y = fftconvolve(x, ir * 0.3, mode="full")[: len(x)]
     y /= np.abs(y).max() + 1e-9
     noise = rng.standard_normal(len(y))
     noise *= np.sqrt(np.mean(y ** 2) / 10 ** (snr_db / 10) / np.mean(noise ** 2))
