@@ -170,6 +170,11 @@ def test_wavlm_features_equal_the_model_on_the_same_clip(corpus, tmp_path):
         np.testing.assert_allclose(layers[i], direct["layers"][0], atol=1e-3, rtol=1e-2)
         np.testing.assert_allclose(stats[i], direct["stats"][0], atol=1e-3, rtol=1e-2)
     assert np.isnan(layers[store.meta["status"] == "error"]).all()
+    # `store verify` knows the WavLM arrays' shapes from the recorded model config
+    from dfdetect.store.inspect import verify_store
+
+    report = verify_store(str(tmp_path / "s.zarr"))
+    assert report["ok"], report["problems"]
     # a different WavLM layer choice is a different version, never mixed into this one
     other = featurize("folder", corpus, str(tmp_path / "s.zarr"), features=("mel", "wavlm"),
                       wavlm=WavLMConfig(model=str(model_dir), layers=(1,)), workers=0, block_size=16)
