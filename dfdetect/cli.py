@@ -382,10 +382,14 @@ def score_command(
     max_file_mb: float = typer.Option(2048, help="Inputs larger than this are error rows (too_large)."),
     max_hours: float = typer.Option(12, help="Recordings longer than this are error rows (too_long)."),
     device: str = typer.Option("auto", help="auto | cpu | cuda, for the model (and WavLM)."),
+    features_from: str = typer.Option(None, "--features-from", help="STORE[@VERSION] built by featurize over the "
+                                      "same files: a plain file that is an ok row of it is scored from its stored "
+                                      "features as one centre-clip window (features=store), not decoded; the rest "
+                                      "live. Must match the run's frontend, inputs and WavLM."),
 ):
     """Score every audio file in PATHS with a trained run: one row per input (path, archive member,
     duration, sample rate, channels, windows, score, decision at the run's threshold, run id,
-    frontend hash, status, error).
+    frontend hash, features (live, or store with --features-from), status, error).
 
     Scores are P(fake): higher = more likely fake (labels: 1 = fake, 0 = real); decision = fake when
     score >= the run's validation-EER threshold. Long files are decoded as a stream and scored in
@@ -403,7 +407,7 @@ def score_command(
 
     options = ScoreOptions(window=window, hop=hop, aggregate=aggregate, top_k=top_k, batch_size=batch_size,
                            max_file_mb=max_file_mb, max_hours=max_hours, workers=workers, scheduler=scheduler,
-                           device=device)
+                           device=device, features_from=features_from)
     try:
         summary = score(model, paths, out, options, windows_out=windows, resume=resume,
                         epoch=int(epoch) if epoch.isdigit() else epoch, console=console)

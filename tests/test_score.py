@@ -27,12 +27,13 @@ from dfdetect.demo.corpus import CorpusSpec, synthesize, write_corpus
 from dfdetect.evaluate.score import LANES_PER_WORKER, aggregate, make_lanes
 from dfdetect.evaluate.sources import Item
 from dfdetect.featurize.audio import decode, encode
-from dfdetect.featurize.frontend import Frontend
+from dfdetect.featurize.frontend import Frontend, FrontendConfig
 from dfdetect.featurize.pipeline import featurize
 from dfdetect.featurize.stream import AudioStream, sliding_windows
 from dfdetect.featurize.wavlm import WavLMConfig, load_wavlm, save_random_wavlm
+from dfdetect.train.data import FeatureLoader, open_set
 from dfdetect.train.runs import load_run
-from dfdetect.train.trainer import TrainConfig, train
+from dfdetect.train.trainer import TrainConfig, predict, train
 
 runner = CliRunner()
 
@@ -426,6 +427,60 @@ def test_a_wavlm_head_runs_wavlm_on_the_windows(tmp_path):
         expected = torch.sigmoid(run.model({"wavlm": torch.from_numpy(layers)})).item()
     assert abs(float(read_csv(out)[0]["score"]) - expected) < 1e-5
 
+
+
+def test_a_wavlm_head_reads_features_from_a_store_of_the_same_files(tmp_path):
+    """--features-from: files of the store score their stored row (all the head's inputs) as one
+    window, exactly the model on that row; other files are scored live; a store that does not match
+    the run is refused before anything is written."""
+    root = tmp_path
+    write_corpus(root / "corpus", CorpusSpec(real=8, per_generator=3, min_seconds=1, max_seconds=2))
+    wavlm = WavLMConfig(model=str(save_random_wavlm(root / "wavlm", "tiny")), layers=(1, 2))
+    store = str(root / "store.zarr")
+    featurize("folder", root / "corpus", store, features=("mel", "lfcc", "wavlm"), wavlm=wavlm, workers=0,
+              block_size=16)
+    train(TrainConfig(arch="wavlm_aasist", train=f"{store}:train", epochs=1, batch_size=8, lr=1e-3), root / "run")
+    run = load_run(root / "run")
+    data = open_set(store, "all")
+    rows, probs = predict(run.model, FeatureLoader(data, run.inputs, 8, shuffle=False), torch.device("cpu"))
+    expected = dict(zip(data.store.meta["path"][rows].tolist(), probs.tolist()))
+    extra = root / "extra.wav"
+    extra.write_bytes(encode(speech(2.2), 16000, "wav"))
+    out, windows = root / "s.csv", root / "w.csv"
+    result = score(["--model", root / "run", root / "corpus", extra, "--out", out, "--windows", windows,
+                    "--workers", 0, "--features-from", store])
+    assert result.exit_code == 0, result.output
+    assert f"({len(expected)} from the store)" in result.output
+    got = {r["path"]: r for r in read_csv(out)}
+    assert set(got) == set(expected) | {str(extra)}
+    for path, p in expected.items():
+        r = got[path]
+        assert r["status"] == "ok" and r["features"] == "store" and r["windows"] == "1", r
+        assert abs(float(r["score"]) - p) < 1e-5, (path, r["score"], p)
+    live = got[str(extra)]
+    assert live["features"] == "live" and int(live["windows"]) == 1
+    wave = Frontend(run.frontend_config).load(extra)   # a 2.2 s file: one window, padded as in training
+    feats = Frontend(run.frontend_config).features(wave[None], ("mel", "lfcc"))
+    batch = {k: torch.from_numpy(v.astype(np.float16)) for k, v in feats.items()}
+    batch["wavlm"] = torch.from_numpy(load_wavlm(run.wavlm_config, "cpu")(wave[None])["layers"])
+    with torch.inference_mode():
+        assert abs(float(live["score"]) - torch.sigmoid(run.model(batch)).item()) < 1e-5
+    assert len(read_csv(windows)) == len(got)   # one window per stored file too
+
+    # stores that do not match the run: refused with exit 2, nothing written
+    other = str(root / "other.zarr")
+    featurize("folder", root / "corpus", other, features=("mel",), workers=0, block_size=16,
+              frontend=FrontendConfig(silence_peak=2e-5))
+    mel_only = str(root / "mel.zarr")
+    featurize("folder", root / "corpus", mel_only, features=("mel",), workers=0, block_size=16)
+    config = json.loads((root / "run" / "config.json").read_text())
+    config["wavlm"]["layers"] = [2]
+    (root / "run" / "config.json").write_text(json.dumps(config))
+    for spec, message in [(other, "frontend"), (mel_only, "lacks wavlm, lfcc"), (store, "layers")]:
+        refused = root / "refused.csv"
+        result = score(["--model", root / "run", extra, "--out", refused, "--workers", 0, "--features-from", spec])
+        assert result.exit_code == 2 and message in " ".join(result.output.split()), result.output
+        assert not refused.exists()
 
 # -- streaming decode -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("fmt,rate,channels", [("wav", 16000, 1), ("flac", 44100, 2), ("m4a", 22050, 1)])

@@ -13,6 +13,14 @@ bounded memory on both sides; the coordinator asks for a lane's next piece befor
 one, so workers decode while the model runs. WavLM heads get the windows' waveforms and run WavLM
 where the model runs (load_wavlm, GPU when present). `workers=0` runs the lanes in this process.
 
+With `features_from` (--features-from STORE[@VERSION], a store built by `featurize` over the same
+files), a plain file (not an archive member) whose absolute path is an ok row of the store is not
+decoded: that row's stored features (every array the head reads) are scored as ONE window, the
+centre clip exactly as in training, so windows=1 and the `features` column says "store" (decoded
+rows say "live"). Rows are read in whole-chunk groups (`store_pieces`); inputs not in the store are
+scored live. The store must match the run: same frontend hash, every array the head reads, and the
+same WavLM (model, revision, layers, normalisation) as the run was trained on, else ScoreError.
+
 Scores are P(fake): higher = more likely fake (labels: 1 = fake, 0 = real). A file's score
 aggregates its window scores; silent windows (peak below the frontend's silence level) are left
 out and counted. The aggregates:
@@ -66,9 +74,10 @@ LANES_PER_WORKER = 2     # one decoding while the other's piece travels or waits
 COLUMNS = {
     "path": str, "member": str, "status": str, "score": float, "decision": str, "threshold": float,
     "score_meaning": str, "duration": float, "sample_rate": int, "channels": int, "container": str,
-    "windows": int, "silent_windows": int, "aggregate": str, "run_id": str, "frontend_hash": str,
-    "error_kind": str, "error": str,
+    "windows": int, "silent_windows": int, "aggregate": str, "features": str, "run_id": str,
+    "frontend_hash": str, "error_kind": str, "error": str,
 }
+LIVE, STORE = "live", "store"   # the `features` column: decoded and windowed here, or read from --features-from
 WINDOW_COLUMNS = {"path": str, "member": str, "window": int, "start": float, "end": float,
                   "silent": bool, "score": float, "score_meaning": str}
 
@@ -89,6 +98,7 @@ class ScoreOptions:
     workers: int | None = None    # None: a third of the cores, at least 1 (see _pieces); 0: in-process
     scheduler: str | None = None
     device: str = "auto"
+    features_from: str | None = None   # STORE[@VERSION]: score its rows' features for files it holds
 
 
 @dataclass(frozen=True)
@@ -116,6 +126,7 @@ class FileResult:
     container: str = ""
     windows: int = 0
     silent_windows: int = 0
+    features: str = LIVE
 
 
 @dataclass
@@ -310,6 +321,95 @@ def _first_ready(running: dict) -> int:
         time.sleep(0.002)
 
 
+# -- coordinator: features from a store (--features-from) ------------------------------------------------
+WAVLM_IDENTITY = ("model", "revision", "layers", "normalize")   # what makes two WavLM feature sets the same
+
+
+def open_feature_store(spec: str, run):
+    """The store version `spec` (PATH[@VERSION]) names, checked against the run: same frontend,
+    every array the head reads, the WavLM the head was trained on. ScoreError says what differs."""
+    from dfdetect.store import StoreError, open_store
+
+    try:
+        store = open_store(spec)
+    except StoreError as e:
+        raise ScoreError(f"--features-from {spec}: {e}") from None
+    name = f"--features-from {store.path}@{store.version}"
+    want, have = run.frontend_config.hash(), store.config.get("frontend_hash")
+    if have != want:
+        raise ScoreError(f"{name} was featurized with frontend {have}, but {run.path} was trained on frontend "
+                         f"{want}; featurize the files with the run's frontend config, or score them live")
+    missing = [k for k in run.inputs if k not in store.feature_names]
+    if missing:
+        raise ScoreError(f"{name} lacks {', '.join(missing)} (it has {', '.join(store.feature_names) or 'none'}), "
+                         f"which {run.arch} reads; featurize with --features {','.join(run.inputs)}")
+    if "wavlm" in run.inputs:
+        trained, stored = run.config.get("wavlm") or {}, store.config.get("wavlm") or {}
+        differ = [k for k in WAVLM_IDENTITY if k in trained and _listed(trained[k]) != _listed(stored.get(k))]
+        if differ:
+            raise ScoreError(f"{name} holds WavLM features of another WavLM than {run.path} was trained on ("
+                             + "; ".join(f"{k}: store {stored.get(k)!r}, run {trained[k]!r}" for k in differ)
+                             + "); featurize with the run's --wavlm and --wavlm-layers")
+    return store
+
+
+def _listed(value):
+    return list(value) if isinstance(value, (list, tuple)) else value
+
+
+def store_matches(store, pending: list[tuple[int, Item]]) -> tuple[list[tuple[int, int]], list[tuple[int, Item]]]:
+    """([(input index, store row)] of the plain files that are ok rows of the store, the rest)."""
+    meta = store.meta
+    rows = {os.path.abspath(str(p)): r for r, p in zip(store.rows().tolist(), meta["path"][store.rows()])}
+    matched, rest = [], []
+    for index, item in pending:
+        row = None if item.member or item.archive else rows.get(os.path.abspath(item.path))
+        if row is None:
+            rest.append((index, item))
+        else:
+            matched.append((index, row))
+    return matched, rest
+
+
+def store_pieces(store, matched: list[tuple[int, int]], features: tuple[str, ...], clip_seconds: float,
+                 batch_size: int) -> Iterator[Piece | tuple[int, str]]:
+    """Pieces of one window per matched input, from its store row. Rows are read sorted, in whole
+    read units (the lcm of the arrays' chunk rows), one unit at a time. A row whose features are not
+    finite yields (input index, message) instead: the caller scores that input live."""
+    arrays = {k: store.array(k) for k in features}
+    unit = math.lcm(*(a.chunks[0] for a in arrays.values()))
+    meta = store.meta
+    matched = sorted(matched, key=lambda m: m[1])
+    batch: list[tuple[int, int, dict]] = []
+
+    def take() -> Piece:
+        index = np.array([i for i, _, _ in batch], np.int64)
+        duration = np.array([float(meta["duration"][r]) for _, r, _ in batch])
+        start = np.maximum(0.0, (duration - clip_seconds) / 2)
+        finished = [FileResult(i, OK, duration=float(meta["duration"][r]), sample_rate=int(meta["sample_rate"][r]),
+                               channels=int(meta["channels"][r]), container=str(meta["container"][r]), windows=1,
+                               features=STORE) for i, r, _ in batch]
+        inputs = {k: np.stack([x[k] for _, _, x in batch]) for k in features}
+        piece = Piece(index, np.zeros(len(batch), np.int64), start, start + np.minimum(duration, clip_seconds),
+                      np.zeros(len(batch), bool), inputs, finished)
+        batch.clear()
+        return piece
+
+    for u, group in itertools.groupby(matched, key=lambda m: m[1] // unit):
+        blocks = {k: a[u * unit:(u + 1) * unit] for k, a in arrays.items()}   # whole chunks of every array
+        for index, row in group:
+            x = {k: blocks[k][row - u * unit] for k in features}
+            bad = [k for k in features if not np.isfinite(x[k]).all()]
+            if bad:
+                yield index, f"{store.path}@{store.version} row {row}: {', '.join(bad)} not finite"
+                continue
+            batch.append((index, row, x))
+            if len(batch) >= batch_size:
+                yield take()
+    if batch:
+        yield take()
+
+
 # -- coordinator: the model --------------------------------------------------------------------------
 class Scorer:
     """The run's head (and WavLM for WavLM heads) on one device: model inputs -> P(fake).
@@ -331,9 +431,11 @@ class Scorer:
 
     @torch.inference_mode()
     def __call__(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        """P(fake) of a batch: its features, or for WavLM heads its "waveform" (WavLM runs here)
+        unless the batch holds stored "wavlm" features."""
         t0 = time.perf_counter()
-        batch = {k: torch.from_numpy(inputs[k]).to(self.device) for k in self.inputs if k != "wavlm"}
-        if self.wavlm is not None:
+        batch = {k: torch.from_numpy(inputs[k]).to(self.device) for k in self.inputs if k in inputs}
+        if "wavlm" in self.inputs and "wavlm" not in inputs:
             batch["wavlm"] = torch.from_numpy(self.wavlm(inputs["waveform"])["layers"]).to(self.device)
         scores = torch.sigmoid(self.model(batch).float()).cpu().numpy()
         self.seconds += time.perf_counter() - t0
@@ -451,6 +553,7 @@ class ScoreSummary:
     rows: int = 0                   # in the output, earlier runs' included
     resumed: int = 0                # rows already there (--resume)
     scored: int = 0                 # this run, status ok
+    from_store: int = 0             # of which scored from --features-from rows
     failed: int = 0                 # this run, status error
     skipped: int = 0                # this run, status skipped
     not_ok_before: int = 0          # earlier rows with status error/skipped
@@ -470,7 +573,8 @@ class ScoreSummary:
     def lines(self) -> list[str]:
         done = self.scored + self.failed + self.skipped
         wall = max(self.seconds, 1e-9)
-        lines = [f"{self.out}: {self.scored} scored, {self.failed} failed, {self.skipped} skipped"
+        lines = [f"{self.out}: {self.scored} scored" + (f" ({self.from_store} from the store)" if self.from_store else "")
+                 + f", {self.failed} failed, {self.skipped} skipped"
                  + (f" (+{self.resumed} rows from before, resumed)" if self.resumed else ""),
                  f"{_duration(self.audio_seconds)} of audio, {self.windows} windows ({self.silent_windows} silent, "
                  f"left out), in {_duration(self.seconds)}: {done / wall:.1f} files/s, "
@@ -523,6 +627,10 @@ def score(model: str | Path, paths: list[str], out: str | Path, options: ScoreOp
                  "run_id": run.run_id, "frontend_hash": frontend.hash()}
     metadata = {"dfdetect": __version__, "score": SCORE_MEANING, "decision": "fake when score >= threshold",
                 "run": str(run.path), **constants, "window_seconds": window, "hop_seconds": hop}
+    store = None
+    if options.features_from:
+        store = open_feature_store(options.features_from, run)
+        metadata["features_from"] = f"{store.path}@{store.version}"
     items = expand([str(p) for p in paths], stdin)
     scorer = Scorer(run, options.device)
 
@@ -543,7 +651,7 @@ def score(model: str | Path, paths: list[str], out: str | Path, options: ScoreOp
         if windows_out is not None:
             results.window_rows = TableWriter(windows_out, WINDOW_COLUMNS, metadata, windows_kept,
                                               rewrite=not windows_complete or len(windows_kept) < len(windows_before))
-        _score_items(scorer, items, done, config, options, results, console)
+        _score_items(scorer, items, done, config, options, results, console, store)
     finally:
         results.close()
     summary.rows = summary.resumed + summary.scored + summary.failed + summary.skipped
@@ -579,6 +687,7 @@ class _Results:
                                             "end": round(e, 4), "silent": q, "score": _rounded(p, 6),
                                             "score_meaning": SCORE_MEANING})
             summary.scored += 1
+            summary.from_store += result.features == STORE
             summary.audio_seconds += result.duration or 0.0
             summary.windows += result.windows
             summary.silent_windows += result.silent_windows
@@ -593,6 +702,7 @@ class _Results:
                          "sample_rate": result.sample_rate, "channels": result.channels,
                          "container": result.container, "windows": result.windows,
                          "silent_windows": result.silent_windows, "error_kind": result.error_kind,
+                         "features": result.features if result.status == OK else "",
                          "error": printable(result.error), **self.constants})
 
     def close(self) -> None:
@@ -602,7 +712,7 @@ class _Results:
 
 
 def _score_items(scorer: Scorer, items: list[Item], done: set, config: WindowConfig, options: ScoreOptions,
-                 results: _Results, console) -> None:
+                 results: _Results, console, store=None) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     t0 = time.perf_counter()
@@ -617,6 +727,7 @@ def _score_items(scorer: Scorer, items: list[Item], done: set, config: WindowCon
                                       f"--max-file-mb limit of {options.max_file_mb:g} MB; not read"))
         else:
             pending.append((i, item))
+    stored, pending = store_matches(store, pending) if store is not None else ([], pending)
     columns = [TextColumn("score"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[files]:.1f} files/s"),
                TextColumn("{task.fields[rate]:.0f} audio-h/h"), TextColumn("ETA"), TimeRemainingColumn()]
     with Progress(*columns, console=console, transient=False) as bar:
@@ -627,10 +738,7 @@ def _score_items(scorer: Scorer, items: list[Item], done: set, config: WindowCon
             n = summary.scored + summary.failed + summary.skipped
             bar.update(task, completed=n, files=n / elapsed, rate=summary.audio_seconds / elapsed)
 
-        for result in decided:
-            results.finish(result)
-        advance()
-        for piece in _pieces(pending, config, options):
+        def scored(piece: Piece) -> None:
             scores = np.full(len(piece.item), np.nan)
             if (~piece.silent).any():
                 scores[~piece.silent] = scorer(piece.inputs)
@@ -638,6 +746,23 @@ def _score_items(scorer: Scorer, items: list[Item], done: set, config: WindowCon
             for result in piece.finished:
                 results.finish(result)
             advance()
+
+        for result in decided:
+            results.finish(result)
+        advance()
+        if stored:
+            live = dict(pending)
+            for piece in store_pieces(store, stored, scorer.inputs, config.frontend.clip_seconds, config.batch_size):
+                if isinstance(piece, Piece):
+                    scored(piece)
+                else:  # a damaged store row: that file is decoded and scored live instead
+                    index, message = piece
+                    console.print(f"warning: {message}; scoring {printable(items[index].where)} live",
+                                  soft_wrap=True, highlight=False, markup=False)
+                    live[index] = items[index]
+            pending = sorted(live.items(), key=lambda p: p[0])
+        for piece in _pieces(pending, config, options):
+            scored(piece)
     summary.seconds = time.perf_counter() - t0
     summary.model_seconds = scorer.seconds
 
