@@ -27,6 +27,12 @@ app.add_typer(datasets_app, name="datasets")
 console = Console(emoji=False)
 
 
+def _error_exit(e: Exception | str) -> typer.Exit:
+    """Print an error as text (messages hold [brackets] that are not markup) and exit 2."""
+    console.print("[red]error:[/] " + escape(str(e)), soft_wrap=True)
+    return typer.Exit(2)
+
+
 @app.command()
 def demo(
     out: Path = typer.Option(Path("dfdetect-demo"), help="Folder for the generated corpus and outputs."),
@@ -70,9 +76,10 @@ def featurize(
         result = run(dataset, root, out, features=wanted, wavlm=wavlm_config, device=device,
                      scheduler=scheduler, workers=workers, block_size=block_size,
                      variant=Variant.parse(codec, corrupt, variant_seed), console=console)
-    except (DatasetLayoutError, StoreError, ValueError, WavLMUnavailableError) as e:
-        console.print(f"[red]error:[/] {e}", soft_wrap=True)
-        raise typer.Exit(2)
+    except WavLMUnavailableError as e:
+        raise _error_exit(f"{e} To featurize without WavLM: --features mel,lfcc.")
+    except (DatasetLayoutError, StoreError, ValueError) as e:
+        raise _error_exit(e)
     _print_featurize_summary(result)
     if result.failed_blocks or not result.complete:
         raise typer.Exit(2)
@@ -123,8 +130,7 @@ def datasets_show(
     try:
         index = get_adapter(name).prepare(root)
     except (DatasetLayoutError, ValueError) as e:
-        console.print(f"[red]error:[/] {e}")
-        raise typer.Exit(2)
+        raise _error_exit(e)
     if decode:
         clips = index.clips if decode < 0 else random.Random(0).sample(index.clips, min(decode, len(index.clips)))
         frontend = Frontend()
@@ -221,8 +227,7 @@ def train_command(
         config = TrainConfig(**fields)
         train(config, out, resume=resume, force=force, console=console)
     except (TrainError, StoreError, ValueError, TypeError) as e:
-        console.print(f"[red]error:[/] {e}", soft_wrap=True)
-        raise typer.Exit(2)
+        raise _error_exit(e)
 
 
 # -- dfdetect experiment ---------------------------------------------------------------------------
@@ -231,10 +236,6 @@ app.add_typer(experiment_app, name="experiment")
 _SET_HELP = "Override a value of the file: KEY.PATH=VALUE (e.g. runs.mel_aasist.epochs=2); repeat."
 
 
-def _error_exit(e: Exception) -> typer.Exit:
-    """Print an error as text (messages hold [brackets] that are not markup) and exit 2."""
-    console.print("[red]error:[/] " + escape(str(e)), soft_wrap=True)
-    return typer.Exit(2)
 
 
 @experiment_app.command("run")
@@ -325,8 +326,7 @@ def evaluate_command(
             result = evaluate_score_file(read_scores(scores, fmt, score_col, label_col, id_col, higher_is,
                                                      labels, drop_bad))
     except (EvaluationError, RunError, StoreError, ValueError, OSError) as e:
-        console.print(f"[red]error:[/] {e}", soft_wrap=True, highlight=False)
-        raise typer.Exit(2)
+        raise _error_exit(e)
     if as_json:
         print(json.dumps(json_safe(result), indent=2))
     else:
@@ -349,8 +349,7 @@ def report_command(
     try:
         report = build_report(runs, out, ood=ood)
     except (ReportError, RunError) as e:
-        console.print(f"[red]error:[/] {e}", soft_wrap=True, highlight=False)
-        raise typer.Exit(2)
+        raise _error_exit(e)
     for warning in report.warnings:
         console.print(f"[yellow]warning:[/] {warning.run}: {warning.message}", soft_wrap=True, highlight=False)
     console.print(f"wrote {report.html} and {report.markdown} ({len(report.runs)} runs, "
@@ -399,8 +398,6 @@ def score_command(
     Exit code: 0 when every input was scored, 1 when some failed or were skipped (the output still
     holds every row), 2 on a usage error (bad option, missing PATH or run, existing --out without
     --resume)."""
-    from rich.markup import escape
-
     from dfdetect.evaluate.score import ScoreError, ScoreOptions, score
     from dfdetect.evaluate.sources import SourceError
     from dfdetect.train.runs import RunError
@@ -412,8 +409,7 @@ def score_command(
         summary = score(model, paths, out, options, windows_out=windows, resume=resume,
                         epoch=int(epoch) if epoch.isdigit() else epoch, console=console)
     except (ScoreError, SourceError, RunError) as e:
-        console.print(f"[red]error:[/] {escape(str(e))}", soft_wrap=True, highlight=False)
-        raise typer.Exit(2)
+        raise _error_exit(e)
     for line in summary.lines():
         console.print(line, soft_wrap=True, highlight=False, markup=False)
     raise typer.Exit(summary.exit_code)
@@ -423,11 +419,6 @@ def score_command(
 store_app = typer.Typer(help="Feature stores: list them, describe one, verify every chunk, export to HDF5.",
                         no_args_is_help=True)
 app.add_typer(store_app, name="store")
-
-
-def _store_error(e: Exception) -> typer.Exit:
-    console.print(f"[red]error:[/] {e}", soft_wrap=True, markup=True, highlight=False)
-    return typer.Exit(2)
 
 
 @store_app.command("ls")
@@ -442,7 +433,7 @@ def store_ls(
     try:
         rows = find_stores(directory)
     except StoreError as e:
-        raise _store_error(e)
+        raise _error_exit(e)
     if as_json:
         print(json.dumps(rows, indent=2))
         return
@@ -475,7 +466,7 @@ def store_info(
     try:
         info = info_of(store)
     except StoreError as e:
-        raise _store_error(e)
+        raise _error_exit(e)
     if as_json:
         print(json.dumps(info, indent=2))
         return
@@ -552,7 +543,7 @@ def store_verify(
     try:
         result = verify_store(store, max_problems=max_problems)
     except StoreError as e:
-        raise _store_error(e)
+        raise _error_exit(e)
     if as_json:
         print(json.dumps(result, indent=2))
         raise typer.Exit(0 if result["ok"] else 1)
@@ -588,7 +579,7 @@ def store_export(
     try:
         result = export_hdf5(store, hdf5, arrays=names, split=split, status=status, force=force)
     except StoreError as e:
-        raise _store_error(e)
+        raise _error_exit(e)
     console.print(f"wrote {result['rows']} rows of {result['store']}@{result['version']} "
                   f"({', '.join(result['arrays']) or 'metadata only'} + {len(result['meta_columns'])} "
                   f"metadata columns) to {result['out']}: {human_bytes(result['bytes_written'])} "
