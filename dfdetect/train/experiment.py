@@ -163,8 +163,7 @@ def load_experiment(path: str | Path, overrides: list[str] = ()) -> Experiment:
             fail(table, "dataset", f"unknown dataset {d.get('dataset')!r}; valid: {', '.join(ADAPTERS)}")
         if "root" not in d:
             fail(table, None, "needs root = \"...\"")
-        root = Path(_expand(d["root"], f"{path}:{_line_of(text, table, 'root')}"))
-        root = root if root.is_absolute() else base / root
+        root = base / _expand(d["root"], f"{path}:{_line_of(text, table, 'root')}")  # absolute stays absolute
         if not root.exists():
             fail(table, "root", f"dataset root {root} does not exist")
         datasets[name] = {"dataset": d["dataset"], "root": root}
