@@ -108,7 +108,7 @@ def test_deepfake_eval_2024(tmp_path):
     assert any(m.startswith(f"{meta}:12 |") and "outside" in m for m in msgs)       # ../../escape
     assert len(index.problems) == 4
     assert index.counts() == {
-        "clips": 5, "by_split": {"all": {"real": 1}, "test": {"real": 1, "fake": 2},
+        "clips": 5, "real": 2, "fake": 3, "by_split": {"all": {"real": 1}, "test": {"real": 1, "fake": 2},
                                  "train": {"fake": 1}},
         "fake_by_generator": {"(unknown)": 3}, "problems": 4}
 
@@ -349,28 +349,79 @@ def test_folder_splits_and_empty(tmp_path):
     assert len(msgs) == 2
 
 
-def test_folder_symlinks(tmp_path):
+def test_folder_follows_symlinked_files_and_generator_folders(tmp_path):
+    """A dataset assembled from links reads as if copied: the generator is the link's name."""
     outside = tmp_path / "outside"
-    tone(outside / "o.wav")
+    tone(outside / "gen_x" / "o1.wav")
+    tone(outside / "gen_x" / "deeper" / "o2.wav")
+    tone(outside / "single.wav")
+    tone(outside / "reals" / "r2.wav")
     root = tmp_path / "corpus"
     tone(root / "real" / "r.wav")
+    (root / "real" / "more").symlink_to(outside / "reals", target_is_directory=True)
     (root / "fake").mkdir()
-    (root / "fake" / "linked.wav").symlink_to(outside / "o.wav")
-    (root / "fake" / "gen").symlink_to(outside, target_is_directory=True)
+    (root / "fake" / "linked.wav").symlink_to(outside / "single.wav")
+    (root / "fake" / "gen_x").symlink_to(outside / "gen_x", target_is_directory=True)
     index = datasets.prepare("folder", root)
-    assert set(by_id(index)) == {"real/r.wav", "fake/linked.wav"}
-    assert any("symlinked folders" in m and "fake/gen" in m for m in messages(index))
+    clips = by_id(index)
+    assert set(clips) == {"real/r.wav", "real/more/r2.wav", "fake/linked.wav", "fake/gen_x/o1.wav",
+                          "fake/gen_x/deeper/o2.wav"}
+    assert clips["fake/gen_x/deeper/o2.wav"].generator == "gen_x"
+    assert clips["fake/gen_x/o1.wav"].path == str(root / "fake" / "gen_x" / "o1.wav")
+    counts = index.counts()
+    assert (counts["real"], counts["fake"]) == (2, 3)
+    assert counts["fake_by_generator"] == {"(unknown)": 1, "gen_x": 2}
+    assert index.problems == []
 
 
-def test_folder_wrong_root(tmp_path):
-    tone(tmp_path / "audio" / "x.wav")
-    with pytest.raises(DatasetLayoutError, match="real/ and/or fake/"):
-        datasets.prepare("folder", tmp_path)
+def test_folder_symlinked_top_level_class_folder(tmp_path):
+    tone(tmp_path / "elsewhere" / "a.wav")
+    root = tmp_path / "corpus"
+    tone(root / "fake" / "g" / "f.wav")
+    (root / "real").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    index = datasets.prepare("folder", root)
+    assert set(by_id(index)) == {"real/a.wav", "fake/g/f.wav"} and index.problems == []
+
+
+def test_folder_symlink_loop_and_same_folder_twice_end(tmp_path):
+    """A link back to a folder above it is a loop: reported, not followed, and the walk ends.
+    A second link to a folder already indexed indexes nothing twice."""
+    root = tmp_path / "corpus"
+    tone(root / "real" / "r.wav")
+    tone(root / "fake" / "g" / "sub" / "f.wav")
+    (root / "fake" / "g" / "sub" / "back").symlink_to(root / "fake" / "g", target_is_directory=True)
+    (root / "fake" / "z_again").symlink_to(root / "fake" / "g" / "sub", target_is_directory=True)
+    index = datasets.prepare("folder", root)
+    assert set(by_id(index)) == {"real/r.wav", "fake/g/sub/f.wav"}
+    msgs = messages(index)
+    assert any("symlink loop: fake/g/sub/back leads back to" in m for m in msgs), msgs
+    assert any("fake/z_again is the same folder as fake/g/sub" in m for m in msgs), msgs
+    assert len(msgs) == 2
+
+
+def test_folder_loop_to_the_root_itself(tmp_path):
+    root = tmp_path / "corpus"
+    tone(root / "real" / "r.wav")
+    (root / "real" / "loop").symlink_to(root, target_is_directory=True)
+    (root / "fake").mkdir()
+    (root / "fake" / "self").symlink_to(root / "fake", target_is_directory=True)
+    index = datasets.prepare("folder", root)
+    # real/loop -> the root: entered once; inside it real/ is a loop and fake/ is the other class's
+    # folder (never relabelled); fake/self is a loop. The walk ends, nothing is indexed twice.
+    assert [c.clip_id for c in index.clips] == ["real/r.wav"]
+    msgs = messages(index)
+    assert any("symlink loop: real/loop/real leads back" in m for m in msgs), msgs
+    assert any("real/loop/fake leads to the class folder fake" in m for m in msgs), msgs
+    assert any("symlink loop: fake/self" in m for m in msgs), msgs
+    assert any("fake/ holds no audio files" in m for m in msgs), msgs
+    assert len(msgs) == 4, msgs
 
 
 # --------------------------------------------------------------------------- manifest
 
-def test_manifest_aliases_relative_paths_and_escape(tmp_path):
+def test_manifest_aliases_relative_absolute_and_parent_paths(tmp_path):
+    """A manifest is the user's own: absolute paths as written, relative ones (`..` included)
+    from the manifest's folder."""
     base = tmp_path / "data"
     tone(base / "clips" / "a.wav")
     tone(base / "clips" / "b.flac")
@@ -387,18 +438,19 @@ def test_manifest_aliases_relative_paths_and_escape(tmp_path):
         "clips/a.wav;0;test;;spk5\n")
     index = datasets.prepare("manifest", base)
     clips = by_id(index)
-    assert set(clips) == {"clips/a.wav", "clips/b.flac", "c.wav", "clips/nothere.wav"}
+    secret = str(tmp_path.absolute() / "secret.wav")
+    assert set(clips) == {"clips/a.wav", "clips/b.flac", secret, "c.wav", "clips/nothere.wav"}
+    assert (clips[secret].path, clips[secret].generator, clips[secret].split) == (secret, "A08", "test")
     b = clips["clips/b.flac"]
     assert (b.label, b.split, b.generator, b.speaker, b.language) == (1, "train", "A07", "spk1", "en")
     assert b.path == str(base.absolute() / "clips" / "b.flac")
     assert (clips["c.wav"].split, clips["c.wav"].generator) == ("all", "tts-x")
     msgs = messages(index)
-    assert any(":4 |" in m and "'../secret.wav' points outside" in m for m in msgs)
     assert any("nothere.wav listed in manifest.csv line 6 but missing" in m for m in msgs)
     assert any(":7 |" in m and "'maybe'" in m for m in msgs)
     assert any(":8 |" in m and "5 columns, expected 6" in m for m in msgs)
-    assert len(msgs) == 4
-    assert index.counts()["by_split"] == {"all": {"fake": 1}, "test": {"real": 1},
+    assert len(msgs) == 3
+    assert index.counts()["by_split"] == {"all": {"fake": 1}, "test": {"fake": 1, "real": 1},
                                           "train": {"fake": 1, "real": 1}}
 
 
@@ -413,6 +465,23 @@ def test_manifest_csv_file_tabs_clip_id_and_duplicates(tmp_path):
     assert [(c.clip_id, c.generator, c.label) for c in index.clips] == [("one", "vits", 1)]
     assert index.root == str(csv_file.absolute())
     assert "duplicate clip id 'one'" in index.problems[0].message
+
+
+def test_manifest_absolute_paths_elsewhere_as_kaldi_and_lhotse_write_them(tmp_path):
+    audio = tmp_path / "corpora" / "audio"
+    tone(audio / "a.wav")
+    tone(audio / "b.wav")
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    (lists / "manifest.csv").write_text(f"path,label\n{audio / 'a.wav'},real\n../corpora/audio/b.wav,fake\n"
+                                        f"{audio / 'gone.wav'},fake\n,real\n")
+    index = datasets.prepare("manifest", lists)
+    assert [c.path for c in index.clips] == [str(audio / "a.wav"), str(audio / "b.wav"), str(audio / "gone.wav")]
+    assert [c.clip_id for c in index.clips] == [str(audio / "a.wav"), str(audio / "b.wav"), str(audio / "gone.wav")]
+    msgs = messages(index)
+    assert any("gone.wav listed in manifest.csv line 4 but missing" in m for m in msgs)
+    assert any(":5 |" in m and "empty path" in m for m in msgs)
+    assert len(msgs) == 2
 
 
 def test_manifest_wrong_roots(tmp_path):

@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from types import ModuleType
 
+from dfdetect.errors import ConfigError
 from . import asvspoof5, asvspoof2019_la, deepfake_eval_2024, folder, in_the_wild, manifest
 from .base import Clip, DatasetIndex, DatasetLayoutError, Problem
 
@@ -30,7 +31,7 @@ def get_adapter(name: str) -> ModuleType:
     try:
         return ADAPTERS[key]
     except KeyError:
-        raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(ADAPTERS)}") from None
+        raise ConfigError(f"unknown dataset {name!r}; valid names: {', '.join(ADAPTERS)}") from None
 
 
 def prepare(name: str, root: str | Path, **kwargs) -> DatasetIndex:

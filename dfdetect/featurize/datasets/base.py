@@ -23,6 +23,8 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from dfdetect.errors import DfdetectError
+
 FAKE, REAL = 1, 0
 
 # Spellings seen in the wild, lower-cased with spaces/underscores/hyphens removed.
@@ -32,7 +34,7 @@ _LABEL_SPELLINGS = {
 }
 
 
-class DatasetLayoutError(Exception):
+class DatasetLayoutError(DfdetectError):
     """The root folder does not look like the dataset: says what was expected where."""
 
 
@@ -73,6 +75,8 @@ class DatasetIndex:
                 generators[c.generator or "(unknown)"] += 1
         return {
             "clips": len(self.clips),
+            "real": sum(c.label == REAL for c in self.clips),
+            "fake": sum(c.label == FAKE for c in self.clips),
             "by_split": {s: dict(cnt) for s, cnt in sorted(by_split.items())},
             "fake_by_generator": dict(sorted(generators.items())),
             "problems": len(self.problems),

@@ -21,9 +21,11 @@ The split is the sub-folder's name; without a split level it is ``all`` (``root/
 ``root/fake`` win when both forms exist). ``real``/``fake`` are matched case-insensitively.
 Audio extensions (case-insensitive): .wav .flac .mp3 .ogg .opus .m4a .mp4 .aac .dat .webm .aiff
 .aif. Other files under real/ and fake/ are ignored and summarised in one problem; hidden files
-and folders (a leading '.') are ignored silently. Symlinks to files are followed; symlinked
-folders are not entered (reported). clip_id is the path relative to ``root`` with '/'
-separators.
+and folders (a leading '.') are ignored silently. Symlinks are followed at every level, to
+files and to folders alike, so a dataset assembled from links (``fake/gen_x -> /data/gen_x``) reads
+as if copied: the generator is the link's name. A folder is indexed once: a link that leads back to
+a folder above it (a loop) or to a folder already indexed is reported and not entered again.
+clip_id is the path relative to ``root`` with '/' separators.
 """
 
 from __future__ import annotations
@@ -87,35 +89,52 @@ def prepare(root: Path) -> DatasetIndex:
 
     b = IndexBuilder(NAME, root)
     ignored: list[str] = []
-    linked_dirs: list[str] = []
+    tops = {(split, kind): _subdir(base, kind) for split, base in splits for kind in ("real", "fake")}
+    # A link into another class folder must not relabel its files: those folders are walked as
+    # themselves only. `indexed`: real path of every folder entered -> the path it was entered by.
+    class_folders = {os.path.realpath(t): b.rel(t) for t in tops.values() if t is not None}
+    indexed: dict[str, str] = {}
     for split, base in splits:
         for kind, label in (("real", REAL), ("fake", FAKE)):
-            top = _subdir(base, kind)
+            top = tops[split, kind]
             if top is None:
                 b.problem(str(base / kind), f"no {kind}/ folder in {base}: split {split!r} has no "
                                             f"{kind} clips")
                 continue
-            n = _index_tree(b, top, label, split, ignored, linked_dirs)
+            n = _index_tree(b, top, label, split, ignored, indexed, class_folders)
             if n == 0:
                 b.problem(str(top), f"{kind}/ holds no audio files: split {split!r} has no "
                                     f"{kind} clips")
     if ignored:
         b.problem(b.root, f"ignored {len(ignored)} files with non-audio extensions: "
                           f"{_summary(ignored)}")
-    if linked_dirs:
-        b.problem(b.root, f"did not enter {len(linked_dirs)} symlinked folders (link the files "
-                          f"instead, or point --root inside them): {_summary(linked_dirs)}")
     return b.index
 
 
-def _index_tree(b: IndexBuilder, top: Path, label: int, split: str,
-                ignored: list[str], linked_dirs: list[str]) -> int:
-    """Add every audio file under `top` (depth first, sorted); return how many were added."""
+def _index_tree(b: IndexBuilder, top: Path, label: int, split: str, ignored: list[str],
+                indexed: dict[str, str], class_folders: dict[str, str]) -> int:
+    """Add every audio file under `top` (depth first, sorted, symlinks followed); return how many
+    were added. `indexed` holds the folders entered so far (real path -> path shown), shared by
+    every call of one dataset, so that no folder is read twice and no link loop runs forever."""
     added = 0
-    stack = [os.path.abspath(top)]
-    top_abs = stack[0]
+    top_abs = os.path.abspath(top)
+    stack: list[tuple[str, tuple[str, ...]]] = [(top_abs, ())]   # (folder, real paths above it)
     while stack:
-        folder = stack.pop()
+        folder, above = stack.pop()
+        real = os.path.realpath(folder)
+        if real in above:
+            b.problem(folder, f"symlink loop: {b.rel(folder)} leads back to {real}, a folder above "
+                              "it; not entered again")
+            continue
+        if folder != top_abs and real in class_folders:
+            b.problem(folder, f"{b.rel(folder)} leads to the class folder {class_folders[real]}; not "
+                              "entered here (its files keep that folder's label)")
+            continue
+        if real in indexed:
+            b.problem(folder, f"{b.rel(folder)} is the same folder as {indexed[real]} (through a "
+                              "symlink); its files are indexed once, there")
+            continue
+        indexed[real] = b.rel(folder)
         try:
             with os.scandir(folder) as it:
                 entries = sorted(it, key=lambda e: e.name)
@@ -126,11 +145,8 @@ def _index_tree(b: IndexBuilder, top: Path, label: int, split: str,
         for e in entries:
             if e.name.startswith("."):
                 continue
-            if e.is_dir(follow_symlinks=False):
+            if e.is_dir():                 # a symlinked folder too
                 subdirs.append(e.path)
-                continue
-            if e.is_symlink() and e.is_dir():
-                linked_dirs.append(b.rel(e.path))
                 continue
             rel = b.rel(e.path)
             if os.path.splitext(e.name)[1].lower() not in AUDIO_EXTENSIONS:
@@ -143,5 +159,5 @@ def _index_tree(b: IndexBuilder, top: Path, label: int, split: str,
             if b.add(Clip(clip_id=rel, path=os.path.normpath(e.path), label=label, split=split,
                           generator=generator), e.path):
                 added += 1
-        stack.extend(reversed(subdirs))
+        stack.extend((d, (*above, real)) for d in reversed(subdirs))
     return added

@@ -14,10 +14,12 @@ surrounding spaces, and spaces/hyphens inside names are tolerated, so ``Clip ID`
 Aliases: ``generator`` may be called ``attack`` or ``system``; ``path`` may be ``file`` or
 ``filename``; ``clip_id`` may be ``id``. The delimiter (comma, tab or semicolon) is taken from the
 header line. ``label`` takes the usual spellings (fake/spoof/1, real/bonafide/bona-fide/0, ...).
-``split`` defaults to ``all``; ``clip_id`` defaults to the path relative to the manifest's folder.
-Relative paths resolve against the manifest's folder, and every path (absolute ones included) must
-stay inside that folder: a path escaping it is reported and its row skipped (a lexical check;
-symlinks inside the folder may point anywhere). Backslashes in paths are read as '/' separators.
+``split`` defaults to ``all``; ``clip_id`` defaults to the path relative to the manifest's folder
+(the absolute path for a file outside it).
+A manifest is the user's own file, so its paths are taken as written, as Kaldi ``wav.scp``, lhotse
+and Hugging Face manifests write them: absolute paths as they are, relative ones (``../audio/x.wav``
+included) from the manifest's folder. Backslashes in paths are read as '/' separators. (Untrusted
+lists, such as archive members in ``dfdetect score``, stay confined to their root.)
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ LAYOUT = """\
     path,label[,split][,clip_id][,generator|attack|system][,speaker][,codec][,language][,date][,source]
     clips/a.wav,real,train
     clips/b.flac,fake,test,,tts-x
-  paths relative to the manifest's folder, and inside it; label real/fake (or 0/1, bonafide/spoof)"""
+  paths absolute, or relative to the manifest's folder; label real/fake (or 0/1, bonafide/spoof)"""
 
 COLUMNS = {  # field -> accepted header names (normalised), first match wins
     "path": ("path", "file", "filename"),
@@ -118,10 +120,11 @@ def prepare(root: Path) -> DatasetIndex:
             b.problem(where, f"unknown label {get['label']!r} for {rel!r} (expected real/fake, "
                              "bonafide/spoof or 0/1); row skipped")
             continue
-        path = b.resolve(rel, where, base=folder)
-        if path is None:
+        if not rel:
+            b.problem(where, "empty path; row skipped")
             continue
-        clip_id = get.get("clip_id") or os.path.relpath(path, folder).replace(os.sep, "/")
+        path = os.path.normpath(os.path.join(folder, rel))   # an absolute `rel` stays as it is
+        clip_id = get.get("clip_id") or b.rel(path)
         b.add(Clip(clip_id=clip_id, path=path, label=label, split=get.get("split") or "all",
                    generator=get.get("generator", ""), speaker=get.get("speaker", ""),
                    codec=get.get("codec", ""), language=get.get("language", ""),
