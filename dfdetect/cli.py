@@ -6,31 +6,79 @@ more likely fake.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
+import traceback
 from pathlib import Path
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from typer.core import TyperGroup
+
+from dfdetect.errors import ConfigError, DfdetectError
+
+console = Console(emoji=False)
+errors = Console(emoji=False, stderr=True)
+
+# Exit codes every command shares: 0 done, 1 done with problems (listed), 2 a usage error dfdetect
+# explains in one line, 3 a bug in dfdetect (traceback shown).
+USAGE_ERROR, INTERNAL_ERROR = 2, 3
+REPORT_BUG = ("This is a bug in dfdetect, not in your input: please report it with the command you ran "
+              "and the traceback above.")
+
+
+def _print_error(message: str) -> None:
+    """One error as text: messages hold [brackets] and file names that are not markup."""
+    errors.print("[red]error:[/] " + escape(message), soft_wrap=True, highlight=False)
+
+
+class _Commands(TyperGroup):
+    """Runs every command (sub-commands included) inside the CLI's one error handler: a
+    DfdetectError is something the user can fix and prints as its message, exit 2; an OSError
+    names the file the system refused; anything else is a bug and keeps its traceback, exit 3."""
+
+    def invoke(self, ctx: typer.Context):
+        try:
+            return super().invoke(ctx)
+        except (typer.Exit, typer.Abort, typer.TyperException):  # typer's own: usage errors, exit codes
+            raise
+        except DfdetectError as e:
+            _print_error(str(e))
+        except Exception as e:
+            if not (isinstance(e, OSError) and e.filename is not None):
+                errors.print(traceback.format_exc(), markup=False, highlight=False, soft_wrap=True)
+                errors.print(REPORT_BUG, style="red", highlight=False, soft_wrap=True)
+                raise typer.Exit(INTERNAL_ERROR) from None
+            _print_error(f"{e.filename}: {e.strerror or e}")   # a file the system refused
+        raise typer.Exit(USAGE_ERROR)
+
 
 app = typer.Typer(
+    cls=_Commands,
     help="Audio deepfake detection for honest generalization experiments. "
     "Labels: 1 = fake (spoof), 0 = real (bona fide); scores are P(fake), higher = more likely fake.",
     no_args_is_help=True,
     add_completion=False,
+    pretty_exceptions_enable=False,  # errors are handled once, in _Commands
     rich_markup_mode=None,  # help texts name STORE[@VERSION][:SPLIT]: brackets are text, not markup
 )
 datasets_app = typer.Typer(help="Dataset adapters: list them, validate a download.", no_args_is_help=True)
 app.add_typer(datasets_app, name="datasets")
-console = Console(emoji=False)
 
 
-def _error_exit(e: Exception | str) -> typer.Exit:
-    """Print an error as text (messages hold [brackets] that are not markup) and exit 2."""
-    console.print("[red]error:[/] " + escape(str(e)), soft_wrap=True)
-    return typer.Exit(2)
+def _int_list(text: str, option: str) -> tuple[int, ...]:
+    """'6,12,24' -> (6, 12, 24); anything else is a ConfigError naming the option."""
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise ConfigError(f"{option} {text!r}: expected comma-separated integers, e.g. 6,12,24") from None
+
+
+def _epoch(text: str) -> int | str:
+    return int(text) if text.isdigit() else text
 
 
 @app.command()
@@ -63,23 +111,19 @@ def featurize(
 
     Rerun the same command to resume an interrupted run. Exit code 0 when every clip was written,
     1 when some clips are errors (recorded in the store), 2 when the run could not finish."""
-    from dfdetect.featurize.datasets import DatasetLayoutError
     from dfdetect.featurize.pipeline import featurize as run
     from dfdetect.featurize.variants import Variant
     from dfdetect.featurize.wavlm import WavLMConfig, WavLMUnavailableError
-    from dfdetect.store import StoreError
 
     wanted = tuple(f.strip() for f in features.split(",") if f.strip())
     out = out or f"stores/{dataset}.zarr"
+    wavlm_config = WavLMConfig(model=wavlm, layers=_int_list(wavlm_layers, "--wavlm-layers"))
     try:
-        wavlm_config = WavLMConfig(model=wavlm, layers=tuple(int(x) for x in wavlm_layers.split(",")))
         result = run(dataset, root, out, features=wanted, wavlm=wavlm_config, device=device,
                      scheduler=scheduler, workers=workers, block_size=block_size,
                      variant=Variant.parse(codec, corrupt, variant_seed), console=console)
     except WavLMUnavailableError as e:
-        raise _error_exit(f"{e} To featurize without WavLM: --features mel,lfcc.")
-    except (DatasetLayoutError, StoreError, ValueError) as e:
-        raise _error_exit(e)
+        raise WavLMUnavailableError(f"{e} To featurize without WavLM: --features mel,lfcc.") from e
     _print_featurize_summary(result)
     if result.failed_blocks or not result.complete:
         raise typer.Exit(2)
@@ -124,13 +168,10 @@ def datasets_show(
 
     Exit code 0 when clean, 1 when problems were found, 2 when the root has the wrong layout."""
     from dfdetect.featurize.audio import AudioError
-    from dfdetect.featurize.datasets import DatasetLayoutError, Problem, get_adapter
+    from dfdetect.featurize.datasets import Problem, get_adapter
     from dfdetect.featurize.frontend import Frontend
 
-    try:
-        index = get_adapter(name).prepare(root)
-    except (DatasetLayoutError, ValueError) as e:
-        raise _error_exit(e)
+    index = get_adapter(name).prepare(root)
     if decode:
         clips = index.clips if decode < 0 else random.Random(0).sample(index.clips, min(decode, len(index.clips)))
         frontend = Frontend()
@@ -149,15 +190,17 @@ def datasets_show(
 
 def _print_index(report: dict, max_problems: int) -> None:
     counts = report["counts"]
-    console.print(f"[bold]{report['dataset']}[/] at {report['root']}: {counts['clips']} clips")
+    console.print(f"[bold]{escape(report['dataset'])}[/] at {escape(report['root'])}: {counts['clips']} clips "
+                  f"({counts['real']} real, {counts['fake']} fake)", soft_wrap=True)
     table = Table("split", "real (0)", "fake (1)", "total")
     for split, c in counts["by_split"].items():
-        table.add_row(split, str(c.get("real", 0)), str(c.get("fake", 0)), str(sum(c.values())))
+        table.add_row(escape(split), str(c.get("real", 0)), str(c.get("fake", 0)), str(sum(c.values())))
+    table.add_row("all splits", str(counts["real"]), str(counts["fake"]), str(counts["clips"]), style="bold")
     console.print(table)
     if counts["fake_by_generator"]:
         gen = Table("generator / attack", "fake clips")
         for g, n in counts["fake_by_generator"].items():
-            gen.add_row(g, str(n))
+            gen.add_row(escape(g), str(n))
         console.print(gen)
     problems = report["problems"]
     if problems:
@@ -172,7 +215,7 @@ def _print_index(report: dict, max_problems: int) -> None:
 
 @app.command()
 def models(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")):
-    """Each architecture with its parameter count and checkpoint size (the seed's model-size table)."""
+    """Each architecture with its parameter count and checkpoint size (the reference study's model-size table)."""
     from dfdetect.train.architectures import ARCHITECTURES, model_summary
 
     rows = [model_summary(name) for name in ARCHITECTURES]
@@ -198,7 +241,7 @@ def train_command(
     val: str = typer.Option(None, help="Validation set (default: a seeded, stratified 5% of --train)."),
     test: str = typer.Option(None, help="In-distribution test set."),
     ood: list[str] = typer.Option([], help="Out-of-distribution set [NAME=]STORE[:SPLIT]; repeat for several."),
-    epochs: int = typer.Option(None, help="Default: the seed's, 50 for mel heads, 15 for WavLM heads."),
+    epochs: int = typer.Option(None, help="Default: the reference study's, 50 for mel heads, 15 for WavLM heads."),
     batch_size: int = typer.Option(None, help="Default: 128 for mel heads, 64 for WavLM heads."),
     lr: float = typer.Option(5e-5),
     weight_decay: float = typer.Option(0.01),
@@ -214,20 +257,33 @@ def train_command(
     """Train a head from cached features; every epoch is evaluated on validation, test and OOD sets.
 
     Labels: 1 = fake, 0 = real. Scores written are P(fake), higher = more likely fake."""
-    from dfdetect.store import StoreError
-    from dfdetect.train.trainer import TrainConfig, TrainError, train
+    from dfdetect.train.trainer import TrainConfig, train
 
-    fields = json.loads(config_file.read_text()) if config_file else {}
+    fields = _read_config_file(config_file, TrainConfig) if config_file else {}
     given = {"arch": arch, "train": train_set, "val": val, "test": test, "ood": tuple(ood) or None,
              "epochs": epochs, "batch_size": batch_size, "seed": seed, "device": device,
              "early_stopping": early_stopping, "init_from": str(init_from) if init_from else None,
              "lr": lr, "weight_decay": weight_decay, "holdout_generators": tuple(holdout_generator) or None}
     fields.update({k: v for k, v in given.items() if v is not None})
+    train(TrainConfig(**fields), out, resume=resume, force=force, console=console)
+
+
+def _read_config_file(path: Path, config_class) -> dict:
+    """The fields of a JSON config file, checked against `config_class`'s fields."""
     try:
-        config = TrainConfig(**fields)
-        train(config, out, resume=resume, force=force, console=console)
-    except (TrainError, StoreError, ValueError, TypeError) as e:
-        raise _error_exit(e)
+        fields = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{path}: not a JSON file ({e}); write an object of {config_class.__name__} "
+                          "fields, e.g. {\"epochs\": 20}") from None
+    if not isinstance(fields, dict):
+        raise ConfigError(f"{path}: expected a JSON object of {config_class.__name__} fields, "
+                          f"found {type(fields).__name__}")
+    known = {f.name for f in dataclasses.fields(config_class)}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise ConfigError(f"{path}: unknown field(s) {', '.join(map(repr, unknown))}; "
+                          f"valid: {', '.join(sorted(known))}")
+    return fields
 
 
 # -- dfdetect experiment ---------------------------------------------------------------------------
@@ -246,17 +302,10 @@ def experiment_run(
 ):
     """Check the file, featurize the stores that are not complete, train the runs that have not
     finished (resuming interrupted ones), and write the report."""
-    from dfdetect.featurize.datasets import DatasetLayoutError
-    from dfdetect.featurize.wavlm import WavLMUnavailableError
-    from dfdetect.store import StoreError
-    from dfdetect.train.experiment import ExperimentError, load_experiment, run_experiment
-    from dfdetect.train.trainer import TrainError
+    from dfdetect.train.experiment import load_experiment, run_experiment
 
-    try:
-        experiment = load_experiment(file, set_)
-        states, _ = run_experiment(experiment, console, workers=workers)
-    except (ExperimentError, DatasetLayoutError, StoreError, TrainError, WavLMUnavailableError, ValueError) as e:
-        raise _error_exit(e)
+    experiment = load_experiment(file, set_)
+    states, _ = run_experiment(experiment, console, workers=workers)
     console.print(f"{experiment.name}: " + ", ".join(f"{n} {s['state']}" for n, s in states.items()))
 
 
@@ -267,12 +316,9 @@ def experiment_status(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ):
     """What is done: each store (complete / incomplete / missing) and run (epochs done / planned)."""
-    from dfdetect.train.experiment import ExperimentError, load_experiment, status_rows
+    from dfdetect.train.experiment import load_experiment, status_rows
 
-    try:
-        rows = status_rows(load_experiment(file, set_))
-    except ExperimentError as e:
-        raise _error_exit(e)
+    rows = status_rows(load_experiment(file, set_))
     if as_json:
         print(json.dumps(rows, indent=2))
         return
@@ -311,22 +357,16 @@ def evaluate_command(
     from dfdetect.evaluate.evaluation import (EvaluationError, evaluate_run, evaluate_score_file,
                                               print_evaluation, read_scores)
     from dfdetect.evaluate.metrics import json_safe
-    from dfdetect.store import StoreError
-    from dfdetect.train.runs import RunError
 
-    try:
-        if (run is None) == (scores is None):
-            raise EvaluationError("give either RUN --on STORE[:SPLIT] or --scores FILE")
-        if run is not None:
-            if on is None:
-                raise EvaluationError("RUN needs --on STORE[@VERSION][:SPLIT], the set to score")
-            result = evaluate_run(run, on, epoch=int(epoch) if epoch.isdigit() else epoch,
-                                  batch_size=batch_size, device=device)
-        else:
-            result = evaluate_score_file(read_scores(scores, fmt, score_col, label_col, id_col, higher_is,
-                                                     labels, drop_bad))
-    except (EvaluationError, RunError, StoreError, ValueError, OSError) as e:
-        raise _error_exit(e)
+    if (run is None) == (scores is None):
+        raise EvaluationError("give either RUN --on STORE[:SPLIT] or --scores FILE")
+    if run is not None:
+        if on is None:
+            raise EvaluationError("RUN needs --on STORE[@VERSION][:SPLIT], the set to score")
+        result = evaluate_run(run, on, epoch=_epoch(epoch), batch_size=batch_size, device=device)
+    else:
+        result = evaluate_score_file(read_scores(scores, fmt, score_col, label_col, id_col, higher_is,
+                                                 labels, drop_bad))
     if as_json:
         print(json.dumps(json_safe(result), indent=2))
     else:
@@ -343,13 +383,9 @@ def report_command(
     correlation, training curves, ROC/DET/score histograms, model size, failure warnings.
 
     Labels: 1 = fake, 0 = real; scores are P(fake); accuracies at threshold 0.5."""
-    from dfdetect.evaluate.report import ReportError, build_report
-    from dfdetect.train.runs import RunError
+    from dfdetect.evaluate.report import build_report
 
-    try:
-        report = build_report(runs, out, ood=ood)
-    except (ReportError, RunError) as e:
-        raise _error_exit(e)
+    report = build_report(runs, out, ood=ood)
     for warning in report.warnings:
         console.print(f"[yellow]warning:[/] {warning.run}: {warning.message}", soft_wrap=True, highlight=False)
     console.print(f"wrote {report.html} and {report.markdown} ({len(report.runs)} runs, "
@@ -398,18 +434,13 @@ def score_command(
     Exit code: 0 when every input was scored, 1 when some failed or were skipped (the output still
     holds every row), 2 on a usage error (bad option, missing PATH or run, existing --out without
     --resume)."""
-    from dfdetect.evaluate.score import ScoreError, ScoreOptions, score
-    from dfdetect.evaluate.sources import SourceError
-    from dfdetect.train.runs import RunError
+    from dfdetect.evaluate.score import ScoreOptions, score
 
     options = ScoreOptions(window=window, hop=hop, aggregate=aggregate, top_k=top_k, batch_size=batch_size,
                            max_file_mb=max_file_mb, max_hours=max_hours, workers=workers, scheduler=scheduler,
                            device=device, features_from=features_from)
-    try:
-        summary = score(model, paths, out, options, windows_out=windows, resume=resume,
-                        epoch=int(epoch) if epoch.isdigit() else epoch, console=console)
-    except (ScoreError, SourceError, RunError) as e:
-        raise _error_exit(e)
+    summary = score(model, paths, out, options, windows_out=windows, resume=resume, epoch=_epoch(epoch),
+                    console=console)
     for line in summary.lines():
         console.print(line, soft_wrap=True, highlight=False, markup=False)
     raise typer.Exit(summary.exit_code)
@@ -427,13 +458,9 @@ def store_ls(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ):
     """Every feature store under a folder, one row per version."""
-    from dfdetect.store import StoreError
     from dfdetect.store.inspect import find_stores, human_bytes
 
-    try:
-        rows = find_stores(directory)
-    except StoreError as e:
-        raise _error_exit(e)
+    rows = find_stores(directory)
     if as_json:
         print(json.dumps(rows, indent=2))
         return
@@ -460,13 +487,9 @@ def store_info(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
 ):
     """Arrays (shapes, chunks, codecs, sizes), version config and clip counts of one store version."""
-    from dfdetect.store import StoreError
     from dfdetect.store.inspect import store_info as info_of
 
-    try:
-        info = info_of(store)
-    except StoreError as e:
-        raise _error_exit(e)
+    info = info_of(store)
     if as_json:
         print(json.dumps(info, indent=2))
         return
@@ -537,13 +560,9 @@ def store_verify(
 
     Exit code 0 when everything checks out, 1 when problems were found (each listed on one line),
     2 when STORE is not a store or has no such version."""
-    from dfdetect.store import StoreError
     from dfdetect.store.inspect import human_bytes, verify_store
 
-    try:
-        result = verify_store(store, max_problems=max_problems)
-    except StoreError as e:
-        raise _error_exit(e)
+    result = verify_store(store, max_problems=max_problems)
     if as_json:
         print(json.dumps(result, indent=2))
         raise typer.Exit(0 if result["ok"] else 1)
@@ -572,14 +591,10 @@ def store_export(
     force: bool = typer.Option(False, "--force", help="Overwrite an existing file."),
 ):
     """Copy feature arrays and every metadata column of the selected rows into one HDF5 file."""
-    from dfdetect.store import StoreError
     from dfdetect.store.inspect import export_hdf5, human_bytes
 
     names = [a.strip() for a in arrays.split(",") if a.strip()] if arrays else None
-    try:
-        result = export_hdf5(store, hdf5, arrays=names, split=split, status=status, force=force)
-    except StoreError as e:
-        raise _error_exit(e)
+    result = export_hdf5(store, hdf5, arrays=names, split=split, status=status, force=force)
     console.print(f"wrote {result['rows']} rows of {result['store']}@{result['version']} "
                   f"({', '.join(result['arrays']) or 'metadata only'} + {len(result['meta_columns'])} "
                   f"metadata columns) to {result['out']}: {human_bytes(result['bytes_written'])} "

@@ -1,6 +1,7 @@
 """The command line as a user runs it: `datasets list/show` and `demo`."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -30,7 +31,11 @@ def test_datasets_show_counts_a_clean_folder(tmp_path):
     assert report["counts"]["by_split"] == {"train": {"real": 3, "fake": 6}, "test": {"real": 1, "fake": 3},
                                             "ood": {"real": 1, "fake": 3}}
     assert report["counts"]["fake_by_generator"] == {g: 3 for g in GENERATORS}
+    assert (report["counts"]["real"], report["counts"]["fake"]) == (5, 12)
     assert report["problems"] == []
+    table = runner.invoke(app, ["datasets", "show", "folder", "--root", str(tmp_path)])
+    assert "17 clips (5 real, 12 fake)" in table.output
+    assert " ".join(["all splits", "5", "12", "17"]) in " ".join(table.output.replace("│", " ").split())
 
 
 def test_datasets_show_finds_broken_audio_before_the_expensive_pass(tmp_path):
@@ -57,9 +62,10 @@ def test_datasets_show_unknown_adapter(tmp_path):
     assert result.exit_code == 2 and "valid names" in result.output
 
 
-def test_demo_runs_every_stage_and_accounts_for_every_file(tmp_path):
+def test_demo_runs_every_stage_and_accounts_for_every_file(tmp_path, monkeypatch):
     spec = CorpusSpec(real=6, per_generator=3, min_seconds=1.0, max_seconds=4.0)
-    summary = run_demo(tmp_path, spec, workers=0)
+    monkeypatch.chdir(tmp_path)                  # a relative --out, as `dfdetect demo` gets by default
+    summary = run_demo(Path("."), spec, workers=0)
     n_good = spec.real + spec.per_generator * len(GENERATORS)
     assert summary["index"]["clips"] == n_good + 2
     featurized = summary["featurize"]
@@ -86,8 +92,11 @@ def test_demo_corpus_is_deterministic(tmp_path):
 
 
 @pytest.mark.slow
-def test_demo_command_end_to_end(tmp_path):
-    result = runner.invoke(app, ["demo", "--out", str(tmp_path / "demo")])
+def test_demo_command_end_to_end_from_an_empty_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)                  # as README runs it: the default --out, relative
+    result = runner.invoke(app, ["demo"])
     assert result.exit_code == 0, result.output
+    assert (tmp_path / "dfdetect-demo" / "report.html").is_file()
+    assert (tmp_path / "dfdetect-demo" / "scores.csv").is_file()
     assert "wrote 312 clips" in result.output
     assert "ood:unseen" in result.output and "in distribution vs the unseen" in result.output

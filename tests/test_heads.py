@@ -1,4 +1,4 @@
-"""The four heads: sizes against the seed's numbers, the forward contract, that each can learn
+"""The four heads: sizes against the reference study's numbers, the forward contract, that each can learn
 (overfits a tiny batch), safetensors round trips, the registry's errors, and Mel-AASIST's CPU cost."""
 
 import time
@@ -47,7 +47,7 @@ def test_parameter_counts_match_the_seed():
         s = sizes[a]
         assert s["parameters"] > 0 and WAVLM_LARGE_PARAMETERS >= 316_000_000
         assert s["deployed_parameters"] == s["parameters"] + WAVLM_LARGE_PARAMETERS
-        assert s["deployed_bytes"] > s["checkpoint_bytes"] + 1.2e9            # the seed's ~1.3 GB
+        assert s["deployed_bytes"] > s["checkpoint_bytes"] + 1.2e9            # the reference study's ~1.3 GB
     assert "deployed_bytes" not in sizes["mel_aasist"]
     small = model_summary("wavlm_cnn", wavlm_hidden=32, wavlm_layers=2)
     assert small["config"]["hidden_size"] == 32 and small["config"]["num_layers"] == 2

@@ -1,4 +1,4 @@
-"""`dfdetect report` from real runs trained here: the seed's tables, a self-contained page, and each
+"""`dfdetect report` from real runs trained here: the reference study's tables, a self-contained page, and each
 failure-signature warning firing on a run built to show it (and quiet on one that does not)."""
 
 import copy
@@ -86,7 +86,7 @@ def test_each_warning_fires_on_a_run_built_to_show_it(runs, tmp_path):
     healthy = constructed(real, tmp_path / "healthy")
     assert find_warnings(read_run(healthy)) == []
 
-    def trap(epoch, r):   # the seed's fine-tuned WavLM+AASIST: test 100% while validation EER ~0.5
+    def trap(epoch, r):   # the reference study's fine-tuned WavLM+AASIST: test 100% while validation EER ~0.5
         if epoch >= 3:
             r["sets"]["test"]["at_0.5"]["accuracy"] = 1.0
             r["sets"]["val"]["eer"] = 0.498
@@ -104,7 +104,7 @@ def test_each_warning_fires_on_a_run_built_to_show_it(runs, tmp_path):
     assert {w.signature for w in warnings} == {"degenerate"}
     assert "everything fake" in warnings[0].message and "specificity 0.00%" in warnings[0].message
 
-    def negative(epoch, r):   # the seed's FLAC-corrupt CNN
+    def negative(epoch, r):   # the reference study's FLAC-corrupt CNN
         r["sets"]["test"]["at_0.5"]["mcc"] = -0.0736
     warnings = find_warnings(read_run(constructed(real, tmp_path / "negative", overrides=negative)))
     assert {w.signature for w in warnings} == {"negative_mcc"}

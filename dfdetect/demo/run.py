@@ -22,7 +22,7 @@ from dfdetect.featurize.wavlm import WavLMConfig, save_random_wavlm
 from dfdetect.store import open_store
 from dfdetect.train.experiment import load_experiment, run_experiment
 
-# The demo's study (experiments/ holds the seed's): the featurized demo store is reused as is (same
+# The demo's study (experiments/ holds the reference study's): the featurized demo store is reused as is (same
 # config, same version), the corrupted variant is featurized once, four runs share them.
 STUDY = """
 [experiment]
@@ -68,7 +68,7 @@ def run_demo(out: Path, spec: CorpusSpec = CorpusSpec(), console: Console | None
              workers: int = 2) -> dict:
     """Run every stage on the demo corpus under `out`; returns a summary (used by the tests)."""
     console = console or Console()
-    out = Path(out)
+    out = Path(out).absolute()   # the study file names the corpus; it reads paths from its own folder
     corpus = out / "corpus"
     summary: dict = {}
 
@@ -91,7 +91,7 @@ def run_demo(out: Path, spec: CorpusSpec = CorpusSpec(), console: Console | None
                   f"fakes by generator {counts['fake_by_generator']}")
     summary["index"] = counts
 
-    console.rule("[bold]3. featurize: decode once, the seed's frontend + frozen WavLM, into Zarr (dask)")
+    console.rule("[bold]3. featurize: decode once, the reference study's frontend + frozen WavLM, into Zarr (dask)")
     model_dir = save_random_wavlm(out / "tiny-random-wavlm", size="tiny")
     console.print("[dim]WavLM here is a tiny randomly initialised model (no downloads in the demo): it "
                   "shows the pipeline, not WavLM-Large's features. Use --wavlm microsoft/wavlm-large "
@@ -128,7 +128,7 @@ def run_demo(out: Path, spec: CorpusSpec = CorpusSpec(), console: Console | None
     console.print(table)
     console.rule("[bold]4. a small study from one file: Mel-CNN / Mel-AASIST x clean / corrupted training audio")
     console.print("[dim]Every run is measured every epoch on val, test and the unseen family. Demo "
-                  "settings for a corpus this small: batch 32, lr 1e-3, 6 epochs (the seed's defaults, "
+                  "settings for a corpus this small: batch 32, lr 1e-3, 6 epochs (the reference study's defaults, "
                   "batch 128 / lr 5e-5 / 50 epochs, are for real corpora).[/]")
     study = out / "study.toml"
     study.write_text(STUDY.format(corpus=json.dumps(str(corpus)), wavlm=json.dumps(str(model_dir))))

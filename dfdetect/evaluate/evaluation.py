@@ -46,6 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dfdetect.errors import DfdetectError
 from dfdetect.evaluate.metrics import evaluate_scores
 from dfdetect.featurize.datasets.base import parse_label
 
@@ -70,7 +71,7 @@ ATTACK = re.compile(r"^A\d\d$")
 SHOW_LINES = 10   # line numbers named per problem in messages
 
 
-class EvaluationError(Exception):
+class EvaluationError(DfdetectError):
     """Input that cannot be evaluated as asked: the message says which rows and what to do."""
 
 

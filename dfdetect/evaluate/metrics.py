@@ -110,7 +110,7 @@ def at_threshold(labels: np.ndarray, scores: np.ndarray, threshold: float) -> di
             "recall": float(recall_score(labels, predicted, zero_division=np.nan)),
             "f1": float(f1_score(labels, predicted, zero_division=np.nan)),
             # sklearn returns 0 for MCC when a row/column of the confusion matrix is empty; that
-            # is "undefined", not "no correlation" (the seed's MP3-corrupt CNN) unless both classes
+            # is "undefined", not "no correlation" (the reference study's MP3-corrupt CNN) unless both classes
             # are present and one is never predicted.
             "mcc": float(matthews_corrcoef(labels, predicted)) if two_classes else NAN,
             "sensitivity": float(tp / (tp + fn)) if tp + fn else NAN,   # recall of fakes

@@ -1,4 +1,4 @@
-"""`dfdetect report`: the seed's tables, curves and failure warnings for a set of runs, as one
+"""`dfdetect report`: the reference study's tables, curves and failure warnings for a set of runs, as one
 self-contained HTML page (figures embedded as PNG data URIs, no other file needed) and the same
 tables as Markdown next to it (report.md).
 
@@ -7,13 +7,13 @@ tables as Markdown next to it (report.md).
 Which numbers. Everything is read from the runs' metrics.jsonl and scores/ (nothing is rescored).
 The ranking table uses each run's best-validation epoch (lowest validation EER, as `load_run(...,
 "best")` picks it): the epoch one would deploy without peeking at test or OOD. A second table shows
-the last epoch, because OOD performance can keep moving after validation stops improving (the seed's
+the last epoch, because OOD performance can keep moving after validation stops improving (the reference study's
 Mel-AASIST: 58.6% OOD accuracy at 20 epochs, 83.2% at 50). Accuracy, F1, recall, specificity and MCC
-are at threshold 0.5, as the seed reported them; EER follows the ASVspoof convention. Runs are ranked
+are at threshold 0.5, as the reference study reported them; EER follows the ASVspoof convention. Runs are ranked
 by the chosen OOD set's accuracy (`ood`; default: the first OOD set of the first run). ROC/DET curves
 and histograms come from scores/best/ (the best-validation epoch).
 
-Warnings: the seed's failure signatures, each with the numbers that triggered it (constants below).
+Warnings: the reference study's failure signatures, each with the numbers that triggered it (constants below).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dfdetect.errors import DfdetectError
 from dfdetect.evaluate.evaluation import HEADER, fmt, read_scores
 from dfdetect.evaluate.metrics import det_curve, eer
 
@@ -48,7 +49,7 @@ EPOCH_GAP_MIN = 3
 EPOCH_GAP_FRACTION = 0.25
 
 
-class ReportError(Exception):
+class ReportError(DfdetectError):
     """Runs that cannot be reported as asked; the message says why."""
 
 
@@ -221,7 +222,7 @@ def _png(fig) -> bytes:
 
 
 def curves_figure(run: RunInfo) -> bytes:
-    """The seed's training dynamics: train loss, validation EER, and accuracy and EER of test and
+    """The reference study's training dynamics: train loss, validation EER, and accuracy and EER of test and
     every OOD set per epoch; the dotted line is the best-validation epoch."""
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
@@ -381,7 +382,7 @@ def _sort_key(run: RunInfo, epoch: int, ood: str | None):
 
 
 def ranking_table(page: Page, runs: list[RunInfo], oods: list[str], ood: str | None, which: str) -> None:
-    """The seed's "Complete Picture": ranked by the chosen OOD set's accuracy at the given epoch."""
+    """The reference study's "Complete Picture": ranked by the chosen OOD set's accuracy at the given epoch."""
     epoch_of = {"best": lambda r: r.best_epoch, "last": lambda r: r.last_epoch}[which]
     ranked = sorted(runs, key=lambda r: _sort_key(r, epoch_of(r), ood))
     headers = ["Rank", "Run", "Model", "Data", "Epochs", "Epoch", "Val EER", "Test Acc"]
@@ -414,12 +415,12 @@ def correlation_text(runs: list[RunInfo], ood: str | None) -> str:
         warnings.simplefilter("ignore", ConstantInputWarning)
         pearson, spearman = pearsonr(test, out).statistic, spearmanr(test, out).statistic
     return (f"{what}, over {len(pairs)} runs: Pearson {fmt(float(pearson))}, Spearman {fmt(float(spearman))} "
-            "(undefined when one of them is the same for every run). The seed found it near zero: test accuracy "
+            "(undefined when one of them is the same for every run). The reference study found it near zero: test accuracy "
             "did not predict real-world accuracy.")
 
 
 def size_table(page: Page, runs: list[RunInfo], ood: str | None) -> None:
-    """The seed's model size table: parameters, checkpoint MB (the file, measured), OOD accuracy per MB."""
+    """The reference study's model size table: parameters, checkpoint MB (the file, measured), OOD accuracy per MB."""
     from dfdetect.train.architectures import WAVLM_LARGE_BYTES, WAVLM_LARGE_PARAMETERS
 
     label = ood[4:] if ood else "OOD"
@@ -451,7 +452,7 @@ def build_report(runs: list[str | Path], out: str | Path = "report.html", ood: s
 
     page = Page("dfdetect report")
     page.text(HEADER)
-    page.heading("Ranking (the seed's \"Complete Picture\")")
+    page.heading("Ranking (the reference study's \"Complete Picture\")")
     page.text(f"Ranked by {chosen or 'OOD'} accuracy (ties: lower EER first). Metrics at each run's best-validation "
               "epoch (lowest validation EER: the epoch chosen without looking at test or OOD). Accuracy and F1 at "
               "threshold 0.5, EER by the ASVspoof convention. Epochs: trained; Epoch: the one shown. n/a: the run has "
@@ -468,7 +469,7 @@ def build_report(runs: list[str | Path], out: str | Path = "report.html", ood: s
     for w in found:
         page.warning(f"{w.run}: {w.message}")
     if not found:
-        page.text("None of the runs shows the seed's failure signatures.")
+        page.text("None of the runs shows the reference study's failure signatures.")
     page.heading("Model size")
     size_table(page, infos, chosen)
     for run in infos:

@@ -59,6 +59,7 @@ import numpy as np
 import torch
 
 from dfdetect import __version__
+from dfdetect.errors import ConfigError, DfdetectError
 from dfdetect.evaluate.sources import ERROR, OK, SKIPPED, Item, Opener, expand, printable
 from dfdetect.featurize.audio import AudioError
 from dfdetect.featurize.frontend import Frontend, FrontendConfig
@@ -82,7 +83,7 @@ WINDOW_COLUMNS = {"path": str, "member": str, "window": int, "start": float, "en
                   "silent": bool, "score": float, "score_meaning": str}
 
 
-class ScoreError(Exception):
+class ScoreError(DfdetectError):
     """Scoring cannot start as asked (a usage error); the message says what to change."""
 
 
@@ -450,7 +451,7 @@ def aggregate(scores: np.ndarray, how: str = "mean", top_k: int = 3) -> float:
         return float(np.max(scores))
     if how == "topk":
         return float(np.mean(np.sort(scores)[-top_k:]))
-    raise ValueError(f"unknown aggregate {how!r}; valid: {', '.join(AGGREGATES)}")
+    raise ConfigError(f"unknown aggregate {how!r}; valid: {', '.join(AGGREGATES)}")
 
 
 # -- outputs -------------------------------------------------------------------------------------------

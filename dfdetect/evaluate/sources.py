@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO, Iterator
 
+from dfdetect.errors import DfdetectError
 from dfdetect.featurize.audio import AudioError
 
 OK, ERROR, SKIPPED = "ok", "error", "skipped"
@@ -43,7 +44,7 @@ LIST_SUFFIXES = (".txt", ".csv")
 HEAD_CACHE = 1 << 20   # bytes of each archive member kept in memory (see _HeadCached)
 
 
-class SourceError(Exception):
+class SourceError(DfdetectError):
     """A PATH argument that cannot be used at all (a usage error, not a bad input row)."""
 
 

@@ -1,1 +1,1 @@
-"""Stage 1: decode any audio, apply the seed's frontend, index datasets (and, later, write stores)."""
+"""Stage 1: decode any audio, apply the reference study's frontend, index datasets (and, later, write stores)."""

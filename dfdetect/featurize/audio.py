@@ -20,6 +20,8 @@ from typing import BinaryIO, Union
 import numpy as np
 import soundfile as sf
 
+from dfdetect.errors import ConfigError, DfdetectError
+
 Source = Union[str, os.PathLike, bytes, BinaryIO]
 
 # Magic bytes -> container name. Order matters only for overlapping prefixes.
@@ -36,7 +38,7 @@ _SIGNATURES: list[tuple[int, bytes, str]] = [
 SOUNDFILE_CONTAINERS = {"wav", "flac", "ogg", "mp3", "aiff", "caf"}  # read by libsndfile first
 
 
-class AudioError(Exception):
+class AudioError(DfdetectError):
     """A clip that cannot be used: the message names the file and why. `kind` is a short stable
     tag (e.g. "empty", "decode_failed", "silent") so batches can tabulate errors by kind."""
 
@@ -213,13 +215,13 @@ def encode(samples: np.ndarray, sample_rate: int, fmt: str, bitrate: int | None 
     x = np.atleast_2d(np.asarray(samples, dtype=np.float32))
     if fmt in _SOUNDFILE_WRITERS and not (bitrate and fmt in _FFMPEG_WRITERS):
         if fmt == "opus" and sample_rate not in OPUS_RATES:
-            raise ValueError(f"opus needs a sample rate in {OPUS_RATES}, got {sample_rate}")
+            raise ConfigError(f"opus needs a sample rate in {OPUS_RATES}, got {sample_rate}")
         container, subtype = _SOUNDFILE_WRITERS[fmt]
         buf = io.BytesIO()
         sf.write(buf, x.T, sample_rate, format=container, subtype=subtype)
         return buf.getvalue()
     if fmt not in _FFMPEG_WRITERS:
-        raise ValueError(f"unknown encoding {fmt!r}; choose one of {', '.join(ENCODINGS)}")
+        raise ConfigError(f"unknown encoding {fmt!r}; choose one of {', '.join(ENCODINGS)}")
     import av
 
     container, codec = _FFMPEG_WRITERS[fmt]

@@ -1,13 +1,13 @@
-"""The seed's audio frontend, exactly, behind one frozen and hashable config.
+"""The reference study's audio frontend, exactly, behind one frozen and hashable config.
 
     decoded audio -> mono (mean of channels) -> 16 kHz (soxr, HQ) -> 3 s: centre crop / zero pad
     at the end -> peak normalisation (x / max|x|) -> features
 
-Mel (the seed's table): n_fft 1024 (Hann), hop 160, 128 mel bins (HTK scale, no filter-bank norm:
+Mel (the reference study's table): n_fft 1024 (Hann), hop 160, 128 mel bins (HTK scale, no filter-bank norm:
 torchaudio's MelSpectrogram defaults), 20-7,600 Hz, power -> dB with top_db 80 (per clip), per-clip mean/std
 normalisation, plus a delta channel (5-frame regression) -> [2, 128, 301].
 
-LFCC (the seed does not define it; we follow ASVspoof's LFCC-LCNN baseline): 20 ms Hamming window,
+LFCC (the reference study does not define it; we follow ASVspoof's LFCC-LCNN baseline): 20 ms Hamming window,
 10 ms hop, n_fft 512, 20 linear filters 0-4 kHz, log energies, DCT-II (ortho) to 20 coefficients,
 plus delta and delta-delta -> [60, 301]. Not normalised per clip (the baseline does not).
 

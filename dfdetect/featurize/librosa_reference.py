@@ -1,4 +1,4 @@
-"""The seed's frontend written independently with librosa, one clip at a time.
+"""The reference study's frontend written independently with librosa, one clip at a time.
 
 Not used by the pipeline: it is what the tests check `Frontend` against and what `bench/` times
 `Frontend` against (the per-file loop a practitioner would otherwise write). librosa is in the

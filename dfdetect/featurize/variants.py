@@ -1,6 +1,6 @@
 """Dataset variants made at featurize time: a codec round trip and seeded corruptions.
 
-The seed compared ASVspoof5 stored as FLAC vs MP3 and clean vs "corrupt" training audio, and found
+The reference study compared ASVspoof5 stored as FLAC vs MP3 and clean vs "corrupt" training audio, and found
 that codec and corruption change what a detector learns (MP3 smears the artifacts; corruption never
 helped). A variant is applied to every clip after decoding and before the frontend (on the 16 kHz
 mono waveform), and is part of the store version's config, so each variant is its own version.
@@ -9,7 +9,7 @@ Codec (`--codec`): a real encode and decode through the codec at 16 kHz mono, so
 removes what it removes (MP3 and AAC low-pass and quantise; Opus runs at 48 kHz internally):
 `flac`, `mp3[:BITRATE]` (default 64k), `opus[:BITRATE]` (default 32k), `aac[:BITRATE]` (default 64k).
 
-Corruption (`--corrupt`): the seed does not define its corrupt set, so this is ours. A spec is a
+Corruption (`--corrupt`): the reference study does not define its corrupt set, so this is ours. A spec is a
 comma-separated list of kinds, or `default` for all of them; each clip gets ONE kind drawn from the
 list, with parameters drawn from the ranges below, seeded by (seed, clip id), so a store is the
 same on every run and machine:
@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import soxr
 
+from dfdetect.errors import ConfigError
 from dfdetect.featurize.audio import decode, encode
 
 CODECS = {"flac": None, "mp3": 64_000, "opus": 32_000, "aac": 64_000}   # codec -> default bitrate
@@ -51,19 +52,19 @@ class Variant:
         if codec:
             name, _, rate = codec.lower().partition(":")
             if name not in CODECS:
-                raise ValueError(f"unknown codec {codec!r}; choose one of {', '.join(CODECS)} (e.g. mp3:64k)")
+                raise ConfigError(f"unknown codec {codec!r}; choose one of {', '.join(CODECS)} (e.g. mp3:64k)")
             if rate and name == "flac":
-                raise ValueError("flac is lossless: it takes no bitrate")
+                raise ConfigError("flac is lossless: it takes no bitrate")
             try:
                 bitrate = int(float(rate.rstrip("k")) * 1000) if rate else CODECS[name]
             except ValueError:
-                raise ValueError(f"bad bitrate in {codec!r}; write e.g. mp3:64k") from None
+                raise ConfigError(f"bad bitrate in {codec!r}; write e.g. mp3:64k") from None
         kinds: tuple[str, ...] = ()
         if corrupt:
             kinds = CORRUPTIONS if corrupt.strip() == "default" else tuple(k.strip() for k in corrupt.split(","))
             unknown = [k for k in kinds if k not in CORRUPTIONS]
             if unknown:
-                raise ValueError(f"unknown corruption(s) {', '.join(unknown)}; choose from "
+                raise ConfigError(f"unknown corruption(s) {', '.join(unknown)}; choose from "
                                  f"{', '.join(CORRUPTIONS)} or 'default' for all")
         if name is None and not kinds:
             return None

@@ -38,6 +38,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dfdetect.errors import ConfigError, DfdetectError
+
 # transformers is imported where it is used: importing this module stays cheap for runs that
 # featurize only mel/LFCC.
 
@@ -54,7 +56,7 @@ _HOW_TO_GET = (
 )
 
 
-class WavLMUnavailableError(RuntimeError):
+class WavLMUnavailableError(DfdetectError, RuntimeError):
     """The WavLM weights could not be loaded; the message says how to get them."""
 
 
@@ -79,9 +81,9 @@ class WavLMConfig:
     def __post_init__(self):
         object.__setattr__(self, "layers", tuple(int(i) for i in self.layers))
         if not self.layers:
-            raise ValueError("WavLMConfig.layers is empty: choose at least one hidden state")
+            raise ConfigError("WavLMConfig.layers is empty: choose at least one hidden state")
         if self.batch_size < 1:
-            raise ValueError(f"WavLMConfig.batch_size must be >= 1, got {self.batch_size}")
+            raise ConfigError(f"WavLMConfig.batch_size must be >= 1, got {self.batch_size}")
 
     def to_dict(self) -> dict:
         return {**asdict(self), "layers": list(self.layers)}
@@ -113,7 +115,7 @@ def _resolve_device(device: str | torch.device) -> torch.device:
     device = torch.device(device)
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"device {device} requested but CUDA is not available; use 'cpu' or 'auto'")
+            raise ConfigError(f"device {device} requested but CUDA is not available; use 'cpu' or 'auto'")
         if device.index is None:  # "cuda" and "cuda:N" of the current GPU share one cached model
             device = torch.device("cuda", torch.cuda.current_device())
     return device
@@ -166,7 +168,7 @@ class WavLMExtractor:
         n = self.num_hidden_states
         bad = [i for i in config.layers if not 0 <= i < n]
         if bad:
-            raise ValueError(f"WavLM layer indices {bad} out of range: {config.model} has {n} hidden "
+            raise ConfigError(f"WavLM layer indices {bad} out of range: {config.model} has {n} hidden "
                              f"states, valid indices are 0..{n - 1} (0 = transformer input)")
 
     # -- loading --------------------------------------------------------------------------------

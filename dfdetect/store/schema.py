@@ -36,6 +36,8 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
+from dfdetect.errors import DfdetectError
+
 STORE_FORMAT = 1
 VERSION_PREFIX = "v-"
 
@@ -55,7 +57,7 @@ OUTCOME_COLUMNS = {
 OK, ERROR = "ok", "error"
 
 
-class StoreError(Exception):
+class StoreError(DfdetectError):
     """A store that cannot be used as asked: the message says what is wrong and what to do."""
 
 

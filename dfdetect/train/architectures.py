@@ -18,6 +18,7 @@ from typing import Any
 from safetensors.torch import save as safetensors_save
 from torch import nn
 
+from dfdetect.errors import ConfigError
 from dfdetect.train.mel_aasist import MelAASIST, MelAASISTConfig
 from dfdetect.train.mel_cnn import MelCNN, MelCNNConfig
 from dfdetect.train.wavlm_aasist import WavLMAASIST, WavLMAASISTConfig
@@ -25,7 +26,7 @@ from dfdetect.train.wavlm_cnn import WavLMCNN, WavLMCNNConfig
 
 # Frozen WavLM-Large, which the WavLM heads need at scoring time (it runs live there; training reads
 # the cache): 316.6M parameters (WavLM paper, Chen et al. 2022, Table 1: 316.62M), ~1.27 GB as float32
-# -- the bulk of the seed's "~350M+ parameters, ~1.3 GB per checkpoint" for its WavLM models.
+# -- the bulk of the reference study's "~350M+ parameters, ~1.3 GB per checkpoint" for its WavLM models.
 WAVLM_LARGE_PARAMETERS = 316_620_000
 WAVLM_LARGE_BYTES = WAVLM_LARGE_PARAMETERS * 4     # float32 weights
 
@@ -37,7 +38,7 @@ class Architecture:
     config_cls: type
     model_cls: type[nn.Module]
     inputs: tuple[str, ...]         # feature arrays the model reads from a batch
-    batch_size: int                 # the seed's: 128 for mel-only heads, 64 for WavLM heads
+    batch_size: int                 # the reference study's: 128 for mel-only heads, 64 for WavLM heads
 
     @property
     def uses_wavlm(self) -> bool:
@@ -54,7 +55,7 @@ ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in (
 
 def get_architecture(arch: str) -> Architecture:
     if arch not in ARCHITECTURES:
-        raise ValueError(f"unknown architecture {arch!r}; valid: {', '.join(ARCHITECTURES)}")
+        raise ConfigError(f"unknown architecture {arch!r}; valid: {', '.join(ARCHITECTURES)}")
     return ARCHITECTURES[arch]
 
 
@@ -62,7 +63,7 @@ def _make(config_cls: type, overrides: dict[str, Any], where: str):
     fields = {f.name: f for f in dataclasses.fields(config_cls)}
     unknown = sorted(set(overrides) - set(fields))
     if unknown:
-        raise ValueError(f"unknown {where} option(s) {', '.join(map(repr, unknown))}; "
+        raise ConfigError(f"unknown {where} option(s) {', '.join(map(repr, unknown))}; "
                          f"valid: {', '.join(fields)}")
     values = {}
     for name, value in overrides.items():
@@ -76,7 +77,7 @@ def _make(config_cls: type, overrides: dict[str, Any], where: str):
 
 
 def make_config(arch: str, **overrides):
-    """The architecture's config with the seed's defaults, changed by `overrides` (ValueError if unknown)."""
+    """The architecture's config with the reference study's defaults, changed by `overrides` (ValueError if unknown)."""
     return _make(get_architecture(arch).config_cls, overrides, arch)
 
 

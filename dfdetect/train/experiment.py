@@ -40,6 +40,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from dfdetect.errors import DfdetectError
 from dfdetect.featurize.datasets import ADAPTERS
 from dfdetect.train.trainer import TrainConfig
 
@@ -51,7 +52,7 @@ RUN_KEYS = {f.name for f in dataclasses.fields(TrainConfig)} | {"out"}
 SET_KEYS = ("train", "val", "test")
 
 
-class ExperimentError(Exception):
+class ExperimentError(DfdetectError):
     """An experiment file that cannot run as written; the message names the line."""
 
 

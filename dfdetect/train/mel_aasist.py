@@ -1,11 +1,11 @@
-"""Mel-AASIST: the seed's winner, a multi-scale CNN with SE and attentive statistics pooling.
+"""Mel-AASIST: the reference study's winner, a multi-scale CNN with SE and attentive statistics pooling.
 
-The seed's numbers: ~2M parameters (2.2 MB per checkpoint); three multi-scale conv blocks, each with
+The reference study's numbers: ~2M parameters (2.2 MB per checkpoint); three multi-scale conv blocks, each with
 parallel 3x3, 5x5 and 7x7-dilation-3 branches; squeeze-and-excitation with reduction 16; attentive
 statistics pooling (ASP) over time; embedding 64; dropout 0.3; one logit (BCEWithLogits, positive =
 fake). Input: batch["mel"], normalised log-mel + delta, [B, 2, 128, 301].
 
-What the seed leaves open, and what we chose (CPU cost is FLOPs, not parameters, so downsample
+What the reference study leaves open, and what we chose (CPU cost is FLOPs, not parameters, so downsample
 early and keep the wide layers where the map is small):
 
     mel [2, 128, 301]
@@ -23,7 +23,7 @@ each in -> out/3 channels, concatenated -> BN -> ReLU -> 1x1 fuse -> BN -> SE (r
 + residual (1x1 conv + BN when the width changes) -> ReLU -> max-pool. The maps run channels-last
 (oneDNN's fast layout on CPU, ~1.5x faster here).
 
-With the defaults: 2,103,674 parameters, 8.4 MB as float32 safetensors (the seed's 2.2 MB cannot hold
+With the defaults: 2,103,674 parameters, 8.4 MB as float32 safetensors (the reference study's 2.2 MB cannot hold
 ~2M float32 weights; it reads as ~1 byte per parameter), 0.34 GMAC per 3 s clip; ~6-8 ms per clip
 forward on one CPU core at batch 32 (tests/test_heads.py prints it). Most parameters sit where
 compute is cheap: block 3 and the collapse conv run on an 8 x 19 map.

@@ -1,13 +1,13 @@
-"""Mel-CNN: the seed's baseline, a small CNN on the 2-channel mel + delta map.
+"""Mel-CNN: the reference study's baseline, a small CNN on the 2-channel mel + delta map.
 
-The seed's numbers: ~400K parameters (435 KB per checkpoint), 2 input channels (normalised log-mel
+The reference study's numbers: ~400K parameters (435 KB per checkpoint), 2 input channels (normalised log-mel
 and its delta, [2, 128, 301]), "a simple convolutional backbone", embedding 64, dropout 0.3, one
-logit (BCEWithLogits, positive = fake). The seed does not give the backbone, so it is the plainest
+logit (BCEWithLogits, positive = fake). The reference study does not give the backbone, so it is the plainest
 one that matches those numbers: four conv-BN-ReLU-maxpool blocks (32, 64, 128, 256 channels), the
 first with stride 2 so the map shrinks 4x before any wide convolution (compute, not parameters,
 sets the CPU cost), then global average + max pooling, a 64-d embedding, dropout, a linear logit.
 
-With the defaults: 421,505 parameters, 1.7 MB as float32 safetensors (the seed's 435 KB cannot hold
+With the defaults: 421,505 parameters, 1.7 MB as float32 safetensors (the reference study's 435 KB cannot hold
 ~400K float32 weights; it reads as ~1 byte per parameter), 0.14 GMAC per 3 s clip; ~4-5 ms per clip
 forward on one CPU core at batch 32. The maps run channels-last (oneDNN's fast layout on CPU).
 

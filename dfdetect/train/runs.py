@@ -14,11 +14,12 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from dfdetect.errors import ConfigError, DfdetectError
 from dfdetect.featurize.frontend import FrontendConfig
 from dfdetect.train.architectures import build_model, get_architecture
 
 
-class RunError(Exception):
+class RunError(DfdetectError):
     """A run folder that cannot be used as asked; the message says what is missing."""
 
 
@@ -66,6 +67,16 @@ class LoadedRun:
         return f"{self.path.name}@epoch{self.epoch}"
 
 
+def _read_json(file: Path, text: str | None = None, line: int | None = None):
+    """One JSON value of a run file (the whole file, or one line of metrics.jsonl), or a RunError."""
+    where = f"{file}:{line}" if line else str(file)
+    try:
+        return json.loads(file.read_text(encoding="utf-8") if text is None else text)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise RunError(f"{where}: not valid JSON ({e}); the run folder is damaged: retrain the run "
+                       "or restore the file") from None
+
+
 def load_run(path: str | Path, epoch: str | int = "best") -> LoadedRun:
     """The run's model at `epoch` ("best" by validation EER, "last", or a number)."""
     path = Path(path)
@@ -73,25 +84,40 @@ def load_run(path: str | Path, epoch: str | int = "best") -> LoadedRun:
     if not config_file.exists() or not metrics_file.exists():
         raise RunError(f"{path} is not a dfdetect run (no config.json / metrics.jsonl); "
                        "train one with `dfdetect train ... --out RUN`")
-    config = json.loads(config_file.read_text())
-    records = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
+    config = _read_json(config_file)
+    records = [_read_json(metrics_file, line, number) for number, line
+               in enumerate(metrics_file.read_text(encoding="utf-8").splitlines(), 1) if line.strip()]
     if not records:
         raise RunError(f"{path} has no finished epoch yet")
-    epochs = [r["epoch"] for r in records]
-    if epoch == "best":
+    try:
+        epochs = [r["epoch"] for r in records]
         scored = [r for r in records if r["sets"].get("val", {}).get("eer") is not None]
+        arch, model_options = config["config"]["arch"], config["model"]
+    except (KeyError, TypeError, AttributeError) as e:
+        raise RunError(f"{path}: config.json or metrics.jsonl lacks {e} (written by another tool or "
+                       "damaged); retrain the run") from None
+    if epoch == "best":
         number = min(scored, key=lambda r: (r["sets"]["val"]["eer"], r["epoch"]))["epoch"] if scored else epochs[-1]
     elif epoch == "last":
         number = epochs[-1]
     else:
+        if not str(epoch).isdigit():
+            raise RunError(f"epoch {epoch!r}: choose best, last or an epoch number")
         number = int(epoch)
         if number not in epochs:
             raise RunError(f"{path} has no epoch {number}; it has {epochs[0]}..{epochs[-1]}")
     weights = path / "checkpoints" / f"epoch_{number:03d}.safetensors"
     if not weights.exists():
         raise RunError(f"{path}: checkpoint {weights.name} is missing")
-    arch = config["config"]["arch"]
-    model = build_model(arch, **config["model"])
-    model.load_state_dict(load_file(str(weights)))  # safetensors: no pickle from the run folder runs
+    try:
+        model = build_model(arch, **model_options)
+    except ConfigError as e:
+        raise RunError(f"{config_file}: {e}. This dfdetect cannot build the run's head; use the dfdetect "
+                       "version that trained it (config.json names it) or retrain") from None
+    try:
+        model.load_state_dict(load_file(str(weights)))  # safetensors: no pickle from the run folder runs
+    except Exception as e:  # SafetensorError, or tensors that do not fit the head
+        raise RunError(f"{weights}: not a checkpoint of this {arch} head ({type(e).__name__}: "
+                       f"{str(e).splitlines()[0][:300]}); retrain the run or restore the file") from None
     model.eval()
     return LoadedRun(path, arch, number, model, config, records)

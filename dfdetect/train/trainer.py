@@ -1,9 +1,9 @@
 """Training a head from cached features, every epoch evaluated on validation, test and OOD sets.
 
-The seed's lesson drives the defaults: out-of-distribution performance keeps moving long after the
+The reference study's lesson drives the defaults: out-of-distribution performance keeps moving long after the
 training loss converges, so there is no early stopping unless asked for, every epoch is
 checkpointed and measured on every set, and `best` is chosen by validation EER (which tracked
-real-world performance in the seed far better than test accuracy did).
+real-world performance in the reference study far better than test accuracy did).
 
     runs/NAME/
       config.json        the exact TrainConfig, the sets (store, version, frontend hash, rows)
@@ -31,17 +31,18 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from dfdetect import __version__
+from dfdetect.errors import DfdetectError
 from dfdetect.evaluate.metrics import evaluate_scores, json_safe
 from dfdetect.store import parse_store_spec
 from dfdetect.train.architectures import (build_model, config_to_dict, count_parameters,
                                           get_architecture)
 from dfdetect.train.data import DataSet, FeatureLoader, open_set, stratified_split
 
-# The seed's training lengths: 50 epochs for mel-only heads, 15 for WavLM heads.
+# The reference study's training lengths: 50 epochs for mel-only heads, 15 for WavLM heads.
 DEFAULT_EPOCHS = {False: 50, True: 15}
 
 
-class TrainError(Exception):
+class TrainError(DfdetectError):
     """A run that cannot start or continue as asked; the message says what to do."""
 
 
@@ -52,8 +53,8 @@ class TrainConfig:
     val: str | None = None              # default: a seeded, stratified 5% of train
     test: str | None = None
     ood: tuple[str, ...] = ()
-    epochs: int | None = None           # default: the seed's, 50 (mel) / 15 (WavLM)
-    batch_size: int | None = None       # default: the seed's, 128 (mel) / 64 (WavLM)
+    epochs: int | None = None           # default: the reference study's, 50 (mel) / 15 (WavLM)
+    batch_size: int | None = None       # default: the reference study's, 128 (mel) / 64 (WavLM)
     lr: float = 5e-5
     weight_decay: float = 0.01
     grad_clip: float = 1.0
@@ -382,7 +383,7 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, force: boo
 
 
 def epoch_line(record: dict, epochs: int) -> str:
-    """One line per epoch: test and OOD side by side, the seed's central comparison."""
+    """One line per epoch: test and OOD side by side, the reference study's central comparison."""
     parts = [f"epoch {record['epoch']:>3}/{epochs}", f"loss {record['train']['loss']:.4f}",
              f"acc {record['train']['accuracy']:.2%}"]
     for name, m in record["sets"].items():

@@ -1,6 +1,6 @@
-"""WavLM+AASIST: the seed's "throw everything at the wall" model, three streams fused.
+"""WavLM+AASIST: the reference study's "throw everything at the wall" model, three streams fused.
 
-The seed's numbers: "~350M+ parameters, ~1.3 GB per checkpoint" — frozen WavLM-Large (316.6M
+The reference study's numbers: "~350M+ parameters, ~1.3 GB per checkpoint" — frozen WavLM-Large (316.6M
 parameters, ~1.27 GB as float32) plus this head. WavLM embeddings projected to 256 dimensions, mel
 through the AASIST encoder, LFCC as a third spectral view, a fusion network with hidden dimension 256;
 dropout 0.3; one logit (BCEWithLogits, positive = fake). WavLM runs once, at featurize time; the head
@@ -35,13 +35,13 @@ class WavLMAASISTConfig:
     hidden_size: int = 1024                  # WavLM-Large
     num_layers: int = 3                      # stored hidden states (the featurizer's default: 6, 12, 24)
     layer_norm: bool = True                  # normalise each layer before weighting (s3prl's option)
-    wavlm_dim: int = 256                     # WavLM projected to 256 (the seed)
+    wavlm_dim: int = 256                     # WavLM projected to 256 (the reference study)
     wavlm_attention_dim: int = 128           # its ASP's attention hidden size
     mel: MelAASISTConfig = field(default_factory=MelAASISTConfig)   # the mel stream: Mel-AASIST's encoder
     lfcc_features: int = 60                  # 20 LFCC + delta + delta-delta
     lfcc_channels: int = 64
     lfcc_embedding_dim: int = 64
-    fusion_hidden: int = 256                 # the seed's fusion hidden size
+    fusion_hidden: int = 256                 # the reference study's fusion hidden size
     dropout: float = 0.3
 
 

@@ -1,6 +1,6 @@
 """WavLM+CNN: cached, frozen WavLM-Large hidden states into the Mel-CNN body.
 
-The seed's numbers: "~350M+ parameters, ~1.3 GB per checkpoint" — that is frozen WavLM-Large
+The reference study's numbers: "~350M+ parameters, ~1.3 GB per checkpoint" — that is frozen WavLM-Large
 (316.6M parameters, ~1.27 GB as float32) plus "my Mel-CNN as the classifier head". Embedding 64,
 dropout 0.3, one logit (BCEWithLogits, positive = fake). Here WavLM runs once, at featurize time, and
 the head trains on its cached hidden states, so the trainable part is just the head below.
