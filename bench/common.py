@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -10,6 +11,9 @@ import soxr
 
 from dfdetect.demo.corpus import GENERATORS, synthesize
 from dfdetect.featurize.audio import encode
+
+# The frontend's independent librosa reference lives with the tests that check against it.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 # Formats librosa reads without FFmpeg, so both sides of a comparison decode the same bytes.
 FORMATS = (("wav", 16000), ("wav", 44100), ("flac", 22050), ("flac", 48000), ("mp3", 24000), ("ogg", 32000))

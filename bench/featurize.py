@@ -17,14 +17,15 @@ import tempfile
 from pathlib import Path
 
 import torch
-from common import FORMATS, make_clips, time_it
 from distributed import Client, LocalCluster
 from rich.console import Console
 
-from dfdetect.featurize import librosa_reference as reference
 from dfdetect.featurize.audio import decode
 from dfdetect.featurize.pipeline import featurize
 from dfdetect.store import open_store
+
+import librosa_reference as reference
+from common import FORMATS, make_clips, time_it
 
 
 def main() -> None:

@@ -16,11 +16,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import FORMATS, make_clips, time_it
 
-from dfdetect.featurize import librosa_reference as reference
 from dfdetect.featurize.audio import decode
 from dfdetect.featurize.frontend import Frontend
+
+import librosa_reference as reference
+from common import FORMATS, make_clips, time_it
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

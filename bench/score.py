@@ -35,17 +35,18 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import torch
-from common import make_clips
 from distributed import LocalCluster
 from rich.console import Console
 from rich.table import Table
 
 from dfdetect.demo.corpus import CorpusSpec, synthesize, write_corpus
-from dfdetect.evaluate.score import ScoreOptions, Scorer, WindowConfig, lane_pieces, score
-from dfdetect.evaluate.sources import expand
 from dfdetect.featurize.pipeline import featurize
-from dfdetect.train.runs import load_run
+from dfdetect.models.runs import load_run
+from dfdetect.score.scoring import ScoreOptions, Scorer, WindowConfig, lane_pieces, score
+from dfdetect.score.sources import expand
 from dfdetect.train.trainer import TrainConfig, train
+
+from common import make_clips
 
 quiet = Console(quiet=True)
 

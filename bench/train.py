@@ -43,15 +43,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import make_clips
 from rich.console import Console
 
+from dfdetect.demo.random_wavlm import save_random_wavlm
 from dfdetect.featurize.frontend import Frontend
 from dfdetect.featurize.pipeline import featurize
-from dfdetect.featurize.wavlm import WavLMConfig, clear_wavlm_cache, load_wavlm, save_random_wavlm
+from dfdetect.featurize.wavlm import WavLMConfig, clear_wavlm_cache, load_wavlm
+from dfdetect.models.registry import build_model, get_architecture
 from dfdetect.store import open_store
-from dfdetect.train.architectures import build_model, get_architecture
 from dfdetect.train.data import DataSet, FeatureLoader, row_bytes
+
+from common import make_clips
 
 LAYERS = {"large": (6, 12, 24), "tiny": (0, 1, 2)}   # tiny has 3 hidden states
 LOADER_FEATURES = ("mel", "lfcc", "wavlm")

@@ -26,7 +26,8 @@ import torch
 import transformers
 
 from dfdetect.demo.corpus import synthesize
-from dfdetect.featurize.wavlm import WavLMConfig, clear_wavlm_cache, load_wavlm, save_random_wavlm
+from dfdetect.demo.random_wavlm import save_random_wavlm
+from dfdetect.featurize.wavlm import WavLMConfig, clear_wavlm_cache, load_wavlm
 
 LAYERS = {"large": (6, 12, 24), "tiny": (0, 1, 2)}
 

@@ -148,7 +148,7 @@ def _print_featurize_summary(result) -> None:
 @datasets_app.command("list")
 def datasets_list():
     """Name the dataset adapters and what each expects."""
-    from dfdetect.featurize.datasets import ADAPTERS
+    from dfdetect.datasets import ADAPTERS
 
     table = Table("name", "what it reads")
     for name, module in ADAPTERS.items():
@@ -167,8 +167,8 @@ def datasets_show(
     """Validate a download: counts per split, label and generator, and every problem found.
 
     Exit code 0 when clean, 1 when problems were found, 2 when the root has the wrong layout."""
+    from dfdetect.datasets import Problem, get_adapter
     from dfdetect.featurize.audio import AudioError
-    from dfdetect.featurize.datasets import Problem, get_adapter
     from dfdetect.featurize.frontend import Frontend
 
     index = get_adapter(name).prepare(root)
@@ -216,7 +216,7 @@ def _print_index(report: dict, max_problems: int) -> None:
 @app.command()
 def models(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")):
     """Each architecture with its parameter count and checkpoint size (the reference study's model-size table)."""
-    from dfdetect.train.architectures import ARCHITECTURES, model_summary
+    from dfdetect.models.registry import ARCHITECTURES, model_summary
 
     rows = [model_summary(name) for name in ARCHITECTURES]
     if as_json:
@@ -302,7 +302,7 @@ def experiment_run(
 ):
     """Check the file, featurize the stores that are not complete, train the runs that have not
     finished (resuming interrupted ones), and write the report."""
-    from dfdetect.train.experiment import load_experiment, run_experiment
+    from dfdetect.studies.experiment import load_experiment, run_experiment
 
     experiment = load_experiment(file, set_)
     states, _ = run_experiment(experiment, console, workers=workers)
@@ -316,7 +316,7 @@ def experiment_status(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ):
     """What is done: each store (complete / incomplete / missing) and run (epochs done / planned)."""
-    from dfdetect.train.experiment import load_experiment, status_rows
+    from dfdetect.studies.experiment import load_experiment, status_rows
 
     rows = status_rows(load_experiment(file, set_))
     if as_json:
@@ -353,10 +353,10 @@ def evaluate_command(
 
     Labels: 1 = fake (spoof), 0 = real (bona fide). Scores: P(fake), higher = more likely fake; use
     --higher-is real for systems that score bona fide high (ASVspoof's convention). EER: the ASVspoof
-    convention. Formats and the ASVspoof column rule: see dfdetect/evaluate/evaluation.py."""
-    from dfdetect.evaluate.evaluation import (EvaluationError, evaluate_run, evaluate_score_file,
-                                              print_evaluation, read_scores)
-    from dfdetect.evaluate.metrics import json_safe
+    convention. Formats and the ASVspoof column rule: see dfdetect/evaluate/score_files.py."""
+    from dfdetect.evaluate.evaluation import EvaluationError, evaluate_run, evaluate_score_file, print_evaluation
+    from dfdetect.evaluate.score_files import read_scores
+    from dfdetect.metrics import json_safe
 
     if (run is None) == (scores is None):
         raise EvaluationError("give either RUN --on STORE[:SPLIT] or --scores FILE")
@@ -434,7 +434,7 @@ def score_command(
     Exit code: 0 when every input was scored, 1 when some failed or were skipped (the output still
     holds every row), 2 on a usage error (bad option, missing PATH or run, existing --out without
     --resume)."""
-    from dfdetect.evaluate.score import ScoreOptions, score
+    from dfdetect.score.scoring import ScoreOptions, score
 
     options = ScoreOptions(window=window, hop=hop, aggregate=aggregate, top_k=top_k, batch_size=batch_size,
                            max_file_mb=max_file_mb, max_hours=max_hours, workers=workers, scheduler=scheduler,

@@ -1,6 +1,7 @@
 """The command line as a user runs it: `datasets list/show` and `demo`."""
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -81,7 +82,9 @@ def test_demo_runs_every_stage_and_accounts_for_every_file(tmp_path, monkeypatch
     assert summary["score"]["rows"] == n_good + 2 and summary["score"]["scored"] == n_good
     assert summary["score"]["failed"] == 2 and summary["score"]["skipped"] == 0
     assert summary["score"]["errors"] == {"decode_failed": 1, "empty": 1}
-    assert summary["report"]["html"] == str(tmp_path / "report.html") and "<img" in html and 'src="http' not in html
+    assert summary["report"]["html"] == str(tmp_path / "report.html") and "<img" in html
+    sources = re.findall(r"""\bsrc\s*=\s*["']?([^"'\s>]*)""", html)
+    assert sources and all(src.startswith("data:") for src in sources)   # self-contained: no fetches
 
 
 def test_demo_corpus_is_deterministic(tmp_path):

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from dfdetect.featurize import datasets
-from dfdetect.featurize.datasets import DatasetLayoutError
-from dfdetect.featurize.datasets.base import parse_label, path_inside
+from dfdetect import datasets
+from dfdetect.datasets import DatasetLayoutError
+from dfdetect.datasets.base import parse_label, path_inside
 
 SR = 16000
 

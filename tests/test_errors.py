@@ -10,17 +10,17 @@ import pytest
 from typer.testing import CliRunner
 
 import dfdetect.cli as cli
+from dfdetect.datasets import DatasetLayoutError
 from dfdetect.errors import ConfigError, DfdetectError
 from dfdetect.evaluate.evaluation import EvaluationError
 from dfdetect.evaluate.report import ReportError
-from dfdetect.evaluate.score import ScoreError
-from dfdetect.evaluate.sources import SourceError
 from dfdetect.featurize.audio import AudioError
-from dfdetect.featurize.datasets import DatasetLayoutError
 from dfdetect.featurize.wavlm import WavLMUnavailableError
+from dfdetect.models.runs import RunError
+from dfdetect.score.scoring import ScoreError
+from dfdetect.score.sources import SourceError
 from dfdetect.store import StoreError
-from dfdetect.train.experiment import ExperimentError
-from dfdetect.train.runs import RunError
+from dfdetect.studies.experiment import ExperimentError
 from dfdetect.train.trainer import TrainError
 
 from conftest import train_tiny
@@ -113,7 +113,7 @@ def test_an_internal_error_keeps_its_traceback_and_asks_for_a_report(monkeypatch
     def broken(*args, **kwargs):
         raise ZeroDivisionError("a bug")
 
-    monkeypatch.setattr("dfdetect.train.architectures.model_summary", broken)
+    monkeypatch.setattr("dfdetect.models.registry.model_summary", broken)
     result = runner.invoke(cli.app, ["models"])
     assert result.exit_code == 3
     assert "Traceback" in result.output and "ZeroDivisionError: a bug" in result.output

@@ -10,20 +10,28 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from sklearn.metrics import (accuracy_score, confusion_matrix, f1_score, matthews_corrcoef,
-                             precision_score, recall_score, roc_auc_score)
+from sklearn.metrics import (
+    accuracy_score,
+    confusion_matrix,
+    f1_score,
+    matthews_corrcoef,
+    precision_score,
+    recall_score,
+    roc_auc_score,
+)
 from typer.testing import CliRunner
 
-from conftest import train_tiny
 from dfdetect.cli import app
-from dfdetect.evaluate.evaluation import (EvaluationError, evaluate_run, evaluate_score_file,
-                                          read_scores)
-from dfdetect.evaluate.metrics import eer, evaluate_scores, json_safe, min_dcf
+from dfdetect.evaluate.evaluation import EvaluationError, evaluate_run, evaluate_score_file
+from dfdetect.evaluate.score_files import read_scores
 from dfdetect.featurize.pipeline import featurize
+from dfdetect.metrics import eer, evaluate_scores, json_safe, min_dcf
+from dfdetect.models.runs import RunError, load_run
 from dfdetect.store import open_store
 from dfdetect.train.data import FeatureLoader, open_set
-from dfdetect.train.runs import RunError, load_run
 from dfdetect.train.trainer import predict
+
+from conftest import train_tiny
 
 
 # -- independent reference implementations ---------------------------------------------------------------

@@ -10,8 +10,8 @@ from typer.testing import CliRunner
 
 from dfdetect.cli import app
 from dfdetect.demo.corpus import CorpusSpec, write_corpus
-from dfdetect.featurize.wavlm import save_random_wavlm
-from dfdetect.train.experiment import ExperimentError, load_experiment
+from dfdetect.demo.random_wavlm import save_random_wavlm
+from dfdetect.studies.experiment import ExperimentError, load_experiment
 
 EXPERIMENTS = Path(__file__).parent.parent / "experiments"
 runner = CliRunner()

@@ -126,7 +126,6 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(corpus, tmp_path):
 @pytest.mark.slow
 def test_runs_on_an_existing_distributed_cluster(corpus, tmp_path):
     from distributed import LocalCluster
-
     from typer.testing import CliRunner
 
     from dfdetect.cli import app
@@ -150,7 +149,8 @@ def test_runs_on_an_existing_distributed_cluster(corpus, tmp_path):
 
 def test_wavlm_features_equal_the_model_on_the_same_clip(corpus, tmp_path):
     """A tiny random WavLM saved to disk, loaded through the same --wavlm PATH as the real one."""
-    from dfdetect.featurize.wavlm import WavLMConfig, load_wavlm, save_random_wavlm
+    from dfdetect.demo.random_wavlm import save_random_wavlm
+    from dfdetect.featurize.wavlm import WavLMConfig, load_wavlm
 
     model_dir = save_random_wavlm(tmp_path / "tiny-wavlm", size="tiny")
     config = WavLMConfig(model=str(model_dir), layers=(0, 2), batch_size=4)

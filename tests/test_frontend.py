@@ -7,9 +7,10 @@ import soundfile as sf
 
 pytest.importorskip("librosa")
 
-from dfdetect.featurize import librosa_reference as reference
 from dfdetect.featurize.audio import Audio, AudioError, encode
 from dfdetect.featurize.frontend import Frontend, FrontendConfig, MelConfig
+
+import librosa_reference as reference
 
 
 @pytest.fixture(scope="module")

@@ -10,10 +10,11 @@ import pytest
 from scipy.stats import pearsonr, spearmanr
 from typer.testing import CliRunner
 
-from conftest import train_tiny
 from dfdetect.cli import app
 from dfdetect.evaluate.report import ReportError, build_report, find_warnings, read_run
-from dfdetect.train.runs import RunError
+from dfdetect.models.runs import RunError
+
+from conftest import train_tiny
 
 
 @pytest.fixture(scope="module")

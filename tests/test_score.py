@@ -21,19 +21,21 @@ import torch
 from distributed import LocalCluster
 from typer.testing import CliRunner
 
-from conftest import train_tiny
 from dfdetect.cli import app
 from dfdetect.demo.corpus import CorpusSpec, synthesize, write_corpus
-from dfdetect.evaluate.score import LANES_PER_WORKER, aggregate, make_lanes
-from dfdetect.evaluate.sources import Item
+from dfdetect.demo.random_wavlm import save_random_wavlm
 from dfdetect.featurize.audio import decode, encode
 from dfdetect.featurize.frontend import Frontend, FrontendConfig
 from dfdetect.featurize.pipeline import featurize
-from dfdetect.featurize.stream import AudioStream, sliding_windows
-from dfdetect.featurize.wavlm import WavLMConfig, load_wavlm, save_random_wavlm
+from dfdetect.featurize.wavlm import WavLMConfig, clear_wavlm_cache, load_wavlm
+from dfdetect.models.runs import load_run
+from dfdetect.score.scoring import LANES_PER_WORKER, aggregate, make_lanes
+from dfdetect.score.sources import Item
+from dfdetect.score.stream import AudioStream, sliding_windows
 from dfdetect.train.data import FeatureLoader, open_set
-from dfdetect.train.runs import load_run
 from dfdetect.train.trainer import TrainConfig, predict, train
+
+from conftest import train_tiny
 
 runner = CliRunner()
 
@@ -426,7 +428,16 @@ def test_a_wavlm_head_runs_wavlm_on_the_windows(tmp_path):
     with torch.inference_mode():
         expected = torch.sigmoid(run.model({"wavlm": torch.from_numpy(layers)})).item()
     assert abs(float(read_csv(out)[0]["score"]) - expected) < 1e-5
+    assert run.wavlm_config.revision == run.config["wavlm"]["revision"]   # the revision the run recorded
 
+    # Live scoring loads exactly the WavLM the head was trained on: changed weights are refused.
+    weights = root / "wavlm" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-4] + b"\x00\x00\x00\x00")
+    clear_wavlm_cache()   # as a new process finds it
+    refused = score(["--model", root / "run", clip, "--out", root / "refused.csv", "--workers", 0])
+    text = " ".join(refused.output.split())
+    assert refused.exit_code == 2 and "another WavLM" in text and "revision" in text, refused.output
+    assert not (root / "refused.csv").exists()
 
 
 def test_a_wavlm_head_reads_features_from_a_store_of_the_same_files(tmp_path):

@@ -319,3 +319,34 @@ def test_export_refuses_bad_selections(built, tmp_path):
         result = _invoke("export", built["store"], "--hdf5", tmp_path / "x.h5", *args)
         assert result.exit_code == 2 and message in result.output, result.output
         assert not (tmp_path / "x.h5").exists()
+
+
+def test_verify_checks_the_shapes_the_version_recorded(built, copy):
+    """A version records each array's per-clip shape (store/schema.version_config); verify reads it
+    back instead of re-deriving it, so an array that does not match is named."""
+    g = zarr.open_group(str(copy), mode="r+", path=built["version"])
+    config = dict(g.attrs["config"])
+    assert config["shapes"] == {"mel": [2, 128, 301], "lfcc": [60, 301]}
+    config["shapes"] = {**config["shapes"], "lfcc": [60, 300]}
+    g.attrs["config"] = config
+    problems = verify_store(str(copy))["problems"]
+    assert problems == ["lfcc: per-clip shape [60, 301], expected [60, 300] from the version config"]
+
+
+def test_recorded_shapes_do_not_name_the_version():
+    from dfdetect.store.schema import version_config
+
+    args = ({"n_mels": 128}, "abc", ["mel"], None, None)
+    a = version_config(*args, shapes={"mel": (2, 128, 301)})
+    b = version_config(*args, shapes={"mel": (2, 128, 300)})
+    assert a[1] == b[1] and a[0]["shapes"] != b[0]["shapes"]
+    assert version_config({"n_mels": 64}, "abd", ["mel"], None, None, shapes={})[1] != a[1]
+
+
+def test_read_rows_reads_whole_chunks_in_any_order(built):
+    store = open_store(str(built["store"]))
+    mel = store.array("mel")[:]
+    for rows in ([0, 1, 2, 3, 4, 5, 6, 7], [3, 9, 10, 25], [25, 3, 3, 0, 17], list(range(26))):
+        got = store.read_rows(["mel", "lfcc"], rows)
+        np.testing.assert_array_equal(got["mel"], mel[rows])
+        np.testing.assert_array_equal(got["lfcc"], store.array("lfcc")[:][rows])

@@ -13,11 +13,12 @@ from typer.testing import CliRunner
 
 from dfdetect.cli import app
 from dfdetect.demo.corpus import CorpusSpec, write_corpus
+from dfdetect.demo.random_wavlm import save_random_wavlm
 from dfdetect.featurize.frontend import FrontendConfig, MelConfig
 from dfdetect.featurize.pipeline import featurize
-from dfdetect.featurize.wavlm import WavLMConfig, save_random_wavlm
+from dfdetect.featurize.wavlm import WavLMConfig
+from dfdetect.models.registry import build_model
 from dfdetect.store import StoreError
-from dfdetect.train.architectures import build_model
 from dfdetect.train.data import FeatureLoader, open_set
 from dfdetect.train.trainer import TrainConfig, TrainError, predict, train
 
@@ -165,8 +166,8 @@ def test_loader_modes_agree_and_read_only_whole_chunks(stores):
     streaming = FeatureLoader(data, features, 8, shuffle=True, seed=3, memory_budget=0, buffer_units=1)
     assert memory.in_memory and not streaming.in_memory
     reads = []
-    for name, arr in streaming._arrays.items():
-        streaming._arrays[name] = _Recorder(arr, reads)
+    store_array = data.store.array       # every read goes through FeatureStore.read_rows -> array()
+    object.__setattr__(data.store, "array", lambda name: _Recorder(store_array(name), reads))
     for loader in (memory, streaming):
         epoch1 = [b["row"] for b in loader.epoch(1)]
         rows = np.concatenate(epoch1)

@@ -11,12 +11,12 @@ import pytest
 import torch
 from transformers import WavLMModel
 
+from dfdetect.demo.random_wavlm import save_random_wavlm
 from dfdetect.featurize.wavlm import (
     WavLMConfig,
     WavLMUnavailableError,
     clear_wavlm_cache,
     load_wavlm,
-    save_random_wavlm,
 )
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"

@@ -13,14 +13,16 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from dfdetect.datasets import prepare
 from dfdetect.demo.corpus import GENERATORS, HELD_OUT_GENERATOR, CorpusSpec, write_corpus
+from dfdetect.demo.random_wavlm import save_random_wavlm
 from dfdetect.evaluate.evaluation import evaluate_run, print_evaluation
-from dfdetect.evaluate.score import ScoreOptions, score
-from dfdetect.featurize.datasets import prepare
 from dfdetect.featurize.pipeline import featurize
-from dfdetect.featurize.wavlm import WavLMConfig, save_random_wavlm
+from dfdetect.featurize.wavlm import WavLMConfig
+from dfdetect.models.runs import RunFolder
+from dfdetect.score.scoring import ScoreOptions, score
 from dfdetect.store import open_store
-from dfdetect.train.experiment import load_experiment, run_experiment
+from dfdetect.studies.experiment import load_experiment, run_experiment
 
 # The demo's study (experiments/ holds the reference study's): the featurized demo store is reused as is (same
 # config, same version), the corrupted variant is featurized once, four runs share them.
@@ -138,9 +140,9 @@ def run_demo(out: Path, spec: CorpusSpec = CorpusSpec(), console: Console | None
     console.print(f"[dim]the study: {study}; rerun `dfdetect experiment run {study}` and it skips "
                   "everything that is done[/]")
     run_dir = experiment.run_dirs["mel_aasist"]
-    last = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    best = min(records, key=lambda r: r["sets"]["val"]["eer"])
+    records = RunFolder(run_dir).records()
+    last = records[-1]
+    best = next(r for r in records if r["epoch"] == RunFolder.best_epoch(records))
     table = Table(title=f"in distribution vs the unseen '{HELD_OUT_GENERATOR}' family ({run_dir})")
     for column in ("epoch", "set", "acc@0.5", "EER", "AUC", "recall", "specificity"):
         table.add_column(column, justify="right")

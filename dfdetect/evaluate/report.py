@@ -29,8 +29,9 @@ from pathlib import Path
 import numpy as np
 
 from dfdetect.errors import DfdetectError
-from dfdetect.evaluate.evaluation import HEADER, fmt, read_scores
-from dfdetect.evaluate.metrics import det_curve, eer
+from dfdetect.evaluate.evaluation import HEADER, fmt
+from dfdetect.evaluate.score_files import read_scores
+from dfdetect.metrics import det_curve, eer
 
 # (a) The 100%-accuracy trap (seed Part 3: test accuracy 100% while validation EER sat at 0.50):
 # an epoch with test accuracy at least TRAP_TEST_ACCURACY and validation EER at least TRAP_VAL_EER.
@@ -107,15 +108,15 @@ def _missing(value) -> bool:
 # -- reading runs ------------------------------------------------------------------------------------------
 def read_run(path: Path) -> RunInfo:
     """Records, best epoch and sizes of a run (load_run checks the folder and the checkpoint)."""
-    from dfdetect.train.architectures import count_parameters, get_architecture
-    from dfdetect.train.runs import load_run
+    from dfdetect.models.registry import count_parameters, get_architecture
+    from dfdetect.models.runs import RunFolder, load_run
 
     run = load_run(path, "best")
     train = run.config["sets"]["train"]   # its spec may say more than STORE:SPLIT (held-out generators)
     data = train["spec"].replace(train["store"], Path(train["store"].rstrip("/")).name)
     arch = get_architecture(run.arch)
     wavlm = (run.config.get("wavlm") or {}).get("model") if arch.uses_wavlm else None
-    checkpoint = path / "checkpoints" / f"epoch_{run.epoch:03d}.safetensors"
+    checkpoint = RunFolder(path).checkpoint(run.epoch)
     return RunInfo(path, path.name, arch.title, f"{data} ({train['rows']:,} clips)", wavlm,
                    count_parameters(run.model), checkpoint.stat().st_size, run.epoch, run.records)
 
@@ -250,7 +251,9 @@ def curves_figure(run: RunInfo) -> bytes:
 
 
 def score_files(run: RunInfo) -> list[tuple[str, Path]]:
-    folder = run.path / "scores" / "best"
+    from dfdetect.models.runs import RunFolder
+
+    folder = RunFolder(run.path).scores("best")
     return [(name, folder / f"{name.replace(':', '_')}.csv") for name in run.set_names
             if (folder / f"{name.replace(':', '_')}.csv").is_file()]
 
@@ -421,7 +424,7 @@ def correlation_text(runs: list[RunInfo], ood: str | None) -> str:
 
 def size_table(page: Page, runs: list[RunInfo], ood: str | None) -> None:
     """The reference study's model size table: parameters, checkpoint MB (the file, measured), OOD accuracy per MB."""
-    from dfdetect.train.architectures import WAVLM_LARGE_BYTES, WAVLM_LARGE_PARAMETERS
+    from dfdetect.models.registry import WAVLM_LARGE_BYTES, WAVLM_LARGE_PARAMETERS
 
     label = ood[4:] if ood else "OOD"
     rows = []

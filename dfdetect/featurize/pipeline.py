@@ -26,11 +26,11 @@ from pathlib import Path
 import numpy as np
 
 from dfdetect.featurize.audio import AudioError, decode
-from dfdetect.featurize.frontend import FrontendConfig, Frontend
+from dfdetect.featurize.frontend import Frontend, FrontendConfig
 from dfdetect.featurize.variants import Variant
-from dfdetect.store.schema import ERROR, OK, StoreError, version_name
+from dfdetect.store.schema import ERROR, FEATURE_ARRAYS, OK, StoreError, arrays_of, version_config
 
-FEATURES = ("mel", "lfcc", "wavlm")
+FEATURES = tuple(FEATURE_ARRAYS)   # mel, lfcc, wavlm
 
 
 @dataclass(frozen=True)
@@ -180,22 +180,6 @@ def dask_client(scheduler: str | None, workers: int):
             yield client
 
 
-# What of WavLM's description names a version; device, autocast dtype and library versions are
-# recorded but do not split stores (a resumed run may land on another machine).
-WAVLM_IDENTITY = ("model", "revision", "layers", "normalize")
-
-
-def store_config(frontend: FrontendConfig, features: tuple[str, ...], wavlm_info: dict | None,
-                 variant: Variant | None = None) -> tuple[dict, str]:
-    """The version's recorded config and its name: change what names it and a new version is
-    written beside the old."""
-    config = {"frontend": frontend.to_dict(), "frontend_hash": frontend.hash(),
-              "features": sorted(features), "dtype": "float16", "wavlm": wavlm_info,
-              "variant": variant.to_dict() if variant else None}
-    identity = {**config, "wavlm": wavlm_info and {k: wavlm_info[k] for k in WAVLM_IDENTITY}}
-    return config, version_name(identity)
-
-
 def wavlm_spec(config, n_samples: int) -> dict:
     """Load WavLM once here (on CPU) to fail early when the weights are missing, and to learn its
     shapes and provenance before any worker starts."""
@@ -208,15 +192,12 @@ def wavlm_spec(config, n_samples: int) -> dict:
 
 
 def feature_shapes(frontend: FrontendConfig, features, spec: dict | None) -> dict:
-    shapes = {}
-    if "mel" in features:
-        shapes["mel"] = frontend.mel_shape
-    if "lfcc" in features:
-        shapes["lfcc"] = frontend.lfcc_shape
-    if "wavlm" in features:
+    """Per-clip shape of every array the features write."""
+    shapes = {"mel": frontend.mel_shape, "lfcc": frontend.lfcc_shape}
+    if spec:
         shapes["wavlm"] = (len(spec["layers"]), spec["frames"], spec["hidden_size"])
         shapes["wavlm_stats"] = (spec["num_hidden_states"], 2, spec["hidden_size"])
-    return shapes
+    return {name: shapes[name] for name in arrays_of(features)}
 
 
 def featurize(dataset: str, root: str | Path, out: str, features=("mel", "lfcc"),
@@ -227,7 +208,7 @@ def featurize(dataset: str, root: str | Path, out: str, features=("mel", "lfcc")
     """Run (or resume) the featurize pass of one dataset into the store at `out`."""
     from rich.console import Console
 
-    from dfdetect.featurize.datasets import prepare
+    from dfdetect.datasets import prepare
     from dfdetect.store.writer import StoreLock, create_version, mark_complete, pending_blocks
 
     console = console or Console()
@@ -253,13 +234,16 @@ def featurize(dataset: str, root: str | Path, out: str, features=("mel", "lfcc")
 
         wavlm = wavlm or WavLMConfig()
         spec = wavlm_spec(wavlm, frontend.clip_samples)
-    config, version = store_config(frontend, features, spec["info"] if spec else None, variant)
+    shapes = feature_shapes(frontend, features, spec)
+    config, version = version_config(frontend.to_dict(), frontend.hash(), features,
+                                     spec["info"] if spec else None,
+                                     variant.to_dict() if variant else None, shapes)
     workers = (os.cpu_count() or 1) if workers is None else workers
     result = FeaturizeResult(store=out, version=version, n_clips=len(index.clips))
     t0 = time.perf_counter()
     with StoreLock(out):
         group = create_version(out, version, config, index.clips,
-                               feature_shapes(frontend, features, spec), block_size,
+                               shapes, block_size,
                                dataset=index.dataset, dataset_root=index.root)
         block_size = int(group.attrs["block_size"])
         pending = pending_blocks(group)
@@ -280,8 +264,14 @@ def featurize(dataset: str, root: str | Path, out: str, features=("mel", "lfcc")
 
 
 def _run_jobs(jobs: list[BlockJob], scheduler, workers, result: FeaturizeResult, console) -> None:
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                               TimeElapsedColumn, TimeRemainingColumn)
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     total = sum(len(j.paths) for j in jobs)
     columns = [TextColumn("featurize"), BarColumn(), MofNCompleteColumn(),
@@ -310,17 +300,21 @@ def _execute(jobs: list[BlockJob], scheduler, workers):
     workers == 0 and no scheduler is given (debugging, small tests)."""
     if workers == 0 and not scheduler:
         import torch
+        import zarr
 
-        threads = torch.get_num_threads()  # blocks set their own; give the caller's back after
-        try:
-            for job in jobs:
-                try:
-                    _run_block(job)
-                    yield job, None
-                except Exception as e:
-                    yield job, f"{type(e).__name__}: {e}"
-        finally:
-            torch.set_num_threads(threads)
+        # Blocks set torch's threads and zarr's I/O fan-out as a worker process would; the caller
+        # gets its own back (donfig's `set` restores the value it found on exit).
+        threads = torch.get_num_threads()
+        with zarr.config.set({"async.concurrency": zarr.config.get("async.concurrency")}):
+            try:
+                for job in jobs:
+                    try:
+                        _run_block(job)
+                        yield job, None
+                    except Exception as e:
+                        yield job, f"{type(e).__name__}: {e}"
+            finally:
+                torch.set_num_threads(threads)
         return
     from distributed import as_completed
 

@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dfdetect.devices import resolve_device
 from dfdetect.errors import ConfigError, DfdetectError
 
 # transformers is imported where it is used: importing this module stays cheap for runs that
@@ -109,18 +110,6 @@ def _first_line(error: Exception) -> str:
     return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
-def _resolve_device(device: str | torch.device) -> torch.device:
-    if str(device) == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"device {device} requested but CUDA is not available; use 'cpu' or 'auto'")
-        if device.index is None:  # "cuda" and "cuda:N" of the current GPU share one cached model
-            device = torch.device("cuda", torch.cuda.current_device())
-    return device
-
-
 def _hash_local_dir(folder: Path) -> str:
     """sha256 over config.json and the weight files (names and bytes): a local copy's revision."""
     digest = hashlib.sha256()
@@ -161,7 +150,6 @@ class WavLMExtractor:
         self.model.float().eval().requires_grad_(False).to(device)
         self.normalize, self.normalize_source = self._decide_normalize()
         if device.type == "cuda":
-            torch.set_float32_matmul_precision("high")  # TF32 for the float32 matmuls left
             self.autocast_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         else:
             self.autocast_dtype = None
@@ -279,10 +267,20 @@ class WavLMExtractor:
         }
 
     # -- inference ------------------------------------------------------------------------------
+    @contextlib.contextmanager
     def _autocast(self):
+        """bf16/fp16 autocast on CUDA, with TF32 for the float32 matmuls left; the caller's matmul
+        precision is given back after (it is process-wide)."""
         if self.autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+            yield
+            return
+        precision = torch.get_float32_matmul_precision()
+        torch.set_float32_matmul_precision("high")
+        try:
+            with torch.autocast(self.device.type, dtype=self.autocast_dtype):
+                yield
+        finally:
+            torch.set_float32_matmul_precision(precision)
 
     @torch.inference_mode()
     def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -333,7 +331,7 @@ def load_wavlm(config: WavLMConfig = WavLMConfig(),
     threads of one worker that ask at the same time share one load. Raises WavLMUnavailableError
     when the weights cannot be found, ValueError for a layer index outside the model.
     """
-    key = (config, _resolve_device(device))
+    key = (config, resolve_device(device))
     with _LOCK:
         if key not in _LOADED:
             _LOADED[key] = WavLMExtractor(*key)
@@ -344,48 +342,3 @@ def clear_wavlm_cache() -> None:
     """Forget the loaded extractors (frees their memory once no one else holds them)."""
     with _LOCK:
         _LOADED.clear()
-
-
-def save_random_wavlm(path: str | Path, size: str = "tiny", seed: int = 0) -> Path:
-    """Write a randomly initialised WavLM as a local model directory; returns the directory.
-
-    These are random weights, for tests ("tiny") and benchmarks ("large"); the real model comes
-    from the hub (microsoft/wavlm-large). The directory has the layout of a real local copy
-    (config.json, model.safetensors, preprocessor_config.json with do_normalize=True), so it loads
-    through the same `load_wavlm(WavLMConfig(model=dir))` path.
-
-    "tiny": hidden 32, 2 layers, 2 heads, 32 conv channels, with WavLM's real conv kernel/stride
-        schedule (48,000 samples -> 149 frames); loads and runs in milliseconds.
-    "large": microsoft/wavlm-large's architecture (hidden 1024, 24 layers, 16 heads, FFN 4096,
-        7 x 512 conv channels, layer-norm CNN, pre-norm transformer), ~315M parameters, ~1.3 GB.
-    """
-    from transformers import Wav2Vec2FeatureExtractor, WavLMModel
-    from transformers import WavLMConfig as HFWavLMConfig
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-
-    common = dict(feat_extract_norm="layer", do_stable_layer_norm=True, conv_bias=False,
-                  conv_kernel=(10, 3, 3, 3, 3, 2, 2), conv_stride=(5, 2, 2, 2, 2, 2, 2))
-    if size == "tiny":
-        hf_config = HFWavLMConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                  intermediate_size=64, conv_dim=(32,) * 7, num_conv_pos_embeddings=16,
-                                  num_conv_pos_embedding_groups=2, num_buckets=16,
-                                  max_bucket_distance=32, **common)
-    elif size == "large":
-        hf_config = HFWavLMConfig(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
-                                  intermediate_size=4096, conv_dim=(512,) * 7,
-                                  num_conv_pos_embeddings=128,
-                                  num_conv_pos_embedding_groups=16, num_buckets=320,
-                                  max_bucket_distance=800, **common)
-    else:
-        raise ValueError(f"size must be 'tiny' or 'large', got {size!r}")
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = WavLMModel(hf_config)
-    model.save_pretrained(path)
-    Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=True,
-                             return_attention_mask=True).save_pretrained(path)
-    return path

@@ -23,11 +23,21 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from dfdetect.store.schema import (CLIP_COLUMNS, ERROR, OK, OUTCOME_COLUMNS, VERSION_PREFIX,
-                                   FeatureStore, StoreError, list_versions, open_store,
-                                   parse_store_spec)
+from dfdetect.store.schema import (
+    ARRAY_NAMES,
+    CLIP_COLUMNS,
+    ERROR,
+    OK,
+    OUTCOME_COLUMNS,
+    VERSION_PREFIX,
+    FeatureStore,
+    StoreError,
+    arrays_of,
+    list_versions,
+    open_store,
+    parse_store_spec,
+)
 
-FEATURE_ARRAYS = ("mel", "lfcc", "wavlm", "wavlm_stats")
 STATUSES = (OK, ERROR)
 # Largest decoded slab read at once by verify (whole shards when they fit, else chunk rows).
 READ_BYTES = 64 * 2 ** 20
@@ -112,7 +122,7 @@ def _dtype_text(dtype) -> str:
 
 def _arrays(group: zarr.Group) -> list[tuple[str, str, zarr.Array]]:
     """(name, kind, array) of every array in a version: features, meta columns, block_done."""
-    out = [(n, "feature", group[n]) for n in FEATURE_ARRAYS if n in group]
+    out = [(n, "feature", group[n]) for n in ARRAY_NAMES if n in group]
     if "meta" in group:
         meta = group["meta"]
         out += [(f"meta/{n}", "meta", meta[n]) for n in sorted(meta.array_keys())]
@@ -184,7 +194,7 @@ def _store_rows(path: str) -> list[dict]:
         attrs = dict(group.attrs)
         row = {**base, "version": name, "clips": attrs.get("n_clips"), "ok": None, "errors": None,
                "complete": bool(attrs.get("complete", False)), "blocks_done": None, "blocks": None,
-               "features": [n for n in FEATURE_ARRAYS if n in group],
+               "features": [n for n in ARRAY_NAMES if n in group],
                "size_bytes": _dir_size(os.path.join(path, name)), "created": attrs.get("created")}
         row["blocks_done"], row["blocks"] = _block_counts(attrs, group)
         try:
@@ -317,21 +327,10 @@ def _sync_keys(arr: zarr.Array) -> set[str]:
     return sync(collect())
 
 
-def _expected_shapes(config: dict) -> tuple[dict, str | None]:
-    """Per-clip shapes the config implies (None in a dimension: not determined by the config)."""
-    shapes: dict[str, tuple] = {}
-    try:
-        from dfdetect.featurize.frontend import FrontendConfig
-
-        frontend = FrontendConfig.from_dict(config["frontend"])
-        shapes["mel"], shapes["lfcc"] = tuple(frontend.mel_shape), tuple(frontend.lfcc_shape)
-    except Exception as e:
-        return shapes, f"config: cannot read the frontend config ({type(e).__name__}: {e})"
-    wavlm = config.get("wavlm")
-    if wavlm:
-        shapes["wavlm"] = (len(wavlm.get("layers") or []) or None, None, wavlm.get("hidden_size"))
-        shapes["wavlm_stats"] = (wavlm.get("num_hidden_states"), 2, wavlm.get("hidden_size"))
-    return shapes, None
+def _expected_shapes(config: dict) -> dict:
+    """Per-clip shape of each array, as its version recorded it (versions written before shapes
+    were recorded: none, so only shapes the arrays agree on among themselves are checked)."""
+    return {name: tuple(shape) for name, shape in (config.get("shapes") or {}).items()}
 
 
 def _chunk_regions(arr: zarr.Array, start: int, stop: int):
@@ -462,12 +461,12 @@ def verify_store(spec: str, max_problems: int = MAX_PROBLEMS) -> dict:
 
     # -- features
     config = attrs.get("config") or {}
-    shapes, shape_problem = _expected_shapes(config)
-    if shape_problem:
-        problems.add(shape_problem)
-    expected = set()
-    for f in config.get("features") or []:
-        expected |= {"wavlm", "wavlm_stats"} if f == "wavlm" else {f}
+    shapes = _expected_shapes(config)
+    try:
+        expected = set(arrays_of(config.get("features") or []))
+    except StoreError as e:
+        problems.add(f"config: {e}")
+        expected = set()
     for name in sorted(expected - set(store.feature_names)):
         problems.add(f"{name}: array missing (the config lists feature {name.split('_')[0]!r})")
     for name in store.feature_names:

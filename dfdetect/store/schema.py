@@ -79,6 +79,46 @@ def version_name(config: dict) -> str:
     return VERSION_PREFIX + content_hash(config)
 
 
+# Feature -> the arrays it writes (in this order everywhere).
+FEATURE_ARRAYS = {"mel": ("mel",), "lfcc": ("lfcc",), "wavlm": ("wavlm", "wavlm_stats")}
+ARRAY_NAMES = tuple(a for arrays in FEATURE_ARRAYS.values() for a in arrays)
+
+# What of WavLM's description names a version; device, autocast dtype and library versions are
+# recorded but do not split stores (a resumed run may land on another machine).
+WAVLM_IDENTITY = ("model", "revision", "layers", "normalize")
+
+
+def arrays_of(features) -> tuple[str, ...]:
+    """The arrays a version with these features holds, e.g. ("wavlm",) -> ("wavlm", "wavlm_stats")."""
+    unknown = sorted(set(features) - set(FEATURE_ARRAYS))
+    if unknown:
+        raise StoreError(f"unknown feature(s) {', '.join(map(repr, unknown))}; choose from "
+                         f"{', '.join(FEATURE_ARRAYS)}")
+    return tuple(a for f, arrays in FEATURE_ARRAYS.items() if f in features for a in arrays)
+
+
+def wavlm_differences(want: dict, have: dict) -> list[str]:
+    """How the WavLM that made `have` differs from `want` in what names a version ([] when the
+    same). Keys `want` does not record (runs of older versions) are not compared."""
+    def plain(v):
+        return list(v) if isinstance(v, (list, tuple)) else v
+    return [f"{k}: {plain(have.get(k))!r} instead of {plain(want[k])!r}" for k in WAVLM_IDENTITY
+            if k in want and plain(want[k]) != plain(have.get(k))]
+
+
+def version_config(frontend: dict, frontend_hash: str, features, wavlm: dict | None,
+                   variant: dict | None, shapes: dict) -> tuple[dict, str]:
+    """What a version records, and its name: the hash of everything that determines the features
+    (frontend, features, dtype, variant, WavLM's identity). Change any of it and a new version is
+    written beside the old. `shapes` (array -> per-clip shape) is recorded, not hashed: the rest
+    determines it, and `store verify` checks the arrays against it."""
+    config = {"frontend": frontend, "frontend_hash": frontend_hash, "features": sorted(features),
+              "dtype": "float16", "wavlm": wavlm, "variant": variant}
+    identity = {**config, "wavlm": wavlm and {k: wavlm[k] for k in WAVLM_IDENTITY}}
+    config["shapes"] = {name: [int(d) for d in shape] for name, shape in shapes.items()}
+    return config, version_name(identity)
+
+
 def parse_store_spec(spec: str) -> tuple[str, str | None, str | None]:
     """'PATH[@VERSION][:SPLIT]' -> (path, version, split). A ':' inside a URL scheme (s3://) or a
     Windows drive is not a split separator."""
@@ -108,6 +148,51 @@ class FeatureStore:
     def config(self) -> dict:
         return self.attrs["config"]
 
+    def fit_problems(self, reads, frontend_hash: str | None, wavlm: dict | None, head: str) -> list[str]:
+        """Why this version's features cannot feed `head`, which reads the arrays `reads` and was
+        trained on features of `frontend_hash` and `wavlm` ([] when they can). The one
+        compatibility rule: train, evaluate and score all ask it."""
+        where, problems = f"{self.path}@{self.version}", []
+        missing = [f for f in reads if f not in self.feature_names]
+        if missing:
+            problems.append(f"{head} reads {', '.join(reads)}, but {where} lacks {', '.join(missing)}; it has only "
+                            f"{', '.join(self.feature_names) or 'no features'}: featurize it with --features "
+                            f"{','.join(reads)}")
+        have = self.config.get("frontend_hash")
+        if frontend_hash is not None and have != frontend_hash:
+            problems.append(f"different frontends: {where} was featurized with frontend {have}, {head}'s "
+                            f"features with {frontend_hash}; featurize it with the same frontend config")
+        if "wavlm" in reads and wavlm is not None:
+            differ = wavlm_differences(wavlm, self.config.get("wavlm") or {})
+            if differ:
+                problems.append(f"{where} holds features of another WavLM than {head}'s ({'; '.join(differ)}); "
+                                "featurize it with the same --wavlm and --wavlm-layers")
+        return problems
+
+    def read_rows(self, names, rows) -> dict[str, np.ndarray]:
+        """Rows of feature arrays, in the order given, each read as whole chunks (zarr decodes a
+        whole chunk fastest) straight into one buffer per array. Any order works; when the rows of
+        one chunk are adjacent (sorted rows are, and so are rows grouped by read unit) each chunk is
+        decoded once. The loader and `score` both read here."""
+        rows = np.asarray(rows, dtype=np.int64)
+        out = {}
+        for name in names:
+            arr = self.array(name)
+            step = arr.chunks[0]
+            buffer = np.empty((len(rows), *arr.shape[1:]), arr.dtype)
+            chunk = rows // step
+            bounds = [0, *(np.flatnonzero(np.diff(chunk)) + 1).tolist(), len(rows)]
+            for a, b in zip(bounds[:-1], bounds[1:]):
+                if a == b:
+                    continue
+                start = int(chunk[a]) * step
+                block = arr[start:start + step]
+                local = rows[a:b] - start
+                whole = b - a == len(block) and np.array_equal(local, np.arange(len(block)))
+                buffer[a:b] = block if whole else block[local]
+            out[name] = buffer
+        return out
+
     @property
     def n_clips(self) -> int:
         return int(self.attrs["n_clips"])
@@ -118,7 +203,7 @@ class FeatureStore:
 
     @property
     def feature_names(self) -> list[str]:
-        return [k for k in ("mel", "lfcc", "wavlm", "wavlm_stats") if k in self.group]
+        return [k for k in ARRAY_NAMES if k in self.group]
 
     def array(self, name: str) -> zarr.Array:
         if name not in self.group:

@@ -16,9 +16,16 @@ import numpy as np
 import zarr
 
 from dfdetect import __version__
-from dfdetect.featurize.datasets import Clip
-from dfdetect.store.schema import (CLIP_COLUMNS, OUTCOME_COLUMNS, STORE_FORMAT, StoreError,
-                                   compressors, content_hash, meta_compressors)
+from dfdetect.datasets import Clip
+from dfdetect.store.schema import (
+    CLIP_COLUMNS,
+    OUTCOME_COLUMNS,
+    STORE_FORMAT,
+    StoreError,
+    compressors,
+    content_hash,
+    meta_compressors,
+)
 
 # Rows per chunk (the unit of reading) for each feature array; shards hold a whole block.
 CHUNK_ROWS = {"mel": 16, "lfcc": 64, "wavlm": 16, "wavlm_stats": 16}

@@ -82,7 +82,6 @@ class FeatureLoader:
         self.shuffle, self.seed, self.buffer_units = shuffle, seed, buffer_units
         arrays = [data.store.array(f) for f in self.features]
         self.unit = lcm(*(a.chunks[0] for a in arrays))
-        self._arrays = dict(zip(self.features, arrays))
         self._labels = data.store.meta["label"].astype(np.float32)
         units = data.rows // self.unit
         self._units = np.unique(units)
@@ -94,23 +93,11 @@ class FeatureLoader:
         return -(-len(self.data.rows) // self.batch_size)
 
     def _read_units(self, units, full_check: bool = True) -> dict[str, np.ndarray]:
-        """The wanted rows of whole read units, in unit order, written straight into one buffer per
-        array (zarr-python decodes one chunk row-group per read fastest; every extra copy of a
-        WavLM buffer costs as much as decoding it). Checks the rows are finite: every value when
+        """The wanted rows of whole read units, in unit order (FeatureStore.read_rows: whole chunks,
+        one buffer per array, no extra copy). Checks the rows are finite: every value when
         `full_check`, else the first value of each row (what an unwritten chunk shows)."""
-        wanted = [self._rows_by_unit[int(u)] for u in units]
-        rows = np.concatenate(wanted)
-        out = {f: np.empty((len(rows), *a.shape[1:]), a.dtype) for f, a in self._arrays.items()}
-        for f, arr in self._arrays.items():
-            step, pos = arr.chunks[0], 0
-            for u, unit_rows in zip(units, wanted):
-                for start in range(int(u) * self.unit, (int(u) + 1) * self.unit, step):
-                    sel = unit_rows[(unit_rows >= start) & (unit_rows < start + step)] - start
-                    if len(sel) == 0:
-                        continue
-                    block = arr[start:start + step]
-                    out[f][pos:pos + len(sel)] = block if len(sel) == len(block) else block[sel]
-                    pos += len(sel)
+        rows = np.concatenate([self._rows_by_unit[int(u)] for u in units])
+        out = self.data.store.read_rows(self.features, rows)
         for f in self.features:
             values = out[f].reshape(len(rows), -1)
             finite = np.isfinite(values).all(axis=1) if full_check else np.isfinite(values[:, 0])

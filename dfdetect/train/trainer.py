@@ -5,22 +5,20 @@ training loss converges, so there is no early stopping unless asked for, every e
 checkpointed and measured on every set, and `best` is chosen by validation EER (which tracked
 real-world performance in the reference study far better than test accuracy did).
 
-    runs/NAME/
-      config.json        the exact TrainConfig, the sets (store, version, frontend hash, rows)
-      metrics.jsonl      one line per epoch: train loss/accuracy, every set's metrics, timings
-      checkpoints/epoch_NNN.safetensors, best.safetensors (model weights only)
-      state.safetensors + state.json   optimizer, RNG and progress, for --resume
-      scores/{best,last}/SET.csv       per-clip scores (P(fake)) of the best and the last epoch
-      run.json           environment (git commit, versions, device) and totals
+    train(config, out)          # open and check every set, then per epoch:
+      train_one_epoch           #   AdamW on the train set
+      evaluate_sets             #   every other set scored and measured (val first: its threshold)
+      save_epoch                #   record, checkpoint, score tables, best by validation EER
+      save_state                #   optimizer + RNG + progress, so --resume continues exactly
+
+The run folder's layout and the best-epoch rule belong to `dfdetect.models.runs.RunFolder`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
-import json
-import os
-import shutil
 import subprocess
 import time
 from dataclasses import asdict, dataclass, field
@@ -28,14 +26,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from dfdetect import __version__
+from dfdetect.devices import resolve_device
 from dfdetect.errors import DfdetectError
-from dfdetect.evaluate.metrics import evaluate_scores, json_safe
+from dfdetect.metrics import evaluate_scores
+from dfdetect.models.registry import build_model, config_to_dict, count_parameters, get_architecture
+from dfdetect.models.runs import RunFolder, is_better
 from dfdetect.store import parse_store_spec
-from dfdetect.train.architectures import (build_model, config_to_dict, count_parameters,
-                                          get_architecture)
 from dfdetect.train.data import DataSet, FeatureLoader, open_set, stratified_split
 
 # The reference study's training lengths: 50 epochs for mel-only heads, 15 for WavLM heads.
@@ -103,26 +102,17 @@ def open_sets(config: TrainConfig) -> dict[str, DataSet]:
         if name in sets:
             raise TrainError(f"two OOD sets are named {name}; name them with NAME=STORE[:SPLIT]")
         sets[name] = open_set(spec, name)
+    # Every set must fit the head as the train set's features define it (store.fit_problems, the
+    # rule evaluate and score use too): same frontend, same WavLM, every array the head reads.
+    reference = sets["train"].store.config
     for name, s in sets.items():
-        missing = [f for f in arch.inputs if f not in s.store.feature_names]
-        if missing:
-            raise TrainError(
-                f"{config.arch} reads {', '.join(arch.inputs)}, but the {name} store {s.store.path} has only "
-                f"{', '.join(s.store.feature_names)}: featurize it with --features {','.join(sorted(set(arch.inputs) | set(s.store.feature_names)))}")
+        problems = s.store.fit_problems(arch.inputs, reference.get("frontend_hash"), reference.get("wavlm"), config.arch)
+        if problems:
+            raise TrainError(f"the {name} set {s.spec} does not fit the train set {config.train}: " + "; ".join(problems))
         labels = s.labels
         if name in ("train", "val") and len(np.unique(labels)) < 2:
             raise TrainError(f"the {name} set {s.spec} has only {'fake' if labels[0] else 'real'} clips; "
                              "training and model selection need both labels")
-    frontends = {s.store.config.get("frontend_hash") for s in sets.values()}
-    if len(frontends) > 1:
-        raise TrainError("the sets were featurized with different frontends: " + "; ".join(
-            f"{n}: {s.store.path}@{s.store.version} frontend {s.store.config.get('frontend_hash')}" for n, s in sets.items())
-            + ". Featurize them all with the same frontend config")
-    if arch.uses_wavlm:
-        shapes = {(s.store.array("wavlm").shape[1:], tuple(s.store.config["wavlm"]["layers"])) for s in sets.values()}
-        if len(shapes) > 1:
-            raise TrainError(f"the sets hold different WavLM features (layers/shapes {sorted(shapes)}); "
-                             "featurize them with the same --wavlm and --wavlm-layers")
     return sets
 
 
@@ -169,19 +159,21 @@ def model_overrides(config: TrainConfig, train: DataSet) -> dict:
     return overrides
 
 
-# -- run folder ---------------------------------------------------------------------------------------
-def prepare_run_dir(out: Path, resume: bool, force: bool) -> None:
-    if out.exists() and any(out.iterdir()):
-        if resume:
-            if not (out / "state.json").exists():
-                raise TrainError(f"{out} has no state.json to resume from; start it with --force instead")
-            return
-        if not force:
-            raise TrainError(f"{out} already holds a run; use --resume to continue it or --force to overwrite it")
-        shutil.rmtree(out)
-    elif resume:
-        raise TrainError(f"nothing to resume in {out}")
-    (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+# -- the run folder's state (RunFolder owns the layout) -------------------------------------------------
+def prepare_run(folder: RunFolder, config: TrainConfig, resume: bool, force: bool) -> None:
+    """A run folder ready for this config: a fresh one, or (--resume) the same run with more epochs."""
+    if resume:
+        if folder.is_empty():
+            raise TrainError(f"nothing to resume in {folder.path}")
+        if not folder.can_resume:
+            raise TrainError(f"{folder.path} has no state.json to resume from; start it with --force instead")
+        saved = TrainConfig(**folder.read_config()["config"]).resolved()
+        if dataclasses.replace(saved, epochs=config.epochs) != config:   # only --epochs may grow
+            raise TrainError(f"--resume with a different config than {folder.config_file}; only --epochs may change")
+        return
+    if not folder.is_empty() and not force:
+        raise TrainError(f"{folder.path} already holds a run; use --resume to continue it or --force to overwrite it")
+    folder.create()
 
 
 def git_commit() -> str | None:
@@ -192,8 +184,8 @@ def git_commit() -> str | None:
         return None
 
 
-def save_state(out: Path, epoch: int, model, optimizer, scaler, progress: dict) -> None:
-    """Everything --resume needs, written atomically (a kill mid-write leaves the previous state)."""
+def save_state(folder: RunFolder, epoch: int, model, optimizer, scaler, progress: dict) -> None:
+    """Model, optimizer, RNG and progress: everything --resume needs."""
     tensors = {f"model.{k}": v.detach().contiguous() for k, v in model.state_dict().items()}
     opt = optimizer.state_dict()
     for i, state in opt["state"].items():
@@ -202,17 +194,14 @@ def save_state(out: Path, epoch: int, model, optimizer, scaler, progress: dict) 
     tensors["rng.torch"] = torch.get_rng_state()
     if torch.cuda.is_available():
         tensors["rng.cuda"] = torch.cuda.get_rng_state()
-    save_file(tensors, str(out / "state.safetensors.tmp"))
-    meta = {"epoch": epoch, "param_groups": opt["param_groups"], "scaler": scaler.state_dict() if scaler else None,
-            **progress}
-    (out / "state.json.tmp").write_text(json.dumps(json_safe(meta)))
-    os.replace(out / "state.safetensors.tmp", out / "state.safetensors")
-    os.replace(out / "state.json.tmp", out / "state.json")
+    meta = {**progress, "epoch": epoch, "param_groups": opt["param_groups"],
+            "scaler": scaler.state_dict() if scaler else None}
+    folder.save_state(tensors, meta)
 
 
-def load_state(out: Path, model, optimizer, scaler) -> dict:
-    tensors = load_file(str(out / "state.safetensors"))
-    meta = json.loads((out / "state.json").read_text())
+def load_state(folder: RunFolder, model, optimizer, scaler) -> dict:
+    tensors = load_file(str(folder.state_tensors))
+    meta = folder.read_state()
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     state: dict = {}
     for key, v in tensors.items():
@@ -239,48 +228,26 @@ def write_scores(folder: Path, data: DataSet, rows: np.ndarray, scores: np.ndarr
 
 
 # -- the loop -----------------------------------------------------------------------------------------
-@torch.no_grad()
-def predict(model, loader: FeatureLoader, device) -> tuple[np.ndarray, np.ndarray]:
-    """(rows, P(fake)) for every clip of a set, in store order."""
-    model.eval()
-    rows, scores = [], []
-    for batch in loader.epoch(0):
-        x = {k: v.to(device, non_blocking=True) for k, v in batch.items() if k in loader.features}
-        with torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda"):
-            scores.append(torch.sigmoid(model(x).float()).cpu().numpy())
-        rows.append(batch["row"])
-    rows, scores = np.concatenate(rows), np.concatenate(scores)
-    order = np.argsort(rows)
-    return rows[order], scores[order]
+@contextlib.contextmanager
+def torch_settings(device: torch.device, config: TrainConfig):
+    """The run's seed and (CUDA) TF32 for the duration of training; the caller's RNG state and
+    TF32 flags are given back after, so `train()` changes nothing process-wide."""
+    flags = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    with torch.random.fork_rng(devices=[device.index] if device.type == "cuda" else []):
+        torch.manual_seed(config.seed)
+        if device.type == "cuda" and config.tf32:
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        try:
+            yield
+        finally:
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
 
 
-def train(config: TrainConfig, out: str | Path, resume: bool = False, force: bool = False,
-          console=None) -> dict:
-    """Train (or resume) one run into `out`; returns the last epoch's record."""
-    from rich.console import Console
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                               TimeRemainingColumn)
-
-    console = console or Console()
-    out = Path(out)
-    config = config.resolved()
-    if resume and (out / "config.json").exists():  # continue the same run; only --epochs may grow
-        saved = TrainConfig(**{**json.loads((out / "config.json").read_text())["config"]}).resolved()
-        if dataclasses.replace(saved, epochs=config.epochs) != config:
-            raise TrainError(f"--resume with a different config than {out}/config.json; only --epochs may change")
-    sets = open_sets(config)                                      # all checks before any work
-    prepare_run_dir(out, resume, force)
-    arch = get_architecture(config.arch)
-    device = torch.device("cuda" if config.device == "auto" and torch.cuda.is_available()
-                          else ("cpu" if config.device == "auto" else config.device))
-    if device.type == "cuda" and config.tf32:
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-
-    torch.manual_seed(config.seed)
-    model = build_model(config.arch, **model_overrides(config, sets["train"])).to(device)
+def build_head(config: TrainConfig, train_set: DataSet, device: torch.device):
+    """The head (from --init-from's best weights when given) on `device`, its optimizer and scaler."""
+    model = build_model(config.arch, **model_overrides(config, train_set)).to(device)
     if config.init_from:
-        weights = Path(config.init_from) / "checkpoints" / "best.safetensors"
+        weights = RunFolder(config.init_from).best_checkpoint
         if not weights.exists():
             raise TrainError(f"--init-from {config.init_from}: no {weights}")
         try:
@@ -289,40 +256,31 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, force: boo
             raise TrainError(f"--init-from {config.init_from}: its weights do not fit {config.arch} ({e})") from None
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" and config.amp else None
+    return model, optimizer, scaler
+
+
+def train_one_epoch(model, loader: FeatureLoader, optimizer, scaler, device, config: TrainConfig,
+                    epoch: int, console) -> dict:
+    """One pass over the training set: AdamW steps on BCE-with-logits, gradients clipped, AMP on CUDA."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
     loss_fn = torch.nn.BCEWithLogitsLoss()
-
-    budget = int(config.memory_budget_gb * (1 << 30))
-    loaders = {name: FeatureLoader(s, arch.inputs, config.batch_size, shuffle=name == "train",
-                                   seed=config.seed, memory_budget=budget) for name, s in sets.items()}
-    progress = {"best_epoch": None, "best_val_eer": None, "epochs_since_best": 0}
-    start = 1
-    if resume:
-        progress = load_state(out, model, optimizer, scaler)
-        start = progress["epoch"] + 1
-    else:
-        (out / "config.json").write_text(json.dumps({
-            "config": asdict(config), "model": config_to_dict(model.config),
-            "parameters": count_parameters(model), "sets": {n: s.describe() for n, s in sets.items()},
-            # what scoring raw audio needs to reproduce the features this head was trained on
-            "frontend": sets["train"].store.config["frontend"], "wavlm": sets["train"].store.config.get("wavlm")},
-            indent=2))
-    (out / "run.json").write_text(json.dumps({
-        "dfdetect_version": __version__, "git_commit": git_commit(), "torch": torch.__version__,
-        "device": str(device), "threads": torch.get_num_threads(),
-        "loaders": {n: "in memory" if l.in_memory else "streaming" for n, l in loaders.items()}}, indent=2))
-
-    record = {}
-    for epoch in range(start, config.epochs + 1):
-        t0 = time.perf_counter()
-        model.train()
-        total_loss, correct, seen = 0.0, 0, 0
-        bar = Progress(TextColumn(f"epoch {epoch}/{config.epochs}"), BarColumn(), MofNCompleteColumn(),
-                       TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                       console=console, transient=True)
-        task = bar.add_task("train", total=len(loaders["train"]), loss=0.0)
-        bar.start()
-        for batch in loaders["train"].epoch(epoch):
-            x = {k: v.to(device, non_blocking=True) for k, v in batch.items() if k in arch.inputs}
+    model.train()
+    total_loss, correct, seen = 0.0, 0, 0
+    bar = Progress(TextColumn(f"epoch {epoch}/{config.epochs}"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                   console=console, transient=True)
+    task = bar.add_task("train", total=len(loader), loss=0.0)
+    with bar:
+        for batch in loader.epoch(epoch):
+            x = {k: v.to(device, non_blocking=True) for k, v in batch.items() if k in loader.features}
             y = batch["label"].to(device)
             with torch.autocast(device.type, dtype=torch.float16, enabled=scaler is not None):
                 logits = model(x).float()
@@ -343,42 +301,97 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, force: boo
             correct += int(((logits > 0).float() == y).sum())
             seen += len(y)
             bar.update(task, advance=1, loss=total_loss / seen)
-        bar.stop()
-        train_seconds = time.perf_counter() - t0
+    return {"loss": total_loss / seen, "accuracy": correct / seen, "clips": seen}
 
-        t1 = time.perf_counter()
-        results, predictions = {}, {}
-        for name in [n for n in sets if n != "train"]:
-            rows, scores = predict(model, loaders[name], device)
-            predictions[name] = (rows, scores)
-        val_threshold = None
+
+@torch.no_grad()
+def predict(model, loader: FeatureLoader, device) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, P(fake)) for every clip of a set, in store order."""
+    model.eval()
+    rows, scores = [], []
+    for batch in loader.epoch(0):
+        x = {k: v.to(device, non_blocking=True) for k, v in batch.items() if k in loader.features}
+        with torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda"):
+            scores.append(torch.sigmoid(model(x).float()).cpu().numpy())
+        rows.append(batch["row"])
+    rows, scores = np.concatenate(rows), np.concatenate(scores)
+    order = np.argsort(rows)
+    return rows[order], scores[order]
+
+
+def evaluate_sets(model, sets: dict[str, DataSet], loaders: dict[str, FeatureLoader], device):
+    """Every set but train, scored and measured; validation first, so the others are also measured
+    at its EER threshold. Returns (metrics per set, (rows, scores) per set)."""
+    predictions = {name: predict(model, loaders[name], device) for name in sets if name != "train"}
+    results, val_threshold = {}, None
+    for name, (rows, scores) in predictions.items():
+        extra = {"val": val_threshold} if name != "val" and val_threshold is not None else None
+        results[name] = evaluate_scores(sets[name].store.meta["label"][rows], scores, extra)
+        if name == "val":
+            val_threshold = results["val"]["eer_threshold"]
+    return results, predictions
+
+
+def save_epoch(folder: RunFolder, record: dict, model, sets, predictions, progress: dict) -> bool:
+    """The epoch's record, checkpoint and score tables; updates `progress` and says whether this
+    epoch is the new best (RunFolder's rule: lowest validation EER)."""
+    epoch, val_eer = record["epoch"], record["sets"]["val"]["eer"]
+    folder.append_record(record)
+    best = is_better(val_eer, progress["best_val_eer"])
+    folder.save_checkpoint(model, epoch, best=best)
+    if best:
+        progress.update(best_epoch=epoch, best_val_eer=val_eer, epochs_since_best=0)
+    else:
+        progress["epochs_since_best"] += 1
+    for which in ("best", "last") if best else ("last",):
         for name, (rows, scores) in predictions.items():
-            extra = {"val": val_threshold} if name != "val" and val_threshold is not None else None
-            results[name] = evaluate_scores(sets[name].store.meta["label"][rows], scores, extra)
-            if name == "val":
-                val_threshold = results["val"]["eer_threshold"]
-        record = {"epoch": epoch, "train": {"loss": total_loss / seen, "accuracy": correct / seen, "clips": seen},
-                  "sets": results, "seconds": {"train": train_seconds, "eval": time.perf_counter() - t1}}
-        with open(out / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(json_safe(record)) + "\n")
+            write_scores(folder.scores(which), sets[name], rows, scores)
+    return best
 
-        weights = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-        save_file(weights, str(out / "checkpoints" / f"epoch_{epoch:03d}.safetensors"))
-        val_eer = results["val"]["eer"]
-        if progress["best_val_eer"] is None or val_eer < progress["best_val_eer"]:
-            progress.update(best_epoch=epoch, best_val_eer=val_eer, epochs_since_best=0)
-            shutil.copyfile(out / "checkpoints" / f"epoch_{epoch:03d}.safetensors", out / "checkpoints" / "best.safetensors")
-            for name, (rows, scores) in predictions.items():
-                write_scores(out / "scores" / "best", sets[name], rows, scores)
+
+def train(config: TrainConfig, out: str | Path, resume: bool = False, force: bool = False,
+          console=None) -> dict:
+    """Train (or resume) one run into `out`; returns the last epoch's record."""
+    from rich.console import Console
+
+    console = console or Console()
+    folder, config = RunFolder(out), config.resolved()
+    sets = open_sets(config)                                      # all checks before any work
+    prepare_run(folder, config, resume, force)
+    arch, device = get_architecture(config.arch), resolve_device(config.device)
+    budget = int(config.memory_budget_gb * (1 << 30))
+    loaders = {name: FeatureLoader(s, arch.inputs, config.batch_size, shuffle=name == "train",
+                                   seed=config.seed, memory_budget=budget) for name, s in sets.items()}
+    with torch_settings(device, config):
+        model, optimizer, scaler = build_head(config, sets["train"], device)
+        if resume:
+            progress = load_state(folder, model, optimizer, scaler)
         else:
-            progress["epochs_since_best"] += 1
-        for name, (rows, scores) in predictions.items():
-            write_scores(out / "scores" / "last", sets[name], rows, scores)
-        save_state(out, epoch, model, optimizer, scaler, progress)
-        console.print(epoch_line(record, config.epochs), highlight=False)
-        if config.early_stopping and progress["epochs_since_best"] >= config.early_stopping:
-            console.print(f"early stopping: validation EER has not improved for {config.early_stopping} epochs")
-            break
+            progress = {"epoch": 0, "best_epoch": None, "best_val_eer": None, "epochs_since_best": 0}
+            folder.write_config({
+                "config": asdict(config), "model": config_to_dict(model.config),
+                "parameters": count_parameters(model), "sets": {n: s.describe() for n, s in sets.items()},
+                # what scoring raw audio needs to reproduce the features this head was trained on
+                "frontend": sets["train"].store.config["frontend"], "wavlm": sets["train"].store.config.get("wavlm")})
+        folder.write_run_info({
+            "dfdetect_version": __version__, "git_commit": git_commit(), "torch": torch.__version__,
+            "device": str(device), "threads": torch.get_num_threads(),
+            "loaders": {n: "in memory" if l.in_memory else "streaming" for n, l in loaders.items()}})
+
+        record = {}
+        for epoch in range(progress["epoch"] + 1, config.epochs + 1):
+            t0 = time.perf_counter()
+            train_metrics = train_one_epoch(model, loaders["train"], optimizer, scaler, device, config, epoch, console)
+            t1 = time.perf_counter()
+            results, predictions = evaluate_sets(model, sets, loaders, device)
+            record = {"epoch": epoch, "train": train_metrics, "sets": results,
+                      "seconds": {"train": t1 - t0, "eval": time.perf_counter() - t1}}
+            save_epoch(folder, record, model, sets, predictions, progress)
+            save_state(folder, epoch, model, optimizer, scaler, progress)
+            console.print(epoch_line(record, config.epochs), highlight=False)
+            if config.early_stopping and progress["epochs_since_best"] >= config.early_stopping:
+                console.print(f"early stopping: validation EER has not improved for {config.early_stopping} epochs")
+                break
     return record
 
 

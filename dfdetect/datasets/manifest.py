@@ -29,8 +29,17 @@ import io
 import os
 from pathlib import Path
 
-from .base import (Clip, DatasetIndex, DatasetLayoutError, IndexBuilder, csv_rows, header_key,
-                   parse_label, read_text, require)
+from .base import (
+    Clip,
+    DatasetIndex,
+    DatasetLayoutError,
+    IndexBuilder,
+    csv_rows,
+    header_key,
+    parse_label,
+    read_text,
+    require,
+)
 
 NAME = "manifest"
 DESCRIPTION = "A CSV you write: path,label[,split,clip_id,generator,speaker,codec,language,date,source]"

@@ -6,17 +6,17 @@ through the AASIST encoder, LFCC as a third spectral view, a fusion network with
 dropout 0.3; one logit (BCEWithLogits, positive = fake). WavLM runs once, at featurize time; the head
 trains on the cached hidden states.
 
-    WavLM  batch["wavlm"] [B, L, T, H] -> LayerNorm + softmax-weighted layer sum (wavlm_cnn.LayerWeightedSum)
+    WavLM  batch["wavlm"] [B, L, T, H] -> LayerNorm + softmax-weighted layer sum (blocks.LayerWeightedSum)
            -> Linear H -> 256 -> ReLU -> attentive statistics pooling over T [512] -> Linear -> ReLU  [256]
-    mel    batch["mel"] [B, 2, 128, 301] -> the Mel-AASIST encoder (mel_aasist.AASISTEncoder)    [64]
+    mel    batch["mel"] [B, 2, 128, 301] -> the Mel-AASIST encoder (blocks.AASISTEncoder)    [64]
     LFCC   batch["lfcc"] [B, 60, 301] -> BatchNorm (LFCC is not normalised per clip) -> two 1-D
            conv-BN-ReLU layers (64 channels, the second stride 2) -> ASP [128] -> Linear -> ReLU  [64]
     fusion concat [384] -> Linear 256 -> ReLU -> dropout 0.3 -> Linear -> logit
 
-All attentive statistics pooling is mel_aasist.AttentiveStatsPool (one implementation).
+All attentive statistics pooling is blocks.AttentiveStatsPool (one implementation).
 With the defaults (H = 1024, L = 3): 2,706,389 trainable parameters (10.9 MB as float32 safetensors),
 0.40 GMAC per clip (most of it the mel stream); deployed with WavLM-Large
-(architectures.WAVLM_LARGE_PARAMETERS), 319.3M parameters and 1.28 GB.
+(registry.WAVLM_LARGE_PARAMETERS), 319.3M parameters and 1.28 GB.
 """
 
 from __future__ import annotations
@@ -26,8 +26,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from dfdetect.train.mel_aasist import AASISTEncoder, AttentiveStatsPool, MelAASISTConfig
-from dfdetect.train.wavlm_cnn import LayerWeightedSum
+from dfdetect.models.blocks import AASISTEncoder, AASISTEncoderConfig, AttentiveStatsPool, LayerWeightedSum
 
 
 @dataclass(frozen=True)
@@ -37,7 +36,7 @@ class WavLMAASISTConfig:
     layer_norm: bool = True                  # normalise each layer before weighting (s3prl's option)
     wavlm_dim: int = 256                     # WavLM projected to 256 (the reference study)
     wavlm_attention_dim: int = 128           # its ASP's attention hidden size
-    mel: MelAASISTConfig = field(default_factory=MelAASISTConfig)   # the mel stream: Mel-AASIST's encoder
+    mel: AASISTEncoderConfig = field(default_factory=AASISTEncoderConfig)   # the mel stream: Mel-AASIST's encoder
     lfcc_features: int = 60                  # 20 LFCC + delta + delta-delta
     lfcc_channels: int = 64
     lfcc_embedding_dim: int = 64

@@ -25,8 +25,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .base import (FAKE, Clip, DatasetIndex, DatasetLayoutError, IndexBuilder,
-                   index_protocol_splits, require)
+from .base import FAKE, Clip, DatasetIndex, DatasetLayoutError, IndexBuilder, index_protocol_splits, require
 
 NAME = "asvspoof2019_la"
 DESCRIPTION = "ASVspoof 2019 LA (121,461 FLAC utterances, bonafide/spoof, attacks A01-A19, train/dev/eval)"

@@ -28,8 +28,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .base import (FAKE, Clip, DatasetIndex, DatasetLayoutError, IndexBuilder,
-                   index_protocol_splits, require)
+from .base import FAKE, Clip, DatasetIndex, DatasetLayoutError, IndexBuilder, index_protocol_splits, require
 
 NAME = "asvspoof5"
 DESCRIPTION = "ASVspoof 5 (~1.0M FLAC utterances, bonafide/spoof, attacks A01-A32, train/dev/eval)"

@@ -33,15 +33,15 @@ which is how the tests run scaled-down copies of the shipped studies.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from dfdetect.datasets import ADAPTERS
 from dfdetect.errors import DfdetectError
-from dfdetect.featurize.datasets import ADAPTERS
+from dfdetect.models.runs import RunFolder
 from dfdetect.train.trainer import TrainConfig
 
 SECTIONS = {"experiment": {"name", "stores_dir", "runs_dir", "description"},
@@ -259,13 +259,12 @@ def train_config(experiment: Experiment, name: str) -> TrainConfig:
 
 def run_state(experiment: Experiment, name: str) -> dict:
     """'done', 'partial' (resumable) or 'new', with the epochs finished."""
-    out = experiment.run_dirs[name]
+    folder = RunFolder(experiment.run_dirs[name])
     config = train_config(experiment, name).resolved()
-    metrics = out / "metrics.jsonl"
-    epochs = len(metrics.read_text().splitlines()) if metrics.exists() else 0
+    epochs = len(folder.records())
     if epochs >= config.epochs:
         return {"state": "done", "epochs": epochs, "of": config.epochs}
-    if (out / "state.json").exists():
+    if folder.can_resume:
         return {"state": "partial", "epochs": epochs, "of": config.epochs}
     return {"state": "new", "epochs": 0, "of": config.epochs}
 
@@ -326,9 +325,9 @@ def status_rows(experiment: Experiment) -> list[dict]:
         state = run_state(experiment, name)
         row = {"kind": "run", "name": name, "state": f"{state['state']} {state['epochs']}/{state['of']}",
                "path": str(experiment.run_dirs[name])}
-        metrics = experiment.run_dirs[name] / "metrics.jsonl"
-        if metrics.exists() and metrics.read_text().strip():
-            last = json.loads(metrics.read_text().splitlines()[-1])
+        records = RunFolder(experiment.run_dirs[name]).records()
+        if records:
+            last = records[-1]
             row["last"] = {k: {"acc": v["at_0.5"]["accuracy"], "eer": v["eer"]} for k, v in last["sets"].items()}
         rows.append(row)
     return rows

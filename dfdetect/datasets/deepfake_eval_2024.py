@@ -27,8 +27,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .base import (Clip, DatasetIndex, DatasetLayoutError, IndexBuilder, csv_records, parse_label,
-                   require)
+from .base import Clip, DatasetIndex, DatasetLayoutError, IndexBuilder, csv_records, parse_label, require
 
 NAME = "deepfake_eval_2024"
 DESCRIPTION = "Deepfake-Eval-2024 audio (~1,980 in-the-wild clips, Real/Fake, Train/Test)"

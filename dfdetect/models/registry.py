@@ -19,10 +19,10 @@ from safetensors.torch import save as safetensors_save
 from torch import nn
 
 from dfdetect.errors import ConfigError
-from dfdetect.train.mel_aasist import MelAASIST, MelAASISTConfig
-from dfdetect.train.mel_cnn import MelCNN, MelCNNConfig
-from dfdetect.train.wavlm_aasist import WavLMAASIST, WavLMAASISTConfig
-from dfdetect.train.wavlm_cnn import WavLMCNN, WavLMCNNConfig
+from dfdetect.models.mel_aasist import MelAASIST, MelAASISTConfig
+from dfdetect.models.mel_cnn import MelCNN, MelCNNConfig
+from dfdetect.models.wavlm_aasist import WavLMAASIST, WavLMAASISTConfig
+from dfdetect.models.wavlm_cnn import WavLMCNN, WavLMCNNConfig
 
 # Frozen WavLM-Large, which the WavLM heads need at scoring time (it runs live there; training reads
 # the cache): 316.6M parameters (WavLM paper, Chen et al. 2022, Table 1: 316.62M), ~1.27 GB as float32

@@ -8,27 +8,24 @@ the head trains on its cached hidden states, so the trainable part is just the h
     batch["wavlm"] [B, L, T, H]  (the stored hidden states; L = 3, T = 149 for 3 s, H = 1024 for Large)
     -> per-layer LayerNorm (no affine), learned softmax-weighted sum over L (s3prl's featurizer) [B, T, H]
     -> Linear H -> 128                                                              [B, T, 128]
-    -> a 1-channel [128 x T] map through the Mel-CNN body (mel_cnn.CNNEncoder, in_channels=1) [B, 64]
+    -> a 1-channel [128 x T] map through the Mel-CNN body (blocks.CNNEncoder, in_channels=1) [B, 64]
     -> dropout 0.3 -> Linear -> logit
 
 With the defaults (H = 1024, L = 3): 552,420 trainable parameters (2.2 MB as float32 safetensors),
-0.09 GMAC per clip; deployed with WavLM-Large (architectures.WAVLM_LARGE_PARAMETERS), 317.2M
+0.09 GMAC per clip; deployed with WavLM-Large (registry.WAVLM_LARGE_PARAMETERS), 317.2M
 parameters and 1.27 GB.
 
-`LayerWeightedSum` is reused by WavLM+AASIST (wavlm_aasist.py).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dfdetect.train.mel_cnn import CNNEncoder, MelCNNConfig
+from dfdetect.models.blocks import CNNEncoder, CNNEncoderConfig, LayerWeightedSum
 
-_CNN = MelCNNConfig()
+_CNN = CNNEncoderConfig()
 
 
 @dataclass(frozen=True)
@@ -41,29 +38,11 @@ class WavLMCNNConfig:
     stem_stride: int = _CNN.stem_stride
     pool: int = _CNN.pool
     embedding_dim: int = _CNN.embedding_dim
-    dropout: float = _CNN.dropout
+    dropout: float = 0.3
 
-    def cnn_config(self) -> MelCNNConfig:
-        return MelCNNConfig(in_channels=1, channels=self.channels, stem_stride=self.stem_stride,
-                            pool=self.pool, embedding_dim=self.embedding_dim, dropout=self.dropout)
-
-
-class LayerWeightedSum(nn.Module):
-    """[B, L, T, H] -> [B, T, H]: softmax(w) weighted sum over the L layers, w learned (init uniform)."""
-
-    def __init__(self, num_layers: int, layer_norm: bool = True):
-        super().__init__()
-        self.layer_norm = layer_norm
-        self.weights = nn.Parameter(torch.zeros(num_layers))
-
-    def forward(self, layers: Tensor) -> Tensor:
-        if layers.shape[1] != self.weights.numel():
-            raise ValueError(f"expected {self.weights.numel()} WavLM layers, got {layers.shape[1]} "
-                             f"(input shape {tuple(layers.shape)})")
-        if self.layer_norm:
-            layers = F.layer_norm(layers, layers.shape[-1:])
-        w = torch.softmax(self.weights, dim=0)
-        return torch.einsum("l,blth->bth", w, layers)
+    def cnn_config(self) -> CNNEncoderConfig:
+        return CNNEncoderConfig(in_channels=1, channels=self.channels, stem_stride=self.stem_stride,
+                                pool=self.pool, embedding_dim=self.embedding_dim)
 
 
 class WavLMCNN(nn.Module):

@@ -24,9 +24,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .base import (Clip, DatasetIndex, DatasetLayoutError, IndexBuilder, csv_records, list_files,
-                   parse_label, require)
-
+from .base import (
+    Clip,
+    DatasetIndex,
+    DatasetLayoutError,
+    IndexBuilder,
+    csv_records,
+    list_files,
+    parse_label,
+    require,
+)
 
 NAME = "in_the_wild"
 DESCRIPTION = "In-the-Wild (31,779 clips of 58 public figures, bona-fide/spoof, eval only)"

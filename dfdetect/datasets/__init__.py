@@ -1,6 +1,6 @@
 """Dataset adapters: one module per corpus, each turning a downloaded folder into a clip table.
 
-    from dfdetect.featurize import datasets
+    from dfdetect import datasets
     index = datasets.prepare("asvspoof2019_la", "/data/LA")
     index.counts(), index.problems
 
@@ -14,6 +14,7 @@ from pathlib import Path
 from types import ModuleType
 
 from dfdetect.errors import ConfigError
+
 from . import asvspoof5, asvspoof2019_la, deepfake_eval_2024, folder, in_the_wild, manifest
 from .base import Clip, DatasetIndex, DatasetLayoutError, Problem
 

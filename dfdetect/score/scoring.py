@@ -4,7 +4,7 @@ accounted for.
     coordinator: expand the inputs (sources.py) -> lanes of consecutive items -> run the model on
                  each piece of windows as it arrives -> aggregate per file -> one row per input
     worker:      a lane (a dask actor) opens its items one by one, decodes them as a stream
-                 (featurize/stream.py), cuts sliding windows, prepares each window exactly as
+                 (score/stream.py), cuts sliding windows, prepares each window exactly as
                  training prepared a clip (Frontend.crop_or_pad + peak_normalise) and computes the
                  frontend features of a batch of windows: one `Piece`, pulled by the coordinator
 
@@ -59,11 +59,13 @@ import numpy as np
 import torch
 
 from dfdetect import __version__
+from dfdetect.devices import resolve_device
 from dfdetect.errors import ConfigError, DfdetectError
-from dfdetect.evaluate.sources import ERROR, OK, SKIPPED, Item, Opener, expand, printable
 from dfdetect.featurize.audio import AudioError
 from dfdetect.featurize.frontend import Frontend, FrontendConfig
-from dfdetect.featurize.stream import AudioStream, sliding_windows
+from dfdetect.score.sources import ERROR, OK, SKIPPED, Item, Opener, expand, printable
+from dfdetect.score.stream import AudioStream, sliding_windows
+from dfdetect.store.schema import wavlm_differences
 
 AGGREGATES = ("mean", "max", "topk")
 FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".parquet": "parquet"}
@@ -323,39 +325,21 @@ def _first_ready(running: dict) -> int:
 
 
 # -- coordinator: features from a store (--features-from) ------------------------------------------------
-WAVLM_IDENTITY = ("model", "revision", "layers", "normalize")   # what makes two WavLM feature sets the same
-
-
 def open_feature_store(spec: str, run):
-    """The store version `spec` (PATH[@VERSION]) names, checked against the run: same frontend,
-    every array the head reads, the WavLM the head was trained on. ScoreError says what differs."""
+    """The store version `spec` (PATH[@VERSION]) names, checked against the run with the one
+    compatibility rule (store.fit_problems): every array the head reads, the same frontend, the
+    WavLM the head was trained on. ScoreError says what differs."""
     from dfdetect.store import StoreError, open_store
 
     try:
         store = open_store(spec)
     except StoreError as e:
         raise ScoreError(f"--features-from {spec}: {e}") from None
-    name = f"--features-from {store.path}@{store.version}"
-    want, have = run.frontend_config.hash(), store.config.get("frontend_hash")
-    if have != want:
-        raise ScoreError(f"{name} was featurized with frontend {have}, but {run.path} was trained on frontend "
-                         f"{want}; featurize the files with the run's frontend config, or score them live")
-    missing = [k for k in run.inputs if k not in store.feature_names]
-    if missing:
-        raise ScoreError(f"{name} lacks {', '.join(missing)} (it has {', '.join(store.feature_names) or 'none'}), "
-                         f"which {run.arch} reads; featurize with --features {','.join(run.inputs)}")
-    if "wavlm" in run.inputs:
-        trained, stored = run.config.get("wavlm") or {}, store.config.get("wavlm") or {}
-        differ = [k for k in WAVLM_IDENTITY if k in trained and _listed(trained[k]) != _listed(stored.get(k))]
-        if differ:
-            raise ScoreError(f"{name} holds WavLM features of another WavLM than {run.path} was trained on ("
-                             + "; ".join(f"{k}: store {stored.get(k)!r}, run {trained[k]!r}" for k in differ)
-                             + "); featurize with the run's --wavlm and --wavlm-layers")
+    problems = store.fit_problems(run.inputs, run.frontend_hash, run.wavlm_info, run.arch)
+    if problems:
+        raise ScoreError(f"--features-from {store.path}@{store.version} does not fit the run {run.path}: "
+                         + "; ".join(problems) + " (or score the files live, without --features-from)")
     return store
-
-
-def _listed(value):
-    return list(value) if isinstance(value, (list, tuple)) else value
 
 
 def store_matches(store, pending: list[tuple[int, Item]]) -> tuple[list[tuple[int, int]], list[tuple[int, Item]]]:
@@ -396,10 +380,11 @@ def store_pieces(store, matched: list[tuple[int, int]], features: tuple[str, ...
         batch.clear()
         return piece
 
-    for u, group in itertools.groupby(matched, key=lambda m: m[1] // unit):
-        blocks = {k: a[u * unit:(u + 1) * unit] for k, a in arrays.items()}   # whole chunks of every array
-        for index, row in group:
-            x = {k: blocks[k][row - u * unit] for k in features}
+    for _, group in itertools.groupby(matched, key=lambda m: m[1] // unit):
+        group = list(group)
+        values = store.read_rows(features, [row for _, row in group])    # whole chunks of every array
+        for i, (index, row) in enumerate(group):
+            x = {k: values[k][i] for k in features}
             bad = [k for k in features if not np.isfinite(x[k]).all()]
             if bad:
                 yield index, f"{store.path}@{store.version} row {row}: {', '.join(bad)} not finite"
@@ -417,8 +402,7 @@ class Scorer:
     `seconds` counts the time spent in forward passes."""
 
     def __init__(self, run, device: str = "auto"):
-        self.device = torch.device("cuda" if device == "auto" and torch.cuda.is_available()
-                                   else ("cpu" if device == "auto" else device))
+        self.device = resolve_device(device)
         self.model = run.model.to(self.device).eval()
         self.inputs = run.inputs
         self.wavlm = None
@@ -428,6 +412,11 @@ class Scorer:
             if run.wavlm_config is None:
                 raise ScoreError(f"{run.path} reads WavLM features but records no WavLM config")
             self.wavlm = load_wavlm(run.wavlm_config, self.device)
+            differ = wavlm_differences(run.wavlm_info, self.wavlm.info())
+            if differ:   # the same rule as for stores: exactly the WavLM the head was trained on
+                raise ScoreError(f"{run.path} was trained on features of another WavLM than the one that loads now "
+                                 f"({'; '.join(differ)}); restore that WavLM ({run.wavlm_info.get('model')}) or "
+                                 "retrain the head on features of this one")
         self.seconds = 0.0
 
     @torch.inference_mode()
@@ -603,7 +592,7 @@ def score(model: str | Path, paths: list[str], out: str | Path, options: ScoreOp
     any output is touched, when it cannot start as asked."""
     from rich.console import Console
 
-    from dfdetect.train.runs import load_run
+    from dfdetect.models.runs import load_run
 
     console = console or Console(stderr=True)
     out = Path(out)

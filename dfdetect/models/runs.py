@@ -1,0 +1,249 @@
+"""The run folder, the one owner of its layout, and reading a trained run back.
+
+    runs/NAME/
+      config.json        the exact TrainConfig, the head's config, the sets (store, version,
+                         frontend hash, rows), the frontend and WavLM the features came from
+      metrics.jsonl      one line per epoch: train loss/accuracy, every set's metrics, timings
+      checkpoints/epoch_NNN.safetensors, best.safetensors (model weights only)
+      state.safetensors + state.json   optimizer, RNG and progress, for --resume
+      scores/{best,last}/SET.csv       per-clip scores (P(fake)) of the best and the last epoch
+      run.json           environment (git commit, versions, device) and totals
+
+`RunFolder` names every file (the trainer writes through it; evaluate, report, score, the study
+and the demo read through it) and holds the one best-epoch rule. `load_run` gives the head at an
+epoch with what scoring raw audio needs (the frontend and WavLM it was trained on):
+
+    run = load_run("runs/mel_aasist", epoch="best")
+    run.model(batch) ...; run.threshold; run.frontend_config; run.wavlm_config
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from dfdetect.errors import ConfigError, DfdetectError
+from dfdetect.featurize.frontend import FrontendConfig
+from dfdetect.metrics import json_safe
+from dfdetect.models.registry import build_model, get_architecture
+
+
+class RunError(DfdetectError):
+    """A run folder that cannot be used as asked; the message says what is missing."""
+
+
+def is_better(val_eer, best_val_eer) -> bool:
+    """The best-epoch rule: the lowest validation EER wins, the earliest epoch on a tie; an epoch
+    without a finite validation EER is never best (then `best` falls back to the last epoch)."""
+    if val_eer is None or not math.isfinite(val_eer):
+        return False
+    return best_val_eer is None or val_eer < best_val_eer
+
+
+class RunFolder:
+    """Where each file of a run lives, and reading/writing the small ones."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.config_file = self.path / "config.json"
+        self.metrics_file = self.path / "metrics.jsonl"
+        self.run_file = self.path / "run.json"
+        self.state_file = self.path / "state.json"
+        self.state_tensors = self.path / "state.safetensors"
+        self.checkpoints = self.path / "checkpoints"
+        self.best_checkpoint = self.checkpoints / "best.safetensors"
+
+    def __repr__(self) -> str:
+        return f"RunFolder({str(self.path)!r})"
+
+    def checkpoint(self, epoch: int) -> Path:
+        return self.checkpoints / f"epoch_{epoch:03d}.safetensors"
+
+    def scores(self, which: str) -> Path:
+        """The folder of per-clip score tables of the "best" or the "last" epoch."""
+        return self.path / "scores" / which
+
+    # -- state --------------------------------------------------------------------------------------
+    @property
+    def is_run(self) -> bool:
+        return self.config_file.exists() and self.metrics_file.exists()
+
+    @property
+    def can_resume(self) -> bool:
+        return self.state_file.exists()
+
+    def is_empty(self) -> bool:
+        return not self.path.exists() or not any(self.path.iterdir())
+
+    # -- reading ------------------------------------------------------------------------------------
+    def read_config(self) -> dict:
+        return _read_json(self.config_file)
+
+    def records(self) -> list[dict]:
+        """metrics.jsonl, one record per finished epoch ([] when none finished)."""
+        if not self.metrics_file.exists():
+            return []
+        return [_read_json(self.metrics_file, line, number) for number, line
+                in enumerate(self.metrics_file.read_text(encoding="utf-8").splitlines(), 1) if line.strip()]
+
+    def read_state(self) -> dict:
+        return _read_json(self.state_file)
+
+    @staticmethod
+    def best_epoch(records: list[dict]) -> int | None:
+        """The epoch `is_better` picks over the records; the last epoch when none has a validation
+        EER; None when there are no records."""
+        best, best_eer = None, None
+        for r in records:
+            eer = r["sets"].get("val", {}).get("eer")
+            if is_better(eer, best_eer):
+                best, best_eer = r["epoch"], eer
+        return best if best is not None else (records[-1]["epoch"] if records else None)
+
+    # -- writing (the trainer) ----------------------------------------------------------------------
+    def create(self) -> None:
+        """An empty run folder at `path` (whatever was there is removed: the caller decided)."""
+        if self.path.exists():
+            shutil.rmtree(self.path)
+        self.checkpoints.mkdir(parents=True)
+
+    def write_config(self, config: dict) -> None:
+        self.config_file.write_text(json.dumps(config, indent=2))
+
+    def write_run_info(self, info: dict) -> None:
+        self.run_file.write_text(json.dumps(info, indent=2))
+
+    def append_record(self, record: dict) -> None:
+        with open(self.metrics_file, "a") as f:
+            f.write(json.dumps(json_safe(record)) + "\n")
+
+    def save_checkpoint(self, model: torch.nn.Module, epoch: int, best: bool) -> None:
+        weights = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+        save_file(weights, str(self.checkpoint(epoch)))
+        if best:
+            shutil.copyfile(self.checkpoint(epoch), self.best_checkpoint)
+
+    def save_state(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+        """Everything --resume needs, written atomically (a kill mid-write leaves the previous state)."""
+        save_file(tensors, str(self.state_tensors) + ".tmp")
+        Path(str(self.state_file) + ".tmp").write_text(json.dumps(json_safe(meta)))
+        os.replace(str(self.state_tensors) + ".tmp", self.state_tensors)
+        os.replace(str(self.state_file) + ".tmp", self.state_file)
+
+
+def _read_json(file: Path, text: str | None = None, line: int | None = None):
+    """One JSON value of a run file (the whole file, or one line of metrics.jsonl), or a RunError."""
+    where = f"{file}:{line}" if line else str(file)
+    try:
+        return json.loads(file.read_text(encoding="utf-8") if text is None else text)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise RunError(f"{where}: not valid JSON ({e}); the run folder is damaged: retrain the run "
+                       "or restore the file") from None
+
+
+# -- a trained run, loaded -------------------------------------------------------------------------------
+@dataclass
+class LoadedRun:
+    path: Path
+    arch: str
+    epoch: int
+    model: torch.nn.Module          # in eval mode, on CPU
+    config: dict                    # config.json as written by the trainer
+    records: list[dict]             # metrics.jsonl, one per epoch
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        return get_architecture(self.arch).inputs
+
+    @property
+    def record(self) -> dict:
+        return next(r for r in self.records if r["epoch"] == self.epoch)
+
+    @property
+    def threshold(self) -> float:
+        """Decision threshold on P(fake): the validation EER threshold of the loaded epoch (chosen on
+        held-out in-distribution data, never on test or OOD); 0.5 when validation had none."""
+        value = self.record["sets"].get("val", {}).get("eer_threshold")
+        return 0.5 if value is None else float(value)
+
+    @property
+    def frontend_config(self) -> FrontendConfig:
+        return FrontendConfig.from_dict(self.config["frontend"])
+
+    @property
+    def frontend_hash(self) -> str:
+        """The frontend of the features the head was trained on (what a store must match)."""
+        return self.config.get("sets", {}).get("train", {}).get("frontend_hash") or self.frontend_config.hash()
+
+    @property
+    def wavlm_info(self) -> dict | None:
+        """The WavLM the training features came from, as its store recorded it (None for mel heads)."""
+        return self.config.get("wavlm") if "wavlm" in self.inputs else None
+
+    @property
+    def wavlm_config(self):
+        """The WavLM to run for live scoring: the model, revision, layers and normalisation the
+        training features were made with (None for mel heads)."""
+        info = self.wavlm_info
+        if not info:
+            return None
+        from dfdetect.featurize.wavlm import WavLMConfig
+
+        return WavLMConfig(model=info["model"], revision=info.get("revision"), layers=tuple(info["layers"]),
+                           normalize=info.get("normalize"))
+
+    @property
+    def run_id(self) -> str:
+        return f"{self.path.name}@epoch{self.epoch}"
+
+
+def load_run(path: str | Path, epoch: str | int = "best") -> LoadedRun:
+    """The run's model at `epoch` ("best" by validation EER, "last", or a number)."""
+    folder = RunFolder(path)
+    path = folder.path
+    if not folder.is_run:
+        raise RunError(f"{path} is not a dfdetect run (no config.json / metrics.jsonl); "
+                       "train one with `dfdetect train ... --out RUN`")
+    config = folder.read_config()
+    records = folder.records()
+    if not records:
+        raise RunError(f"{path} has no finished epoch yet")
+    try:
+        epochs = [r["epoch"] for r in records]
+        best = folder.best_epoch(records)
+        arch, model_options = config["config"]["arch"], config["model"]
+    except (KeyError, TypeError, AttributeError) as e:
+        raise RunError(f"{path}: config.json or metrics.jsonl lacks {e} (written by another tool or "
+                       "damaged); retrain the run") from None
+    if epoch == "best":
+        number = best
+    elif epoch == "last":
+        number = epochs[-1]
+    else:
+        if not str(epoch).isdigit():
+            raise RunError(f"epoch {epoch!r}: choose best, last or an epoch number")
+        number = int(epoch)
+        if number not in epochs:
+            raise RunError(f"{path} has no epoch {number}; it has {epochs[0]}..{epochs[-1]}")
+    weights = folder.checkpoint(number)
+    if not weights.exists():
+        raise RunError(f"{path}: checkpoint {weights.name} is missing")
+    try:
+        model = build_model(arch, **model_options)
+    except ConfigError as e:
+        raise RunError(f"{folder.config_file}: {e}. This dfdetect cannot build the run's head; use the dfdetect "
+                       "version that trained it (config.json names it) or retrain") from None
+    try:
+        model.load_state_dict(load_file(str(weights)))  # safetensors: no pickle from the run folder runs
+    except Exception as e:  # SafetensorError, or tensors that do not fit the head
+        raise RunError(f"{weights}: not a checkpoint of this {arch} head ({type(e).__name__}: "
+                       f"{str(e).splitlines()[0][:300]}); retrain the run or restore the file") from None
+    model.eval()
+    return LoadedRun(path, arch, number, model, config, records)
