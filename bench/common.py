@@ -14,6 +14,9 @@ from dfdetect.featurize.audio import encode
 
 # The frontend's independent librosa reference lives with the tests that check against it.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+import librosa_reference as reference  # noqa: E402  (needs the path above)
+
+__all__ = ["FORMATS", "make_clips", "reference", "time_it"]
 
 # Formats librosa reads without FFmpeg, so both sides of a comparison decode the same bytes.
 FORMATS = (("wav", 16000), ("wav", 44100), ("flac", 22050), ("flac", 48000), ("mp3", 24000), ("ogg", 32000))

@@ -24,8 +24,7 @@ from dfdetect.featurize.audio import decode
 from dfdetect.featurize.pipeline import featurize
 from dfdetect.store import open_store
 
-import librosa_reference as reference
-from common import FORMATS, make_clips, time_it
+from common import FORMATS, make_clips, reference, time_it
 
 
 def main() -> None:

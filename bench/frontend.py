@@ -20,8 +20,7 @@ import torch
 from dfdetect.featurize.audio import decode
 from dfdetect.featurize.frontend import Frontend
 
-import librosa_reference as reference
-from common import FORMATS, make_clips, time_it
+from common import FORMATS, make_clips, reference, time_it
 
 
 def main() -> None:

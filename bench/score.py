@@ -42,7 +42,8 @@ from rich.table import Table
 from dfdetect.demo.corpus import CorpusSpec, synthesize, write_corpus
 from dfdetect.featurize.pipeline import featurize
 from dfdetect.models.runs import load_run
-from dfdetect.score.scoring import ScoreOptions, Scorer, WindowConfig, lane_pieces, score
+from dfdetect.score.scoring import ScoreOptions, Scorer, score
+from dfdetect.score.windows import WindowConfig, lane_pieces
 from dfdetect.score.sources import expand
 from dfdetect.train.trainer import TrainConfig, train
 

@@ -29,7 +29,8 @@ from dfdetect.featurize.frontend import Frontend, FrontendConfig
 from dfdetect.featurize.pipeline import featurize
 from dfdetect.featurize.wavlm import WavLMConfig, clear_wavlm_cache, load_wavlm
 from dfdetect.models.runs import load_run
-from dfdetect.score.scoring import LANES_PER_WORKER, aggregate, make_lanes
+from dfdetect.score.lanes import LANES_PER_WORKER, make_lanes
+from dfdetect.score.scoring import aggregate
 from dfdetect.score.sources import Item
 from dfdetect.score.stream import AudioStream, sliding_windows
 from dfdetect.train.data import FeatureLoader, open_set

@@ -73,7 +73,17 @@ def run_demo(out: Path, spec: CorpusSpec = CorpusSpec(), console: Console | None
     out = Path(out).absolute()   # the study file names the corpus; it reads paths from its own folder
     corpus = out / "corpus"
     summary: dict = {}
+    generate(corpus, spec, console)
+    summary["index"] = index(corpus, console)
+    store_path, model_dir, summary["featurize"] = featurize_corpus(out, corpus, workers, console)
+    show_families(open_store(store_path), console)
+    run_dir, report, summary["study"], summary["train"] = study(out, corpus, model_dir, workers, console)
+    summary["report"] = evaluate_and_report(run_dir, store_path, report, console)
+    summary["score"] = score_archive(out, corpus, run_dir, workers, console)
+    return summary
 
+
+def generate(corpus: Path, spec: CorpusSpec, console: Console) -> None:
     console.rule("[bold]1. a generated corpus")
     t0 = time.perf_counter()
     files = write_corpus(corpus, spec)
@@ -86,13 +96,16 @@ def run_demo(out: Path, spec: CorpusSpec = CorpusSpec(), console: Console | None
         f"'{HELD_OUT_GENERATOR}' is the family later stages hold out as unseen"
     )
 
-    console.rule("[bold]2. index it like a download (dfdetect datasets show folder)")
-    index = prepare("folder", corpus)
-    counts = index.counts()
-    console.print(f"{counts['clips']} clips, by split {counts['by_split']}, "
-                  f"fakes by generator {counts['fake_by_generator']}")
-    summary["index"] = counts
 
+def index(corpus: Path, console: Console) -> dict:
+    console.rule("[bold]2. index it like a download (dfdetect datasets show folder)")
+    counts = prepare("folder", corpus).counts()
+    console.print(f"{counts['clips']} clips ({counts['real']} real, {counts['fake']} fake), by split "
+                  f"{counts['by_split']}, fakes by generator {counts['fake_by_generator']}")
+    return counts
+
+
+def featurize_corpus(out: Path, corpus: Path, workers: int, console: Console) -> tuple[str, Path, dict]:
     console.rule("[bold]3. featurize: decode once, the reference study's frontend + frozen WavLM, into Zarr (dask)")
     model_dir = save_random_wavlm(out / "tiny-random-wavlm", size="tiny")
     console.print("[dim]WavLM here is a tiny randomly initialised model (no downloads in the demo): it "
@@ -110,34 +123,40 @@ def run_demo(out: Path, spec: CorpusSpec = CorpusSpec(), console: Console | None
     for i in np.flatnonzero(meta["status"] == "error"):
         line = f"[{meta['error_kind'][i]}] {meta['error'][i]}"
         console.print(f"  [yellow]recorded as error[/] {escape(line)}", soft_wrap=True)
-    summary["featurize"] = {"clips": result.n_clips, "ok": result.ok, "errors": dict(result.errors),
-                            "arrays": {k: list(store.array(k).shape[1:]) for k in store.feature_names},
-                            "complete": result.complete}
+    return store_path, model_dir, {
+        "clips": result.n_clips, "ok": result.ok, "errors": dict(result.errors),
+        "arrays": {k: list(store.array(k).shape[1:]) for k in store.feature_names}, "complete": result.complete}
 
-    # What the families look like to the frontend: the artifacts are there to be learned.
+
+def show_families(store, console: Console) -> None:
+    """What the families look like to the frontend: the artifacts are there to be learned."""
     bands = {"<1 kHz": slice(0, 30), "1-4 kHz": slice(30, 80), ">4 kHz": slice(80, 128)}
     table = Table(title="mean normalised log-mel per band (what a detector gets to see)")
     table.add_column("family")
     for name in (*bands, "delta std"):
         table.add_column(name, justify="right")
-    ok = store.rows()
-    mel = store.array("mel")[:][ok].astype(np.float32)
+    meta, ok = store.meta, store.rows()
+    mel = store.read_rows(["mel"], ok)["mel"].astype(np.float32)
     families = np.where(meta["label"][ok] == 1, meta["generator"][ok], "real")
     for fam in sorted(set(families)):
         m = mel[families == fam]
         table.add_row(fam, *[f"{m[:, 0, b].mean():+.2f}" for b in bands.values()],
                       f"{m[:, 1].std():.3f}")
     console.print(table)
+
+
+def study(out: Path, corpus: Path, model_dir: Path, workers: int, console: Console):
+    """The 2x2 study from one file; returns the Mel-AASIST run folder, the report, each run's state
+    and Mel-AASIST's numbers in and out of distribution."""
     console.rule("[bold]4. a small study from one file: Mel-CNN / Mel-AASIST x clean / corrupted training audio")
     console.print("[dim]Every run is measured every epoch on val, test and the unseen family. Demo "
                   "settings for a corpus this small: batch 32, lr 1e-3, 6 epochs (the reference study's defaults, "
                   "batch 128 / lr 5e-5 / 50 epochs, are for real corpora).[/]")
-    study = out / "study.toml"
-    study.write_text(STUDY.format(corpus=json.dumps(str(corpus)), wavlm=json.dumps(str(model_dir))))
-    experiment = load_experiment(study)
+    path = out / "study.toml"
+    path.write_text(STUDY.format(corpus=json.dumps(str(corpus)), wavlm=json.dumps(str(model_dir))))
+    experiment = load_experiment(path)
     states, report = run_experiment(experiment, console, workers=workers)
-    summary["study"] = {name: state["state"] for name, state in states.items()}
-    console.print(f"[dim]the study: {study}; rerun `dfdetect experiment run {study}` and it skips "
+    console.print(f"[dim]the study: {path}; rerun `dfdetect experiment run {path}` and it skips "
                   "everything that is done[/]")
     run_dir = experiment.run_dirs["mel_aasist"]
     records = RunFolder(run_dir).records()
@@ -152,17 +171,22 @@ def run_demo(out: Path, spec: CorpusSpec = CorpusSpec(), console: Console | None
             table.add_row(f"{record['epoch']} ({label})", name, f"{m['at_0.5']['accuracy']:.1%}", f"{m['eer']:.3f}",
                           f"{m['auc']:.3f}", f"{m['at_0.5']['recall']:.1%}", f"{m['at_0.5']['specificity']:.1%}")
     console.print(table)
-    summary["train"] = {"epochs": len(records), "best_epoch": best["epoch"],
-                        "test_eer": last["sets"]["test"]["eer"], "ood_eer": last["sets"]["ood:unseen"]["eer"]}
+    trained = {"epochs": len(records), "best_epoch": best["epoch"],
+               "test_eer": last["sets"]["test"]["eer"], "ood_eer": last["sets"]["ood:unseen"]["eer"]}
+    return run_dir, report, {name: state["state"] for name, state in states.items()}, trained
 
+
+def evaluate_and_report(run_dir: Path, store_path: str, report, console: Console) -> dict:
     console.rule("[bold]5. evaluate and report: the unseen family, ranking, curves, failure warnings")
     print_evaluation(evaluate_run(run_dir, f"{store_path}:ood"), console)
     for w in report.warnings:
         console.print(f"[yellow]warning:[/] {escape(w.message)}", soft_wrap=True)
     console.print(f"report: open {report.html} (tables also in {report.markdown})")
-    summary["report"] = {"html": str(report.html), "markdown": str(report.markdown),
-                         "warnings": [w.signature for w in report.warnings]}
+    return {"html": str(report.html), "markdown": str(report.markdown),
+            "warnings": [w.signature for w in report.warnings]}
 
+
+def score_archive(out: Path, corpus: Path, run_dir: Path, workers: int, console: Console) -> dict:
     console.rule("[bold]6. bulk scoring: the corpus as a .tar.gz, read in place, every file accounted for")
     archive = out / "corpus.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
@@ -173,6 +197,5 @@ def run_demo(out: Path, spec: CorpusSpec = CorpusSpec(), console: Console | None
                    windows_out=out / "windows.csv", console=console)
     for line in scored.lines():
         console.print(escape(line), soft_wrap=True, highlight=False)
-    summary["score"] = {"rows": scored.rows, "scored": scored.scored, "failed": scored.failed,
-                        "skipped": scored.skipped, "errors": dict(scored.errors), "table": str(scored.out)}
-    return summary
+    return {"rows": scored.rows, "scored": scored.scored, "failed": scored.failed,
+            "skipped": scored.skipped, "errors": dict(scored.errors), "table": str(scored.out)}

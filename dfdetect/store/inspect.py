@@ -402,7 +402,6 @@ def verify_store(spec: str, max_problems: int = MAX_PROBLEMS) -> dict:
     group, attrs, label = store.group, store.attrs, f"{store.path}@{store.version}"
     problems = _Problems(max_problems)
     reader = _Reader(problems)
-    n_arrays = 0
     try:
         n = int(attrs["n_clips"])
         block_size = int(attrs["block_size"])
@@ -410,9 +409,25 @@ def verify_store(spec: str, max_problems: int = MAX_PROBLEMS) -> dict:
             raise ValueError(f"n_clips={n}, block_size={block_size}")
     except (KeyError, TypeError, ValueError) as e:
         raise StoreError(f"{label}: unusable n_clips / block_size attributes ({e})") from None
-    n_blocks = -(-n // block_size)
+    done_rows, n_blocks_arrays = _verify_blocks(group, attrs, n, block_size, reader, problems)
+    meta, n_meta_arrays = _verify_meta(group, n, done_rows, reader, problems)
+    status = meta.get("status")
+    ok_rows = done_rows & (status == OK) if status is not None else None
+    error_rows = done_rows & (status == ERROR) if status is not None else None
+    n_feature_arrays = _verify_features(store, attrs.get("config") or {}, n, ok_rows, error_rows, reader, problems)
+    n_arrays = n_blocks_arrays + n_meta_arrays + n_feature_arrays
+    return {
+        "store": store.path, "version": store.version, "n_clips": n, "complete": bool(attrs.get("complete")),
+        "ok": problems.count == 0, "problems": problems.items, "n_problems": problems.count,
+        "arrays": n_arrays, "chunks_read": reader.chunks, "bytes_read": reader.bytes,
+        "seconds": time.perf_counter() - t0,
+    }
 
-    # -- blocks and completion
+
+def _verify_blocks(group, attrs: dict, n: int, block_size: int, reader: _Reader,
+                   problems: _Problems) -> tuple[np.ndarray, int]:
+    """Which rows belong to blocks marked done, and whether the version says complete."""
+    n_blocks, n_arrays = -(-n // block_size), 0
     done_rows = np.zeros(n, bool)
     if "block_done" not in group:
         problems.add("block_done: array missing")
@@ -436,8 +451,12 @@ def verify_store(spec: str, max_problems: int = MAX_PROBLEMS) -> dict:
     if not attrs.get("complete", False):
         problems.add(f"version attribute complete is {attrs.get('complete')!r}, not true: the featurize "
                      "run did not finish")
+    return done_rows, n_arrays
 
-    # -- metadata
+
+def _verify_meta(group, n: int, done_rows: np.ndarray, reader: _Reader,
+                 problems: _Problems) -> tuple[dict[str, np.ndarray], int]:
+    """Every metadata column present, one value per clip, readable and consistent."""
     meta: dict[str, np.ndarray] = {}
     meta_group = group["meta"] if "meta" in group else None
     if meta_group is None:
@@ -448,19 +467,18 @@ def verify_store(spec: str, max_problems: int = MAX_PROBLEMS) -> dict:
             problems.add(f"meta/{name}: column missing")
     for name in present:
         arr = meta_group[name]
-        n_arrays += 1
         if arr.ndim != 1 or arr.shape[0] != n:
             problems.add(f"meta/{name}: shape {list(arr.shape)}, expected [{n}] (one value per clip)")
         values, bad = reader.read(f"meta/{name}", arr, 0, arr.shape[0]) if arr.ndim == 1 else (None, None)
         if values is not None and values.shape[0] == n and not bad.any():
             meta[name] = values
     _check_meta(meta, done_rows, problems)
-    status = meta.get("status")
-    ok_rows = done_rows & (status == OK) if status is not None else None
-    error_rows = done_rows & (status == ERROR) if status is not None else None
+    return meta, len(present)
 
-    # -- features
-    config = attrs.get("config") or {}
+
+def _verify_features(store: FeatureStore, config: dict, n: int, ok_rows, error_rows, reader: _Reader,
+                     problems: _Problems) -> int:
+    """The arrays the config's features write: present, of the recorded shapes, every chunk read."""
     shapes = _expected_shapes(config)
     try:
         expected = set(arrays_of(config.get("features") or []))
@@ -470,16 +488,10 @@ def verify_store(spec: str, max_problems: int = MAX_PROBLEMS) -> dict:
     for name in sorted(expected - set(store.feature_names)):
         problems.add(f"{name}: array missing (the config lists feature {name.split('_')[0]!r})")
     for name in store.feature_names:
-        n_arrays += 1
         if name not in expected:
             problems.add(f"{name}: array present but feature not in the version config {sorted(expected)}")
-        _verify_feature(name, group[name], n, shapes.get(name), ok_rows, error_rows, reader, problems)
-    return {
-        "store": store.path, "version": store.version, "n_clips": n, "complete": bool(attrs.get("complete")),
-        "ok": problems.count == 0, "problems": problems.items, "n_problems": problems.count,
-        "arrays": n_arrays, "chunks_read": reader.chunks, "bytes_read": reader.bytes,
-        "seconds": time.perf_counter() - t0,
-    }
+        _verify_feature(name, store.group[name], n, shapes.get(name), ok_rows, error_rows, reader, problems)
+    return len(store.feature_names)
 
 
 def _check_meta(meta: dict[str, np.ndarray], done_rows: np.ndarray, problems: _Problems) -> None:
@@ -605,9 +617,7 @@ def export_hdf5(spec: str, out: str | Path, arrays: list[str] | None = None, spl
     if out.exists() and not force:
         raise StoreError(f"{out} exists; pass --force to overwrite it")
     rows = store.rows(split=split, status=None if status == "all" else status)
-    block_size = int(store.attrs["block_size"])
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    raw = 0
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
         with h5py.File(tmp, "w") as f:
@@ -620,35 +630,7 @@ def export_hdf5(spec: str, out: str | Path, arrays: list[str] | None = None, spl
                 "split": split or "", "status": status, "rows": len(rows), "arrays": json.dumps(names),
                 "labels": "1 = fake (spoof), 0 = real (bona fide)",
             })
-            f.create_dataset("store_row", data=rows.astype(np.int64), **_h5_layout((len(rows),), 8))
-            raw += rows.size * 8
-            for column, values in sorted(meta.items()):
-                values = values[rows]
-                if values.dtype.kind in "OTU":
-                    data = np.asarray([str(v) for v in values], dtype=object)
-                    f.create_dataset(f"meta/{column}", data=data, dtype=h5py.string_dtype("utf-8"),
-                                     **_h5_layout(data.shape, 32))
-                    raw += sum(len(v.encode()) for v in data)
-                else:
-                    f.create_dataset(f"meta/{column}", data=values, **_h5_layout(values.shape, values.itemsize))
-                    raw += values.nbytes
-            blocks = rows // block_size
-            bounds = np.flatnonzero(np.diff(blocks)) + 1
-            groups = np.split(rows, bounds) if rows.size else []
-            for name in names:
-                arr = store.array(name)
-                shape = (len(rows), *arr.shape[1:])
-                ds = f.create_dataset(name, shape=shape, dtype=arr.dtype,
-                                      **_h5_layout(shape, arr.dtype.itemsize))
-                pos = 0
-                for idx in groups:
-                    if idx[-1] - idx[0] + 1 == idx.size:     # contiguous: one slice read
-                        data = arr[int(idx[0]):int(idx[-1]) + 1]
-                    else:
-                        data = arr.get_orthogonal_selection((idx,))
-                    ds[pos:pos + idx.size] = data
-                    pos += idx.size
-                    raw += data.nbytes
+            raw = _write_hdf5_meta(f, meta, rows) + _write_hdf5_features(f, store, names, rows)
         os.replace(tmp, out)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -657,6 +639,44 @@ def export_hdf5(spec: str, out: str | Path, arrays: list[str] | None = None, spl
             "arrays": names, "meta_columns": sorted(meta), "split": split, "status": status,
             "bytes_written": out.stat().st_size, "bytes_raw": int(raw),
             "seconds": time.perf_counter() - t0}
+
+
+def _write_hdf5_meta(f, meta: dict[str, np.ndarray], rows: np.ndarray) -> int:
+    """`store_row` and every metadata column of the rows; returns the bytes written (uncompressed)."""
+    import h5py
+
+    f.create_dataset("store_row", data=rows.astype(np.int64), **_h5_layout((len(rows),), 8))
+    raw = rows.size * 8
+    for column, values in sorted(meta.items()):
+        values = values[rows]
+        if values.dtype.kind in "OTU":
+            data = np.asarray([str(v) for v in values], dtype=object)
+            f.create_dataset(f"meta/{column}", data=data, dtype=h5py.string_dtype("utf-8"),
+                             **_h5_layout(data.shape, 32))
+            raw += sum(len(v.encode()) for v in data)
+        else:
+            f.create_dataset(f"meta/{column}", data=values, **_h5_layout(values.shape, values.itemsize))
+            raw += values.nbytes
+    return raw
+
+
+def _write_hdf5_features(f, store: FeatureStore, names: list[str], rows: np.ndarray) -> int:
+    """The feature arrays of the rows, one store block at a time (FeatureStore.read_rows: whole
+    chunks); returns the bytes written (uncompressed)."""
+    block_size = int(store.attrs["block_size"])
+    groups = np.split(rows, np.flatnonzero(np.diff(rows // block_size)) + 1) if rows.size else []
+    raw = 0
+    for name in names:
+        arr = store.array(name)
+        shape = (len(rows), *arr.shape[1:])
+        ds = f.create_dataset(name, shape=shape, dtype=arr.dtype, **_h5_layout(shape, arr.dtype.itemsize))
+        pos = 0
+        for idx in groups:
+            data = store.read_rows([name], idx)[name]
+            ds[pos:pos + idx.size] = data
+            pos += idx.size
+            raw += data.nbytes
+    return raw
 
 
 def _h5_layout(shape: tuple, itemsize: int) -> dict:

@@ -124,6 +124,25 @@ def _apply_override(data: dict, assignment: str) -> None:
     node[parts[-1]] = value
 
 
+class _File:
+    """An experiment file being read: every failure names the file, the line and the table."""
+
+    def __init__(self, path: Path, text: str):
+        self.path, self.text, self.base = path, text, path.parent
+
+    def line(self, table: str, key: str | None = None) -> int:
+        return _line_of(self.text, table, key)
+
+    def fail(self, table: str, key: str | None, message: str):
+        raise ExperimentError(f"{self.path}:{self.line(table, key)}: [{table}]"
+                              f"{' ' + key if key else ''}: {message}")
+
+    def check_keys(self, table: str, given: dict, allowed: set[str]) -> None:
+        for key in given:
+            if key not in allowed:
+                self.fail(table, key, f"unknown key {key!r}; allowed: {', '.join(sorted(allowed))}")
+
+
 def load_experiment(path: str | Path, overrides: list[str] = ()) -> Experiment:
     """Parse and check an experiment file; every error names the file and line."""
     path = Path(path)
@@ -136,47 +155,48 @@ def load_experiment(path: str | Path, overrides: list[str] = ()) -> Experiment:
         raise ExperimentError(f"{path}: not valid TOML ({e})") from None
     for assignment in overrides:
         _apply_override(data, assignment)
-    base = path.parent
-
-    def fail(table: str, key: str | None, message: str):
-        raise ExperimentError(f"{path}:{_line_of(text, table, key)}: [{table}]"
-                              f"{' ' + key if key else ''}: {message}")
-
-    def check_keys(table: str, given: dict, allowed: set[str]):
-        for key in given:
-            if key not in allowed:
-                fail(table, key, f"unknown key {key!r}; allowed: {', '.join(sorted(allowed))}")
-
-    check_keys("experiment", data.get("experiment", {}), SECTIONS["experiment"])
+    f = _File(path, text)
+    f.check_keys("experiment", data.get("experiment", {}), SECTIONS["experiment"])
     for section in data:
         if section not in SECTIONS:
-            fail(section, None, f"unknown section [{section}]; allowed: {', '.join(SECTIONS)}")
-    check_keys("report", data.get("report", {}), SECTIONS["report"])
+            f.fail(section, None, f"unknown section [{section}]; allowed: {', '.join(SECTIONS)}")
+    f.check_keys("report", data.get("report", {}), SECTIONS["report"])
     meta = data.get("experiment", {})
-    stores_dir = base / meta.get("stores_dir", "stores")
-    runs_dir = base / meta.get("runs_dir", "runs")
+    stores_dir = f.base / meta.get("stores_dir", "stores")
+    runs_dir = f.base / meta.get("runs_dir", "runs")
+    datasets = _read_datasets(f, data.get("datasets", {}))
+    stores = _read_stores(f, data.get("stores", {}), datasets)
+    runs, run_dirs = _read_runs(f, data.get("runs", {}), stores, stores_dir, runs_dir)
+    return Experiment(path, meta.get("name", path.stem), stores_dir, runs_dir, datasets, stores,
+                      runs, run_dirs, _run_order(f, runs), data.get("report", {}))
 
+
+def _read_datasets(f: _File, tables: dict) -> dict:
     datasets = {}
-    for name, d in data.get("datasets", {}).items():
+    for name, d in tables.items():
         table = f"datasets.{name}"
-        check_keys(table, d, DATASET_KEYS)
+        f.check_keys(table, d, DATASET_KEYS)
         if d.get("dataset") not in ADAPTERS:
-            fail(table, "dataset", f"unknown dataset {d.get('dataset')!r}; valid: {', '.join(ADAPTERS)}")
+            f.fail(table, "dataset", f"unknown dataset {d.get('dataset')!r}; valid: {', '.join(ADAPTERS)}")
         if "root" not in d:
-            fail(table, None, "needs root = \"...\"")
-        root = base / _expand(d["root"], f"{path}:{_line_of(text, table, 'root')}")  # absolute stays absolute
+            f.fail(table, None, "needs root = \"...\"")
+        root = f.base / _expand(d["root"], f"{f.path}:{f.line(table, 'root')}")  # absolute stays absolute
         if not root.exists():
-            fail(table, "root", f"dataset root {root} does not exist")
+            f.fail(table, "root", f"dataset root {root} does not exist")
         datasets[name] = {"dataset": d["dataset"], "root": root}
+    return datasets
 
-    stores = {}
-    for name, s in data.get("stores", {}).items():
+
+def _read_stores(f: _File, tables: dict, datasets: dict) -> dict:
+    for name, s in tables.items():
         table = f"stores.{name}"
-        check_keys(table, s, STORE_KEYS)
+        f.check_keys(table, s, STORE_KEYS)
         if s.get("data") not in datasets:
-            fail(table, "data", f"unknown dataset {s.get('data')!r}; declared: {', '.join(datasets) or 'none'}")
-        stores[name] = s
+            f.fail(table, "data", f"unknown dataset {s.get('data')!r}; declared: {', '.join(datasets) or 'none'}")
+    return dict(tables)
 
+
+def _read_runs(f: _File, tables: dict, stores: dict, stores_dir: Path, runs_dir: Path) -> tuple[dict, dict]:
     def resolve_set(table: str, key: str, ref: str) -> str:
         label = ""
         if key == "ood" and "=" in ref.split("/")[0]:
@@ -185,19 +205,19 @@ def load_experiment(path: str | Path, overrides: list[str] = ()) -> Experiment:
         store, _, split = ref.partition(":")
         store_name, _, version = store.partition("@")
         if store_name not in stores:
-            fail(table, key, f"unknown store {store_name!r}; declared: {', '.join(stores) or 'none'}")
+            f.fail(table, key, f"unknown store {store_name!r}; declared: {', '.join(stores) or 'none'}")
         if version:
             _check_version(stores_dir / f"{store_name}.zarr", store_name, version,
-                           lambda message: fail(table, key, message))
+                           lambda message: f.fail(table, key, message))
         path_ = str(stores_dir / f"{store_name}.zarr") + (f"@{version}" if version else "")
         return label + path_ + (f":{split}" if split else "")
 
     runs, run_dirs = {}, {}
-    for name, r in data.get("runs", {}).items():
+    for name, r in tables.items():
         table = f"runs.{name}"
-        check_keys(table, r, RUN_KEYS)
+        f.check_keys(table, r, RUN_KEYS)
         if "arch" not in r or "train" not in r:
-            fail(table, None, "needs arch and train")
+            f.fail(table, None, "needs arch and train")
         fields = {k: v for k, v in r.items() if k != "out"}
         for key in SET_KEYS:
             if key in fields and fields[key]:
@@ -205,23 +225,27 @@ def load_experiment(path: str | Path, overrides: list[str] = ()) -> Experiment:
         fields["ood"] = tuple(resolve_set(table, "ood", o) for o in fields.get("ood", ()))
         if "holdout_generators" in fields:
             fields["holdout_generators"] = tuple(fields["holdout_generators"])
-        out = base / r["out"] if "out" in r else runs_dir / name
+        out = f.base / r["out"] if "out" in r else runs_dir / name
         clash = [other for other, d in run_dirs.items() if d.resolve() == out.resolve()]
         if clash:
-            fail(table, "out" if "out" in r else None, f"writes to {out}, as run {clash[0]!r} does")
+            f.fail(table, "out" if "out" in r else None, f"writes to {out}, as run {clash[0]!r} does")
         runs[name], run_dirs[name] = fields, out
     for name, fields in runs.items():
         parent = fields.get("init_from")
         if parent is not None and parent not in runs:
-            fail(f"runs.{name}", "init_from", f"unknown run {parent!r}; declared: {', '.join(runs)}")
+            f.fail(f"runs.{name}", "init_from", f"unknown run {parent!r}; declared: {', '.join(runs)}")
+    return runs, run_dirs
 
+
+def _run_order(f: _File, runs: dict) -> list[str]:
+    """Runs in an order where every init_from parent trains before its child."""
     order, visiting = [], set()
 
     def visit(name: str):
         if name in order:
             return
         if name in visiting:
-            fail(f"runs.{name}", "init_from", "init_from forms a cycle")
+            f.fail(f"runs.{name}", "init_from", "init_from forms a cycle")
         visiting.add(name)
         parent = runs[name].get("init_from")
         if parent:
@@ -229,8 +253,7 @@ def load_experiment(path: str | Path, overrides: list[str] = ()) -> Experiment:
         order.append(name)
     for name in runs:
         visit(name)
-    return Experiment(path, meta.get("name", path.stem), stores_dir, runs_dir, datasets, stores,
-                      runs, run_dirs, order, data.get("report", {}))
+    return order
 
 
 def _check_version(store: Path, name: str, version: str, fail) -> None:

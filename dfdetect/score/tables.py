@@ -1,0 +1,114 @@
+"""The score tables: one row per input (and optionally one per window) in .csv, .jsonl or
+.parquet; rows already written are read back for --resume."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from pathlib import Path
+
+from dfdetect.score.options import ScoreError
+
+FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".parquet": "parquet"}
+# Output columns and their types (the Parquet schema; CSV/JSONL write the same names in this order).
+COLUMNS = {
+    "path": str, "member": str, "status": str, "score": float, "decision": str, "threshold": float,
+    "score_meaning": str, "duration": float, "sample_rate": int, "channels": int, "container": str,
+    "windows": int, "silent_windows": int, "aggregate": str, "features": str, "run_id": str,
+    "frontend_hash": str, "error_kind": str, "error": str,
+}
+WINDOW_COLUMNS = {"path": str, "member": str, "window": int, "start": float, "end": float,
+                  "silent": bool, "score": float, "score_meaning": str}
+
+
+def output_format(path: Path) -> str:
+    fmt = FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise ScoreError(f"{path}: the output format comes from the extension; use one of {', '.join(FORMATS)}")
+    return fmt
+
+
+def previous_rows(path: Path, resume: bool) -> tuple[list[dict], bool]:
+    """(rows, complete) already in an output; complete is False when its last line was cut off by
+    an interrupted write (that line is left out). An existing output is only continued on --resume."""
+    if not path.exists():
+        return [], True
+    if not resume:
+        raise ScoreError(f"{path} exists; pass --resume to continue it, or remove it")
+    if output_format(path) == "parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path).to_pylist(), True
+    text = path.read_text(encoding="utf-8")
+    complete = text == "" or text.endswith("\n")
+    lines = io.StringIO(text, newline="\n").readlines()[:None if complete else -1]  # only \n ends a row
+    if output_format(path) == "csv":
+        return list(csv.DictReader(lines)), complete
+    return [json.loads(line) for line in lines if line.strip()], complete
+
+
+class TableWriter:
+    """Rows into .csv/.jsonl, appended and flushed as they come, or into .parquet, in row groups
+    written beside the output and moved into place by close(). `rows` are earlier rows that stay
+    before the new ones; `rewrite` replaces a CSV/JSONL file with them first (a cut-off last line,
+    or rows left out)."""
+
+    def __init__(self, path: Path, columns: dict, metadata: dict, rows: list[dict] = (), rewrite: bool = False):
+        self.path, self.columns, self.fmt = Path(path), columns, output_format(Path(path))
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._partial = self.path.with_name(self.path.name + ".partial")
+        if self.fmt == "parquet":
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            types = {str: pa.string(), float: pa.float64(), int: pa.int64(), bool: pa.bool_()}
+            self._schema = pa.schema([(k, types[t]) for k, t in columns.items()],
+                                     metadata={"dfdetect": json.dumps(metadata)})
+            self._writer = pq.ParquetWriter(self._partial, self._schema)
+            self._buffer: list[dict] = []
+            for row in rows:
+                self.write(row)
+            return
+        if rewrite:
+            self._open(self._partial, "w")
+            for row in rows:
+                self.write(row)
+            self._file.close()
+            os.replace(self._partial, self.path)
+        self._open(self.path, "a")
+
+    def _open(self, path: Path, mode: str) -> None:
+        new = mode == "w" or not path.exists()
+        self._file = open(path, mode, newline="", encoding="utf-8")
+        self._csv = csv.DictWriter(self._file, list(self.columns)) if self.fmt == "csv" else None
+        if new and self._csv:
+            self._csv.writeheader()
+
+    def write(self, row: dict) -> None:
+        if self.fmt == "parquet":
+            self._buffer.append(row)
+            if len(self._buffer) >= 10_000:
+                self._flush()
+        elif self._csv:
+            self._csv.writerow({k: "" if row.get(k) is None else row[k] for k in self.columns})
+            self._file.flush()
+        else:
+            self._file.write(json.dumps({k: row.get(k) for k in self.columns}, ensure_ascii=False) + "\n")
+            self._file.flush()
+
+    def _flush(self) -> None:
+        import pyarrow as pa
+
+        if self._buffer:
+            self._writer.write_table(pa.Table.from_pylist(self._buffer, schema=self._schema))
+            self._buffer = []
+
+    def close(self) -> None:
+        if self.fmt == "parquet":
+            self._flush()
+            self._writer.close()
+            os.replace(self._partial, self.path)
+        else:
+            self._file.close()
