@@ -354,7 +354,12 @@ def evaluate_command(
     Labels: 1 = fake (spoof), 0 = real (bona fide). Scores: P(fake), higher = more likely fake; use
     --higher-is real for systems that score bona fide high (ASVspoof's convention). EER: the ASVspoof
     convention. Formats and the ASVspoof column rule: see dfdetect/evaluate/score_files.py."""
-    from dfdetect.evaluate.evaluation import EvaluationError, evaluate_run, evaluate_score_file, print_evaluation
+    from dfdetect.evaluate.evaluation import (
+        EvaluationError,
+        evaluate_run,
+        evaluate_score_file,
+        print_evaluation,
+    )
     from dfdetect.evaluate.score_files import read_scores
     from dfdetect.metrics import json_safe
 

@@ -1,6 +1,7 @@
 """Training from cached features: every set every epoch, exact resume, checkpoints that score the
 same, the loader's whole-chunk reads, and every bad input refused before training starts."""
 
+import dataclasses
 import json
 import shutil
 
@@ -20,7 +21,7 @@ from dfdetect.featurize.wavlm import WavLMConfig
 from dfdetect.models.registry import build_model
 from dfdetect.store import StoreError
 from dfdetect.train.data import FeatureLoader, open_set
-from dfdetect.train.trainer import TrainConfig, TrainError, predict, train
+from dfdetect.train.trainer import TrainConfig, TrainError, open_sets, predict, train
 
 
 @pytest.fixture(scope="module")
@@ -223,3 +224,21 @@ def test_leave_one_generator_out(stores, tmp_path):
     assert "ood:holdout" in record["sets"]
     with pytest.raises(TrainError, match="not among the fakes"):
         train(TrainConfig(arch="mel_cnn", train=f"{s}:train", holdout_generators=("codec",), epochs=1), tmp_path / "x")
+
+
+@pytest.mark.parametrize("arch", ["mel_cnn", "mel_aasist", "wavlm_cnn", "wavlm_aasist"])
+def test_a_last_batch_of_one_never_reaches_batchnorm(stores, tmp_path, arch):
+    """k * batch + 1 training rows: the epoch's last row joins the batch before it (BatchNorm cannot
+    train on one row), in memory and streamed, and the run trains."""
+    config = _config(stores, arch=arch, epochs=1, test=None, ood=())
+    n = len(open_sets(config.resolved())["train"].rows)
+    config = dataclasses.replace(config, batch_size=(n - 1) // 2)      # n = 2 * batch + 1 (n is odd here)
+    if n % 2 == 0:
+        config = dataclasses.replace(config, batch_size=n - 1)          # n = 1 * batch + 1
+    data = open_sets(config.resolved())["train"]
+    for budget in (4 << 30, 0):
+        loader = FeatureLoader(data, ("mel",), config.batch_size, shuffle=True, seed=0, memory_budget=budget)
+        sizes = [len(b["row"]) for b in loader.epoch(1)]
+        assert sum(sizes) == n and min(sizes) > 1 and len(sizes) == len(loader), sizes
+    record = train(config, tmp_path / arch)
+    assert record["train"]["clips"] == n

@@ -32,6 +32,13 @@ from dfdetect.errors import DfdetectError
 from dfdetect.evaluate.evaluation import HEADER, fmt
 from dfdetect.evaluate.score_files import read_scores
 from dfdetect.metrics import det_curve, eer
+from dfdetect.models.registry import (
+    WAVLM_LARGE_BYTES,
+    WAVLM_LARGE_PARAMETERS,
+    count_parameters,
+    get_architecture,
+)
+from dfdetect.models.runs import RunFolder, load_run
 
 # (a) The 100%-accuracy trap (seed Part 3: test accuracy 100% while validation EER sat at 0.50):
 # an epoch with test accuracy at least TRAP_TEST_ACCURACY and validation EER at least TRAP_VAL_EER.
@@ -108,8 +115,6 @@ def _missing(value) -> bool:
 # -- reading runs ------------------------------------------------------------------------------------------
 def read_run(path: Path) -> RunInfo:
     """Records, best epoch and sizes of a run (load_run checks the folder and the checkpoint)."""
-    from dfdetect.models.registry import count_parameters, get_architecture
-    from dfdetect.models.runs import RunFolder, load_run
 
     run = load_run(path, "best")
     train = run.config["sets"]["train"]   # its spec may say more than STORE:SPLIT (held-out generators)
@@ -251,7 +256,6 @@ def curves_figure(run: RunInfo) -> bytes:
 
 
 def score_files(run: RunInfo) -> list[tuple[str, Path]]:
-    from dfdetect.models.runs import RunFolder
 
     folder = RunFolder(run.path).scores("best")
     return [(name, folder / f"{name.replace(':', '_')}.csv") for name in run.set_names
@@ -424,7 +428,6 @@ def correlation_text(runs: list[RunInfo], ood: str | None) -> str:
 
 def size_table(page: Page, runs: list[RunInfo], ood: str | None) -> None:
     """The reference study's model size table: parameters, checkpoint MB (the file, measured), OOD accuracy per MB."""
-    from dfdetect.models.registry import WAVLM_LARGE_BYTES, WAVLM_LARGE_PARAMETERS
 
     label = ood[4:] if ood else "OOD"
     rows = []

@@ -218,6 +218,28 @@ def read_scores(path: str | Path, fmt: str | None = None, score_col: str | None 
         if fmt != "asvspoof" and label_col:
             notes.append(f"labels come from {protocol}; the file's column {label_col!r} is ignored")
 
+    keep, labels, scores = _usable_rows(records, score_key, label_key, unit, path, drop_bad, notes)
+    labels, scores = np.asarray(labels, dtype=int), np.asarray(scores, dtype=np.float64)
+    probabilities = bool(((scores >= 0) & (scores <= 1)).all())
+    if higher_is == "real":  # order-reversing: EER, AUC and minDCF are those of the original scores
+        scores = 1.0 - scores if probabilities else -scores
+        notes.append("--higher-is real: scores flipped to P(fake) = "
+                     + ("1 - score" if probabilities else "-score (they are not probabilities)"))
+    if not probabilities:
+        notes.append(f"scores range over [{scores.min():.4g}, {scores.max():.4g}], not probabilities: the metrics at "
+                     "threshold 0.5 do not mean P(fake) = 0.5; EER, AUC and minDCF depend only on the order")
+    if labels.min() == labels.max():
+        notes.append(f"every clip is {'fake' if labels[0] else 'real'}: EER, AUC, minDCF, MCC and "
+                     f"{'specificity' if labels[0] else 'recall'} are undefined")
+    lines = np.asarray([records[i][0] for i in keep])
+    columns = {name: np.asarray([str(records[i][1].get(col) or "") for i in keep]) for name, col in groups.items()}
+    return ScoreTable(str(path), fmt, labels, scores, lines, columns, notes)
+
+
+def _usable_rows(records: list[tuple[int, dict]], score_key: str, label_key: str, unit: str, path: Path,
+                 drop_bad: bool, notes: list[str]) -> tuple[list[int], list[int], list[float]]:
+    """(record indices, labels, scores) of the rows with a usable score and label. Bad rows are an
+    EvaluationError naming their lines, or with `drop_bad` left out with a note that names them."""
     problems: dict[str, list[int]] = {}
     unknown: set[str] = set()
     keep, labels, scores = [], [], []
@@ -249,21 +271,7 @@ def read_scores(path: str | Path, fmt: str | None = None, score_col: str | None 
         notes.append(f"left out: {described}")
     if not keep:
         raise EvaluationError(f"{path}: no row has both a usable score and a label")
-    labels, scores = np.asarray(labels, dtype=int), np.asarray(scores, dtype=np.float64)
-    probabilities = bool(((scores >= 0) & (scores <= 1)).all())
-    if higher_is == "real":  # order-reversing: EER, AUC and minDCF are those of the original scores
-        scores = 1.0 - scores if probabilities else -scores
-        notes.append("--higher-is real: scores flipped to P(fake) = "
-                     + ("1 - score" if probabilities else "-score (they are not probabilities)"))
-    if not probabilities:
-        notes.append(f"scores range over [{scores.min():.4g}, {scores.max():.4g}], not probabilities: the metrics at "
-                     "threshold 0.5 do not mean P(fake) = 0.5; EER, AUC and minDCF depend only on the order")
-    if labels.min() == labels.max():
-        notes.append(f"every clip is {'fake' if labels[0] else 'real'}: EER, AUC, minDCF, MCC and "
-                     f"{'specificity' if labels[0] else 'recall'} are undefined")
-    lines = np.asarray([records[i][0] for i in keep])
-    columns = {name: np.asarray([str(records[i][1].get(col) or "") for i in keep]) for name, col in groups.items()}
-    return ScoreTable(str(path), fmt, labels, scores, lines, columns, notes)
+    return keep, labels, scores
 
 
 def _text(value) -> str:

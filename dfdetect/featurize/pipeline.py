@@ -25,10 +25,13 @@ from pathlib import Path
 
 import numpy as np
 
+from dfdetect.datasets import prepare
 from dfdetect.featurize.audio import AudioError, decode
 from dfdetect.featurize.frontend import Frontend, FrontendConfig
 from dfdetect.featurize.variants import Variant
+from dfdetect.featurize.wavlm import WavLMConfig, load_wavlm
 from dfdetect.store.schema import ERROR, FEATURE_ARRAYS, OK, StoreError, arrays_of, version_config
+from dfdetect.store.writer import StoreLock, create_version, mark_complete, pending_blocks, write_block
 
 FEATURES = tuple(FEATURE_ARRAYS)   # mel, lfcc, wavlm
 
@@ -100,7 +103,6 @@ def prepare_waveform(frontend: Frontend, audio, where: str, variant: Variant | N
 
 def frontend_block(job: BlockJob) -> dict:
     """Decode the block's clips, run the frontend, write mel/LFCC and the outcome columns."""
-    from dfdetect.store.writer import write_block
 
     _setup_worker(job.threads)
     frontend = _frontend(job.frontend)
@@ -147,8 +149,6 @@ def frontend_block(job: BlockJob) -> dict:
 
 def wavlm_block(job: BlockJob, prepared: dict) -> dict:
     """Run frozen WavLM on the block's prepared waveforms; write its shard and mark the block done."""
-    from dfdetect.featurize.wavlm import load_wavlm
-    from dfdetect.store.writer import write_block
 
     _setup_worker(job.threads)
     extractor = load_wavlm(job.wavlm, device=job.device)
@@ -183,7 +183,6 @@ def dask_client(scheduler: str | None, workers: int):
 def wavlm_spec(config, n_samples: int) -> dict:
     """Load WavLM once here (on CPU) to fail early when the weights are missing, and to learn its
     shapes and provenance before any worker starts."""
-    from dfdetect.featurize.wavlm import load_wavlm
 
     extractor = load_wavlm(config, device="cpu")
     return {"info": extractor.info(), "frames": extractor.frames(n_samples),
@@ -208,8 +207,6 @@ def featurize(dataset: str, root: str | Path, out: str, features=("mel", "lfcc")
     """Run (or resume) the featurize pass of one dataset into the store at `out`."""
     from rich.console import Console
 
-    from dfdetect.datasets import prepare
-    from dfdetect.store.writer import StoreLock, create_version, mark_complete, pending_blocks
 
     console = console or Console()
     unknown = [f for f in features if f not in FEATURES]
@@ -230,7 +227,6 @@ def featurize(dataset: str, root: str | Path, out: str, features=("mel", "lfcc")
 
     spec = None
     if "wavlm" in features:
-        from dfdetect.featurize.wavlm import WavLMConfig
 
         wavlm = wavlm or WavLMConfig()
         spec = wavlm_spec(wavlm, frontend.clip_samples)

@@ -31,6 +31,7 @@ from safetensors.torch import load_file, save_file
 
 from dfdetect.errors import ConfigError, DfdetectError
 from dfdetect.featurize.frontend import FrontendConfig
+from dfdetect.featurize.wavlm import WavLMConfig
 from dfdetect.metrics import json_safe
 from dfdetect.models.registry import build_model, get_architecture
 
@@ -194,7 +195,6 @@ class LoadedRun:
         info = self.wavlm_info
         if not info:
             return None
-        from dfdetect.featurize.wavlm import WavLMConfig
 
         return WavLMConfig(model=info["model"], revision=info.get("revision"), layers=tuple(info["layers"]),
                            normalize=info.get("normalize"))

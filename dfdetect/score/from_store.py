@@ -13,13 +13,13 @@ import numpy as np
 from dfdetect.score.options import ScoreError
 from dfdetect.score.sources import OK, Item
 from dfdetect.score.windows import STORE, FileResult, Piece
+from dfdetect.store import StoreError, open_store
 
 
 def open_feature_store(spec: str, run):
     """The store version `spec` (PATH[@VERSION]) names, checked against the run with the one
     compatibility rule (store.fit_problems): every array the head reads, the same frontend, the
     WavLM the head was trained on. ScoreError says what differs."""
-    from dfdetect.store import StoreError, open_store
 
     try:
         store = open_store(spec)

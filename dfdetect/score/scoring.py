@@ -58,6 +58,9 @@ import torch
 from dfdetect import __version__
 from dfdetect.devices import resolve_device
 from dfdetect.errors import ConfigError
+from dfdetect.featurize.pipeline import dask_client
+from dfdetect.featurize.wavlm import load_wavlm
+from dfdetect.models.runs import load_run
 from dfdetect.score.from_store import open_feature_store, store_matches, store_pieces
 from dfdetect.score.lanes import dask_pieces, local_pieces, make_lanes
 from dfdetect.score.options import AGGREGATES, SCORE_MEANING, ScoreError, ScoreOptions
@@ -78,7 +81,6 @@ class Scorer:
         self.inputs = run.inputs
         self.wavlm = None
         if "wavlm" in self.inputs:
-            from dfdetect.featurize.wavlm import load_wavlm
 
             if run.wavlm_config is None:
                 raise ScoreError(f"{run.path} reads WavLM features but records no WavLM config")
@@ -171,7 +173,6 @@ def score(model: str | Path, paths: list[str], out: str | Path, options: ScoreOp
     any output is touched, when it cannot start as asked."""
     from rich.console import Console
 
-    from dfdetect.models.runs import load_run
 
     console = console or Console(stderr=True)
     out = Path(out)
@@ -350,7 +351,6 @@ def _pieces(pending: list[tuple[int, Item]], config: WindowConfig, options: Scor
     if options.workers == 0 and not options.scheduler:
         yield from local_pieces(make_lanes(pending, 1), config)
         return
-    from dfdetect.featurize.pipeline import dask_client
 
     cores = os.cpu_count() or 1
     workers = max(1, cores // 3) if options.workers is None else options.workers

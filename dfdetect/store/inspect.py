@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import zarr
 
+from dfdetect import __version__
 from dfdetect.store.schema import (
     ARRAY_NAMES,
     CLIP_COLUMNS,
@@ -596,7 +597,6 @@ def export_hdf5(spec: str, out: str | Path, arrays: list[str] | None = None, spl
     File attributes: config (JSON), store, version, dfdetect_version, filters."""
     import h5py
 
-    from dfdetect import __version__
 
     t0 = time.perf_counter()
     out = Path(out)

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 
 import numpy as np
@@ -139,6 +139,7 @@ class FeatureStore:
     path: str
     version: str
     group: zarr.Group
+    _arrays: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def attrs(self) -> dict:
@@ -206,10 +207,14 @@ class FeatureStore:
         return [k for k in ARRAY_NAMES if k in self.group]
 
     def array(self, name: str) -> zarr.Array:
-        if name not in self.group:
-            raise StoreError(f"{self.path}@{self.version} has no array {name!r} "
-                             f"(it has {', '.join(self.feature_names)}); featurize with it first")
-        return self.group[name]
+        """A feature array, opened once (opening reads its metadata: ~1 ms, as long as decoding a
+        few rows)."""
+        if name not in self._arrays:
+            if name not in self.group:
+                raise StoreError(f"{self.path}@{self.version} has no array {name!r} "
+                                 f"(it has {', '.join(self.feature_names)}); featurize with it first")
+            self._arrays[name] = self.group[name]
+        return self._arrays[name]
 
     @cached_property
     def meta(self) -> dict[str, np.ndarray]:

@@ -41,8 +41,14 @@ from pathlib import Path
 
 from dfdetect.datasets import ADAPTERS
 from dfdetect.errors import DfdetectError
+from dfdetect.evaluate.report import build_report
+from dfdetect.featurize.pipeline import featurize
+from dfdetect.featurize.variants import Variant
+from dfdetect.featurize.wavlm import WavLMConfig
 from dfdetect.models.runs import RunFolder
-from dfdetect.train.trainer import TrainConfig
+from dfdetect.store import StoreError, open_store
+from dfdetect.store.schema import list_versions
+from dfdetect.train.trainer import TrainConfig, train
 
 SECTIONS = {"experiment": {"name", "stores_dir", "runs_dir", "description"},
             "datasets": None, "stores": None, "runs": None, "report": {"out", "ood"}}
@@ -259,8 +265,6 @@ def _run_order(f: _File, runs: dict) -> list[str]:
 def _check_version(store: Path, name: str, version: str, fail) -> None:
     """A pinned STORE@VERSION must exist already: featurize names versions by content, so a
     version that is not there is a typo or another machine's store."""
-    from dfdetect.store import StoreError
-    from dfdetect.store.schema import list_versions
 
     if not store.exists():
         fail(f"pins version {version} of store {name!r}, which has not been featurized yet; "
@@ -293,7 +297,6 @@ def run_state(experiment: Experiment, name: str) -> dict:
 
 
 def store_state(experiment: Experiment, name: str) -> str:
-    from dfdetect.store import StoreError, open_store
 
     try:
         open_store(experiment.store_path(name))
@@ -305,10 +308,6 @@ def store_state(experiment: Experiment, name: str) -> str:
 def run_experiment(experiment: Experiment, console, workers: int | None = None):
     """Featurize what is missing, train what is unfinished, write the report; returns the runs'
     states and the report (None without runs)."""
-    from dfdetect.featurize.pipeline import featurize
-    from dfdetect.featurize.variants import Variant
-    from dfdetect.featurize.wavlm import WavLMConfig
-    from dfdetect.train.trainer import train
 
     for name, s in experiment.stores.items():
         data = experiment.datasets[s["data"]]
@@ -333,7 +332,6 @@ def run_experiment(experiment: Experiment, console, workers: int | None = None):
         states[name] = run_state(experiment, name)
     report = None
     if experiment.runs:
-        from dfdetect.evaluate.report import build_report
 
         report = build_report([experiment.run_dirs[n] for n in experiment.order], experiment.report_path,
                               ood=experiment.report.get("ood"))

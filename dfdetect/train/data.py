@@ -90,7 +90,8 @@ class FeatureLoader:
         self._cache = self._read_units(self._units) if self.in_memory else None
 
     def __len__(self) -> int:
-        return -(-len(self.data.rows) // self.batch_size)
+        full, rest = divmod(len(self.data.rows), self.batch_size)
+        return full + (rest > 0) - (self.shuffle and rest == 1)   # see _batches: no batch of one
 
     def _read_units(self, units, full_check: bool = True) -> dict[str, np.ndarray]:
         """The wanted rows of whole read units, in unit order (FeatureStore.read_rows: whole chunks,
@@ -110,8 +111,14 @@ class FeatureLoader:
         return out
 
     def _batches(self, block: dict, order: np.ndarray):
-        for start in range(0, len(order), self.batch_size):
-            take = order[start:start + self.batch_size]
+        n = len(order)
+        bounds = [*range(0, n, self.batch_size), n]
+        if self.shuffle and n and n - bounds[-2] == 1:
+            # BatchNorm cannot train on one row: an epoch's last batch of one joins the batch before
+            # it (or, alone in its buffer, is left out of this epoch); both follow (seed, epoch).
+            del bounds[-2 if n > 1 else -1]
+        for start, stop in zip(bounds[:-1], bounds[1:]):
+            take = order[start:stop]
             batch = {f: torch.from_numpy(np.ascontiguousarray(block[f][take])) for f in self.features}
             rows = block["row"][take]
             batch["label"] = torch.from_numpy(self._labels[rows])
