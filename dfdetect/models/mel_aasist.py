@@ -25,7 +25,7 @@ each in -> out/3 channels, concatenated -> BN -> ReLU -> 1x1 fuse -> BN -> SE (r
 
 With the defaults: 2,103,674 parameters, 8.4 MB as float32 safetensors (the reference study's 2.2 MB cannot hold
 ~2M float32 weights; it reads as ~1 byte per parameter), 0.34 GMAC per 3 s clip; ~6-8 ms per clip
-forward on one CPU core at batch 32 (tests/test_heads.py prints it). Most parameters sit where
+forward on one CPU core at batch 32 (bench/heads.py). Most parameters sit where
 compute is cheap: block 3 and the collapse conv run on an 8 x 19 map.
 
 The body is `blocks.AASISTEncoder` (mel -> 64-d embedding, also `MelAASIST.embed`); it and `AttentiveStatsPool` are
