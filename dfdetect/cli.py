@@ -14,14 +14,36 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.errors import MarkupError
 from rich.markup import escape
+from rich.segment import Segment
 from rich.table import Table
 from typer.core import TyperGroup
 
 from dfdetect.errors import ConfigError, DfdetectError
+from dfdetect.names import terminal_text
 
-console = Console(emoji=False)
-errors = Console(emoji=False, stderr=True)
+
+class _Console(Console):
+    """rich's Console, showing control characters in printed text as escapes (names.terminal_text),
+    so a file or member name cannot move the cursor, recolour or erase what the terminal shows
+    (CWE-150). rich's own styles and cursor control (progress bars) are untouched."""
+
+    def render_str(self, text: str, **kwargs):
+        """Markup where dfdetect wrote it; a name that reads as a stray tag ("[/x]") is shown as
+        written instead of stopping the command."""
+        try:
+            return super().render_str(text, **kwargs)
+        except MarkupError:
+            return super().render_str(text, **{**kwargs, "markup": False})
+
+    def _render_buffer(self, buffer) -> str:
+        return super()._render_buffer(
+            Segment(text if control else terminal_text(text), style, control) for text, style, control in buffer)
+
+
+console = _Console(emoji=False)
+errors = _Console(emoji=False, stderr=True)
 
 # Exit codes every command shares: 0 done, 1 done with problems (listed), 2 a usage error dfdetect
 # explains in one line, 3 a bug in dfdetect (traceback shown).
@@ -142,7 +164,7 @@ def _print_featurize_summary(result) -> None:
             table.add_row(kind, str(n), result.error_examples[kind])
         console.print(table)
     for block, message in sorted(result.failed_blocks.items()):
-        console.print(f"[red]block {block} failed:[/] {message}", soft_wrap=True)
+        console.print(f"[red]block {block} failed:[/] {escape(message)}", soft_wrap=True)
 
 
 @datasets_app.command("list")
@@ -392,7 +414,8 @@ def report_command(
 
     report = build_report(runs, out, ood=ood)
     for warning in report.warnings:
-        console.print(f"[yellow]warning:[/] {warning.run}: {warning.message}", soft_wrap=True, highlight=False)
+        console.print(f"[yellow]warning:[/] {escape(str(warning.run))}: {escape(warning.message)}", soft_wrap=True,
+                      highlight=False)
     console.print(f"wrote {report.html} and {report.markdown} ({len(report.runs)} runs, "
                   f"{len(report.warnings)} warnings)")
 
@@ -478,7 +501,7 @@ def store_ls(
         complete = r.get("complete")
         blocks = (f" ({r['blocks_done']}/{r['blocks']} blocks)"
                   if not complete and r.get("blocks") is not None else "")
-        table.add_row(r["store"], str(r.get("dataset") or "-"), str(r.get("version") or "-"),
+        table.add_row(escape(r["store"]), escape(str(r.get("dataset") or "-")), str(r.get("version") or "-"),
                       str(r.get("clips", "-")), str(r.get("ok", "-")), str(r.get("errors", "-")),
                       ("yes" if complete else "[yellow]no[/]" + blocks) if "complete" in r else "-",
                       ",".join(r.get("features") or []), human_bytes(r.get("size_bytes")),
@@ -506,8 +529,8 @@ def _print_store_info(info: dict) -> None:
 
     state = ("[green]complete[/]" if info["complete"] else
              f"[yellow]incomplete: {info['blocks_done']}/{info['blocks']} blocks done[/]")
-    console.print(f"[bold]{info['store']}@{info['version']}[/]  dataset {info['dataset']} "
-                  f"({info['dataset_root']}): {info['n_clips']} clips, blocks of {info['block_size']}, "
+    console.print(f"[bold]{escape(info['store'])}@{info['version']}[/]  dataset {escape(str(info['dataset']))} "
+                  f"({escape(str(info['dataset_root']))}): {info['n_clips']} clips, blocks of {info['block_size']}, "
                   f"{state}; created {info['created']} by dfdetect {info['dfdetect_version']}",
                   soft_wrap=True)
     if len(info["versions"]) > 1:
@@ -552,7 +575,7 @@ def _print_store_info(info: dict) -> None:
             gen.add_row(g, str(n))
         console.print(gen)
     for p in info["problems"]:
-        console.print(f"[yellow]problem:[/] {p}", soft_wrap=True)
+        console.print(f"[yellow]problem:[/] {escape(str(p))}", soft_wrap=True)
 
 
 @store_app.command("verify")

@@ -449,6 +449,9 @@ def build_report(runs: list[str | Path], out: str | Path = "report.html", ood: s
     """Write the HTML page and the Markdown next to it; returns where, and the warnings."""
     if not runs:
         raise ReportError("give at least one run folder")
+    if Path(out).suffix.lower() not in (".html", ".htm"):
+        raise ReportError(f"--out {out}: the report is an HTML page (its tables go beside it as .md); "
+                          "name it e.g. report.html")
     infos = [read_run(Path(p)) for p in runs]
     if len({r.name for r in infos}) < len(infos):
         for r in infos:

@@ -24,8 +24,10 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+from rich.markup import escape
 
 from dfdetect.datasets import prepare
+from dfdetect.errors import check_range
 from dfdetect.featurize.audio import AudioError, decode
 from dfdetect.featurize.frontend import Frontend, FrontendConfig
 from dfdetect.featurize.variants import Variant
@@ -220,10 +222,10 @@ def featurize(dataset: str, root: str | Path, out: str, features=("mel", "lfcc")
     if not index.clips:
         raise StoreError(f"{dataset} at {root}: no clips found; check it with `dfdetect datasets show {dataset} --root {root}`")
     for p in index.problems[:5]:
-        console.print(f"[yellow]dataset problem:[/] {p.where}: {p.message}", markup=True, soft_wrap=True)
+        console.print(f"[yellow]dataset problem:[/] {escape(p.where)}: {escape(p.message)}", soft_wrap=True)
     if len(index.problems) > 5:
         console.print(f"[yellow]... {len(index.problems) - 5} more dataset problems "
-                      f"(`dfdetect datasets show {dataset} --root {root}` lists them)[/]")
+                      f"(`dfdetect datasets show {escape(dataset)} --root {escape(str(root))}` lists them)[/]")
 
     spec = None
     if "wavlm" in features:
@@ -234,6 +236,8 @@ def featurize(dataset: str, root: str | Path, out: str, features=("mel", "lfcc")
     config, version = version_config(frontend.to_dict(), frontend.hash(), features,
                                      spec["info"] if spec else None,
                                      variant.to_dict() if variant else None, shapes)
+    if workers is not None:
+        check_range("--workers", workers, 0)
     workers = (os.cpu_count() or 1) if workers is None else workers
     result = FeaturizeResult(store=out, version=version, n_clips=len(index.clips))
     t0 = time.perf_counter()

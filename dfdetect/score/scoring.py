@@ -57,14 +57,15 @@ import torch
 
 from dfdetect import __version__
 from dfdetect.devices import resolve_device
-from dfdetect.errors import ConfigError
+from dfdetect.errors import ConfigError, check_range
 from dfdetect.featurize.pipeline import dask_client
 from dfdetect.featurize.wavlm import load_wavlm
 from dfdetect.models.runs import load_run
+from dfdetect.names import printable
 from dfdetect.score.from_store import open_feature_store, store_matches, store_pieces
 from dfdetect.score.lanes import dask_pieces, local_pieces, make_lanes
 from dfdetect.score.options import AGGREGATES, SCORE_MEANING, ScoreError, ScoreOptions
-from dfdetect.score.sources import ERROR, OK, SKIPPED, Item, expand, printable
+from dfdetect.score.sources import ERROR, OK, SKIPPED, Item, expand
 from dfdetect.score.tables import COLUMNS, WINDOW_COLUMNS, TableWriter, output_format, previous_rows
 from dfdetect.score.windows import STORE, FileResult, Piece, WindowConfig
 from dfdetect.store.schema import wavlm_differences
@@ -179,12 +180,18 @@ def score(model: str | Path, paths: list[str], out: str | Path, options: ScoreOp
     windows_out = None if windows_out is None else Path(windows_out)
     if options.aggregate not in AGGREGATES:
         raise ScoreError(f"unknown --aggregate {options.aggregate!r}; valid: {', '.join(AGGREGATES)}")
-    for name in ("window", "hop", "top_k", "batch_size", "max_file_mb", "max_hours"):
-        if getattr(options, name) is not None and getattr(options, name) <= 0:
-            raise ScoreError(f"--{name.replace('_', '-')} must be positive")
+    # Every number before any work: NaN would switch a limit off, a hop of 0 samples loop forever.
+    for name, low in (("window", 0.1), ("hop", 0.01), ("top_k", 1), ("batch_size", 1), ("max_file_mb", 0),
+                      ("max_hours", 0)):
+        if getattr(options, name) is not None:
+            check_range(f"--{name.replace('_', '-')}", getattr(options, name), low, low_open=low == 0)
+    if options.workers is not None:
+        check_range("--workers", options.workers, 0)
     for path in (out, windows_out):
         if path is not None:
             output_format(path)
+    if windows_out is not None and windows_out.absolute() == out.absolute():
+        raise ScoreError(f"--windows {windows_out} is the --out table too; give the window table its own file")
     run = load_run(model, epoch)
     frontend = run.frontend_config
     window = options.window or frontend.clip_seconds

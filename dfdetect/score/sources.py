@@ -37,6 +37,7 @@ from typing import BinaryIO, Iterator
 
 from dfdetect.errors import DfdetectError
 from dfdetect.featurize.audio import AudioError
+from dfdetect.names import printable
 
 OK, ERROR, SKIPPED = "ok", "error", "skipped"
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
@@ -46,12 +47,6 @@ HEAD_CACHE = 1 << 20   # bytes of each archive member kept in memory (see _HeadC
 
 class SourceError(DfdetectError):
     """A PATH argument that cannot be used at all (a usage error, not a bad input row)."""
-
-
-def printable(text: str) -> str:
-    """A name as written to the output: undecodable bytes of file or member names (kept as
-    surrogates by Python) become backslash escapes, so every output format can hold them."""
-    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 @dataclass(frozen=True)

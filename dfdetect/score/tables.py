@@ -1,5 +1,6 @@
 """The score tables: one row per input (and optionally one per window) in .csv, .jsonl or
-.parquet; rows already written are read back for --resume."""
+.parquet; rows already written are read back for --resume. CSV cells a spreadsheet would run as a
+formula are neutralised (names.csv_cell) and read back as they were."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import json
 import os
 from pathlib import Path
 
+from dfdetect.names import csv_cell, csv_value
 from dfdetect.score.options import ScoreError
 
 FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".parquet": "parquet"}
@@ -45,7 +47,7 @@ def previous_rows(path: Path, resume: bool) -> tuple[list[dict], bool]:
     complete = text == "" or text.endswith("\n")
     lines = io.StringIO(text, newline="\n").readlines()[:None if complete else -1]  # only \n ends a row
     if output_format(path) == "csv":
-        return list(csv.DictReader(lines)), complete
+        return [{k: csv_value(v) for k, v in row.items()} for row in csv.DictReader(lines)], complete
     return [json.loads(line) for line in lines if line.strip()], complete
 
 
@@ -92,7 +94,7 @@ class TableWriter:
             if len(self._buffer) >= 10_000:
                 self._flush()
         elif self._csv:
-            self._csv.writerow({k: "" if row.get(k) is None else row[k] for k in self.columns})
+            self._csv.writerow({k: "" if row.get(k) is None else csv_cell(row[k]) for k in self.columns})
             self._file.flush()
         else:
             self._file.write(json.dumps({k: row.get(k) for k in self.columns}, ensure_ascii=False) + "\n")

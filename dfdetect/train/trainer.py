@@ -30,10 +30,11 @@ from safetensors.torch import load_file
 
 from dfdetect import __version__
 from dfdetect.devices import resolve_device
-from dfdetect.errors import DfdetectError
+from dfdetect.errors import DfdetectError, check_range
 from dfdetect.metrics import evaluate_scores
 from dfdetect.models.registry import build_model, config_to_dict, count_parameters, get_architecture
 from dfdetect.models.runs import RunFolder, is_better
+from dfdetect.names import csv_cell
 from dfdetect.store import parse_store_spec
 from dfdetect.train.data import DataSet, FeatureLoader, open_set, stratified_split
 
@@ -70,10 +71,22 @@ class TrainConfig:
     memory_budget_gb: float = 4.0       # load sets into RAM when they fit, else stream chunks
 
     def resolved(self) -> "TrainConfig":
+        """Defaults filled in, every number checked (ConfigError naming the option)."""
         uses_wavlm = get_architecture(self.arch).uses_wavlm
-        return dataclasses.replace(self, ood=tuple(self.ood), holdout_generators=tuple(self.holdout_generators),
-                                   epochs=self.epochs or DEFAULT_EPOCHS[uses_wavlm],
-                                   batch_size=self.batch_size or get_architecture(self.arch).batch_size)
+        config = dataclasses.replace(self, ood=tuple(self.ood), holdout_generators=tuple(self.holdout_generators),
+                                     epochs=self.epochs or DEFAULT_EPOCHS[uses_wavlm],
+                                     batch_size=self.batch_size or get_architecture(self.arch).batch_size)
+        check_range("--epochs", config.epochs, 1)
+        check_range("--batch-size", config.batch_size, 2)     # BatchNorm trains on 2 rows or more
+        check_range("--lr", config.lr, 0, 1, low_open=True)
+        check_range("--weight-decay", config.weight_decay, 0)
+        check_range("grad_clip", config.grad_clip, 0, low_open=True)
+        check_range("val_fraction", config.val_fraction, 0, 0.5, low_open=True)
+        check_range("memory_budget_gb", config.memory_budget_gb, 0)
+        check_range("holdout_real_fraction", config.holdout_real_fraction, 0, 1, low_open=True)
+        if config.early_stopping is not None:
+            check_range("--early-stopping", config.early_stopping, 1)
+        return config
 
 
 # -- checks before anything expensive ----------------------------------------------------------------
@@ -224,7 +237,8 @@ def write_scores(folder: Path, data: DataSet, rows: np.ndarray, scores: np.ndarr
         w = csv.writer(f)
         w.writerow(["clip_id", "label", "score", "generator", "split", "store_row"])  # score = P(fake)
         for r, s in zip(rows, scores):
-            w.writerow([meta["clip_id"][r], int(meta["label"][r]), f"{s:.6f}", meta["generator"][r], meta["split"][r], int(r)])
+            w.writerow([csv_cell(meta["clip_id"][r]), int(meta["label"][r]), f"{s:.6f}", csv_cell(meta["generator"][r]),
+                        csv_cell(meta["split"][r]), int(r)])
 
 
 # -- the loop -----------------------------------------------------------------------------------------

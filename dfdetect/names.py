@@ -1,0 +1,48 @@
+"""Names from untrusted places (file and archive member names, dataset columns) as dfdetect shows
+them: in a terminal, a table cell or a spreadsheet, a name is text and nothing else.
+
+- `printable`: undecodable bytes (kept by Python as surrogates) and every control character
+  (ESC sequences, CR, newline, bidi overrides) become backslash escapes, so a name cannot move the
+  cursor, recolour or erase a terminal, or forge a line of output (CWE-150).
+- `csv_cell` / `csv_value`: a text cell that a spreadsheet would run as a formula (it starts with
+  = + - @, tab or CR) gets a leading apostrophe, as OWASP recommends (CWE-1236); so does one that
+  starts with an apostrophe, which makes the rule reversible: `csv_value` gives the name back.
+"""
+
+from __future__ import annotations
+
+import re
+
+# C0 and C1 controls, DEL, and the Unicode bidi embeddings/overrides/isolates.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_CONTROL_KEEP_LINES = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "'")
+
+
+def _escape(match: re.Match) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def printable(text: str) -> str:
+    """A name as dfdetect writes and prints it: one line of visible characters."""
+    text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return _CONTROL.sub(_escape, text)
+
+
+def terminal_text(text: str) -> str:
+    """Text for a terminal: every control character escaped but newline and tab (a message's own
+    layout); for text dfdetect composed around names."""
+    return _CONTROL_KEEP_LINES.sub(_escape, text)
+
+
+def csv_cell(value):
+    """A value for a CSV cell: text a spreadsheet would run as a formula is prefixed with '."""
+    if isinstance(value, str) and value.startswith(FORMULA_START):
+        return "'" + value
+    return value
+
+
+def csv_value(cell: str) -> str:
+    """The value `csv_cell` was given back from its cell."""
+    return cell[1:] if cell.startswith("'") else cell
