@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 import tarfile
 
 import numpy as np
@@ -138,3 +139,20 @@ def test_one_file_is_never_two_outputs(run_dir, tmp_path):
     for out in ("report.md", "report"):
         one_line_error(runner.invoke(app, ["report", str(run_dir), "--out", str(tmp_path / out)]), "HTML page")
         assert not (tmp_path / out).exists()
+
+
+def test_report_shows_hostile_run_names_as_text(run_dir, tmp_path):
+    """A run name with HTML and a broken mathtext formula: the page and the Markdown show it as
+    text, and the figures draw (matplotlib would otherwise parse `$...$`)."""
+    import shutil
+
+    from dfdetect.evaluate.report import build_report
+
+    hostile = tmp_path / "$x^$ <img src=x onerror=alert(1)> [link](http:evil) |x|"
+    shutil.copytree(run_dir, hostile)
+    report = build_report([hostile], tmp_path / "r.html")
+    md, page = report.markdown.read_text(), report.html.read_text()
+    assert not re.search(r"(?<!\\)<img", md) and not re.search(r"(?<!\\)\]\(http", md)
+    assert "\\<img src=x onerror=alert(1)\\>" in md
+    assert "<img src=x" not in page and "&lt;img src=x onerror=alert(1)&gt;" in page
+    assert page.count("<img") >= 2        # the figures are there

@@ -22,6 +22,7 @@ import base64
 import html
 import io
 import math
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,7 @@ from dfdetect.models.registry import (
     get_architecture,
 )
 from dfdetect.models.runs import RunFolder, load_run
+from dfdetect.names import printable
 
 # (a) The 100%-accuracy trap (seed Part 3: test accuracy 100% while validation EER sat at 0.50):
 # an epoch with test accuracy at least TRAP_TEST_ACCURACY and validation EER at least TRAP_VAL_EER.
@@ -243,7 +245,7 @@ def curves_figure(run: RunInfo) -> bytes:
     shown = [n for n in run.set_names if n != "val"]
     for ax, key, title in ((axes[1, 0], "accuracy", "accuracy at 0.5"), (axes[1, 1], "eer", "EER")):
         for name in shown:
-            ax.plot(epochs, [run.metric(e, name, key) for e in epochs], marker=".", label=name)
+            ax.plot(epochs, [run.metric(e, name, key) for e in epochs], marker=".", label=_mathtext_safe(name))
         ax.set_title(title)
         ax.legend(fontsize=8)
     for ax in axes.flat:
@@ -251,7 +253,7 @@ def curves_figure(run: RunInfo) -> bytes:
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-    fig.suptitle(f"{run.name} ({run.title})")
+    fig.suptitle(_mathtext_safe(f"{run.name} ({run.title})"))
     return _png(fig)
 
 
@@ -283,7 +285,7 @@ def scores_figure(run: RunInfo, files: list[tuple[str, Path]]) -> bytes:
         bins = np.linspace(0, 1, 26) if ((scores >= 0) & (scores <= 1)).all() else 25
         hist.hist(real, bins=bins, alpha=0.6, label=f"real ({real.size})", color="tab:green")
         hist.hist(fake, bins=bins, alpha=0.6, label=f"fake ({fake.size})", color="tab:red")
-        hist.set_title(f"{name}: scores (P(fake))")
+        hist.set_title(_mathtext_safe(f"{name}: scores (P(fake))"))
         hist.legend(fontsize=8)
         if real.size == 0 or fake.size == 0:
             for ax in (roc, det):
@@ -292,7 +294,7 @@ def scores_figure(run: RunInfo, files: list[tuple[str, Path]]) -> bytes:
         fpr, tpr, _ = roc_curve(labels, scores)
         roc.plot(fpr, tpr)
         roc.plot([0, 1], [0, 1], color="grey", linestyle=":")
-        roc.set(title=f"{name}: ROC", xlabel="reals called fake (FPR)", ylabel="fakes caught (TPR)")
+        roc.set(title=_mathtext_safe(f"{name}: ROC"), xlabel="reals called fake (FPR)", ylabel="fakes caught (TPR)")
         frr, far, _ = det_curve(-real, -fake)
         value, _ = eer(labels, scores)
         det.plot(probit(far), probit(frr))
@@ -300,11 +302,11 @@ def scores_figure(run: RunInfo, files: list[tuple[str, Path]]) -> bytes:
         det.set_xticks(probit(ticks), [f"{t:.1%}" if t < 0.01 else f"{t:.0%}" for t in ticks])
         det.set_yticks(probit(ticks), [f"{t:.1%}" if t < 0.01 else f"{t:.0%}" for t in ticks])
         det.set(xlim=limits, ylim=limits)
-        det.set(title=f"{name}: DET", xlabel="fakes accepted as real", ylabel="reals rejected as fake")
+        det.set(title=_mathtext_safe(f"{name}: DET"), xlabel="fakes accepted as real", ylabel="reals rejected as fake")
         det.legend(fontsize=8)
     for ax in axes.flat:
         ax.grid(alpha=0.3)
-    fig.suptitle(f"{run.name}: epoch {run.best_epoch} (best validation)")
+    fig.suptitle(_mathtext_safe(f"{run.name}: epoch {run.best_epoch} (best validation)"))
     return _png(fig)
 
 
@@ -357,24 +359,38 @@ class Page:
         return "\n".join(parts + ["</body></html>"])
 
     def markdown(self, html_name: str) -> str:
-        lines = [f"# {self.title}", ""]
+        e = _md
+        lines = [f"# {e(self.title)}", ""]
         for block in self.blocks:
             kind = block[0]
             if kind == "h":
-                lines += [f"## {block[1]}", ""]
+                lines += [f"## {e(block[1])}", ""]
             elif kind == "p":
-                lines += [block[1], ""]
+                lines += [e(block[1]), ""]
             elif kind == "warn":
-                lines += [f"> **warning:** {block[1]}", ""]
+                lines += [f"> **warning:** {e(block[1])}", ""]
             elif kind == "table":
                 for i, row in enumerate([block[1], *block[2]]):
-                    lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |")
+                    lines.append("| " + " | ".join(e(str(c)) for c in row) + " |")
                     if i == 0:
                         lines.append("|" + "---|" * len(row))
                 lines.append("")
             else:
-                lines += [f"*Figure in {html_name}: {block[2]}*", ""]
+                lines += [f"*Figure in {e(html_name)}: {e(block[2])}*", ""]
         return "\n".join(lines)
+
+
+def _md(text: str) -> str:
+    """Text as Markdown shows it, never as markup that acts: run, set and generator names are
+    untrusted, and Markdown renders inline HTML, links and images. CommonMark backslash escapes for
+    < > [ ] (and | for table cells); control characters and newlines as escapes (printable).
+    Emphasis characters are left alone: at worst they restyle a name."""
+    return re.sub(r"([\\<>\[\]|])", r"\\\1", printable(text))
+
+
+def _mathtext_safe(text: str) -> str:
+    """A name in a matplotlib title or label: `$` would start mathtext (and crash on a bad formula)."""
+    return text.replace("$", r"\$")
 
 
 def _cell(run: RunInfo, epoch: int, name: str | None, key: str) -> str:
