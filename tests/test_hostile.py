@@ -156,3 +156,30 @@ def test_report_shows_hostile_run_names_as_text(run_dir, tmp_path):
     assert "\\<img src=x onerror=alert(1)\\>" in md
     assert "<img src=x" not in page and "&lt;img src=x onerror=alert(1)&gt;" in page
     assert page.count("<img") >= 2        # the figures are there
+
+
+def test_fifos_and_devices_are_error_rows_not_hangs(tmp_path):
+    """A FIFO nobody writes would block a reader forever, a link to /dev/zero never ends: featurize
+    and `datasets show --decode` record them as `special_file` errors and finish (subprocesses with
+    a timeout, so a regression fails instead of hanging the suite)."""
+    import os
+    import subprocess
+    import sys
+
+    root = tmp_path / "corpus"
+    (root / "real").mkdir(parents=True)
+    (root / "fake").mkdir()
+    for i in range(2):
+        (root / "real" / f"r{i}.wav").write_bytes(wav())
+        (root / "fake" / f"f{i}.wav").write_bytes(wav())
+    os.mkfifo(root / "real" / "pipe.wav")
+    (root / "fake" / "zeros.wav").symlink_to("/dev/zero")
+    cli = [sys.executable, "-m", "dfdetect.cli"]
+    shown = subprocess.run([*cli, "datasets", "show", "folder", "--root", str(root), "--decode", "-1"],
+                           capture_output=True, text=True, timeout=120)
+    assert shown.returncode == 1 and shown.stdout.count("[special_file]") == 2, shown.stdout + shown.stderr
+    done = subprocess.run([*cli, "featurize", "--dataset", "folder", "--root", str(root), "--features", "mel",
+                           "--out", str(tmp_path / "s.zarr"), "--workers", "0"], capture_output=True, text=True,
+                          timeout=180)
+    assert done.returncode == 1, done.stdout + done.stderr       # 1: two clips are errors, the rest written
+    assert "special_file" in done.stdout and "4 of 6 clips written" in " ".join(done.stdout.split())

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Union
@@ -103,6 +104,16 @@ def describe(source: Source, name: str | None = None) -> str:
     return str(source)
 
 
+SPECIAL_FILE = "not a regular file (FIFO, socket or device): not read"
+
+
+def is_special(mode: int) -> bool:
+    """FIFOs, sockets and devices (also through a symlink): reading one can block forever (a FIFO
+    nobody writes) or never end (/dev/zero). Every reader of paths refuses them: featurize,
+    `datasets show --decode` and `score`."""
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+
+
 def _read_source(source: Source, where: str) -> bytes:
     """All bytes of the source. Clips are seconds to minutes long; long files are handled by the
     streaming scorer, not here."""
@@ -114,6 +125,8 @@ def _read_source(source: Source, where: str) -> bytes:
     if path.is_dir():
         raise AudioError(where, "is_directory", "is a directory, expected an audio file")
     try:
+        if is_special(os.stat(path).st_mode):
+            raise AudioError(where, "special_file", SPECIAL_FILE)
         data = path.read_bytes()
     except FileNotFoundError:
         raise AudioError(where, "not_found", "file not found") from None

@@ -36,7 +36,7 @@ from pathlib import Path, PurePosixPath
 from typing import BinaryIO, Iterator
 
 from dfdetect.errors import DfdetectError
-from dfdetect.featurize.audio import AudioError
+from dfdetect.featurize.audio import SPECIAL_FILE, AudioError, is_special
 from dfdetect.names import printable
 
 OK, ERROR, SKIPPED = "ok", "error", "skipped"
@@ -143,9 +143,8 @@ def _file(path: str) -> Iterator[Item]:
     except OSError as e:
         yield Item(path, status=ERROR, error_kind="unreadable", error=f"{path}: cannot read ({e.strerror})")
         return
-    if not stat.S_ISREG(st.st_mode):
-        yield Item(path, size=0, status=SKIPPED, error_kind="special_file",
-                   error=f"{path}: not a regular file (FIFO, socket or device): not read")
+    if is_special(st.st_mode):
+        yield Item(path, size=0, status=SKIPPED, error_kind="special_file", error=f"{path}: {SPECIAL_FILE}")
     elif archive_kind(path):
         yield from _archive_members(path)
     else:
