@@ -16,10 +16,10 @@ def resolve_device(device: str | torch.device) -> torch.device:
     try:
         device = torch.device(device)
     except RuntimeError:
-        raise ConfigError(f"device {device!r}: choose auto, cpu, cuda or cuda:N") from None
+        raise ConfigError(f"--device {device!r}: choose auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ConfigError(f"device {device} requested but CUDA is not available; use 'cpu' or 'auto'")
+            raise ConfigError(f"--device {device}: CUDA is not available here; use cpu or auto")
         if device.index is None:
             device = torch.device("cuda", torch.cuda.current_device())
     return device

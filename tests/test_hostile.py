@@ -183,3 +183,17 @@ def test_fifos_and_devices_are_error_rows_not_hangs(tmp_path):
                           timeout=180)
     assert done.returncode == 1, done.stdout + done.stderr       # 1: two clips are errors, the rest written
     assert "special_file" in done.stdout and "4 of 6 clips written" in " ".join(done.stdout.split())
+
+
+@pytest.mark.parametrize("bad", [["--init-from", "no/such/run"], ["--device", "cuda"]])
+def test_a_failed_train_leaves_nothing_that_blocks_the_retry(mel_store, tmp_path, bad):
+    import torch
+
+    if bad[0] == "--device" and torch.cuda.is_available():
+        pytest.skip("needs a machine without CUDA")
+    args = ["train", "--arch", "mel_cnn", "--train", f"{mel_store}:train", "--out", str(tmp_path / "run"),
+            "--epochs", "1", "--batch-size", "16"]
+    one_line_error(runner.invoke(app, [*args, *bad]), bad[0])
+    assert not (tmp_path / "run").exists()
+    retry = runner.invoke(app, args)
+    assert retry.exit_code == 0, retry.output

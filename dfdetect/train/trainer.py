@@ -371,13 +371,13 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, force: boo
     console = console or Console()
     folder, config = RunFolder(out), config.resolved()
     sets = open_sets(config)                                      # all checks before any work
-    prepare_run(folder, config, resume, force)
     arch, device = get_architecture(config.arch), resolve_device(config.device)
     budget = int(config.memory_budget_gb * (1 << 30))
     loaders = {name: FeatureLoader(s, arch.inputs, config.batch_size, shuffle=name == "train",
                                    seed=config.seed, memory_budget=budget) for name, s in sets.items()}
     with torch_settings(device, config):
-        model, optimizer, scaler = build_head(config, sets["train"], device)
+        model, optimizer, scaler = build_head(config, sets["train"], device)   # checks --init-from
+        prepare_run(folder, config, resume, force)   # the folder is touched once everything is checked
         if resume:
             progress = load_state(folder, model, optimizer, scaler)
         else:
