@@ -99,10 +99,6 @@ def _int_list(text: str, option: str) -> tuple[int, ...]:
         raise ConfigError(f"{option} {text!r}: expected comma-separated integers, e.g. 6,12,24") from None
 
 
-def _epoch(text: str) -> int | str:
-    return int(text) if text.isdigit() else text
-
-
 @app.command()
 def demo(
     out: Path = typer.Option(Path("dfdetect-demo"), help="Folder for the generated corpus and outputs."),
@@ -390,7 +386,7 @@ def evaluate_command(
     if run is not None:
         if on is None:
             raise EvaluationError("RUN needs --on STORE[@VERSION][:SPLIT], the set to score")
-        result = evaluate_run(run, on, epoch=_epoch(epoch), batch_size=batch_size, device=device)
+        result = evaluate_run(run, on, epoch=epoch, batch_size=batch_size, device=device)
     else:
         result = evaluate_score_file(read_scores(scores, fmt, score_col, label_col, id_col, higher_is,
                                                  labels, drop_bad))
@@ -467,7 +463,7 @@ def score_command(
     options = ScoreOptions(window=window, hop=hop, aggregate=aggregate, top_k=top_k, batch_size=batch_size,
                            max_file_mb=max_file_mb, max_hours=max_hours, workers=workers, scheduler=scheduler,
                            device=device, features_from=features_from)
-    summary = score(model, paths, out, options, windows_out=windows, resume=resume, epoch=_epoch(epoch),
+    summary = score(model, paths, out, options, windows_out=windows, resume=resume, epoch=epoch,
                     console=console)
     for line in summary.lines():
         console.print(line, soft_wrap=True, highlight=False, markup=False)

@@ -15,7 +15,6 @@ import re
 
 # C0 and C1 controls, DEL, and the Unicode bidi embeddings/overrides/isolates.
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
-_CONTROL_KEEP_LINES = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "'")
 
 
@@ -33,7 +32,7 @@ def printable(text: str) -> str:
 def terminal_text(text: str) -> str:
     """Text for a terminal: every control character escaped but newline and tab (a message's own
     layout); for text dfdetect composed around names."""
-    return _CONTROL_KEEP_LINES.sub(_escape, text)
+    return _CONTROL.sub(lambda m: m.group() if m.group() in "\n\t" else _escape(m), text)
 
 
 def csv_cell(value):

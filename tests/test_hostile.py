@@ -31,6 +31,14 @@ def wav(seconds: float = 2.0) -> bytes:
     return encode(synthesize("real", np.random.default_rng(0), seconds), 16000, "wav")
 
 
+def small_corpus(root):
+    """real/ and fake/ with two good clips each."""
+    for kind in ("real", "fake"):
+        (root / kind).mkdir(parents=True)
+        for i in range(2):
+            (root / kind / f"{kind[0]}{i}.wav").write_bytes(wav())
+
+
 def one_line_error(result, *fragments):
     assert result.exit_code == 2, result.output
     assert "Traceback" not in result.output
@@ -111,11 +119,7 @@ def test_score_neutralises_formulas_and_escapes_in_names(run_dir, tmp_path):
 def test_names_that_read_as_markup_are_shown_not_obeyed(tmp_path):
     """A folder named like a rich closing tag: featurize and every store command print it as written."""
     root = tmp_path / "[/x]corpus"
-    (root / "real").mkdir(parents=True)
-    (root / "fake").mkdir()
-    for i in range(2):
-        (root / "real" / f"r{i}.wav").write_bytes(wav())
-        (root / "fake" / f"f{i}.wav").write_bytes(wav())
+    small_corpus(root)
     (root / "fake" / "[blink]broken.wav").write_bytes(b"RIFF")
     store = tmp_path / "[/z]s.zarr"
     result = runner.invoke(app, ["featurize", "--dataset", "folder", "--root", str(root), "--features", "mel",
@@ -167,11 +171,7 @@ def test_fifos_and_devices_are_error_rows_not_hangs(tmp_path):
     import sys
 
     root = tmp_path / "corpus"
-    (root / "real").mkdir(parents=True)
-    (root / "fake").mkdir()
-    for i in range(2):
-        (root / "real" / f"r{i}.wav").write_bytes(wav())
-        (root / "fake" / f"f{i}.wav").write_bytes(wav())
+    small_corpus(root)
     os.mkfifo(root / "real" / "pipe.wav")
     (root / "fake" / "zeros.wav").symlink_to("/dev/zero")
     cli = [sys.executable, "-m", "dfdetect.cli"]
