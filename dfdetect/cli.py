@@ -114,7 +114,8 @@ def featurize(
     dataset: str = typer.Option(..., "--dataset", help="Adapter name (see `dfdetect datasets list`)."),
     root: Path = typer.Option(..., "--root", help="The dataset's folder (a CSV file for `manifest`)."),
     out: str = typer.Option(None, "--out", help="Store path (default: stores/DATASET.zarr)."),
-    features: str = typer.Option("mel,lfcc,wavlm", help="Comma-separated subset of mel,lfcc,wavlm."),
+    features: str = typer.Option("mel,lfcc,wavlm", help="Comma-separated subset of mel,lfcc,wave,wavlm (wave: "
+                                "the prepared 16 kHz clip, which aasist and aasist_l read)."),
     wavlm: str = typer.Option("microsoft/wavlm-large", "--wavlm", help="WavLM hub id or local directory."),
     wavlm_layers: str = typer.Option("6,12,24", help="Hidden states to store (0 = CNN output, 24 = last of Large)."),
     device: str = typer.Option("auto", help="auto|cpu|cuda for WavLM."),
@@ -240,28 +241,34 @@ def models(as_json: bool = typer.Option(False, "--json", help="Print JSON instea
     if as_json:
         print(json.dumps(rows, indent=2))
         return
-    table = Table("arch", "model", "reads", "head params", "head checkpoint", "deployed (with WavLM-Large)")
+    table = Table("arch", "reads", "params", "checkpoint", "with WavLM-Large", "batch", "epochs", "from")
     for r in rows:
-        deployed = (f"{r['deployed_parameters'] / 1e6:.1f}M params, {r['deployed_bytes'] / 1e9:.2f} GB"
-                    if "deployed_bytes" in r else "same")
-        table.add_row(r["arch"], r["title"], ",".join(r["inputs"]), f"{r['parameters']:,}",
-                      f"{r['checkpoint_bytes'] / 1e6:.2f} MB", deployed)
+        deployed = (f"{r['deployed_parameters'] / 1e6:.1f}M, {r['deployed_bytes'] / 1e9:.2f} GB"
+                    if "deployed_bytes" in r else "-")
+        table.add_row(r["arch"], ",".join(r["inputs"]), f"{r['parameters']:,}", f"{r['checkpoint_bytes'] / 1e6:.2f} MB",
+                      deployed, str(r["batch_size"]), str(r["epochs"]), r["source"])
     console.print(table)
     console.print("WavLM heads train on cached WavLM features, so their checkpoints hold the head only; "
-                  "scoring raw audio also needs the frozen WavLM-Large.")
+                  "scoring raw audio also needs the frozen WavLM-Large. lfcc_gmm's parameters are its two "
+                  "512-mixture GMMs (fitted by EM, not trained); aasist and aasist_l read the stored waveform "
+                  "(featurize --features ...,wave).")
 
 
 @app.command("train")
 def train_command(
-    arch: str = typer.Option(..., help="mel_cnn | mel_aasist | wavlm_cnn | wavlm_aasist"),
+    arch: str = typer.Option(..., help="mel_cnn | mel_aasist | wavlm_cnn | wavlm_aasist, or a reference system: "
+                             "lfcc_gmm | lfcc_lcnn | aasist | aasist_l (`dfdetect models` lists them)."),
     train_set: str = typer.Option(..., "--train", help="STORE[@VERSION][:SPLIT] to train on."),
     out: Path = typer.Option(..., "--out", help="Run folder, e.g. runs/mel_aasist."),
     val: str = typer.Option(None, help="Validation set (default: a seeded, stratified 5% of --train)."),
     test: str = typer.Option(None, help="In-distribution test set."),
     ood: list[str] = typer.Option([], help="Out-of-distribution set [NAME=]STORE[:SPLIT]; repeat for several."),
-    epochs: int = typer.Option(None, help="Default: the reference study's, 50 for mel heads, 15 for WavLM heads."),
-    batch_size: int = typer.Option(None, help="Default: 128 for mel heads, 64 for WavLM heads."),
-    lr: float = typer.Option(5e-5),
+    epochs: int = typer.Option(None, help="Default: the architecture's (`dfdetect models`): the reference study's 50 for "
+                               "mel heads, 15 for WavLM heads; 1 for lfcc_gmm, which is fitted once."),
+    batch_size: int = typer.Option(None, help="Default: the architecture's (`dfdetect models`): 128 for mel heads, "
+                                   "64 for WavLM heads."),
+    lr: float = typer.Option(None, help="Default: the architecture's: 5e-5 for the reference study's heads, the "
+                             "published recipe's for the reference systems."),
     weight_decay: float = typer.Option(0.01),
     seed: int = typer.Option(0),
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
@@ -543,14 +550,16 @@ def _print_store_info(info: dict) -> None:
         config.add_row("wavlm layers", ",".join(map(str, info["wavlm_layers"] or [])))
         config.add_row("wavlm", json.dumps(info["wavlm"], sort_keys=True))
     console.print(config)
-    arrays = Table("array", "shape", "dtype", "chunks", "shards", "codecs", "bytes", "stored", "ratio")
+    arrays = Table("array", "shape", "dtype", "chunks", "shards", "codecs", "bytes", "stored", "ratio",
+                   "stored/clip")
     for a in info["arrays"]:
         arrays.add_row(a["name"], str(tuple(a["shape"])), a["dtype"], str(tuple(a["chunks"])),
                        str(tuple(a["shards"])) if a["shards"] else "-", " + ".join(a["codecs"]),
                        human_bytes(a["nbytes"]), human_bytes(a["nbytes_stored"]),
-                       f"{a['ratio']:.2f}" if a["ratio"] else "-")
+                       f"{a['ratio']:.2f}" if a["ratio"] else "-", human_bytes(a.get("stored_per_clip")))
+    per_clip = info["nbytes_stored"] / info["n_clips"] if info["nbytes_stored"] and info["n_clips"] else None
     arrays.add_row("total", "", "", "", "", "", human_bytes(info["nbytes"]), human_bytes(info["nbytes_stored"]),
-                   f"{info['ratio']:.2f}" if info["ratio"] else "-")
+                   f"{info['ratio']:.2f}" if info["ratio"] else "-", human_bytes(per_clip))
     console.print(arrays)
     counts = info["counts"]
     statuses = sorted({s for c in counts["by_split_status"].values() for s in c})

@@ -1,5 +1,6 @@
-"""The four heads: sizes against the reference study's numbers, the forward contract, that each can learn
-(overfits a tiny batch), safetensors round trips, the registry's errors, and Mel-AASIST's CPU cost."""
+"""Every architecture: sizes against the reference study's numbers and the reference systems' published
+counts, the forward contract, that each can learn (overfits a tiny batch), safetensors round trips
+and the registry's errors."""
 
 
 import pytest
@@ -16,25 +17,43 @@ from dfdetect.models.registry import (
 )
 
 ARCHS = list(ARCHITECTURES)
-# Small WavLM (hidden 32, 3 layers) keeps the WavLM heads' tests fast; the code path is the same.
-SMALL = {"mel_cnn": {}, "mel_aasist": {}, "wavlm_cnn": {"hidden_size": 32},
-         "wavlm_aasist": {"hidden_size": 32}}
+TRAINED = [a for a in ARCHS if not ARCHITECTURES[a].fitted]     # lfcc_gmm is fitted by EM (test_baselines.py)
+# Small WavLM (hidden 32, 3 layers) and a small GMM keep the tests fast; the code path is the same.
+SMALL = {"wavlm_cnn": {"hidden_size": 32}, "wavlm_aasist": {"hidden_size": 32}, "lfcc_gmm": {"n_components": 8}}
 
 
 def make_batch(arch, n, frames=301, wavlm_frames=149, hidden=32, layers=3, dtype=torch.float32, seed=0):
-    """Random features with the store's shapes (mel [n, 2, 128, T], lfcc [n, 60, T], wavlm
-    [n, L, T', H]); only the arrays the architecture reads."""
+    """Random features with the store's shapes (mel [n, 2, 128, T], lfcc [n, 60, T], wave
+    [n, 160 (T - 1)], wavlm [n, L, T', H]); only the arrays the architecture reads."""
     g = torch.Generator().manual_seed(seed)
-    shapes = {"mel": (n, 2, 128, frames), "lfcc": (n, 60, frames), "wavlm": (n, layers, wavlm_frames, hidden)}
+    shapes = {"mel": (n, 2, 128, frames), "lfcc": (n, 60, frames), "wave": (n, 160 * (frames - 1)),
+              "wavlm": (n, layers, wavlm_frames, hidden)}
     return {k: torch.randn(shapes[k], generator=g).to(dtype) for k in ARCHITECTURES[arch].inputs}
 
 
 def test_registry_fields():
-    assert ARCHS == ["mel_cnn", "mel_aasist", "wavlm_cnn", "wavlm_aasist"]
+    assert ARCHS == ["mel_cnn", "mel_aasist", "wavlm_cnn", "wavlm_aasist", "lfcc_gmm", "lfcc_lcnn", "aasist",
+                     "aasist_l"]
     assert {a: ARCHITECTURES[a].batch_size for a in ARCHS} == {
-        "mel_cnn": 128, "mel_aasist": 128, "wavlm_cnn": 64, "wavlm_aasist": 64}
+        "mel_cnn": 128, "mel_aasist": 128, "wavlm_cnn": 64, "wavlm_aasist": 64,
+        "lfcc_gmm": 256, "lfcc_lcnn": 64, "aasist": 24, "aasist_l": 24}
+    assert [a for a in ARCHS if ARCHITECTURES[a].baseline] == ["lfcc_gmm", "lfcc_lcnn", "aasist", "aasist_l"]
+    assert [a for a in ARCHS if ARCHITECTURES[a].fitted] == ["lfcc_gmm"]
     assert ARCHITECTURES["mel_aasist"].title == "Mel-AASIST"
     assert ARCHITECTURES["wavlm_aasist"].inputs == ("wavlm", "mel", "lfcc")
+    assert ARCHITECTURES["aasist"].inputs == ARCHITECTURES["aasist_l"].inputs == ("wave",)
+    assert ARCHITECTURES["lfcc_lcnn"].inputs == ARCHITECTURES["lfcc_gmm"].inputs == ("lfcc",)
+
+
+def test_reference_systems_have_their_published_sizes():
+    """AASIST and AASIST-L: the official configurations' counts (clovaai/aasist README and paper);
+    LFCC-LCNN: the count of the ASVspoof 2021 baseline's layer list; LFCC-GMM: two 512-mixture
+    diagonal GMMs on 60-dim frames (weights, means, variances) and the LLR scale."""
+    counts = {a: model_summary(a)["parameters"] for a in ("aasist", "aasist_l", "lfcc_lcnn", "lfcc_gmm")}
+    assert counts == {"aasist": 297_866, "aasist_l": 85_306, "lfcc_lcnn": 269_729,
+                      "lfcc_gmm": 2 * (512 + 2 * 512 * 60) + 1}
+    # the sinc filters are fixed, so they are neither parameters nor in the checkpoint
+    assert not any("sinc" in k for k in build_model("aasist").state_dict())
 
 
 def test_parameter_counts_match_the_seed():
@@ -60,7 +79,7 @@ def test_parameter_counts_match_the_seed():
 @pytest.mark.parametrize("arch", ARCHS)
 def test_forward_shape_finite_and_float16(arch):
     torch.manual_seed(0)
-    model = build_model(arch, **SMALL[arch]).eval()
+    model = build_model(arch, **SMALL.get(arch, {})).eval()
     batch = make_batch(arch, 4)
     with torch.no_grad():
         logits = model(batch)
@@ -75,17 +94,26 @@ def test_forward_shape_finite_and_float16(arch):
     assert torch.equal(extra, logits)
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", TRAINED)
 def test_overfits_a_tiny_batch(arch):
-    """8 random examples with fixed random labels: the loss must halve (train mode, dropout on).
-    Shorter clips than 3 s keep it fast; every head pools over time, so any length works."""
+    """8 examples: the loss must halve (train mode, dropout on). Feature heads memorise random
+    features with fixed random labels; shorter clips than 3 s keep it fast (every head pools over
+    time, so any length works). The raw-waveform models (a sinc bank and max-abs pooling, ~3 GFLOP
+    per second of audio) get 0.25 s clips with a spectral cue instead: fakes are the same noise
+    low-passed, as a vocoder leaves its mark, which they must learn to see."""
     torch.manual_seed(0)
-    model = build_model(arch, **SMALL[arch]).train()
-    batch = make_batch(arch, 8, frames=101, wavlm_frames=49, seed=1)
+    model = build_model(arch, **SMALL.get(arch, {})).train()
     labels = torch.tensor([0, 1, 1, 0, 1, 0, 0, 1], dtype=torch.float32)
+    if "wave" in ARCHITECTURES[arch].inputs:
+        noise = make_batch(arch, 8, frames=26, seed=1)["wave"]
+        smooth = torch.nn.functional.avg_pool1d(noise[:, None], 5, 1, 2)[:, 0]
+        wave = torch.where(labels[:, None] > 0, smooth, noise)
+        batch, steps = {"wave": wave / wave.abs().amax(1, keepdim=True)}, 20
+    else:
+        batch, steps = make_batch(arch, 8, frames=101, wavlm_frames=49, seed=1), 40
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     losses = []
-    for _ in range(40):
+    for _ in range(steps):
         loss = torch.nn.functional.binary_cross_entropy_with_logits(model(batch), labels)
         opt.zero_grad()
         loss.backward()
@@ -97,7 +125,7 @@ def test_overfits_a_tiny_batch(arch):
 @pytest.mark.parametrize("arch", ARCHS)
 def test_safetensors_round_trip(arch):
     torch.manual_seed(0)
-    model = build_model(arch, **SMALL[arch])
+    model = build_model(arch, **SMALL.get(arch, {}))
     model.train()
     model(make_batch(arch, 4, frames=64, wavlm_frames=32))   # move BN running stats off their init
     model.eval()
@@ -112,9 +140,9 @@ def test_safetensors_round_trip(arch):
 
 
 def test_build_model_errors():
-    valid = "mel_cnn, mel_aasist, wavlm_cnn, wavlm_aasist"
-    with pytest.raises(ValueError, match=f"unknown architecture 'aasist'; valid: {valid}"):
-        build_model("aasist")
+    valid = "mel_cnn, mel_aasist, wavlm_cnn, wavlm_aasist, lfcc_gmm, lfcc_lcnn, aasist, aasist_l"
+    with pytest.raises(ValueError, match=f"unknown architecture 'rawnet2'; valid: {valid}"):
+        build_model("rawnet2")
     with pytest.raises(ValueError, match="'embeding_dim'"):
         build_model("mel_cnn", embeding_dim=32)
     with pytest.raises(ValueError, match="mel.*'widths'"):

@@ -11,6 +11,8 @@ LFCC (the reference study does not define it; we follow ASVspoof's LFCC-LCNN bas
 10 ms hop, n_fft 512, 20 linear filters 0-4 kHz, log energies, DCT-II (ortho) to 20 coefficients,
 plus delta and delta-delta -> [60, 301]. Not normalised per clip (the baseline does not).
 
+Wave: the prepared waveform itself, [48000] (what raw-waveform models such as AASIST read).
+
 The same `Frontend` serves featurize, training and scoring, so a feature means the same thing in
 every stage. `FrontendConfig.hash()` names a store version: change any field (or FRONTEND_VERSION,
 when the code's arithmetic changes) and a new version is written beside the old one.
@@ -31,6 +33,9 @@ from dfdetect.featurize.audio import Audio, AudioError, Source, decode, describe
 
 # Bump when the code computes something different for the same config.
 FRONTEND_VERSION = 1
+
+# The features the frontend computes from a prepared waveform (WavLM's are computed by featurize/wavlm.py).
+FRONTEND_FEATURES = ("mel", "lfcc", "wave")
 
 
 @dataclass(frozen=True)
@@ -79,6 +84,10 @@ class FrontendConfig:
     @property
     def lfcc_shape(self) -> tuple[int, int]:
         return (3 * self.lfcc.n_coefficients, self.clip_samples // self.lfcc.hop_length + 1)
+
+    def feature_shape(self, kind: str) -> tuple[int, ...]:
+        """Per-clip shape of one of FRONTEND_FEATURES."""
+        return {"mel": self.mel_shape, "lfcc": self.lfcc_shape, "wave": (self.clip_samples,)}[kind]
 
     def to_dict(self) -> dict:
         return {"frontend_version": FRONTEND_VERSION, **asdict(self)}
@@ -193,9 +202,10 @@ class Frontend:
         return torch.cat([base, d1, d2], dim=1)
 
     def features(self, waves: np.ndarray | torch.Tensor, kinds=("mel", "lfcc")) -> dict[str, np.ndarray]:
-        """Batched features of prepared waveforms [B, clip_samples] as float32 numpy arrays."""
+        """Batched features (any of FRONTEND_FEATURES) of prepared waveforms [B, clip_samples] as
+        float32 numpy arrays."""
         x = torch.as_tensor(np.asarray(waves, dtype=np.float32))
         if x.ndim == 1:
             x = x.unsqueeze(0)
-        compute = {"mel": self.mel, "lfcc": self.lfcc}
+        compute = {"mel": self.mel, "lfcc": self.lfcc, "wave": lambda w: w}
         return {k: compute[k](x).numpy() for k in kinds}

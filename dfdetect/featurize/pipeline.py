@@ -2,7 +2,7 @@
 results written to a versioned Zarr store (see dfdetect/store/schema.py), on dask.
 
     coordinator: index the dataset -> create/reopen the store version -> submit pending blocks
-    worker:      frontend_block(job)  decode, frontend, mel + LFCC   -> writes its shard
+    worker:      frontend_block(job)  decode, frontend, mel/LFCC/wave -> writes its shard
                  wavlm_block(job, w)  WavLM on the block's waveforms  -> writes its shard
                  (the last task of a block marks it done)
 
@@ -29,13 +29,13 @@ from rich.markup import escape
 from dfdetect.datasets import prepare
 from dfdetect.errors import check_range
 from dfdetect.featurize.audio import AudioError, decode
-from dfdetect.featurize.frontend import Frontend, FrontendConfig
+from dfdetect.featurize.frontend import FRONTEND_FEATURES, Frontend, FrontendConfig
 from dfdetect.featurize.variants import Variant
 from dfdetect.featurize.wavlm import WavLMConfig, load_wavlm
 from dfdetect.store.schema import ERROR, FEATURE_ARRAYS, OK, StoreError, arrays_of, version_config
 from dfdetect.store.writer import StoreLock, create_version, mark_complete, pending_blocks, write_block
 
-FEATURES = tuple(FEATURE_ARRAYS)   # mel, lfcc, wavlm
+FEATURES = tuple(FEATURE_ARRAYS)   # mel, lfcc, wave, wavlm
 
 
 @dataclass(frozen=True)
@@ -104,7 +104,7 @@ def prepare_waveform(frontend: Frontend, audio, where: str, variant: Variant | N
 
 
 def frontend_block(job: BlockJob) -> dict:
-    """Decode the block's clips, run the frontend, write mel/LFCC and the outcome columns."""
+    """Decode the block's clips, run the frontend, write mel/LFCC/wave and the outcome columns."""
 
     _setup_worker(job.threads)
     frontend = _frontend(job.frontend)
@@ -130,12 +130,11 @@ def frontend_block(job: BlockJob) -> dict:
         outcomes["container"].append(audio.container if audio else "")
 
     features = {}
-    kinds = [k for k in ("mel", "lfcc") if k in job.features]
+    kinds = [k for k in FRONTEND_FEATURES if k in job.features]
     if kinds:
         computed = frontend.features(waves[ok], kinds=kinds) if ok.any() else {}
         for k in kinds:
-            shape = job.frontend.mel_shape if k == "mel" else job.frontend.lfcc_shape
-            full = np.full((n, *shape), np.nan, np.float16)
+            full = np.full((n, *job.frontend.feature_shape(k)), np.nan, np.float16)
             if ok.any():
                 full[ok] = computed[k]
             features[k] = full
@@ -194,7 +193,7 @@ def wavlm_spec(config, n_samples: int) -> dict:
 
 def feature_shapes(frontend: FrontendConfig, features, spec: dict | None) -> dict:
     """Per-clip shape of every array the features write."""
-    shapes = {"mel": frontend.mel_shape, "lfcc": frontend.lfcc_shape}
+    shapes = {k: frontend.feature_shape(k) for k in FRONTEND_FEATURES}
     if spec:
         shapes["wavlm"] = (len(spec["layers"]), spec["frames"], spec["hidden_size"])
         shapes["wavlm_stats"] = (spec["num_hidden_states"], 2, spec["hidden_size"])

@@ -58,6 +58,7 @@ import torch
 from dfdetect import __version__
 from dfdetect.devices import resolve_device
 from dfdetect.errors import ConfigError, check_range
+from dfdetect.featurize.frontend import FRONTEND_FEATURES
 from dfdetect.featurize.pipeline import dask_client
 from dfdetect.featurize.wavlm import load_wavlm
 from dfdetect.models.runs import load_run
@@ -197,7 +198,7 @@ def score(model: str | Path, paths: list[str], out: str | Path, options: ScoreOp
     window = options.window or frontend.clip_seconds
     hop = options.hop or window / 2
     config = WindowConfig(frontend, int(round(window * frontend.sample_rate)), int(round(hop * frontend.sample_rate)),
-                          tuple(k for k in ("mel", "lfcc") if k in run.inputs), "wavlm" in run.inputs,
+                          tuple(k for k in FRONTEND_FEATURES if k in run.inputs), "wavlm" in run.inputs,
                           options.batch_size, options.max_hours * 3600)
     aggregate_name = f"top{options.top_k}" if options.aggregate == "topk" else options.aggregate
     constants = {"threshold": run.threshold, "score_meaning": SCORE_MEANING, "aggregate": aggregate_name,

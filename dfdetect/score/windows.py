@@ -24,7 +24,7 @@ class WindowConfig:
     frontend: FrontendConfig
     window: int                   # samples at the frontend's rate
     hop: int
-    features: tuple[str, ...]     # computed on the worker: mel / lfcc
+    features: tuple[str, ...]     # computed on the worker: mel / lfcc / wave
     waveforms: bool               # ship the prepared waveforms too (for WavLM)
     batch_size: int
     max_seconds: float

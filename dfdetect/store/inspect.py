@@ -219,6 +219,8 @@ def array_info(name: str, kind: str, arr: zarr.Array) -> dict:
         "chunks": list(arr.chunks), "shards": list(arr.shards) if arr.shards else None,
         "codecs": _codecs(arr), "nbytes": nbytes, "nbytes_stored": stored,
         "ratio": (nbytes / stored) if stored else None,
+        # what one more clip costs on disk: the number that sizes a corpus-scale store
+        "stored_per_clip": (stored / arr.shape[0]) if stored and arr.shape and arr.shape[0] else None,
     }
 
 

@@ -6,6 +6,7 @@
                                     n_clips, block_size, complete, created, dfdetect_version
         mel          [N, 2, 128, 301]     float16
         lfcc         [N, 60, 301]         float16
+        wave         [N, 48000]           float16   the prepared 16 kHz clip (raw-waveform heads)
         wavlm        [N, L, 149, 1024]    float16   attrs: layers (hidden-state indices)
         wavlm_stats  [N, 25, 2, 1024]     float16   per-layer mean/std over time, all layers
         meta/        one 1-D array per clip-table column (clip_id, path, label, split, ...) and
@@ -80,7 +81,7 @@ def version_name(config: dict) -> str:
 
 
 # Feature -> the arrays it writes (in this order everywhere).
-FEATURE_ARRAYS = {"mel": ("mel",), "lfcc": ("lfcc",), "wavlm": ("wavlm", "wavlm_stats")}
+FEATURE_ARRAYS = {"mel": ("mel",), "lfcc": ("lfcc",), "wave": ("wave",), "wavlm": ("wavlm", "wavlm_stats")}
 ARRAY_NAMES = tuple(a for arrays in FEATURE_ARRAYS.values() for a in arrays)
 
 # What of WavLM's description names a version; device, autocast dtype and library versions are

@@ -28,7 +28,7 @@ from dfdetect.store.schema import (
 )
 
 # Rows per chunk (the unit of reading) for each feature array; shards hold a whole block.
-CHUNK_ROWS = {"mel": 16, "lfcc": 64, "wavlm": 16, "wavlm_stats": 16}
+CHUNK_ROWS = {"mel": 16, "lfcc": 64, "wave": 16, "wavlm": 16, "wavlm_stats": 16}
 
 
 def clip_table_hash(clips: list[Clip]) -> str:

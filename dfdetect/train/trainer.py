@@ -11,6 +11,9 @@ real-world performance in the reference study far better than test accuracy did)
       save_epoch                #   record, checkpoint, score tables, best by validation EER
       save_state                #   optimizer + RNG + progress, so --resume continues exactly
 
+A fitted model (LFCC-GMM: `Architecture.fitted`) has one epoch, `fit_epoch`: its `fit` (EM) in
+place of the optimizer's pass, then the same evaluation, record, checkpoint and scores as any head.
+
 The run folder's layout and the best-epoch rule belong to `dfdetect.models.runs.RunFolder`.
 """
 
@@ -30,17 +33,13 @@ from safetensors.torch import load_file
 
 from dfdetect import __version__
 from dfdetect.devices import resolve_device
-from dfdetect.errors import DfdetectError, check_range
+from dfdetect.errors import ConfigError, DfdetectError, check_range
 from dfdetect.metrics import evaluate_scores
 from dfdetect.models.registry import build_model, config_to_dict, count_parameters, get_architecture
 from dfdetect.models.runs import RunFolder, is_better
 from dfdetect.names import csv_cell
 from dfdetect.store import parse_store_spec
 from dfdetect.train.data import DataSet, FeatureLoader, open_set, stratified_split
-
-# The reference study's training lengths: 50 epochs for mel-only heads, 15 for WavLM heads.
-DEFAULT_EPOCHS = {False: 50, True: 15}
-
 
 class TrainError(DfdetectError):
     """A run that cannot start or continue as asked; the message says what to do."""
@@ -53,9 +52,9 @@ class TrainConfig:
     val: str | None = None              # default: a seeded, stratified 5% of train
     test: str | None = None
     ood: tuple[str, ...] = ()
-    epochs: int | None = None           # default: the reference study's, 50 (mel) / 15 (WavLM)
-    batch_size: int | None = None       # default: the reference study's, 128 (mel) / 64 (WavLM)
-    lr: float = 5e-5
+    epochs: int | None = None           # default: the architecture's (the reference study's 50 mel / 15 WavLM)
+    batch_size: int | None = None       # default: the architecture's (the reference study's 128 mel / 64 WavLM)
+    lr: float | None = None             # default: the architecture's (5e-5 for the reference study's heads)
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     val_fraction: float = 0.05
@@ -72,13 +71,18 @@ class TrainConfig:
 
     def resolved(self) -> "TrainConfig":
         """Defaults filled in, every number checked (ConfigError naming the option)."""
-        uses_wavlm = get_architecture(self.arch).uses_wavlm
+        arch = get_architecture(self.arch)
         config = dataclasses.replace(self, ood=tuple(self.ood), holdout_generators=tuple(self.holdout_generators),
-                                     epochs=self.epochs or DEFAULT_EPOCHS[uses_wavlm],
-                                     batch_size=self.batch_size or get_architecture(self.arch).batch_size)
+                                     epochs=self.epochs or arch.epochs, batch_size=self.batch_size or arch.batch_size,
+                                     lr=self.lr if self.lr is not None else arch.lr)
         check_range("--epochs", config.epochs, 1)
         check_range("--batch-size", config.batch_size, 2)     # BatchNorm trains on 2 rows or more
-        check_range("--lr", config.lr, 0, 1, low_open=True)
+        if arch.fitted:
+            if config.epochs != 1 or config.init_from or config.lr is not None:
+                raise ConfigError(f"{arch.name} is fitted once (EM), not trained by the optimizer: it takes neither "
+                                  "--epochs other than 1, nor --lr, nor --init-from")
+        else:
+            check_range("--lr", config.lr, 0, 1, low_open=True)
         check_range("--weight-decay", config.weight_decay, 0)
         check_range("grad_clip", config.grad_clip, 0, low_open=True)
         check_range("val_fraction", config.val_fraction, 0, 0.5, low_open=True)
@@ -200,7 +204,7 @@ def git_commit() -> str | None:
 def save_state(folder: RunFolder, epoch: int, model, optimizer, scaler, progress: dict) -> None:
     """Model, optimizer, RNG and progress: everything --resume needs."""
     tensors = {f"model.{k}": v.detach().contiguous() for k, v in model.state_dict().items()}
-    opt = optimizer.state_dict()
+    opt = optimizer.state_dict() if optimizer else {"state": {}, "param_groups": []}
     for i, state in opt["state"].items():
         for k, v in state.items():
             tensors[f"optim.{i}.{k}"] = v if torch.is_tensor(v) else torch.tensor(v)
@@ -221,7 +225,8 @@ def load_state(folder: RunFolder, model, optimizer, scaler) -> dict:
         if key.startswith("optim."):
             _, i, name = key.split(".", 2)
             state.setdefault(int(i), {})[name] = v
-    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    if optimizer:
+        optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
     torch.set_rng_state(tensors["rng.torch"])
     if "rng.cuda" in tensors and torch.cuda.is_available():
         torch.cuda.set_rng_state(tensors["rng.cuda"])
@@ -258,7 +263,8 @@ def torch_settings(device: torch.device, config: TrainConfig):
 
 
 def build_head(config: TrainConfig, train_set: DataSet, device: torch.device):
-    """The head (from --init-from's best weights when given) on `device`, its optimizer and scaler."""
+    """The head (from --init-from's best weights when given) on `device`, its optimizer and scaler
+    (None for a fitted model)."""
     model = build_model(config.arch, **model_overrides(config, train_set)).to(device)
     if config.init_from:
         weights = RunFolder(config.init_from).best_checkpoint
@@ -268,6 +274,8 @@ def build_head(config: TrainConfig, train_set: DataSet, device: torch.device):
             model.load_state_dict(load_file(str(weights), device=str(device)))
         except RuntimeError as e:
             raise TrainError(f"--init-from {config.init_from}: its weights do not fit {config.arch} ({e})") from None
+    if get_architecture(config.arch).fitted:
+        return model, None, None
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" and config.amp else None
     return model, optimizer, scaler
@@ -316,6 +324,19 @@ def train_one_epoch(model, loader: FeatureLoader, optimizer, scaler, device, con
             seen += len(y)
             bar.update(task, advance=1, loss=total_loss / seen)
     return {"loss": total_loss / seen, "accuracy": correct / seen, "clips": seen}
+
+
+def fit_epoch(model, loader: FeatureLoader, device, config: TrainConfig, console) -> dict:
+    """A fitted model's one epoch: `model.fit` on the training set, then the training set scored
+    (so the record's loss and accuracy mean what they mean for every head), with what fit reports."""
+    labels = loader.data.labels
+    with console.status(f"fitting {config.arch} on {len(labels):,} training clips"):
+        info = model.fit(lambda: loader.epoch(0), (int((labels == 0).sum()), int((labels == 1).sum())), config.seed)
+        rows, scores = predict(model, loader, device)
+    y = loader.data.store.meta["label"][rows].astype(np.float64)
+    p = np.clip(scores.astype(np.float64), 1e-7, 1 - 1e-7)
+    loss = float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+    return {"loss": loss, "accuracy": float(np.mean((scores >= 0.5) == y)), "clips": int(len(rows)), "fit": info}
 
 
 @torch.no_grad()
@@ -395,7 +416,11 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, force: boo
         record = {}
         for epoch in range(progress["epoch"] + 1, config.epochs + 1):
             t0 = time.perf_counter()
-            train_metrics = train_one_epoch(model, loaders["train"], optimizer, scaler, device, config, epoch, console)
+            if arch.fitted:
+                train_metrics = fit_epoch(model, loaders["train"], device, config, console)
+            else:
+                train_metrics = train_one_epoch(model, loaders["train"], optimizer, scaler, device, config, epoch,
+                                                console)
             t1 = time.perf_counter()
             results, predictions = evaluate_sets(model, sets, loaders, device)
             record = {"epoch": epoch, "train": train_metrics, "sets": results,
