@@ -15,7 +15,7 @@ import torch
 
 from dfdetect.models.registry import ARCHITECTURES, build_model, count_parameters
 
-SHAPES = {"mel": (2, 128, 301), "lfcc": (60, 301), "wavlm": (3, 149, 1024)}
+SHAPES = {"mel": (2, 128, 301), "lfcc": (60, 301), "wave": (48000,), "wavlm": (3, 149, 1024)}
 
 
 def main(batch: int = 32, repeats: int = 5) -> None:

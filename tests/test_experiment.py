@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 from dfdetect.cli import app
 from dfdetect.demo.corpus import CorpusSpec, write_corpus
 from dfdetect.demo.random_wavlm import save_random_wavlm
+from dfdetect.models.registry import ARCHITECTURES
 from dfdetect.studies.experiment import ExperimentError, load_experiment
 
 EXPERIMENTS = Path(__file__).parent.parent / "experiments"
@@ -43,8 +44,11 @@ def scaled_down(file: Path, data: dict, out: Path) -> list[str]:
     for name in raw.get("stores", {}):
         sets += [f"stores.{name}.wavlm={json.dumps(str(data['wavlm']))}", f"stores.{name}.wavlm_layers=[1, 2]",
                  f"stores.{name}.block_size=16"]
-    for name in raw.get("runs", {}):
-        sets += [f"runs.{name}.epochs=1", f"runs.{name}.batch_size=16", f"runs.{name}.lr=0.001"]
+    for name, run in raw.get("runs", {}).items():
+        if ARCHITECTURES[run["arch"]].fitted:   # fitted once by EM: no learning rate, a few mixtures
+            sets += [f"runs.{name}.model.n_components=4"]
+        else:
+            sets += [f"runs.{name}.epochs=1", f"runs.{name}.batch_size=16", f"runs.{name}.lr=0.001"]
     return sets
 
 

@@ -14,6 +14,12 @@ by the chosen OOD set's accuracy (`ood`; default: the first OOD set of the first
 and histograms come from scores/best/ (the best-validation epoch).
 
 Warnings: the reference study's failure signatures, each with the numbers that triggered it (constants below).
+
+Reference systems. Runs of the field's baselines (LFCC-GMM, LFCC-LCNN, AASIST, AASIST-L: the
+registry's `baseline=True` architectures) are marked as such in the ranking, and every other run is
+read against them: per set (test and each OOD set), its EER minus the best baseline's (lowest EER
+at its own best-validation epoch), in EER points, and a warning when a head does not beat the best
+baseline out of distribution, because a head that does not has not earned its parameters.
 """
 
 from __future__ import annotations
@@ -75,6 +81,11 @@ class RunInfo:
     checkpoint_bytes: int      # measured: the best epoch's checkpoint file
     best_epoch: int
     records: list[dict]
+    baseline: bool = False     # one of the field's reference systems
+
+    @property
+    def kind(self) -> str:
+        return "baseline" if self.baseline else "head"
 
     @property
     def last_epoch(self) -> int:
@@ -125,7 +136,7 @@ def read_run(path: Path) -> RunInfo:
     wavlm = (run.config.get("wavlm") or {}).get("model") if arch.uses_wavlm else None
     checkpoint = RunFolder(path).checkpoint(run.epoch)
     return RunInfo(path, path.name, arch.title, f"{data} ({train['rows']:,} clips)", wavlm,
-                   count_parameters(run.model), checkpoint.stat().st_size, run.epoch, run.records)
+                   count_parameters(run.model), checkpoint.stat().st_size, run.epoch, run.records, arch.baseline)
 
 
 def _choose_ood(runs: list[RunInfo], ood: str | None) -> tuple[list[str], str | None]:
@@ -211,6 +222,33 @@ def epoch_gap_warnings(run: RunInfo) -> list[str]:
             found.append(f"best test accuracy at epoch {best_test} ({max(test):.2%}) but best {name} accuracy at "
                          f"epoch {best_ood} ({max(ood):.2%}): {abs(best_test - best_ood)} of {len(epochs)} epochs "
                          f"apart (limit {limit:g}); in- and out-of-distribution performance moved apart")
+    return found
+
+
+def best_baselines(runs: list[RunInfo], sets: list[str]) -> dict[str, tuple[RunInfo, float]]:
+    """Per set, the baseline run with the lowest EER on it at its best-validation epoch (sets no
+    baseline has are left out)."""
+    best = {}
+    for name in sets:
+        have = [(r, r.metric(r.best_epoch, name, "eer")) for r in runs if r.baseline]
+        have = [(r, v) for r, v in have if not _missing(v)]
+        if have:
+            best[name] = min(have, key=lambda rv: rv[1])
+    return best
+
+
+def baseline_warnings(runs: list[RunInfo], oods: list[str]) -> list[RunWarning]:
+    """A head whose best-validation EER on an OOD set is not below the best baseline's there."""
+    found = []
+    for name, (base, base_eer) in best_baselines(runs, oods).items():
+        for run in runs:
+            value = None if run.baseline else run.metric(run.best_epoch, name, "eer")
+            if not _missing(value) and value >= base_eer:
+                found.append(RunWarning(run.name, "below_baseline", (
+                    f"does not beat the best reference system on {name}: EER {value:.2%} at epoch {run.best_epoch} "
+                    f"(best validation) against {base.title} ({base.name}) {base_eer:.2%}, "
+                    f"{(value - base_eer) * 100:+.2f} EER points; out of distribution its {run.parameters:,} "
+                    "parameters buy nothing over the baseline")))
     return found
 
 
@@ -337,7 +375,7 @@ class Page:
         parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{e(self.title)}</title><style>"
                  "body{font-family:sans-serif;max-width:1250px;margin:2em auto;color:#222}"
                  "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;"
-                 "text-align:right}th{background:#f3f3f3}td:nth-child(-n+3){text-align:left}"
+                 "text-align:right}th{background:#f3f3f3}td:nth-child(-n+5){text-align:left}"
                  ".warn{background:#fff3cd;border-left:4px solid #e0a800;padding:6px 10px;margin:6px 0}"
                  "img{max-width:100%}</style></head><body>", f"<h1>{e(self.title)}</h1>"]
         for block in self.blocks:
@@ -408,16 +446,43 @@ def ranking_table(page: Page, runs: list[RunInfo], oods: list[str], ood: str | N
     """The reference study's "Complete Picture": ranked by the chosen OOD set's accuracy at the given epoch."""
     epoch_of = {"best": lambda r: r.best_epoch, "last": lambda r: r.last_epoch}[which]
     ranked = sorted(runs, key=lambda r: _sort_key(r, epoch_of(r), ood))
-    headers = ["Rank", "Run", "Model", "Data", "Epochs", "Epoch", "Val EER", "Test Acc"]
+    headers = ["Rank", "Run", "Model", "Kind", "Data", "Epochs", "Epoch", "Val EER", "Test Acc"]
     for name in oods:
         headers += [f"{name[4:]} Acc", f"{name[4:]} F1", f"{name[4:]} EER"]
     rows = []
     for rank, run in enumerate(ranked, 1):
         e = epoch_of(run)
-        row = [str(rank), run.name, run.title, run.data, str(len(run.records)), str(e),
+        row = [str(rank), run.name, run.title, run.kind, run.data, str(len(run.records)), str(e),
                _cell(run, e, "val", "eer"), _cell(run, e, "test", "accuracy")]
         for name in oods:
             row += [_cell(run, e, name, "accuracy"), _cell(run, e, name, "f1"), _cell(run, e, name, "eer")]
+        rows.append(row)
+    page.table(headers, rows)
+
+
+def baseline_table(page: Page, runs: list[RunInfo], oods: list[str]) -> None:
+    """Every head against the best reference system of each set: EER and the gap in EER points."""
+    sets = [n for n in ["test", *oods] if any(r.metric(r.best_epoch, n, "eer") is not None for r in runs)]
+    best = best_baselines(runs, sets)
+    if not best:
+        page.text("No reference system among these runs, so nothing says whether a head learned more than a "
+                  "classical baseline gets for free: train lfcc_gmm, lfcc_lcnn or aasist on the same sets "
+                  "(`dfdetect models` lists them) and report them together.")
+        return
+    page.text("Best reference system per set (lowest EER at its best-validation epoch): "
+              + "; ".join(f"{n}: {b.title} ({b.name}) {v:.2%}" for n, (b, v) in best.items())
+              + ". Gap: the run's EER minus that one, in EER points (negative = better than the baseline).")
+    headers = ["Run", "Model", "Kind", "Params"]
+    for name in best:
+        label = name[4:] if name.startswith("ood:") else name
+        headers += [f"{label} EER", f"{label} gap"]
+    rows = []
+    for run in sorted(runs, key=lambda r: (r.baseline, r.name)):
+        row = [run.name, run.title, run.kind, f"{run.parameters:,}"]
+        for name, (_, base_eer) in best.items():
+            value = run.metric(run.best_epoch, name, "eer")
+            row += (["n/a", "n/a"] if value is None else ["undefined", "undefined"] if _missing(value)
+                    else [f"{value:.2%}", f"{(value - base_eer) * 100:+.2f} pts"])
         rows.append(row)
     page.table(headers, rows)
 
@@ -473,7 +538,7 @@ def build_report(runs: list[str | Path], out: str | Path = "report.html", ood: s
         for r in infos:
             r.name = str(r.path)
     oods, chosen = _choose_ood(infos, ood)
-    found = [w for r in infos for w in find_warnings(r)]
+    found = [w for r in infos for w in find_warnings(r)] + baseline_warnings(infos, oods)
 
     page = Page("dfdetect report")
     page.text(HEADER)
@@ -486,11 +551,14 @@ def build_report(runs: list[str | Path], out: str | Path = "report.html", ood: s
     page.text("The same at each run's last epoch (OOD performance can keep moving after validation stops improving):")
     ranking_table(page, infos, oods, chosen, "last")
     page.text(correlation_text(infos, chosen))
+    page.heading("Against the reference systems")
+    baseline_table(page, infos, oods)
     page.heading("Warnings")
     page.text(f"Checked: (a) test accuracy >= {TRAP_TEST_ACCURACY:.0%} while validation EER >= {TRAP_VAL_EER} (any "
               f"epoch); (b) OOD recall or specificity <= {DEGENERATE_RATE:.0%} at 0.5; (c) MCC < 0 on any set "
               f"((b), (c): best-validation and last epoch); (d) best-test and best-OOD epochs at least "
-              f"max({EPOCH_GAP_MIN}, {EPOCH_GAP_FRACTION:.0%} of epochs) apart.")
+              f"max({EPOCH_GAP_MIN}, {EPOCH_GAP_FRACTION:.0%} of epochs) apart; (e) a head whose OOD EER is not below "
+              "the best reference system's (best-validation epochs).")
     for w in found:
         page.warning(f"{w.run}: {w.message}")
     if not found:
