@@ -68,7 +68,7 @@ def main() -> None:
         table.add_row(arch, f"{r['params']:,}", f"{r['train_s_per_1k']:.1f}",
                       f"{r['train_s_per_1k'] / base['train_s_per_1k']:.2f}", f"{r['score_files_s']:.1f}",
                       f"{r['score_x_realtime']:.0f}", f"{r['score_files_s'] / base['score_files_s']:.2f}")
-    Console().print(table)
+    Console(width=150).print(table)
     print(json.dumps(rows, indent=1))
 
 
