@@ -1,0 +1,94 @@
+"""Hostile state and operator mistakes: a kill at any point of training or store creation leaves
+something the rerun continues, not a trap; bad inputs to train, store, evaluate and report are
+one line naming what is wrong."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+import dfdetect.models.runs as runs
+import dfdetect.train.trainer as trainer
+from dfdetect.cli import app
+from dfdetect.models.runs import RunFolder, load_run
+from dfdetect.train.trainer import TrainConfig, train
+
+runner = CliRunner()
+
+
+class Killed(BaseException):
+    """Stands for SIGKILL: nothing after it runs (BaseException: no `except Exception` catches it)."""
+
+
+def _config(store, epochs):
+    return TrainConfig(arch="mel_cnn", train=f"{store}:train", test=f"{store}:test", epochs=epochs,
+                       batch_size=16, lr=1e-3, seed=3)
+
+
+def _same_run(a, b, epochs):
+    ra, rb = RunFolder(a).records(), RunFolder(b).records()
+    assert [r["epoch"] for r in rb] == list(range(1, epochs + 1))
+    for x, y in zip(ra, rb, strict=True):
+        x.pop("seconds"), y.pop("seconds")
+        assert x == y
+    for epoch in range(1, epochs + 1):
+        wa, wb = (load_file(str(RunFolder(p).checkpoint(epoch))) for p in (a, b))
+        assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert RunFolder(a).best_checkpoint.read_bytes() == RunFolder(b).best_checkpoint.read_bytes()
+    assert RunFolder(a).read_state()["epoch"] == RunFolder(b).read_state()["epoch"] == epochs
+
+
+@pytest.fixture(scope="module")
+def straight(mel_store, tmp_path_factory):
+    """An uninterrupted 3-epoch run, what every interrupted one must equal."""
+    out = tmp_path_factory.mktemp("straight") / "run"
+    train(_config(mel_store, 3), out)
+    return out
+
+
+def test_resume_after_a_cut_off_metrics_line_equals_an_uninterrupted_run(mel_store, straight, tmp_path):
+    out = tmp_path / "run"
+    train(_config(mel_store, 2), out)
+    folder = RunFolder(out)
+    with open(folder.metrics_file, "a") as f:     # a kill (or a full disk) in the middle of epoch 3's append
+        f.write('{"epoch": 3, "train": {"loss": 0.6')
+    assert [r["epoch"] for r in folder.records()] == [1, 2]    # readers: the cut-off epoch never finished
+    assert load_run(out, "last").epoch == 2
+    train(_config(mel_store, 3), out, resume=True)
+    assert folder.metrics_file.read_text().count("\n") == 3
+    _same_run(straight, out, 3)
+
+
+@pytest.mark.parametrize("kill_at", ["before the state save", "between the state's two files"])
+def test_a_kill_between_the_epoch_record_and_its_state_is_undone_on_resume(mel_store, straight, tmp_path,
+                                                                           monkeypatch, kill_at):
+    out = tmp_path / "run"
+    if kill_at == "before the state save":      # epoch 2's record and checkpoint written, its state not
+        real = trainer.save_state
+
+        def save_state(folder, epoch, *args):
+            if epoch == 2:
+                raise Killed
+            real(folder, epoch, *args)
+        monkeypatch.setattr(trainer, "save_state", save_state)
+    else:                                       # epoch 2's state tensors committed, state.json not
+        real = runs._replace
+
+        def replace(file, write):
+            if file.name == "state.json" and RunFolder(out).read_state()["epoch"] == 2:
+                raise Killed
+            real(file, write)
+        monkeypatch.setattr(runs, "_replace", replace)
+    with pytest.raises(Killed):
+        train(_config(mel_store, 3), out)
+    monkeypatch.undo()
+    folder = RunFolder(out)
+    assert [r["epoch"] for r in folder.records()] == [1, 2]
+    train(_config(mel_store, 3), out, resume=True)
+    epochs = [json.loads(line)["epoch"] for line in folder.metrics_file.read_text().splitlines()]
+    assert epochs == [1, 2, 3]                  # no duplicate record
+    _same_run(straight, out, 3)
