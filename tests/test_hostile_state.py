@@ -92,3 +92,62 @@ def test_a_kill_between_the_epoch_record_and_its_state_is_undone_on_resume(mel_s
     epochs = [json.loads(line)["epoch"] for line in folder.metrics_file.read_text().splitlines()]
     assert epochs == [1, 2, 3]                  # no duplicate record
     _same_run(straight, out, 3)
+
+
+# -- store versions: creation is recoverable, the lock is the real path's ----------------------------
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    from test_hostile import small_corpus
+
+    root = tmp_path_factory.mktemp("corpus")
+    small_corpus(root)
+    return root
+
+
+def _files(store):
+    return {p.relative_to(store): p.read_bytes() for p in sorted(store.rglob("*")) if p.is_file()}
+
+
+def test_a_version_cut_off_while_created_is_created_again_others_untouched(corpus, tmp_path, monkeypatch):
+    import dfdetect.store.writer as writer
+    from dfdetect.featurize.pipeline import featurize
+    from dfdetect.store import open_store
+    from dfdetect.store.schema import list_versions
+
+    store = tmp_path / "s.zarr"
+    mel = featurize("folder", corpus, str(store), features=("mel",), workers=0, block_size=2)
+    before = {k: v for k, v in _files(store).items() if k.parts[0] == mel.version}
+    real, calls = writer._meta_array, []
+
+    def full_disk(*args, **kwargs):        # the disk fills up halfway through the metadata columns
+        calls.append(args[1])
+        if len(calls) == 5:
+            raise OSError(28, "No space left on device", str(store))
+        return real(*args, **kwargs)
+    monkeypatch.setattr(writer, "_meta_array", full_disk)
+    with pytest.raises(OSError, match="No space"):
+        featurize("folder", corpus, str(store), features=("lfcc",), workers=0, block_size=2)
+    monkeypatch.undo()
+    cut = [v for v in list_versions(str(store)) if v != mel.version]
+    assert len(cut) == 1 and (store / cut[0] / "lfcc").exists()     # the half-made version is there
+    result = featurize("folder", corpus, str(store), features=("lfcc",), workers=0, block_size=2)
+    assert result.complete and result.ok == 4 and result.version == cut[0]
+    assert open_store(f"{store}@{result.version}").read_rows(["lfcc"], [0, 3])["lfcc"].shape[0] == 2
+    assert {k: v for k, v in _files(store).items() if k.parts[0] == mel.version} == before
+    assert open_store(f"{store}@{mel.version}").complete
+
+
+def test_the_store_lock_is_the_real_path_not_the_name(corpus, tmp_path):
+    from dfdetect.featurize.pipeline import featurize
+    from dfdetect.store import StoreError
+    from dfdetect.store.writer import StoreLock
+
+    real = tmp_path / "real.zarr"
+    real.mkdir()
+    (tmp_path / "link.zarr").symlink_to(real)
+    with StoreLock(str(real)):
+        for other in (tmp_path / "link.zarr", tmp_path / "x" / ".." / "real.zarr/"):
+            with pytest.raises(StoreError, match="another featurize is writing"):
+                featurize("folder", corpus, str(other), features=("mel",), workers=0, block_size=2)
+    with StoreLock(str(tmp_path / "link.zarr")):      # released on exit; the link takes it too
+        pass
