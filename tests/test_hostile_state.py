@@ -151,3 +151,51 @@ def test_the_store_lock_is_the_real_path_not_the_name(corpus, tmp_path):
                 featurize("folder", corpus, str(other), features=("mel",), workers=0, block_size=2)
     with StoreLock(str(tmp_path / "link.zarr")):      # released on exit; the link takes it too
         pass
+
+
+# -- a damaged chunk ---------------------------------------------------------------------------------
+def one_line(result, *fragments):
+    """Exit 2, one line (no traceback), holding every fragment (the output's line breaks are rich's
+    wrapping)."""
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output, result.output
+    text = " ".join(result.output.split())
+    assert text.startswith("error: ") and text.count("error: ") == 1, result.output
+    for fragment in fragments:
+        assert fragment in text, result.output
+    return text
+
+
+@pytest.fixture
+def damaged_store(mel_store, tmp_path):
+    """A copy of mel_store with one byte of its first mel chunk (rows 0-15) flipped."""
+    import shutil
+
+    from dfdetect.store import open_store
+
+    copy = tmp_path / "damaged.zarr"
+    shutil.copytree(mel_store, copy)
+    version = open_store(str(copy)).version
+    shard = copy / version / "mel" / "c" / "0" / "0" / "0" / "0"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 3] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    return f"{copy}@{version}"
+
+
+@pytest.mark.parametrize("command", ["train", "train streaming", "evaluate"])
+def test_a_damaged_chunk_names_store_array_rows_and_verify(damaged_store, straight, tmp_path, command):
+    if command == "evaluate":
+        args = ["evaluate", str(straight), "--on", damaged_store]
+    else:
+        args = ["train", "--arch", "mel_cnn", "--train", damaged_store, "--out", str(tmp_path / "run"),
+                "--epochs", "1", "--batch-size", "16"]
+        if command == "train streaming":   # chunks read by the loader's threads, not at open
+            (tmp_path / "c.json").write_text('{"memory_budget_gb": 0}')
+            args += ["--config", str(tmp_path / "c.json")]
+    one_line(runner.invoke(app, args), damaged_store, "array 'mel'", "rows 0-15", "checksum",
+             f"dfdetect store verify {damaged_store}")
+    if command == "train":    # read when the sets are opened: before the run folder is touched
+        assert not (tmp_path / "run").exists()
+    verify = runner.invoke(app, ["store", "verify", damaged_store])
+    assert verify.exit_code == 1 and "mel" in verify.output

@@ -188,12 +188,25 @@ class FeatureStore:
                 if a == b:
                     continue
                 start = int(chunk[a]) * step
-                block = arr[start:start + step]
+                block = self._read_chunk(arr, name, start, step)
                 local = rows[a:b] - start
                 whole = b - a == len(block) and np.array_equal(local, np.arange(len(block)))
                 buffer[a:b] = block if whole else block[local]
             out[name] = buffer
         return out
+
+    def _read_chunk(self, arr: zarr.Array, name: str, start: int, step: int) -> np.ndarray:
+        """One whole chunk; a chunk that fails to decode (its CRC32C, a cut-off shard) is a
+        StoreError naming the store, the array and the rows, not a codec's traceback."""
+        try:
+            return arr[start:start + step]
+        except (ValueError, RuntimeError, IndexError, TypeError) as e:  # what zarr's codecs raise on bad bytes
+            where = f"{self.path}@{self.version}"
+            raise StoreError(
+                f"{where}: array {name!r}, rows {start}-{min(start + step, arr.shape[0]) - 1}, cannot be read "
+                f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else 'no detail'}): the store "
+                f"is damaged. `dfdetect store verify {where}` lists every damaged chunk; featurize into a new "
+                "--out (or restore the store from a copy)") from None
 
     @property
     def n_clips(self) -> int:
