@@ -199,3 +199,50 @@ def test_a_damaged_chunk_names_store_array_rows_and_verify(damaged_store, straig
         assert not (tmp_path / "run").exists()
     verify = runner.invoke(app, ["store", "verify", damaged_store])
     assert verify.exit_code == 1 and "mel" in verify.output
+
+
+# -- one clip, one row in a score file ---------------------------------------------------------------
+def _evaluate(*args):
+    return runner.invoke(app, ["evaluate", "--json", "--scores", *map(str, args)])
+
+
+def test_a_repeated_clip_counts_once_and_a_conflicting_one_is_named(tmp_path):
+    rows = [("a", 0.1, "real"), ("b", 0.4, "real"), ("c", 0.8, "fake"), ("d", 0.3, "fake")]
+    plain = tmp_path / "plain.csv"
+    plain.write_text("clip_id,score,label\n" + "".join(f"{c},{s},{y}\n" for c, s, y in rows))
+    expected = json.loads(_evaluate(plain).output)["metrics"]
+    # the same row twice (a concatenation mistake) counts once, with a note naming the line
+    repeated = tmp_path / "repeated.csv"
+    repeated.write_text(plain.read_text() + "c,0.8,spoof\n")
+    result = _evaluate(repeated)
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    assert out["metrics"] == expected and out["source"]["clips"] == 4
+    assert any("1 repeated row" in n and "line 6" in n for n in out["notes"]), out["notes"]
+    # the same clip with another score, or another label: which clip, which lines
+    other_score = tmp_path / "other_score.csv"
+    other_score.write_text(plain.read_text() + "c,0.2,fake\n")
+    one_line(_evaluate(other_score), str(other_score), "clip 'c' has two scores, '0.8' (line 4) and '0.2' (line 6)")
+    other_label = tmp_path / "other_label.jsonl"
+    other_label.write_text("".join(json.dumps({"file": c, "score": s, "label": y}) + "\n" for c, s, y in rows)
+                           + json.dumps({"file": "a", "score": 0.1, "label": "spoof"}) + "\n")
+    one_line(_evaluate(other_label), str(other_label), "clip 'a' has two labels, 'real' (line 1) and 'spoof' (line 5)",
+             "--drop-bad")
+    dropped = json.loads(_evaluate(other_label, "--drop-bad").output)
+    assert dropped["source"]["clips"] == 3 and any("clip 'a' has two labels" in n for n in dropped["notes"])
+    # ASVspoof text: the clip is the file field, not the speaker shared by every line
+    cm = tmp_path / "cm5.txt"
+    cm.write_text("".join(f"E_01 {c} {s} {'bonafide' if y == 'real' else 'spoof'}\n" for c, s, y in rows)
+                  + "E_01 b 0.9 bonafide\n")
+    one_line(_evaluate(cm), "clip 'b' has two scores, '0.4' (line 2) and '0.9' (line 5)")
+
+
+def test_a_protocol_that_gives_a_clip_two_labels_is_named(tmp_path):
+    scores = tmp_path / "cm2021.txt"
+    scores.write_text("LA_1 0.2\nLA_2 0.8\nLA_3 0.4\n")
+    protocol = tmp_path / "keys.txt"
+    protocol.write_text("S LA_1 - bonafide\nS LA_2 A01 spoof\nS LA_3 A02 spoof\nS LA_1 A01 spoof\n")
+    one_line(_evaluate(scores, "--labels", protocol), str(protocol),
+             "clip 'LA_1' has two labels, 'bonafide' (line 1) and 'spoof' (line 4)")
+    protocol.write_text("S LA_1 - bonafide\nS LA_2 A01 spoof\nS LA_3 A02 spoof\nS LA_1 - bona-fide\n")
+    assert _evaluate(scores, "--labels", protocol).exit_code == 0      # one meaning, two spellings
