@@ -246,3 +246,114 @@ def test_a_protocol_that_gives_a_clip_two_labels_is_named(tmp_path):
              "clip 'LA_1' has two labels, 'bonafide' (line 1) and 'spoof' (line 4)")
     protocol.write_text("S LA_1 - bonafide\nS LA_2 A01 spoof\nS LA_3 A02 spoof\nS LA_1 - bona-fide\n")
     assert _evaluate(scores, "--labels", protocol).exit_code == 0      # one meaning, two spellings
+
+
+# -- operator mistakes: one line naming the file or option ---------------------------------------------
+def _write(path, text: str | bytes):
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    return str(path)
+
+
+def _folder(path):
+    path.mkdir()
+    return str(path)
+
+
+def _read_only(path):
+    import os
+
+    if os.geteuid() == 0:
+        pytest.skip("root writes into a read-only folder: the case cannot be made (the path-under-a-file case stands)")
+    path.mkdir()
+    path.chmod(0o555)
+    return path
+
+
+def _truncated_metadata(store, tmp_path):
+    import shutil
+
+    copy = tmp_path / "cut.zarr"
+    shutil.copytree(store, copy)
+    meta = next(copy.glob("v-*")) / "mel" / "zarr.json"
+    meta.write_bytes(meta.read_bytes()[:100])
+    return str(copy), str(meta)
+
+
+BINARY = bytes(range(256)) * 8
+CASES = {
+    "export to a folder": lambda t, s, r: (["store", "export", s, "--hdf5", str(t)], ["--hdf5", "is a folder"]),
+    "export under a file": lambda t, s, r: (["store", "export", s, "--hdf5", _write(t / "f", "x") + "/x.h5"],
+                                            ["--hdf5", "f is a file"]),
+    "export read-only": lambda t, s, r: (["store", "export", s, "--hdf5", str(_read_only(t / "ro") / "x.h5")],
+                                         ["--hdf5", "not writable"]),
+    "train config missing": lambda t, s, r: (["train", "--arch", "mel_cnn", "--train", s, "--out", str(t / "r"),
+                                              "--config", str(t / "no.json")], ["no.json", "No such file"]),
+    "train config invalid": lambda t, s, r: (["train", "--arch", "mel_cnn", "--train", s, "--out", str(t / "r"),
+                                              "--config", _write(t / "c.json", '{"epochs": 2')], ["c.json", "not a JSON"]),
+    "train config list": lambda t, s, r: (["train", "--arch", "mel_cnn", "--train", s, "--out", str(t / "r"),
+                                           "--config", _write(t / "c.json", "[1, 2]")], ["c.json", "found list"]),
+    "train config wrong type": lambda t, s, r: (["train", "--arch", "mel_cnn", "--train", s, "--out", str(t / "r"),
+                                                 "--config", _write(t / "c.json", '{"ood": 5}')],
+                                                ["c.json", "field 'ood' is 5", "a list of strings"]),
+    "train config wrong type 2": lambda t, s, r: (["train", "--arch", "mel_cnn", "--train", s, "--out", str(t / "r"),
+                                                   "--config", _write(t / "c.json", '{"model": "big"}')],
+                                                  ["c.json", "field 'model'", "an object"]),
+    "train out a file": lambda t, s, r: (["train", "--arch", "mel_cnn", "--train", s, "--out", _write(t / "f", "x"),
+                                          "--epochs", "1"], ["--out", "is a file, not a folder"]),
+    "csv field over 128 KiB": lambda t, s, r: (
+        ["evaluate", "--scores", _write(t / "s.csv", "score,label\n0.1,real\n" + "9" * 140_000 + ",fake\n")],
+        ["s.csv line 3", "field larger than field limit"]),
+    "400-digit number": lambda t, s, r: (
+        ["evaluate", "--scores", _write(t / "s.jsonl", '{"score": %s, "label": 1}\n{"score": 0.1, "label": 0}\n'
+                                        % ("1" * 400))], ["s.jsonl", "NaN/Inf score (line 1)"]),
+    "5000-digit number": lambda t, s, r: (
+        ["evaluate", "--scores", _write(t / "s.jsonl", '{"score": %s, "label": 1}\n' % ("1" * 5000))],
+        ["s.jsonl line 1 is not JSON", "digits"]),
+    "deeply nested JSON": lambda t, s, r: (
+        ["evaluate", "--scores", _write(t / "s.jsonl", '{"score": ' + "[" * 100_000 + "]" * 100_000 + "}\n")],
+        ["s.jsonl line 1", "nested too deeply"]),
+    "truncated JSON": lambda t, s, r: (
+        ["evaluate", "--scores", _write(t / "s.jsonl", '{"score": 0.1, "label": 0}\n{"score": 0.9, "lab')],
+        ["s.jsonl line 2 is not JSON"]),
+    "binary csv": lambda t, s, r: (["evaluate", "--scores", _write(t / "s.csv", BINARY)], ["s.csv: not a text file"]),
+    "binary text": lambda t, s, r: (["evaluate", "--scores", _write(t / "s.txt", BINARY)], ["s.txt: not a text file"]),
+    "binary protocol": lambda t, s, r: (["evaluate", "--scores", _write(t / "s.txt", "LA_1 0.3\n"), "--labels",
+                                         _write(t / "keys.txt", BINARY)], ["keys.txt: not a text file"]),
+    "binary parquet": lambda t, s, r: (["evaluate", "--scores", _write(t / "s.parquet", BINARY)], ["s.parquet"]),
+    "wavlm layers": lambda t, s, r: (["featurize", "--dataset", "folder", "--root", str(t), "--wavlm-layers", "a,b"],
+                                     ["--wavlm-layers 'a,b'", "integers"]),
+    "report out a folder": lambda t, s, r: (["report", str(r), "--out", _folder(t / "r.html")],
+                                            ["--out", "r.html is a folder"]),
+    "report out under a file": lambda t, s, r: (["report", str(r), "--out", _write(t / "f", "x") + "/r.html"],
+                                                ["--out", "f is a file"]),
+    "report out read-only": lambda t, s, r: (["report", str(r), "--out", str(_read_only(t / "ro") / "r.html")],
+                                             ["--out", "not writable"]),
+    "store metadata cut off": lambda t, s, r: (lambda cut: (["evaluate", str(r), "--on", cut[0]],
+                                                            [cut[1], "not valid JSON"]))(_truncated_metadata(s, t)),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_operator_mistakes_are_one_line_naming_the_file_or_option(mel_store, straight, tmp_path, case):
+    args, fragments = CASES[case](tmp_path, mel_store, straight)
+    one_line(runner.invoke(app, args), *fragments)
+    assert not (tmp_path / "r").exists()      # refused before any output was made
+
+
+def test_report_refuses_to_overwrite_what_it_did_not_write(straight, tmp_path):
+    notes = tmp_path / "paper.md"
+    notes.write_text("# My paper\n\nweeks of work\n")
+    page = tmp_path / "paper.html"
+    one_line(runner.invoke(app, ["report", str(straight), "--out", str(page)]), "paper.md exists and is not a dfdetect "
+             "report", "--force")
+    assert notes.read_text() == "# My paper\n\nweeks of work\n" and not page.exists()
+    (tmp_path / "other.html").write_text("<!DOCTYPE html><html><head><title>my site</title>")
+    one_line(runner.invoke(app, ["report", str(straight), "--out", str(tmp_path / "other.html")]), "other.html exists")
+    # once the notes are moved away, a rerun of the same report overwrites its own files; --force anything
+    notes.rename(tmp_path / "mine.md")
+    for args in ([], [], ["--force"]):
+        if args:
+            notes.write_text("# My paper\n")
+        result = runner.invoke(app, ["report", str(straight), "--out", str(page), *args])
+        assert result.exit_code == 0, result.output
+        assert notes.read_text().startswith("# dfdetect report") and page.read_text().startswith("<!DOCTYPE html>")

@@ -95,11 +95,25 @@ def _whitespace_record(fields: list[str], id_field: int | None) -> dict:
 
 
 def read_records(path: Path, fmt: str, id_field: int | None = None) -> tuple[str, list[tuple[int, dict]]]:
-    """('line' or 'row', [(number, record)]) of a score or protocol file; records are dicts of text."""
+    """('line' or 'row', [(number, record)]) of a score or protocol file; records are dicts of text.
+    A file that is not what its format says (binary, a CSV field over csv's 128 KiB, JSON nested
+    past Python's recursion limit or a number of over 4,300 digits) is an EvaluationError naming it."""
+    try:
+        return _read_records(path, fmt, id_field)
+    except UnicodeDecodeError as e:
+        raise EvaluationError(f"{path}: not a text file (not UTF-8); score and protocol files are "
+                              f"CSV, TSV, JSONL, Parquet or ASVspoof text ({fmt} was read: --format chooses)") from None
+
+
+def _read_records(path: Path, fmt: str, id_field: int | None) -> tuple[str, list[tuple[int, dict]]]:
     if fmt in ("csv", "tsv"):
         with open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f, delimiter="," if fmt == "csv" else "\t")
-            records = [(reader.line_num, row) for row in reader]
+            try:
+                records = [(reader.line_num, row) for row in reader]
+            except csv.Error as e:
+                raise EvaluationError(f"{path} line {reader.line_num + 1}: not {fmt.upper()} as a score file holds it "
+                                      f"({e})") from None
         return "line", records
     if fmt == "jsonl":
         records = []
@@ -109,8 +123,11 @@ def read_records(path: Path, fmt: str, id_field: int | None = None) -> tuple[str
                     continue
                 try:
                     obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise EvaluationError(f"{path} line {number} is not JSON ({e.msg})") from None
+                except RecursionError:
+                    raise EvaluationError(f"{path} line {number}: JSON nested too deeply to be a score row") from None
+                except ValueError as e:   # JSONDecodeError, or an integer of over 4,300 digits
+                    raise EvaluationError(f"{path} line {number} is not JSON "
+                                          f"({getattr(e, 'msg', str(e).split(':')[0])})") from None
                 if not isinstance(obj, dict):
                     raise EvaluationError(f"{path} line {number} is not a JSON object")
                 records.append((number, obj))
@@ -121,7 +138,13 @@ def read_records(path: Path, fmt: str, id_field: int | None = None) -> tuple[str
         except ImportError:
             raise EvaluationError(f"reading {path} needs pyarrow (`pip install pyarrow`); or convert it to "
                                   "CSV/JSONL and evaluate that") from None
-        return "row", list(enumerate(pq.read_table(path).to_pylist(), 1))
+        import pyarrow
+
+        try:
+            return "row", list(enumerate(pq.read_table(path).to_pylist(), 1))
+        except pyarrow.ArrowException as e:
+            raise EvaluationError(f"{path}: not a Parquet file pyarrow can read "
+                                  f"({str(e).splitlines()[0][:200]})") from None
     if fmt == "asvspoof":
         records = []
         with open(path, encoding="utf-8-sig") as f:
@@ -347,4 +370,6 @@ def _to_score(value) -> float | str:
         number = float(value)
     except (TypeError, ValueError):
         return "non-numeric score"
+    except OverflowError:    # a JSON integer of hundreds of digits
+        return "NaN/Inf score"
     return number if math.isfinite(number) else "NaN/Inf score"

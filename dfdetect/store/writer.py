@@ -25,6 +25,7 @@ from dfdetect.store.schema import (
     compressors,
     content_hash,
     meta_compressors,
+    reading_metadata,
 )
 
 # Rows per chunk (the unit of reading) for each feature array; shards hold a whole block.
@@ -81,16 +82,18 @@ def create_version(path: str, version: str, config: dict, clips: list[Clip], sha
     size are the ones the version was started with, so a resumed run cannot mix two datasets. The
     version's attributes are its commit point: a version without them was cut off while being
     created, and is created again."""
-    root = zarr.open_group(path, mode="a")
-    if "dfdetect_store" not in root.attrs:
-        root.attrs.update({"dfdetect_store": STORE_FORMAT, "dataset": dataset, "dataset_root": dataset_root})
+    with reading_metadata(path):
+        root = zarr.open_group(path, mode="a")
+        if "dfdetect_store" not in root.attrs:
+            root.attrs.update({"dfdetect_store": STORE_FORMAT, "dataset": dataset, "dataset_root": dataset_root})
+        if version in root and "clip_table_hash" not in root[version].attrs:
+            # Its creation was cut off (killed, disk full): the attributes are written last, so
+            # this holds no finished block. Created again; the store's other versions are untouched.
+            del root[version]
+        existing = root[version] if version in root else None
     table_hash = clip_table_hash(clips)
-    if version in root and "clip_table_hash" not in root[version].attrs:
-        # Its creation was cut off (killed, disk full): the attributes are written last, so this
-        # holds no finished block. Created again; the store's other versions are not touched.
-        del root[version]
-    if version in root:
-        group = root[version]
+    if existing is not None:
+        group = existing
         attrs = group.attrs
         if attrs.get("clip_table_hash") != table_hash:
             raise StoreError(

@@ -33,7 +33,7 @@ from safetensors.torch import load_file
 
 from dfdetect import __version__
 from dfdetect.devices import resolve_device
-from dfdetect.errors import ConfigError, DfdetectError, check_range
+from dfdetect.errors import ConfigError, DfdetectError, check_output, check_range
 from dfdetect.metrics import evaluate_scores
 from dfdetect.models.registry import build_model, config_to_dict, count_parameters, get_architecture
 from dfdetect.models.runs import RunFolder, is_better
@@ -394,6 +394,7 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, force: boo
 
     console = console or Console()
     folder, config = RunFolder(out), config.resolved()
+    check_output("--out", folder.path, folder=True)
     sets = open_sets(config)                                      # all checks before any work
     arch, device = get_architecture(config.arch), resolve_device(config.device)
     budget = int(config.memory_budget_gb * (1 << 30))
