@@ -10,6 +10,8 @@ import dataclasses
 import json
 import random
 import traceback
+import types
+import typing
 from pathlib import Path
 
 import typer
@@ -308,7 +310,43 @@ def _read_config_file(path: Path, config_class) -> dict:
     if unknown:
         raise ConfigError(f"{path}: unknown field(s) {', '.join(map(repr, unknown))}; "
                           f"valid: {', '.join(sorted(known))}")
+    hints = typing.get_type_hints(config_class)
+    for name, value in fields.items():
+        if not _json_fits(value, hints[name]):
+            shown = json.dumps(value)
+            raise ConfigError(f"{path}: field {name!r} is {shown[:60] + '...' * (len(shown) > 60)}; expected "
+                              f"{_json_kind(hints[name])}")
     return fields
+
+
+_JSON_KINDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string", dict: "an object",
+               tuple: "a list", type(None): "null"}
+
+
+def _json_fits(value, hint) -> bool:
+    """Whether a JSON value can be a dataclass field of type `hint` (int, float, str, bool, dict,
+    tuple[str, ...], X | None); a type outside these is not checked here."""
+    origin, args = typing.get_origin(hint) or hint, typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_json_fits(value, a) for a in args)
+    if origin is tuple:
+        return isinstance(value, list) and all(_json_fits(v, args[0]) for v in value) if args else isinstance(value, list)
+    if origin is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if origin is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin in _JSON_KINDS:
+        return isinstance(value, origin)
+    return True
+
+
+def _json_kind(hint) -> str:
+    origin, args = typing.get_origin(hint) or hint, typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_json_kind(a) for a in args)
+    if origin is tuple and args:
+        return f"a list of {_json_kind(args[0]).removeprefix('a ').removeprefix('an ')}s"
+    return _JSON_KINDS.get(origin, str(hint))
 
 
 # -- dfdetect experiment ---------------------------------------------------------------------------
@@ -408,6 +446,7 @@ def report_command(
     runs: list[Path] = typer.Argument(..., help="Run folders to compare."),
     out: Path = typer.Option(Path("report.html"), "--out", help="HTML page; the Markdown tables go next to it (.md)."),
     ood: str = typer.Option(None, "--ood", help="OOD set to rank by (NAME of ood:NAME; default: the first)."),
+    force: bool = typer.Option(False, "--force", help="Overwrite --out or its .md even when they are not reports."),
 ):
     """One self-contained HTML page (+ Markdown): runs ranked by OOD accuracy, test vs OOD and their
     correlation, training curves, ROC/DET/score histograms, model size, failure warnings.
@@ -415,7 +454,7 @@ def report_command(
     Labels: 1 = fake, 0 = real; scores are P(fake); accuracies at threshold 0.5."""
     from dfdetect.evaluate.report import build_report
 
-    report = build_report(runs, out, ood=ood)
+    report = build_report(runs, out, ood=ood, force=force)
     for warning in report.warnings:
         console.print(f"[yellow]warning:[/] {escape(str(warning.run))}: {escape(warning.message)}", soft_wrap=True,
                       highlight=False)
@@ -518,9 +557,12 @@ def store_info(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
 ):
     """Arrays (shapes, chunks, codecs, sizes), version config and clip counts of one store version."""
+    from dfdetect.store import parse_store_spec
     from dfdetect.store.inspect import store_info as info_of
+    from dfdetect.store.schema import reading_metadata
 
-    info = info_of(store)
+    with reading_metadata(parse_store_spec(store)[0]):
+        info = info_of(store)
     if as_json:
         print(json.dumps(info, indent=2))
         return
@@ -593,9 +635,12 @@ def store_verify(
 
     Exit code 0 when everything checks out, 1 when problems were found (each listed on one line),
     2 when STORE is not a store or has no such version."""
+    from dfdetect.store import parse_store_spec
     from dfdetect.store.inspect import human_bytes, verify_store
+    from dfdetect.store.schema import reading_metadata
 
-    result = verify_store(store, max_problems=max_problems)
+    with reading_metadata(parse_store_spec(store)[0]):
+        result = verify_store(store, max_problems=max_problems)
     if as_json:
         print(json.dumps(result, indent=2))
         raise typer.Exit(0 if result["ok"] else 1)

@@ -10,6 +10,8 @@ a bug in dfdetect and keeps its traceback.
 from __future__ import annotations
 
 import math
+import os
+from pathlib import Path
 
 
 class DfdetectError(Exception):
@@ -32,3 +34,23 @@ def check_range(option: str, value, low: float, high: float = float("inf"), low_
         bound = f"{'>' if low_open else '>='} {low:g}" + (f" and <= {high:g}" if math.isfinite(high) else "")
         kind = "a positive, finite number" if low > 0 or (low == 0 and low_open) else "a finite number"
         raise ConfigError(f"{option} {value!r}: must be {kind} {bound}")
+
+
+def check_output(option: str, path, folder: bool = False) -> None:
+    """ConfigError naming `option` unless `path` can be written, before any work: as a file (or,
+    with `folder`, as a folder), not the other kind already, with no file where one of its folders
+    must be, and the nearest existing folder writable."""
+    path = Path(path)
+    if folder and path.exists() and not path.is_dir():
+        raise ConfigError(f"{option} {path} is a file, not a folder; give a folder (it is created if missing)")
+    if not folder and path.is_dir():
+        raise ConfigError(f"{option} {path} is a folder; name the file to write (a file in it, or elsewhere)")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(f"{option} {path}: {parent} is a file, so nothing can be written under it; "
+                                  "choose another place")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise ConfigError(f"{option} {path}: the folder {parent} is not writable for this user; "
+                                  "choose another place")
+            return

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dfdetect.errors import DfdetectError
+from dfdetect.errors import DfdetectError, check_output
 from dfdetect.evaluate.evaluation import HEADER, fmt
 from dfdetect.evaluate.score_files import read_scores
 from dfdetect.metrics import det_curve, eer
@@ -526,13 +526,37 @@ def size_table(page: Page, runs: list[RunInfo], ood: str | None) -> None:
                       f"{WAVLM_LARGE_BYTES / 1e6:,.0f} MB as float32).")
 
 
-def build_report(runs: list[str | Path], out: str | Path = "report.html", ood: str | None = None) -> Report:
+TITLE = "dfdetect report"
+
+
+def _is_report(file: Path) -> bool:
+    """Whether `file` is a page or Markdown this command wrote (by its first bytes), which a rerun
+    may overwrite."""
+    with open(file, "rb") as f:
+        head = f.read(512)
+    return head.startswith(f"# {TITLE}\n".encode()) or (head.startswith(b"<!DOCTYPE html>")
+                                                          and f"<title>{TITLE}</title>".encode() in head)
+
+
+def check_outputs(out: Path, force: bool) -> None:
+    """The page and its Markdown can be written: each is a file (or nothing yet) in a writable
+    folder, and an existing one is a report this command wrote (a rerun), unless `force`."""
+    for file in (out, out.with_suffix(".md")):
+        check_output("--out", file)
+        if file.exists() and not force and not _is_report(file):
+            raise ReportError(f"--out {out}: {file} exists and is not a dfdetect report; choose another --out, "
+                              "move the file away, or pass --force to overwrite it")
+
+
+def build_report(runs: list[str | Path], out: str | Path = "report.html", ood: str | None = None,
+                 force: bool = False) -> Report:
     """Write the HTML page and the Markdown next to it; returns where, and the warnings."""
     if not runs:
         raise ReportError("give at least one run folder")
     if Path(out).suffix.lower() not in (".html", ".htm"):
         raise ReportError(f"--out {out}: the report is an HTML page (its tables go beside it as .md); "
                           "name it e.g. report.html")
+    check_outputs(Path(out), force)
     infos = [read_run(Path(p)) for p in runs]
     if len({r.name for r in infos}) < len(infos):
         for r in infos:
@@ -540,7 +564,7 @@ def build_report(runs: list[str | Path], out: str | Path = "report.html", ood: s
     oods, chosen = _choose_ood(infos, ood)
     found = [w for r in infos for w in find_warnings(r)] + baseline_warnings(infos, oods)
 
-    page = Page("dfdetect report")
+    page = Page(TITLE)
     page.text(HEADER)
     page.heading("Ranking (the reference study's \"Complete Picture\")")
     page.text(f"Ranked by {chosen or 'OOD'} accuracy (ties: lower EER first). Metrics at each run's best-validation "

@@ -19,6 +19,11 @@ score row matches when its id (for asvspoof lines: any of its fields) equals a p
 equals it without folder and extension.
 Bad rows (missing, non-numeric, NaN/Inf scores; missing or unknown labels; clips the protocol lacks)
 are an error naming their line numbers, or with `drop_bad` are left out with a note that names them.
+One clip, one row: the clip id is the id column (ID_COLUMNS / `--id-col`; a file without one is not
+checked) or, in a whitespace line, its last field that is not the score, the key, an attack or "-".
+A clip repeated with the same score and label counts once (a note says how many repeats); one
+repeated with another score or label is an error naming the clip and both lines (with `drop_bad`,
+all its rows are left out with a note). A protocol that gives one clip two labels is an error.
 """
 
 from __future__ import annotations
@@ -83,16 +88,32 @@ def _whitespace_record(fields: list[str], id_field: int | None) -> dict:
     keys = [f for i, f in enumerate(fields) if i not in numeric and parse_label(f) is not None]
     attacks = [f for f in fields if ATTACK.match(f)]
     ids = fields if id_field is None else (fields[id_field:id_field + 1] or fields[:1])
+    named = [f for i, f in enumerate(fields) if (not numeric or i != numeric[-1]) and f not in keys
+             and not ATTACK.match(f) and f != "-"]
     return {"score": fields[numeric[-1]] if numeric else None, "label": keys[-1] if keys else None,
-            "generator": attacks[-1] if attacks else "", "_ids": ids}
+            "generator": attacks[-1] if attacks else "", "_ids": ids, "_clip": named[-1] if named else None}
 
 
 def read_records(path: Path, fmt: str, id_field: int | None = None) -> tuple[str, list[tuple[int, dict]]]:
-    """('line' or 'row', [(number, record)]) of a score or protocol file; records are dicts of text."""
+    """('line' or 'row', [(number, record)]) of a score or protocol file; records are dicts of text.
+    A file that is not what its format says (binary, a CSV field over csv's 128 KiB, JSON nested
+    past Python's recursion limit or a number of over 4,300 digits) is an EvaluationError naming it."""
+    try:
+        return _read_records(path, fmt, id_field)
+    except UnicodeDecodeError as e:
+        raise EvaluationError(f"{path}: not a text file (not UTF-8); score and protocol files are "
+                              f"CSV, TSV, JSONL, Parquet or ASVspoof text ({fmt} was read: --format chooses)") from None
+
+
+def _read_records(path: Path, fmt: str, id_field: int | None) -> tuple[str, list[tuple[int, dict]]]:
     if fmt in ("csv", "tsv"):
         with open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f, delimiter="," if fmt == "csv" else "\t")
-            records = [(reader.line_num, row) for row in reader]
+            try:
+                records = [(reader.line_num, row) for row in reader]
+            except csv.Error as e:
+                raise EvaluationError(f"{path} line {reader.line_num + 1}: not {fmt.upper()} as a score file holds it "
+                                      f"({e})") from None
         return "line", records
     if fmt == "jsonl":
         records = []
@@ -102,8 +123,11 @@ def read_records(path: Path, fmt: str, id_field: int | None = None) -> tuple[str
                     continue
                 try:
                     obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise EvaluationError(f"{path} line {number} is not JSON ({e.msg})") from None
+                except RecursionError:
+                    raise EvaluationError(f"{path} line {number}: JSON nested too deeply to be a score row") from None
+                except ValueError as e:   # JSONDecodeError, or an integer of over 4,300 digits
+                    raise EvaluationError(f"{path} line {number} is not JSON "
+                                          f"({getattr(e, 'msg', str(e).split(':')[0])})") from None
                 if not isinstance(obj, dict):
                     raise EvaluationError(f"{path} line {number} is not a JSON object")
                 records.append((number, obj))
@@ -114,7 +138,13 @@ def read_records(path: Path, fmt: str, id_field: int | None = None) -> tuple[str
         except ImportError:
             raise EvaluationError(f"reading {path} needs pyarrow (`pip install pyarrow`); or convert it to "
                                   "CSV/JSONL and evaluate that") from None
-        return "row", list(enumerate(pq.read_table(path).to_pylist(), 1))
+        import pyarrow
+
+        try:
+            return "row", list(enumerate(pq.read_table(path).to_pylist(), 1))
+        except pyarrow.ArrowException as e:
+            raise EvaluationError(f"{path}: not a Parquet file pyarrow can read "
+                                  f"({str(e).splitlines()[0][:200]})") from None
     if fmt == "asvspoof":
         records = []
         with open(path, encoding="utf-8-sig") as f:
@@ -161,8 +191,12 @@ def read_protocol(path: str | Path, fmt: str | None = None) -> dict[str, dict]:
         records = [(n, {"_ids": [str(r[id_col])], "label": r[label_col],
                         "generator": str(r[gen_col]) if gen_col else ""}) for n, r in records]
     keys: dict[str, dict] = {}
-    for _, r in records:
-        keys.setdefault(r["_ids"][-1], {"label": r["label"], "generator": r["generator"]})
+    for number, r in records:
+        clip, label = r["_ids"][-1], _text(r["label"])
+        first = keys.setdefault(clip, {"label": label, "generator": r["generator"], "_line": number})
+        if _label_of(first["label"]) != _label_of(label):
+            raise EvaluationError(f"{path}: clip {clip!r} has two labels, {first['label']!r} (line {first['_line']}) "
+                                  f"and {label!r} (line {number}); fix the protocol so that each clip has one")
     stems: dict[str, list] = {}
     for clip in keys:
         stems.setdefault(_stem(clip), []).append(clip)
@@ -210,14 +244,17 @@ def read_scores(path: str | Path, fmt: str | None = None, score_col: str | None 
         label_key = _column(records, label_col, LABEL_COLUMNS, "label", path, required=protocol is None)
         groups = {name: c for name, aliases in BREAKDOWN_COLUMNS.items()
                   if (c := _column(records, None, aliases, name, path, required=False))}
+    id_key = None if fmt == "asvspoof" else _column(records, id_col, ID_COLUMNS, "id", path,
+                                                    required=protocol is not None)
     if protocol is not None:
-        id_key = None if fmt == "asvspoof" else _column(records, id_col, ID_COLUMNS, "id", path)
         records, label_key = join_protocol(records, read_protocol(protocol), id_key), "label"
         if any(r["generator"] for _, r in records):
             groups["generator"] = "generator"
         if fmt != "asvspoof" and label_col:
             notes.append(f"labels come from {protocol}; the file's column {label_col!r} is ignored")
 
+    records = _one_row_per_clip(records, id_key if fmt != "asvspoof" else "_clip", score_key, label_key, unit,
+                                path, drop_bad, notes)
     keep, labels, scores = _usable_rows(records, score_key, label_key, unit, path, drop_bad, notes)
     labels, scores = np.asarray(labels, dtype=int), np.asarray(scores, dtype=np.float64)
     probabilities = bool(((scores >= 0) & (scores <= 1)).all())
@@ -234,6 +271,47 @@ def read_scores(path: str | Path, fmt: str | None = None, score_col: str | None 
     lines = np.asarray([records[i][0] for i in keep])
     columns = {name: np.asarray([str(records[i][1].get(col) or "") for i in keep]) for name, col in groups.items()}
     return ScoreTable(str(path), fmt, labels, scores, lines, columns, notes)
+
+
+def _one_row_per_clip(records: list[tuple[int, dict]], id_key: str | None, score_key: str, label_key: str,
+                      unit: str, path: Path, drop_bad: bool, notes: list[str]) -> list[tuple[int, dict]]:
+    """The records with each clip once: exact repeats (same score and label) counted once with a
+    note; a clip repeated with another score or label an EvaluationError naming it and both lines
+    (with `drop_bad`: all its rows left out, with a note). Without an id there is nothing to check."""
+    if id_key is None:
+        return records
+    first: dict[str, tuple[int, tuple]] = {}
+    repeats: list[int] = []
+    conflicts: dict[str, str] = {}
+    for number, r in records:
+        clip = _text(r.get(id_key))
+        if not clip:
+            continue
+        label = _text(r.get(label_key))
+        value = (_to_score(r.get(score_key)), _label_of(label), label, _text(r.get(score_key)))
+        seen = first.setdefault(clip, (number, value))
+        if seen[0] == number:
+            continue
+        if value[:2] == seen[1][:2]:
+            repeats.append(number)
+        elif clip not in conflicts:
+            what = "label" if value[1] != seen[1][1] else "score"
+            shown = (lambda v: v[2] or "no label") if what == "label" else (lambda v: v[3] or "no score")
+            conflicts[clip] = (f"clip {clip!r} has two {what}s, {shown(seen[1])!r} ({unit} {seen[0]}) and "
+                               f"{shown(value)!r} ({unit} {number})")
+    if conflicts:
+        shown = "; ".join(list(conflicts.values())[:3]) + (f"; ... ({len(conflicts)} clips in all)"
+                                                           if len(conflicts) > 3 else "")
+        if not drop_bad:
+            raise EvaluationError(f"{path}: {shown}. Keep one row per clip, or leave such clips out with --drop-bad")
+        notes.append(f"left out: every row of {len(conflicts)} clip{'s' * (len(conflicts) > 1)} repeated with "
+                     f"another score or label ({shown})")
+    if repeats:
+        notes.append(f"{len(repeats)} repeated row{'s' * (len(repeats) > 1)} (same clip, score and label) counted "
+                     f"once ({unit}{'s' * (len(repeats) > 1)} {_lines(repeats)})")
+    dropped = set(repeats)
+    return [(n, r) for n, r in records
+            if n not in dropped and _text(r.get(id_key)) not in conflicts]
 
 
 def _usable_rows(records: list[tuple[int, dict]], score_key: str, label_key: str, unit: str, path: Path,
@@ -274,6 +352,12 @@ def _usable_rows(records: list[tuple[int, dict]], score_key: str, label_key: str
     return keep, labels, scores
 
 
+def _label_of(text: str):
+    """What a label means (0, 1), for comparing spellings; the text itself when it means nothing."""
+    parsed = parse_label(text) if text else None
+    return text if parsed is None else parsed
+
+
 def _text(value) -> str:
     return "" if value is None else str(value).strip()
 
@@ -286,4 +370,6 @@ def _to_score(value) -> float | str:
         number = float(value)
     except (TypeError, ValueError):
         return "non-numeric score"
+    except OverflowError:    # a JSON integer of hundreds of digits
+        return "NaN/Inf score"
     return number if math.isfinite(number) else "NaN/Inf score"

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from dfdetect.errors import ConfigError, DfdetectError
@@ -34,6 +35,9 @@ from dfdetect.featurize.frontend import FrontendConfig
 from dfdetect.featurize.wavlm import WavLMConfig
 from dfdetect.metrics import json_safe
 from dfdetect.models.registry import build_model, get_architecture
+
+
+STATE_KEY = "dfdetect_state"   # the progress, in state.safetensors' header
 
 
 class RunError(DfdetectError):
@@ -78,7 +82,7 @@ class RunFolder:
 
     @property
     def can_resume(self) -> bool:
-        return self.state_file.exists()
+        return self.state_tensors.exists() and self.state_file.exists()
 
     def is_empty(self) -> bool:
         return not self.path.exists() or not any(self.path.iterdir())
@@ -88,14 +92,24 @@ class RunFolder:
         return _read_json(self.config_file)
 
     def records(self) -> list[dict]:
-        """metrics.jsonl, one record per finished epoch ([] when none finished)."""
+        """metrics.jsonl, one record per finished epoch ([] when none finished). A last line without
+        its newline that is not JSON is an epoch whose append was cut off (killed, disk full): it
+        never finished, so it is not a record. A repeated epoch (a run resumed by an older dfdetect
+        after a kill) counts once, as its later record: the one its checkpoint holds."""
+        return [record for _, record in self._record_lines()]
+
+    def _record_lines(self) -> list[tuple[str, dict]]:
+        """(line, record) per epoch, by the rules of `records`."""
         if not self.metrics_file.exists():
             return []
-        return [_read_json(self.metrics_file, line, number) for number, line
-                in enumerate(self.metrics_file.read_text(encoding="utf-8").splitlines(), 1) if line.strip()]
-
-    def read_state(self) -> dict:
-        return _read_json(self.state_file)
+        lines = self.metrics_file.read_text(encoding="utf-8", errors="replace").split("\n")
+        by_epoch: dict = {}    # the last item of `lines` is "" when the file ends in a newline
+        for number, line in enumerate(lines, 1):
+            if not line.strip() or (number == len(lines) and _cut_off(line)):
+                continue
+            record = _read_json(self.metrics_file, line, number)
+            by_epoch[record.get("epoch", number) if isinstance(record, dict) else number] = (line, record)
+        return list(by_epoch.values())
 
     @staticmethod
     def best_epoch(records: list[dict]) -> int | None:
@@ -122,21 +136,73 @@ class RunFolder:
         self.run_file.write_text(json.dumps(info, indent=2))
 
     def append_record(self, record: dict) -> None:
-        with open(self.metrics_file, "a") as f:
+        """One line, written in one call and synced: the epoch is in the run for readers once this
+        returns (the trainer writes it after the epoch's checkpoint and scores)."""
+        with open(self.metrics_file, "a", encoding="utf-8") as f:
             f.write(json.dumps(json_safe(record)) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
 
     def save_checkpoint(self, model: torch.nn.Module, epoch: int, best: bool) -> None:
         weights = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-        save_file(weights, str(self.checkpoint(epoch)))
+        _replace(self.checkpoint(epoch), lambda tmp: save_file(weights, str(tmp)))
         if best:
-            shutil.copyfile(self.checkpoint(epoch), self.best_checkpoint)
+            _replace(self.best_checkpoint, lambda tmp: shutil.copyfile(self.checkpoint(epoch), tmp))
+
+    def roll_back(self, epoch: int, best_epoch: int | None) -> None:
+        """The run as its saved state (`epoch`, `best_epoch`) left it. An epoch's commit point is
+        its state save, so what a kill left after the last one (a record, a checkpoint, a cut-off
+        line) is dropped, and that epoch is trained again exactly as it was. metrics.jsonl keeps its
+        lines as written, and is rewritten (atomically) only when something is dropped."""
+        lines = self._record_lines()
+        kept = [line for line, r in lines if isinstance(r, dict) and isinstance(r.get("epoch"), int)
+                and r["epoch"] <= epoch]
+        if self.metrics_file.exists() and self.metrics_file.read_text(encoding="utf-8", errors="replace") \
+                != "".join(line + "\n" for line in kept):
+            _replace(self.metrics_file, lambda tmp: tmp.write_text("".join(line + "\n" for line in kept),
+                                                                   encoding="utf-8"))
+        for file in self.checkpoints.glob("epoch_*.safetensors"):
+            number = file.stem.removeprefix("epoch_")
+            if number.isdigit() and int(number) > epoch:
+                file.unlink()
+        if best_epoch is not None and self.checkpoint(best_epoch).exists():
+            _replace(self.best_checkpoint, lambda tmp: shutil.copyfile(self.checkpoint(best_epoch), tmp))
 
     def save_state(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
-        """Everything --resume needs, written atomically (a kill mid-write leaves the previous state)."""
-        save_file(tensors, str(self.state_tensors) + ".tmp")
-        Path(str(self.state_file) + ".tmp").write_text(json.dumps(json_safe(meta)))
-        os.replace(str(self.state_tensors) + ".tmp", self.state_tensors)
-        os.replace(str(self.state_file) + ".tmp", self.state_file)
+        """Everything --resume needs, committed by one rename: the progress rides in the tensor
+        file's header, so a kill at any point leaves the previous state or the new one, never a mix.
+        state.json is the readable copy."""
+        text = json.dumps(json_safe(meta))
+        _replace(self.state_tensors, lambda tmp: save_file(tensors, str(tmp), metadata={STATE_KEY: text}))
+        _replace(self.state_file, lambda tmp: tmp.write_text(text))
+
+    def read_state(self) -> dict:
+        """The progress the state tensors were saved with (state.json for runs of older versions)."""
+        try:
+            with safe_open(str(self.state_tensors), "pt") as f:
+                text = (f.metadata() or {}).get(STATE_KEY)
+        except Exception as e:  # SafetensorError: not a safetensors file
+            raise RunError(f"{self.state_tensors}: not a dfdetect state file ({type(e).__name__}); the run folder "
+                           "is damaged: retrain it with --force") from None
+        if text is None:
+            return _read_json(self.state_file)
+        return _read_json(self.state_tensors, text)
+
+
+def _replace(file: Path, write) -> None:
+    """`write(tmp)` then one rename onto `file`: a kill mid-write leaves the previous file whole."""
+    tmp = file.with_name(file.name + ".tmp")
+    write(tmp)
+    os.replace(tmp, file)
+
+
+def _cut_off(line: str) -> bool:
+    """Whether a last line without its newline is an append that was cut off (not JSON)."""
+    try:
+        json.loads(line)
+        return False
+    except json.JSONDecodeError:
+        return True
 
 
 def _read_json(file: Path, text: str | None = None, line: int | None = None):

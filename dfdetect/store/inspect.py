@@ -24,6 +24,7 @@ import numpy as np
 import zarr
 
 from dfdetect import __version__
+from dfdetect.errors import check_output
 from dfdetect.store.schema import (
     ARRAY_NAMES,
     CLIP_COLUMNS,
@@ -606,6 +607,7 @@ def export_hdf5(spec: str, out: str | Path, arrays: list[str] | None = None, spl
     split = split or spec_split
     if status not in (OK, ERROR, "all"):
         raise StoreError(f"--status must be ok, error or all, not {status!r}")
+    check_output("--hdf5", out)
     store, _ = open_version(spec, require_complete=True)
     names = list(arrays) if arrays else store.feature_names
     unknown = [a for a in names if a not in store.feature_names]

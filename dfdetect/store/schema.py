@@ -28,8 +28,10 @@ every block is done.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -60,6 +62,33 @@ OK, ERROR = "ok", "error"
 
 class StoreError(DfdetectError):
     """A store that cannot be used as asked: the message says what is wrong and what to do."""
+
+
+@contextlib.contextmanager
+def reading_metadata(path: str):
+    """zarr reading a store's metadata; a zarr.json that is not JSON (cut off by a kill or a full
+    disk, or edited) is a StoreError naming that file, where zarr names none."""
+    try:
+        yield
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise StoreError(f"{_damaged_metadata(path)}: not valid JSON ({e}); the store's metadata is damaged: "
+                         "restore the store from a copy, or featurize into a new --out") from None
+
+
+def _damaged_metadata(path: str) -> str:
+    """The first zarr.json under a local store that does not parse (the store's path when none is
+    found, or the store is remote)."""
+    if "://" not in path:
+        for folder, dirs, files in os.walk(path):
+            dirs[:] = sorted(d for d in dirs if d != "c")     # c/: chunk data, no metadata
+            if "zarr.json" in files:
+                file = os.path.join(folder, "zarr.json")
+                try:
+                    with open(file, encoding="utf-8") as f:
+                        json.load(f)
+                except (ValueError, OSError):
+                    return file
+    return path
 
 
 def compressors():
@@ -188,12 +217,25 @@ class FeatureStore:
                 if a == b:
                     continue
                 start = int(chunk[a]) * step
-                block = arr[start:start + step]
+                block = self._read_chunk(arr, name, start, step)
                 local = rows[a:b] - start
                 whole = b - a == len(block) and np.array_equal(local, np.arange(len(block)))
                 buffer[a:b] = block if whole else block[local]
             out[name] = buffer
         return out
+
+    def _read_chunk(self, arr: zarr.Array, name: str, start: int, step: int) -> np.ndarray:
+        """One whole chunk; a chunk that fails to decode (its CRC32C, a cut-off shard) is a
+        StoreError naming the store, the array and the rows, not a codec's traceback."""
+        try:
+            return arr[start:start + step]
+        except (ValueError, RuntimeError, IndexError, TypeError) as e:  # what zarr's codecs raise on bad bytes
+            where = f"{self.path}@{self.version}"
+            raise StoreError(
+                f"{where}: array {name!r}, rows {start}-{min(start + step, arr.shape[0]) - 1}, cannot be read "
+                f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else 'no detail'}): the store "
+                f"is damaged. `dfdetect store verify {where}` lists every damaged chunk; featurize into a new "
+                "--out (or restore the store from a copy)") from None
 
     @property
     def n_clips(self) -> int:
@@ -205,7 +247,8 @@ class FeatureStore:
 
     @property
     def feature_names(self) -> list[str]:
-        return [k for k in ARRAY_NAMES if k in self.group]
+        with reading_metadata(self.path):
+            return [k for k in ARRAY_NAMES if k in self.group]
 
     def array(self, name: str) -> zarr.Array:
         """A feature array, opened once (opening reads its metadata: ~1 ms, as long as decoding a
@@ -214,14 +257,16 @@ class FeatureStore:
             if name not in self.group:
                 raise StoreError(f"{self.path}@{self.version} has no array {name!r} "
                                  f"(it has {', '.join(self.feature_names)}); featurize with it first")
-            self._arrays[name] = self.group[name]
+            with reading_metadata(self.path):
+                self._arrays[name] = self.group[name]
         return self._arrays[name]
 
     @cached_property
     def meta(self) -> dict[str, np.ndarray]:
         """Every metadata column, read whole (one small read per column)."""
-        g = self.group["meta"]
-        return {name: g[name][:] for name in g.array_keys()}
+        with reading_metadata(self.path):
+            g = self.group["meta"]
+            return {name: g[name][:] for name in g.array_keys()}
 
     def rows(self, split: str | None = None, status: str | None = OK) -> np.ndarray:
         """Row indices of a split (None: all) with the given status (None: any)."""
@@ -236,11 +281,16 @@ class FeatureStore:
 def list_versions(path: str) -> dict[str, dict]:
     """version name -> attrs, for every version group in a store."""
     try:
-        root = zarr.open_group(path, mode="r")
+        with reading_metadata(path):
+            root = zarr.open_group(path, mode="r")
+            return _versions(path, root)
     except zarr.errors.ContainsArrayError:
         raise StoreError(f"{path} is a Zarr array, not a dfdetect feature store (give the *.zarr folder)") from None
     except (FileNotFoundError, zarr.errors.GroupNotFoundError) as e:
         raise StoreError(f"no feature store at {path} ({e}); create one with `dfdetect featurize`") from None
+
+
+def _versions(path: str, root: zarr.Group) -> dict[str, dict]:
     if "dfdetect_store" not in root.attrs:
         raise StoreError(f"{path} is a Zarr group but not a dfdetect feature store")
     return {name: dict(g.attrs) for name, g in root.groups() if name.startswith(VERSION_PREFIX)}
@@ -262,7 +312,8 @@ def open_store(spec: str, version: str | None = None, require_complete: bool = T
         version = candidates[-1][1]
     elif version not in versions:
         raise StoreError(f"{path} has no version {version!r}; it has: {', '.join(versions) or 'none'}")
-    store = FeatureStore(path, version, zarr.open_group(path, mode="r", path=version))
+    with reading_metadata(path):
+        store = FeatureStore(path, version, zarr.open_group(path, mode="r", path=version))
     if require_complete and not store.complete:
         raise StoreError(f"{path}@{version} is incomplete; rerun its `dfdetect featurize` command to finish it")
     return store

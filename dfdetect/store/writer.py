@@ -25,6 +25,7 @@ from dfdetect.store.schema import (
     compressors,
     content_hash,
     meta_compressors,
+    reading_metadata,
 )
 
 # Rows per chunk (the unit of reading) for each feature array; shards hold a whole block.
@@ -43,7 +44,9 @@ class StoreLock:
     leaves a stale lock behind. Stores on object storage (s3://, gs://) are not locked."""
 
     def __init__(self, store_path: str):
-        self.path = None if "://" in store_path else store_path.rstrip("/") + ".lock"
+        # Keyed on the real path: the same store through a symlink (or `a/../a.zarr`) is one lock.
+        self.store = store_path
+        self.path = None if "://" in store_path else os.path.realpath(store_path.rstrip("/")) + ".lock"
         self._fd: int | None = None
 
     def __enter__(self) -> "StoreLock":
@@ -57,7 +60,7 @@ class StoreLock:
             holder = os.pread(fd, 512, 0).decode(errors="replace").strip() or "another process"
             os.close(fd)
             raise StoreError(
-                f"another featurize is writing {self.path[:-5]} ({holder}); wait for it to finish, "
+                f"another featurize is writing {self.store} ({holder}); wait for it to finish, "
                 "or write to a different --out") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since "
@@ -76,13 +79,21 @@ def create_version(path: str, version: str, config: dict, clips: list[Clip], sha
     """Create (or reopen, when it matches) one version of a store; returns its group.
 
     `shapes` maps feature name -> per-clip shape. Reopening checks that the rows and the block
-    size are the ones the version was started with, so a resumed run cannot mix two datasets."""
-    root = zarr.open_group(path, mode="a")
-    if "dfdetect_store" not in root.attrs:
-        root.attrs.update({"dfdetect_store": STORE_FORMAT, "dataset": dataset, "dataset_root": dataset_root})
+    size are the ones the version was started with, so a resumed run cannot mix two datasets. The
+    version's attributes are its commit point: a version without them was cut off while being
+    created, and is created again."""
+    with reading_metadata(path):
+        root = zarr.open_group(path, mode="a")
+        if "dfdetect_store" not in root.attrs:
+            root.attrs.update({"dfdetect_store": STORE_FORMAT, "dataset": dataset, "dataset_root": dataset_root})
+        if version in root and "clip_table_hash" not in root[version].attrs:
+            # Its creation was cut off (killed, disk full): the attributes are written last, so
+            # this holds no finished block. Created again; the store's other versions are untouched.
+            del root[version]
+        existing = root[version] if version in root else None
     table_hash = clip_table_hash(clips)
-    if version in root:
-        group = root[version]
+    if existing is not None:
+        group = existing
         attrs = group.attrs
         if attrs.get("clip_table_hash") != table_hash:
             raise StoreError(
@@ -111,7 +122,7 @@ def create_version(path: str, version: str, config: dict, clips: list[Clip], sha
     n_blocks = -(-n // block_size)
     group.create_array("block_done", shape=(n_blocks,), dtype="int8", chunks=(1,), fill_value=0,
                        compressors=meta_compressors())
-    group.attrs.update({
+    group.attrs.update({   # last, in one write (zarr renames it into place): the version now exists
         "config": config, "config_hash": version, "clip_table_hash": table_hash, "n_clips": n,
         "block_size": block_size, "complete": False, "dfdetect_version": __version__,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

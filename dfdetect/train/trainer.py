@@ -33,7 +33,7 @@ from safetensors.torch import load_file
 
 from dfdetect import __version__
 from dfdetect.devices import resolve_device
-from dfdetect.errors import ConfigError, DfdetectError, check_range
+from dfdetect.errors import ConfigError, DfdetectError, check_output, check_range
 from dfdetect.metrics import evaluate_scores
 from dfdetect.models.registry import build_model, config_to_dict, count_parameters, get_architecture
 from dfdetect.models.runs import RunFolder, is_better
@@ -187,6 +187,8 @@ def prepare_run(folder: RunFolder, config: TrainConfig, resume: bool, force: boo
         saved = TrainConfig(**folder.read_config()["config"]).resolved()
         if dataclasses.replace(saved, epochs=config.epochs) != config:   # only --epochs may grow
             raise TrainError(f"--resume with a different config than {folder.config_file}; only --epochs may change")
+        state = folder.read_state()    # the commit point: what a kill left after it is undone
+        folder.roll_back(state["epoch"], state.get("best_epoch"))
         return
     if not folder.is_empty() and not force:
         raise TrainError(f"{folder.path} already holds a run; use --resume to continue it or --force to overwrite it")
@@ -217,8 +219,8 @@ def save_state(folder: RunFolder, epoch: int, model, optimizer, scaler, progress
 
 
 def load_state(folder: RunFolder, model, optimizer, scaler) -> dict:
-    tensors = load_file(str(folder.state_tensors))
     meta = folder.read_state()
+    tensors = load_file(str(folder.state_tensors))
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     state: dict = {}
     for key, v in tensors.items():
@@ -368,10 +370,10 @@ def evaluate_sets(model, sets: dict[str, DataSet], loaders: dict[str, FeatureLoa
 
 
 def save_epoch(folder: RunFolder, record: dict, model, sets, predictions, progress: dict) -> bool:
-    """The epoch's record, checkpoint and score tables; updates `progress` and says whether this
-    epoch is the new best (RunFolder's rule: lowest validation EER)."""
+    """The epoch's checkpoint, score tables and record (last: a record means its checkpoint is
+    there); updates `progress` and says whether this epoch is the new best (RunFolder's rule:
+    lowest validation EER). The state save after it commits the epoch for --resume."""
     epoch, val_eer = record["epoch"], record["sets"]["val"]["eer"]
-    folder.append_record(record)
     best = is_better(val_eer, progress["best_val_eer"])
     folder.save_checkpoint(model, epoch, best=best)
     if best:
@@ -381,6 +383,7 @@ def save_epoch(folder: RunFolder, record: dict, model, sets, predictions, progre
     for which in ("best", "last") if best else ("last",):
         for name, (rows, scores) in predictions.items():
             write_scores(folder.scores(which), sets[name], rows, scores)
+    folder.append_record(record)
     return best
 
 
@@ -391,6 +394,7 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, force: boo
 
     console = console or Console()
     folder, config = RunFolder(out), config.resolved()
+    check_output("--out", folder.path, folder=True)
     sets = open_sets(config)                                      # all checks before any work
     arch, device = get_architecture(config.arch), resolve_device(config.device)
     budget = int(config.memory_budget_gb * (1 << 30))
