@@ -122,3 +122,27 @@ def test_zip_members_of_every_method_still_read_exactly(tmp_path):
             small.open(item)
         assert e.value.kind == "too_large"
     small.close()
+
+
+@pytest.mark.parametrize("rate", [1, 100, 999, 800_000])
+def test_sample_rates_no_recording_has_are_errors(tmp_path, rate):
+    """A 1 Hz WAV of 6 KB is "50 minutes", gigabytes once resampled: decode (featurize, datasets
+    show --decode) and the streaming reader (score) refuse it from the header, with the reason."""
+    import io
+
+    import numpy as np
+    import soundfile as sf
+
+    from dfdetect.featurize.audio import AudioError, decode
+    from dfdetect.score.stream import AudioStream
+
+    buf = io.BytesIO()
+    sf.write(buf, np.random.default_rng(0).uniform(-0.5, 0.5, 3000).astype(np.float32), rate, format="WAV")
+    with pytest.raises(AudioError, match=f"sample rate {rate} Hz") as e:
+        decode(buf.getvalue(), "x.wav")
+    assert e.value.kind == "bad_sample_rate"
+    with pytest.raises(AudioError, match=f"sample rate {rate} Hz") as e:
+        AudioStream(io.BytesIO(buf.getvalue()), "x.wav")
+    assert e.value.kind == "bad_sample_rate"
+    sf.write(buf := io.BytesIO(), np.zeros(3000, np.float32), 8000, format="WAV")
+    assert decode(buf.getvalue()).sample_rate == 8000       # telephony rates are fine
