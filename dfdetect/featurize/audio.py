@@ -37,6 +37,10 @@ _SIGNATURES: list[tuple[int, bytes, str]] = [
     (4, b"ftyp", "mp4"),
 ]
 SOUNDFILE_CONTAINERS = {"wav", "flac", "ogg", "mp3", "aiff", "caf"}  # read by libsndfile first
+# Sample rates real recordings have: telephony starts at 8 kHz, studio gear stops at 768 kHz. A
+# header outside them is forged or corrupt, and resampling 1 Hz to 16 kHz makes 16,000 samples of
+# every one (a 6 KB file would be 50 minutes, gigabytes).
+MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 1000, 768_000
 
 
 class AudioError(DfdetectError):
@@ -67,6 +71,13 @@ class Audio:
     @property
     def duration(self) -> float:
         return self.frames / self.sample_rate
+
+
+def check_sample_rate(rate: int, where: str) -> None:
+    """AudioError "bad_sample_rate" for a rate no recording has (see MIN_SAMPLE_RATE)."""
+    if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
+        raise AudioError(where, "bad_sample_rate", f"sample rate {rate} Hz: no recording has it (accepted: "
+                         f"{MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz); the header is corrupt or forged")
 
 
 def sniff_container(head: bytes) -> str | None:
@@ -145,13 +156,21 @@ def decode(source: Source, name: str | None = None) -> Audio:
     errors = []
     if container in SOUNDFILE_CONTAINERS:
         try:
+            check_sample_rate(sf.info(io.BytesIO(data)).samplerate, where)   # before reading the samples
+        except (sf.LibsndfileError, RuntimeError, ValueError):
+            pass   # what libsndfile cannot open, FFmpeg may read (below)
+        try:
             return _decode_soundfile(data, container)
         except sf.LibsndfileError as e:
             errors.append(f"libsndfile: {e.error_string}")
         except (RuntimeError, ValueError) as e:
             errors.append(f"libsndfile: {e}")
     try:
-        return _decode_ffmpeg(data, container)
+        audio = _decode_ffmpeg(data, container)
+        check_sample_rate(audio.sample_rate, where)
+        return audio
+    except AudioError:
+        raise
     except _NoAudio as e:
         raise AudioError(where, "no_audio", str(e)) from None
     except Exception as e:  # FFmpeg raises many types for broken bytes; all mean "cannot decode"

@@ -199,7 +199,7 @@ def score(model: str | Path, paths: list[str], out: str | Path, options: ScoreOp
     hop = options.hop or window / 2
     config = WindowConfig(frontend, int(round(window * frontend.sample_rate)), int(round(hop * frontend.sample_rate)),
                           tuple(k for k in FRONTEND_FEATURES if k in run.inputs), "wavlm" in run.inputs,
-                          options.batch_size, options.max_hours * 3600)
+                          options.batch_size, options.max_hours * 3600, options.max_file_mb * 1e6)
     aggregate_name = f"top{options.top_k}" if options.aggregate == "topk" else options.aggregate
     constants = {"threshold": run.threshold, "score_meaning": SCORE_MEANING, "aggregate": aggregate_name,
                  "run_id": run.run_id, "frontend_hash": frontend.hash()}

@@ -14,6 +14,12 @@ per input; a worker later opens each item as a read-only stream.
   archive is a `skipped` row (extract it and score it separately). Hidden members (macOS `._*`
   files and the like) are not inputs. An archive that cannot be read (further) adds an `error` row
   with an empty member, after the members listed up to that point.
+- Zip members are inflated by dfdetect itself, a buffer at a time whatever the method (stored,
+  DEFLATE, bzip2, LZMA), never more than the reader asks for: zipfile inflates bzip2 and LZMA a whole
+  compressed chunk at once, and 4 KB of bzip2 can be gigabytes. A member that inflates past the size
+  its archive declares or past --max-file-mb, or beyond its first MB at more than MAX_RATIO:1 (DEFLATE
+  cannot exceed 1032:1; bombs reach 10^6:1), is an `error` row with the reason, found within the
+  first MB or so of output.
 - A list (.txt: one path per line, `#` comments; .csv: a `path` column; `-`: lines on stdin) names
   files, folders or archives; relative paths are relative to the list's folder (the working folder
   for stdin). A listed path that does not exist becomes an `error` row; a path given on the command
@@ -27,9 +33,11 @@ import io
 import lzma
 import os
 import stat
+import struct
 import sys
 import tarfile
 import zipfile
+import bz2
 import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -43,6 +51,8 @@ OK, ERROR, SKIPPED = "ok", "error", "skipped"
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
 LIST_SUFFIXES = (".txt", ".csv")
 HEAD_CACHE = 1 << 20   # bytes of each archive member kept in memory (see _HeadCached)
+MAX_RATIO = 2000       # inflated:compressed bytes of a zip member, checked beyond its first RATIO_GRACE bytes
+RATIO_GRACE = 1 << 20
 
 
 class SourceError(DfdetectError):
@@ -263,26 +273,39 @@ def _zip_members(path: str) -> Iterator[Item]:
 # -- opening (worker side) ---------------------------------------------------------------------------
 class Opener:
     """Opens items as seekable binary streams, keeping the last archive open: a worker reads runs
-    of consecutive members of one archive, and reopening a zip re-reads its whole directory."""
+    of consecutive members of one archive, and reopening a zip re-reads its whole directory.
+    `max_bytes` bounds the bytes a zip member may inflate to (--max-file-mb)."""
 
-    def __init__(self):
+    def __init__(self, max_bytes: float | None = None):
+        self.max_bytes = max_bytes
         self._path: str | None = None
         self._archive = None
+        self._member: _HeadCached | None = None
 
     def open(self, item: Item) -> BinaryIO:
         """A read-only stream of the item's bytes; AudioError when it cannot be opened."""
+        self._member = None
         try:
             if not item.archive:
                 return open(item.path, "rb")
             archive = self._archive_of(item)
-            raw = archive.open(item.info) if item.archive == "zip" else archive.extractfile(item.info)
-            return io.BufferedReader(_HeadCached(raw, item.size or 0))
+            raw = (_ZipMember(item.path, item.info, item.where, self.max_bytes) if item.archive == "zip"
+                   else archive.extractfile(item.info))
+            self._member = _HeadCached(raw, item.size or 0)
+            return io.BufferedReader(self._member)
         except FileNotFoundError:
             raise AudioError(item.where, "not_found", "file not found (removed after listing?)") from None
         except NotImplementedError as e:  # zip compression methods Python cannot read (e.g. deflate64)
             raise AudioError(item.where, "unsupported_compression", f"cannot decompress this member ({e})") from None
         except (OSError, RuntimeError, tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, lzma.LZMAError) as e:
             raise AudioError(item.where, "unreadable", f"cannot read ({e})") from None
+
+    @property
+    def failure(self) -> AudioError | None:
+        """Why the last member opened stopped giving bytes (a bomb, a lie about its size), if it did.
+        Decoders read through callbacks that turn exceptions into an early end (libsndfile would
+        call it a truncated file), so the reader keeps the reason here for the row."""
+        return self._member.failure if self._member is not None else None
 
     def _archive_of(self, item: Item):
         if self._path != item.path:
@@ -297,6 +320,130 @@ class Opener:
         self._path, self._archive = None, None
 
 
+class _ZipMember(io.RawIOBase):
+    """A zip member's bytes, inflated as they are read and never more than asked for (see the
+    module docstring): the bound is on the OUTPUT, whatever the compression method."""
+
+    CHUNK = 1 << 16   # compressed bytes read at a time
+
+    def __init__(self, path: str, info: zipfile.ZipInfo, where: str, max_bytes: float | None):
+        method = info.compress_type
+        if method not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA):
+            raise NotImplementedError(f"zip compression method {method} is not supported")
+        self._file = open(path, "rb")
+        try:
+            self._file.seek(info.header_offset)
+            header = self._file.read(30)
+            if len(header) < 30 or header[:4] != b"PK\x03\x04":
+                raise zipfile.BadZipFile("no local file header where the directory says")
+            name_length, extra_length = struct.unpack("<HH", header[26:30])
+            self._file.seek(info.header_offset + 30 + name_length + extra_length)
+        except BaseException:
+            self._file.close()
+            raise
+        self._where, self._method, self._info, self._max_bytes = where, method, info, max_bytes
+        self._start = self._file.tell()
+        self._restart()
+
+    def _restart(self) -> None:
+        self._file.seek(self._start)
+        self._left = self._info.compress_size    # compressed bytes not read yet
+        self._produced, self._crc = 0, 0
+        self._pending = b""                      # compressed bytes zlib has not consumed yet
+        self._decompressor = {zipfile.ZIP_DEFLATED: lambda: zlib.decompressobj(-15),
+                              zipfile.ZIP_BZIP2: bz2.BZ2Decompressor}.get(self._method, lambda: None)()
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._produced
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        """As zipfile seeks: back means inflating again from the start; forward reads on."""
+        target = {io.SEEK_SET: 0, io.SEEK_CUR: self._produced, io.SEEK_END: self._info.file_size}[whence] + offset
+        if target < self._produced:
+            self._restart()
+        while self._produced < target and self._inflate(min(target - self._produced, 1 << 16)):
+            pass
+        return self._produced
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        data = self._inflate(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
+
+    def _read(self, n: int) -> bytes:
+        data = self._file.read(min(n, self._left))
+        self._left -= len(data)
+        if len(data) < n and self._left:
+            self._left = 0   # the archive file ends inside the member
+        return data
+
+    def _inflate(self, n: int) -> bytes:
+        if n <= 0:
+            return b""
+        if self._method == zipfile.ZIP_STORED:
+            return self._count(self._read(n), self._left == 0)
+        if self._method == zipfile.ZIP_LZMA and self._decompressor is None:
+            self._decompressor = self._lzma()
+        d = self._decompressor
+        while not d.eof:
+            if self._method == zipfile.ZIP_DEFLATED:
+                data = self._pending or self._read(self.CHUNK)
+                out = d.decompress(data, n)
+                self._pending = d.unconsumed_tail
+            else:
+                data = self._read(self.CHUNK) if d.needs_input else b""
+                out = d.decompress(data, n)
+            if out or d.eof:
+                return self._count(out, d.eof)
+            if not data and not self._left:
+                raise EOFError("the compressed data ends before the member does")
+        return b""
+
+    def _lzma(self):
+        # zip's LZMA: version (2 bytes), properties size (2), LZMA1 properties, then the raw stream
+        # (as zipfile reads it; lzma has no public parser of the properties)
+        head = self._read(4)
+        if len(head) < 4:
+            raise EOFError("the LZMA header is cut off")
+        props = self._read(struct.unpack("<H", head[2:])[0])
+        return lzma.LZMADecompressor(lzma.FORMAT_RAW, filters=[
+            lzma._decode_filter_properties(lzma.FILTER_LZMA1, props)])
+
+    def _count(self, out: bytes, end: bool) -> bytes:
+        self._check(out, end)
+        if self._produced == self._info.file_size and not end:
+            self._inflate(1)   # the member claims to end here: more bytes are a lie (and an error)
+        return out
+
+    def _check(self, out: bytes, end: bool) -> None:
+        self._produced += len(out)
+        self._crc = zlib.crc32(out, self._crc)
+        consumed = self._info.compress_size - self._left
+        where, produced = self._where, self._produced
+        if produced > self._info.file_size:
+            raise AudioError(where, "bad_archive", f"the member inflates past the {self._info.file_size} bytes "
+                             "its archive declares: not read further (a lying or corrupt archive)")
+        if self._max_bytes is not None and produced > self._max_bytes:
+            raise AudioError(where, "too_large", f"inflates to over {self._max_bytes / 1e6:g} MB, the "
+                             "--max-file-mb limit; not read further")
+        if produced > RATIO_GRACE and produced > MAX_RATIO * max(consumed, 1):
+            raise AudioError(where, "compression_bomb", f"{produced} bytes inflated from {consumed} compressed "
+                             f"(over {MAX_RATIO}:1, which no recording compresses to): a compression bomb, "
+                             "not read further")
+        if end and self._crc != self._info.CRC:
+            raise AudioError(where, "bad_archive", "corrupt member: its CRC does not match its bytes")
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
+
+
 class _HeadCached(io.RawIOBase):
     """An archive member whose first bytes stay in memory. Decoders seek back to the start to sniff
     and parse headers, and a backward seek inside a compressed tar restarts decompression at the
@@ -304,7 +451,12 @@ class _HeadCached(io.RawIOBase):
 
     def __init__(self, raw: BinaryIO, size: int):
         self._raw, self._size = raw, size
-        self._head = raw.read(HEAD_CACHE)
+        self.failure: AudioError | None = None   # see Opener.failure
+        parts, got = [], 0
+        while got < HEAD_CACHE and (part := raw.read(HEAD_CACHE - got)):   # a raw read may return less
+            parts.append(part)
+            got += len(part)
+        self._head = b"".join(parts)
         self._pos = 0
         self._raw_pos = len(self._head)
 
@@ -317,11 +469,15 @@ class _HeadCached(io.RawIOBase):
     def readinto(self, buffer) -> int:
         if self._pos < len(self._head):
             data = self._head[self._pos:self._pos + len(buffer)]
+        elif self.failure is not None:
+            data = b""
         else:
             try:
                 if self._raw_pos != self._pos:
                     self._raw.seek(self._pos)
                 data = self._raw.read(len(buffer))
+            except AudioError as e:   # the member refuses to go on (a bomb...): an end, with its reason kept
+                self.failure, data = e, b""
             except (OSError, EOFError, zlib.error, lzma.LZMAError, zipfile.BadZipFile):
                 # an archive cut short or corrupt inside this member: its end, for the decoder,
                 # which then reports the member as truncated (libsndfile would swallow the error)

@@ -20,7 +20,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from dfdetect.featurize.audio import SOUNDFILE_CONTAINERS, AudioError, container_of
+from dfdetect.featurize.audio import SOUNDFILE_CONTAINERS, AudioError, check_sample_rate, container_of
 from dfdetect.featurize.frontend import FrontendConfig
 
 BLOCK_FRAMES = 1 << 16   # source frames per block: ~1.4 s at 48 kHz, 64 channels would be 16 MiB
@@ -60,6 +60,10 @@ class AudioStream:
         if self._reader is None:
             self._reader = _FFmpegReader(source, container, where)
         self.info = self._reader.info
+        check_sample_rate(self.info.sample_rate, where)
+        # blocks are counted in source frames; sized so that one block is at most BLOCK_FRAMES
+        # samples at the frontend's rate too (upsampling multiplies them)
+        self.block_frames = max(1, min(block_frames, block_frames * self.info.sample_rate // config.sample_rate))
         declared = self.info.declared_frames
         if max_seconds is not None and declared and declared / self.info.sample_rate > max_seconds:
             raise self._too_long(declared)

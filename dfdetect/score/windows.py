@@ -28,6 +28,7 @@ class WindowConfig:
     waveforms: bool               # ship the prepared waveforms too (for WavLM)
     batch_size: int
     max_seconds: float
+    max_bytes: float | None = None  # what an archive member may inflate to (--max-file-mb)
 
 
 @dataclass
@@ -102,7 +103,7 @@ def lane_pieces(items: list[tuple[int, Item]], config: WindowConfig) -> Iterator
     Every item ends as one FileResult, whatever is wrong with its bytes."""
     frontend = Frontend(config.frontend)
     batch = _Batch(config, frontend)
-    opener = Opener()
+    opener = Opener(config.max_bytes)
     try:
         for index, item in items:
             result = FileResult(index)
@@ -131,10 +132,13 @@ def _windows_of(item: Item, opener: Opener, frontend: Frontend, config: WindowCo
                 result.windows += 1
                 result.silent_windows += prepared is None
                 yield number, start, len(wave), prepared
+        if opener.failure:     # the member stopped early for a reason of its own (a bomb...)
+            raise opener.failure
         if result.silent_windows == result.windows:
             raise AudioError(item.where, "silent", f"silent: all {result.windows} windows peak below "
                              f"{config.frontend.silence_peak:g}; nothing to score")
     except AudioError as e:
+        e = opener.failure or e   # what the decoder saw as a cut-off file, and why it was cut
         result.status, result.error_kind, result.error = ERROR, e.kind, str(e)
     except Exception as e:  # a decoder bug on one hostile file must not stop the batch
         result.status, result.error_kind = ERROR, "internal"
