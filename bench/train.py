@@ -4,7 +4,11 @@ On the same generated clips: what featurizing once costs, what a cached epoch co
 running WavLM live would cost instead, and how fast the loader feeds cached tensors.
 
     python bench/train.py [--clips 192] [--wavlm-size large] [--threads 2] [--live-batches 2]
-                          [--live-batch-size 16] [--cached-epochs 3] [--loader-epochs 3]
+                          [--live-batch-size 16] [--cached-epochs 3] [--loader-epochs 3] [--device cpu]
+
+Every part runs on `--device` (featurize's WavLM, training steps, live WavLM), so its ratios
+compare like with like; on CUDA every timer read waits for the GPU (torch.cuda.synchronize) and
+each part reports its peak GPU memory.
 
 On `--clips` generated 3 s clips (a `folder` corpus in mixed formats), with a random WavLM of
 `--wavlm-size` (large: microsoft/wavlm-large's architecture and cost, so the cache holds the real
@@ -38,7 +42,6 @@ import argparse
 import platform
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +49,7 @@ import torch
 from rich.console import Console
 
 from dfdetect.demo.random_wavlm import save_random_wavlm
+from dfdetect.devices import resolve_device
 from dfdetect.featurize.frontend import Frontend
 from dfdetect.featurize.pipeline import featurize
 from dfdetect.featurize.wavlm import WavLMConfig, clear_wavlm_cache, load_wavlm
@@ -54,6 +58,7 @@ from dfdetect.store import open_store
 from dfdetect.train.data import DataSet, FeatureLoader, row_bytes
 
 from common import make_clips
+from wavlm import clock, peak_memory
 
 LAYERS = {"large": (6, 12, 24), "tiny": (0, 1, 2)}   # tiny has 3 hidden states
 LOADER_FEATURES = ("mel", "lfcc", "wavlm")
@@ -72,16 +77,18 @@ def say(text: str) -> None:
 
 
 class Trainer:
-    """The training step of dfdetect.train.trainer (CPU, no AMP) for one freshly built head."""
+    """The training step of dfdetect.train.trainer (no AMP) for one freshly built head on `device`."""
 
-    def __init__(self, arch: str, overrides: dict):
+    def __init__(self, arch: str, overrides: dict, device: str = "cpu"):
         torch.manual_seed(0)
-        self.model = build_model(arch, **overrides)
+        self.device = torch.device(device)
+        self.model = build_model(arch, **overrides).to(self.device)
         self.model.train()
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=5e-5, weight_decay=0.01)
         self.loss_fn = torch.nn.BCEWithLogitsLoss()
 
     def step(self, x: dict, y: torch.Tensor) -> float:
+        x, y = {k: v.to(self.device) for k, v in x.items()}, y.to(self.device)
         logits = self.model(x).float()
         loss = self.loss_fn(logits, y)
         self.optimizer.zero_grad(set_to_none=True)
@@ -91,51 +98,52 @@ class Trainer:
         return loss.item()
 
 
-def cached_epochs(data: DataSet, arch: str, overrides: dict, epochs: int) -> dict:
+def cached_epochs(data: DataSet, arch: str, overrides: dict, epochs: int, device: str) -> dict:
     """Seconds of `epochs` cached epochs (after one untimed warm-up batch), and the loader's load time."""
     a = get_architecture(arch)
-    t0 = time.perf_counter()
+    t0 = clock()
     loader = FeatureLoader(data, a.inputs, a.batch_size, shuffle=True, seed=0)
-    load_s = time.perf_counter() - t0
-    trainer = Trainer(arch, overrides)
+    load_s = clock() - t0
+    trainer = Trainer(arch, overrides, device)
     warm = next(iter(loader.epoch(0)))
     trainer.step({k: warm[k] for k in a.inputs}, warm["label"])
     times = []
     for e in range(1, epochs + 1):
-        t0 = time.perf_counter()
+        t0 = clock()
         clips = 0
         for batch in loader.epoch(e):
             trainer.step({k: batch[k] for k in a.inputs}, batch["label"])
             clips += len(batch["label"])
-        times.append(time.perf_counter() - t0)
+        times.append(clock() - t0)
     seconds = statistics.median(times)
     return {"seconds": seconds, "per_clip": seconds / clips, "times": times, "load_s": load_s,
             "batch": a.batch_size, "trainer": trainer}
 
 
 def live_batches(data: DataSet, trainer: Trainer, wavlm: WavLMConfig, batch_size: int, batches: int) -> dict:
-    """Seconds per clip of WavLM+AASIST steps whose WavLM input is computed live from the clips."""
-    frontend, extractor = Frontend(), load_wavlm(wavlm, device="cpu")
+    """Seconds per clip of WavLM+AASIST steps whose WavLM input is computed live from the clips
+    (WavLM on the trainer's device, at the precision featurize picks there)."""
+    frontend, extractor = Frontend(), load_wavlm(wavlm, device=trainer.device)
     paths = data.store.meta["path"]
     loader = FeatureLoader(data, ("mel", "lfcc"), batch_size, shuffle=True, seed=0)
     parts = {"decode": 0.0, "wavlm": 0.0, "step": 0.0}
     clips = 0
-    t_all = time.perf_counter()
+    t_all = clock()
     for i, batch in enumerate(loader.epoch(1)):
         if i == batches:
             break
-        t0 = time.perf_counter()
+        t0 = clock()
         waves = np.stack([frontend.load(str(paths[r])) for r in batch["row"]])
-        t1 = time.perf_counter()
+        t1 = clock()
         layers = torch.from_numpy(extractor(waves)["layers"])
-        t2 = time.perf_counter()
+        t2 = clock()
         trainer.step({"wavlm": layers, "mel": batch["mel"], "lfcc": batch["lfcc"]}, batch["label"])
-        t3 = time.perf_counter()
+        t3 = clock()
         parts["decode"] += t1 - t0
         parts["wavlm"] += t2 - t1
         parts["step"] += t3 - t2
         clips += len(batch["row"])
-    return {"seconds": time.perf_counter() - t_all, "clips": clips, "batches": min(batches, len(loader)),
+    return {"seconds": clock() - t_all, "clips": clips, "batches": min(batches, len(loader)),
             "parts": parts}
 
 
@@ -143,10 +151,10 @@ def loader_epochs(make, epochs: int) -> list[float]:
     """Seconds of each of `epochs` full passes over make(epoch)'s batches."""
     times = []
     for e in range(1, epochs + 1):
-        t0 = time.perf_counter()
+        t0 = clock()
         for batch in make(e):
             pass
-        times.append(time.perf_counter() - t0)
+        times.append(clock() - t0)
     return times
 
 
@@ -172,9 +180,18 @@ def main() -> None:
     parser.add_argument("--live-batch-size", type=int, default=16, help="clips per live batch (default 16)")
     parser.add_argument("--cached-epochs", type=int, default=3, help="timed cached epochs per head (median)")
     parser.add_argument("--loader-epochs", type=int, default=3, help="timed passes per loader mode (median)")
+    parser.add_argument("--device", default="cpu", help="featurize, training and live WavLM: cpu, cuda, cuda:N")
     args = parser.parse_args()
+    device = str(resolve_device(args.device))
+    where = (f"{torch.cuda.get_device_name(device)} ({device})" if device.startswith("cuda")
+             else f"CPU ({cpu_name()})")
+
+    def reset_peak() -> None:
+        if device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats(device)
+
     quiet = Console(quiet=True)
-    t_start = time.perf_counter()
+    t_start = clock()
     rows: list[tuple[str, str, str]] = []   # (what, number, ratio / target)
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -182,31 +199,35 @@ def main() -> None:
         paths = make_clips(tmp / "corpus", args.clips, 3.0, 3.0)
         n = len(paths)
         say(f"{n} clips of 3 s; WavLM {args.wavlm_size}-sized, random weights; torch {torch.__version__}, "
-            f"{cpu_name()}, {args.threads} torch threads, CPU only")
+            f"every part on {where}, {args.threads} torch threads")
 
         # 1. the one-off featurize pass
-        t0 = time.perf_counter()
+        t0 = clock()
         model_dir = save_random_wavlm(tmp / "wavlm", size=args.wavlm_size)
-        say(f"setup: wrote the random WavLM in {time.perf_counter() - t0:.1f} s (not counted)")
+        say(f"setup: wrote the random WavLM in {clock() - t0:.1f} s (not counted)")
         wavlm = WavLMConfig(model=str(model_dir), layers=LAYERS[args.wavlm_size])
         store_path = str(tmp / "train.zarr")
-        t0 = time.perf_counter()
-        load_wavlm(wavlm, device="cpu").info()  # load + hash the weights; featurize reuses this extractor
-        wavlm_load_s = time.perf_counter() - t0
-        t0 = time.perf_counter()
+        reset_peak()
+        t0 = clock()
+        # load + hash the weights; featurize reuses these extractors (its CPU load for the spec)
+        load_wavlm(wavlm, device="cpu").info()
+        load_wavlm(wavlm, device=device)
+        wavlm_load_s = clock() - t0
+        t0 = clock()
         result = featurize("folder", tmp / "corpus", store_path, features=("mel", "lfcc", "wavlm"),
-                           wavlm=wavlm, workers=0, console=quiet)
-        clips_s = time.perf_counter() - t0
+                           wavlm=wavlm, workers=0, device=device, console=quiet)
+        clips_s = clock() - t0
         feat_s = wavlm_load_s + clips_s
         if result.ok != n:
             raise SystemExit(f"featurize wrote {result.ok} of {n} clips: {dict(result.errors)}")
         store = open_store(store_path)
         data = DataSet("train", store_path, store, store.rows())
         shape = store.array("wavlm").shape
-        title = f"one-off featurize (WavLM-{args.wavlm_size.capitalize()}-sized, CPU)"
+        title = f"one-off featurize (WavLM-{args.wavlm_size.capitalize()}-sized, {device})"
         say(f"{title}: {feat_s:.1f} s = WavLM load + weights hash {wavlm_load_s:.1f} s + {n} clips "
             f"{clips_s:.1f} s ({clips_s / n:.3f} s/clip, {n / clips_s:.2f} clips/s; workers=0: in this "
-            f"process, 1 torch thread); wavlm cached as {list(shape)} float16")
+            f"process, 1 torch thread; WavLM at {store.config['wavlm']['precision']}{peak_memory(device)}); "
+            f"wavlm cached as {list(shape)} float16")
         rows.append((title, f"{feat_s:.1f} s = {wavlm_load_s:.1f} s load + {clips_s / n:.3f} s/clip",
                      "paid once per store"))
 
@@ -216,10 +237,12 @@ def main() -> None:
         # 2. cached epochs
         results = {}
         for arch, extra in (("mel_aasist", {}), ("wavlm_aasist", overrides)):
-            r = results[arch] = cached_epochs(data, arch, extra, args.cached_epochs)
-            title = f"cached {get_architecture(arch).title} epoch (batch {r['batch']})"
+            reset_peak()
+            r = results[arch] = cached_epochs(data, arch, extra, args.cached_epochs, device)
+            title = f"cached {get_architecture(arch).title} epoch (batch {r['batch']}, {device})"
             say(f"{title}: {r['seconds']:.2f} s, {r['per_clip'] * 1e3:.1f} ms/clip (median of "
-                f"{', '.join(f'{t:.2f}' for t in r['times'])} s; loader load {r['load_s']:.2f} s, once)")
+                f"{', '.join(f'{t:.2f}' for t in r['times'])} s; loader load {r['load_s']:.2f} s, once"
+                f"{peak_memory(device)})")
             rows.append((title, f"{r['seconds']:.2f} s = {r['per_clip'] * 1e3:.1f} ms/clip", ""))
         mel, wl = results["mel_aasist"], results["wavlm_aasist"]
         cached_ratio = wl["seconds"] / mel["seconds"]
@@ -228,6 +251,7 @@ def main() -> None:
                                    f"{'PASS' if cached_ratio <= 1.5 else 'FAIL'}")
 
         # 3. WavLM live (the same head and optimizer, already warm)
+        reset_peak()
         live = live_batches(data, wl["trainer"], wavlm, args.live_batch_size, args.live_batches)
         cached_per_clip = wl["per_clip"]
         measured_per_clip = live["seconds"] / live["clips"]
@@ -240,7 +264,7 @@ def main() -> None:
             f"({live['batches']} batches of <= {args.live_batch_size}): {measured_per_clip * 1e3:.0f} ms/clip "
             f"({parts} ms/clip); per clip with the cached epoch's step (batch {wl['batch']}) + decode + "
             f"WavLM: {live_per_clip * 1e3:.0f} ms/clip; an epoch of {n} clips extrapolated (not run): "
-            f"{live_per_clip * n:.1f} s")
+            f"{live_per_clip * n:.1f} s{peak_memory(device)}")
         say(f"ratio live / cached WavLM+AASIST per clip: {live_ratio:.1f}x (target cached >= 20x faster; "
             f"{measured_per_clip / cached_per_clip:.1f}x with the live batches' own step)")
         rows.append((f"live-WavLM epoch, extrapolated from {live['clips']} clips",
@@ -256,9 +280,9 @@ def main() -> None:
         # 4. loader throughput
         clip_bytes = row_bytes(store, LOADER_FEATURES)
         mb = n * clip_bytes / 1e6
-        t0 = time.perf_counter()
+        t0 = clock()
         memory = FeatureLoader(data, LOADER_FEATURES, LOADER_BATCH, shuffle=True, seed=0)
-        load_s = time.perf_counter() - t0
+        load_s = clock() - t0
         assert memory.in_memory
         loader_s = {"in memory": statistics.median(loader_epochs(memory.epoch, args.loader_epochs))}
         del memory
@@ -283,12 +307,12 @@ def main() -> None:
                          "baseline" if name == "numpy" else
                          f"{ratio:.0%} of numpy (target >= 70%) {'PASS' if ratio >= 0.7 else 'FAIL'}"))
 
-    total = time.perf_counter() - t_start
+    total = clock() - t_start
     width = max(len(r[0]) for r in rows)
     nwidth = max(len(r[1]) for r in rows)
     say("")
-    say(f"summary: {n} clips of 3 s, WavLM {args.wavlm_size}-sized (cached {list(shape)} float16), CPU "
-        f"({cpu_name()}), {args.threads} torch threads (featurize: 1), total run {total:.0f} s")
+    say(f"summary: {n} clips of 3 s, WavLM {args.wavlm_size}-sized (cached {list(shape)} float16), every part "
+        f"on {where}, {args.threads} torch threads (featurize: 1), total run {total:.0f} s")
     for what, number, ratio in rows:
         say(f"  {what:<{width}}  {number:<{nwidth}}  {ratio}")
 

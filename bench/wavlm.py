@@ -3,14 +3,19 @@
 The frozen extractor (chosen layers + all-layer stats, float16 out) on 3 s clips, for a
 WavLM-Large-sized model and the tiny test model.
 
-    python bench/wavlm.py [--batch 4] [--batches 2] [--gpu-batch 32] [--gpu-batches 8]
+    python bench/wavlm.py [--batch 4] [--batches 2] [--gpu-block 128] [--gpu-blocks 4]
                           [--warmup 2] [--sizes large,tiny] [--threads N]
 
 The models are random weights written by save_random_wavlm (same architecture and cost as
 microsoft/wavlm-large; no download), loaded through load_wavlm like a real local copy. Each run
 makes `warmup` untimed calls (the first calls of a fresh model pay one-off setup costs), then
-times `batches` calls of `batch` clips (batch_size = batch). CPU timings are only meaningful on an
-otherwise idle machine: with 2 torch threads, one busy core elsewhere halves the throughput or worse.
+times `batches` calls of `batch` clips (batch_size = batch). On the GPU it times what featurize
+runs there: calls of one block (`--gpu-block` clips, featurize's --block-size default) at
+WavLMConfig's default batch_size, at the precision featurize picks (wavlm_precision "auto"), in
+this one process (featurize's one WavLM process per GPU); every timer read waits for the GPU
+(torch.cuda.synchronize), and the peak GPU memory of the timed calls is reported. CPU timings are
+only meaningful on an otherwise idle machine: with 2 torch threads, one busy core elsewhere halves
+the throughput or worse.
 """
 
 from __future__ import annotations
@@ -45,25 +50,44 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def run(model_dir: Path, size: str, device: str, batch: int, batches: int, warmup: int) -> None:
+def clock() -> float:
+    """perf_counter after the GPU's queued work is done (CUDA calls return before it is)."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+    return time.perf_counter()
+
+
+def peak_memory(device) -> str:
+    """The peak GPU memory since the last reset, for a result line ("" on the CPU)."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return ""
+    return f", peak GPU memory {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB"
+
+
+def run(model_dir: Path, size: str, device: str, call: int, batch: int, calls: int, warmup: int) -> None:
+    """Time `calls` extractor calls of `call` clips each, batch_size `batch`."""
     clear_wavlm_cache()
-    t0 = time.perf_counter()
+    t0 = clock()
     ex = load_wavlm(WavLMConfig(model=str(model_dir), layers=LAYERS[size], batch_size=batch), device)
-    load_s = time.perf_counter() - t0
-    waves = clips(batch)
+    load_s = clock() - t0
+    waves = clips(call)
     for _ in range(warmup):
         ex(waves)
-    t0 = time.perf_counter()
-    for _ in range(batches):
+    if ex.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(ex.device)
+    t0 = clock()
+    for _ in range(calls):
         ex(waves)
-    seconds = time.perf_counter() - t0
-    n = batch * batches
+    seconds = clock() - t0
+    n = call * calls
     info = ex.info()
     where = torch.cuda.get_device_name(ex.device) if ex.device.type == "cuda" else \
         f"{cpu_name()}, {torch.get_num_threads()} torch threads"
-    print(f"{size:5s} {info['parameters']:>11,} params  {device:4s} ({where}; {info['dtype']})  "
-          f"{n} clips in {seconds:.2f} s: {n / seconds:8.2f} clips/s, {seconds / n:.4f} s/clip, "
-          f"{3.0 * n / seconds:7.1f}x real time  (load {load_s:.1f} s)", flush=True)
+    print(f"{size:5s} {info['parameters']:>11,} params  {str(ex.device):6s} ({where}; {info['dtype']}; "
+          f"calls of {call} clips, batch {ex.batch_size})  {n} clips in {seconds:.2f} s: {n / seconds:8.2f} clips/s, "
+          f"{seconds / n:.4f} s/clip, {3.0 * n / seconds:7.1f}x real time  (load {load_s:.1f} s"
+          f"{peak_memory(ex.device)})", flush=True)
 
 
 def main() -> None:
@@ -72,8 +96,8 @@ def main() -> None:
                                      epilog="\n".join(__doc__.splitlines()[1:]))
     parser.add_argument("--batch", type=int, default=4, help="CPU: clips per call and per forward")
     parser.add_argument("--batches", type=int, default=2, help="CPU: timed calls after the warm-up")
-    parser.add_argument("--gpu-batch", type=int, default=32, help="GPU: clips per call and per forward")
-    parser.add_argument("--gpu-batches", type=int, default=8, help="GPU: timed calls after the warm-up")
+    parser.add_argument("--gpu-block", type=int, default=128, help="GPU: clips per call (featurize's block)")
+    parser.add_argument("--gpu-blocks", type=int, default=4, help="GPU: timed calls after the warm-up")
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls before timing")
     parser.add_argument("--sizes", default="large,tiny", help="comma-separated: large, tiny")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
@@ -90,9 +114,11 @@ def main() -> None:
             model_dir = save_random_wavlm(Path(tmp) / size, size=size)
             print(f"{size}: wrote the random model in {time.perf_counter() - t0:.1f} s", flush=True)
             for device in devices:
-                gpu = device == "cuda"
-                run(model_dir, size, device, args.gpu_batch if gpu else args.batch,
-                    args.gpu_batches if gpu else args.batches, args.warmup)
+                if device == "cuda":   # featurize's configuration on a GPU
+                    run(model_dir, size, device, args.gpu_block, WavLMConfig().batch_size, args.gpu_blocks,
+                        args.warmup)
+                else:
+                    run(model_dir, size, device, args.batch, args.batch, args.batches, args.warmup)
         clear_wavlm_cache()
 
 

@@ -8,13 +8,22 @@ results written to a versioned Zarr store (see dfdetect/store/schema.py), on das
 
 A block is `block_size` consecutive clips and exactly one shard of every array, so parallel writers
 never touch the same shard. Runs are resumable: a rerun of the same command skips done blocks and
-redoes the rest, which rewrites whole shards with the same values. WavLM blocks ask for a "GPU"
-resource on an external cluster (start GPU workers with `dask worker ... --resources GPU=1`).
+redoes the rest, which rewrites whole shards with the same values.
+
+WavLM runs in one process per device, never once per worker (WavLM-Large takes 1-4 GB per copy):
+WavLM blocks ask for the dask resource "GPU", which a local cluster gives to one dedicated worker
+per device (every visible GPU for --device auto/cuda, pinned by CUDA_VISIBLE_DEVICES; one CPU
+worker with all torch threads for --device cpu) beside the CPU workers that decode. On an external
+cluster (--scheduler) the GPU workers declare it (`dask worker ... --resources GPU=1`); with none,
+--device auto falls back to the CPU with a notice and --device cuda stops with one line saying how
+to start them (`wavlm_placement`). The precision WavLM computes at is asked of a process that runs
+the blocks, recorded in the version, and every block runs at exactly that precision.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import time
@@ -27,12 +36,22 @@ import numpy as np
 from rich.markup import escape
 
 from dfdetect.datasets import prepare
-from dfdetect.errors import check_range
+from dfdetect.devices import local_devices
+from dfdetect.errors import ConfigError, check_range
 from dfdetect.featurize.audio import AudioError, decode
 from dfdetect.featurize.frontend import FRONTEND_FEATURES, Frontend, FrontendConfig
 from dfdetect.featurize.variants import Variant
-from dfdetect.featurize.wavlm import WavLMConfig, load_wavlm
-from dfdetect.store.schema import ERROR, FEATURE_ARRAYS, OK, StoreError, arrays_of, version_config
+from dfdetect.featurize.wavlm import WavLMConfig, compute_info, load_wavlm
+from dfdetect.store.schema import (
+    ERROR,
+    FEATURE_ARRAYS,
+    OK,
+    StoreError,
+    arrays_of,
+    list_versions,
+    version_config,
+    wavlm_precision_of,
+)
 from dfdetect.store.writer import StoreLock, create_version, mark_complete, pending_blocks, write_block
 
 FEATURES = tuple(FEATURE_ARRAYS)   # mel, lfcc, wave, wavlm
@@ -48,8 +67,10 @@ class BlockJob:
     frontend: FrontendConfig
     features: tuple[str, ...]
     wavlm: object | None = None   # WavLMConfig when "wavlm" in features
-    device: str = "cpu"
+    device: str = "cpu"           # where the WavLM process runs it ("cuda" = its pinned GPU)
     threads: int = 1
+    precision: str = "float32"    # WavLM's, as the version records it
+    wavlm_threads: int = 1
     variant: Variant | None = None
     clip_ids: tuple[str, ...] = ()  # seed each clip's corruption
 
@@ -67,6 +88,7 @@ class FeaturizeResult:
     blocks_skipped: int = 0
     seconds: float = 0.0
     complete: bool = False
+    wavlm_processes: dict = field(default_factory=dict)   # WavLM device -> pids that ran its blocks
 
 
 # -- worker side --------------------------------------------------------------------------------
@@ -141,7 +163,7 @@ def frontend_block(job: BlockJob) -> dict:
     group = _open_version(job)
     last = "wavlm" not in job.features
     write_block(group, job.block, features, outcomes, mark_done=last)
-    report = {"block": job.block, "clips": n, "ok": int(ok.sum()),
+    report = {"block": job.block, "clips": n, "ok": int(ok.sum()), "pid": os.getpid(),
               "errors": [(k, m) for k, m in zip(outcomes["error_kind"], outcomes["error"]) if k]}
     if last:
         return report
@@ -151,8 +173,8 @@ def frontend_block(job: BlockJob) -> dict:
 def wavlm_block(job: BlockJob, prepared: dict) -> dict:
     """Run frozen WavLM on the block's prepared waveforms; write its shard and mark the block done."""
 
-    _setup_worker(job.threads)
-    extractor = load_wavlm(job.wavlm, device=job.device)
+    _setup_worker(job.wavlm_threads)
+    extractor = load_wavlm(job.wavlm, device=job.device, precision=job.precision)
     ok = prepared["ok_mask"]
     n = len(ok)
     group = _open_version(job)
@@ -162,13 +184,15 @@ def wavlm_block(job: BlockJob, prepared: dict) -> dict:
         out = extractor(prepared["waves"])
         layers[ok], stats[ok] = out["layers"], out["stats"]
     write_block(group, job.block, {"wavlm": layers, "wavlm_stats": stats}, {}, mark_done=True)
-    return {k: v for k, v in prepared.items() if k not in ("waves", "ok_mask")}
+    return {**{k: v for k, v in prepared.items() if k not in ("waves", "ok_mask")},
+            "wavlm_pid": os.getpid(), "wavlm_device": str(extractor.device), "wavlm_batch": extractor.batch_size}
 
 
 # -- coordinator --------------------------------------------------------------------------------
 @contextlib.contextmanager
-def dask_client(scheduler: str | None, workers: int):
-    """A client on the given cluster, or on a local cluster of `workers` processes."""
+def dask_client(scheduler: str | None, workers: int, wavlm_devices=()):
+    """A client on the given cluster, or on a local cluster of `workers` one-thread processes plus,
+    for each of `wavlm_devices`, one worker holding the "GPU" resource that WavLM blocks ask for."""
     from distributed import Client, LocalCluster
 
     if scheduler:
@@ -177,8 +201,83 @@ def dask_client(scheduler: str | None, workers: int):
         return
     with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                       dashboard_address=None, silence_logs=logging.ERROR) as cluster:
+        for device in wavlm_devices:
+            cluster.worker_spec[f"wavlm-{device}"] = {**cluster.new_spec, "options": {
+                **cluster.new_spec["options"], "resources": {"GPU": 1}, "env": _pinned_env(device)}}
+        if wavlm_devices:
+            cluster.sync(cluster._correct_state)   # start the added specs (what `scale` does)
         with Client(cluster) as client:
+            if wavlm_devices:
+                client.wait_for_workers(workers + len(wavlm_devices), timeout=120)
             yield client
+
+
+def _pinned_env(device: str) -> dict:
+    """A WavLM worker for cuda:N sees only that GPU (as its cuda:0); a CPU one sees none."""
+    if not device.startswith("cuda"):
+        return {"CUDA_VISIBLE_DEVICES": ""}
+    index = int(device.split(":")[1])
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    physical = visible.split(",")[index] if visible else str(index)
+    return {"CUDA_VISIBLE_DEVICES": physical}
+
+
+@dataclass(frozen=True)
+class WavLMPlacement:
+    """Where WavLM blocks run: the device their process loads it on, the resources they ask for,
+    and what that process reported about its compute (compute_info: precision, device)."""
+    device: str
+    resources: dict
+    compute: dict
+    threads: int = 1
+
+
+def wavlm_placement(client, scheduler: str | None, device: str, local_devices_: list[str],
+                    console) -> WavLMPlacement:
+    """Where WavLM runs (see the module docstring), its precision asked of a process that runs it."""
+    if client is None:                         # in this process (workers=0)
+        return WavLMPlacement(device, {}, compute_info(device))
+    gpu = {"GPU": 1}
+    if not scheduler:                          # the local cluster's dedicated WavLM workers
+        cpu = local_devices_ == ["cpu"]
+        placement = WavLMPlacement("cpu" if cpu else "cuda", gpu, {},
+                                   threads=(os.cpu_count() or 1) if cpu else 1)
+    elif device == "cpu":
+        placement = WavLMPlacement("cpu", {}, {})
+    else:
+        try:
+            client.wait_for_workers(1, timeout=30)
+        except TimeoutError:
+            raise ConfigError(f"--scheduler {scheduler}: no worker joined the cluster within 30 s; start "
+                              f"workers with `dask worker {scheduler}` (GPU ones with --resources GPU=1)") from None
+        workers = client.scheduler_info(n_workers=-1)["workers"].values()
+        if any(w.get("resources", {}).get("GPU") for w in workers):
+            placement = WavLMPlacement(device, gpu, {})
+        elif device == "auto":
+            console.print(f"notice: no worker of {escape(scheduler)} declares the GPU resource, so WavLM runs on "
+                          f"the CPU workers; for GPUs start workers with `dask worker {escape(scheduler)} "
+                          "--resources GPU=1`", soft_wrap=True)
+            placement = WavLMPlacement("cpu", {}, {})
+        else:
+            raise ConfigError(f"--device {device}: no worker of the cluster at {scheduler} declares the GPU resource; "
+                              f"start one worker per GPU with `dask worker {scheduler} --resources GPU=1` "
+                              "(or use --device auto/cpu)")
+    compute = client.submit(compute_info, placement.device, resources=placement.resources or None,
+                            pure=False).result()
+    return dataclasses.replace(placement, compute=compute)
+
+
+def check_resume_precision(out: str, version: str, wavlm: dict) -> None:
+    """A version started at another WavLM precision is never continued at this one. Versions named
+    before precision was recorded share their name across precisions (schema.WAVLM_IDENTITY), so
+    the recorded description decides."""
+    if not Path(out).exists():
+        return
+    recorded = list_versions(out).get(version, {}).get("config", {}).get("wavlm")
+    if recorded and wavlm_precision_of(recorded) != wavlm["precision"]:
+        raise StoreError(f"{out}@{version} holds WavLM features computed at {wavlm_precision_of(recorded)} (on "
+                         f"{recorded.get('device', '?')}); this run computes {wavlm['precision']} (on {wavlm['device']}): "
+                         "resume it with the --device it was started on, or write to a new --out")
 
 
 def wavlm_spec(config, n_samples: int) -> dict:
@@ -232,15 +331,35 @@ def featurize(dataset: str, root: str | Path, out: str, features=("mel", "lfcc")
         wavlm = wavlm or WavLMConfig()
         spec = wavlm_spec(wavlm, frontend.clip_samples)
     shapes = feature_shapes(frontend, features, spec)
-    config, version = version_config(frontend.to_dict(), frontend.hash(), features,
-                                     spec["info"] if spec else None,
-                                     variant.to_dict() if variant else None, shapes)
     if workers is not None:
         check_range("--workers", workers, 0)
     workers = (os.cpu_count() or 1) if workers is None else workers
-    result = FeaturizeResult(store=out, version=version, n_clips=len(index.clips))
+    in_process = workers == 0 and not scheduler
+    devices = local_devices(device) if spec and not scheduler and not in_process else []
     t0 = time.perf_counter()
+    with contextlib.ExitStack() as stack:
+        def connect():   # the cluster starts when first needed: WavLM's placement, or blocks to run
+            return None if in_process else stack.enter_context(dask_client(scheduler, workers, devices))
+        client = connect() if spec else None
+        placement = wavlm_placement(client, scheduler, device, devices, console) if spec else None
+        # the version records WavLM as the process that runs the blocks computes it
+        info = {**spec["info"], **placement.compute} if spec else None
+        config, version = version_config(frontend.to_dict(), frontend.hash(), features, info,
+                                         variant.to_dict() if variant else None, shapes)
+        result = FeaturizeResult(store=out, version=version, n_clips=len(index.clips))
+        _write_version(out, version, config, index, shapes, block_size, frontend, features, wavlm, placement,
+                       variant, client if spec else connect, result, console)
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def _write_version(out, version, config, index, shapes, block_size, frontend, features, wavlm, placement,
+                   variant, client, result: FeaturizeResult, console) -> None:
+    """Create or reopen the version and run its pending blocks (`client`: a dask client, None for
+    this process, or a function that connects one when there are blocks to run)."""
     with StoreLock(out):
+        if placement is not None:
+            check_resume_precision(out, version, config["wavlm"])
         group = create_version(out, version, config, index.clips,
                                shapes, block_size,
                                dataset=index.dataset, dataset_root=index.root)
@@ -251,18 +370,20 @@ def featurize(dataset: str, root: str | Path, out: str, features=("mel", "lfcc")
         if result.blocks_skipped:
             console.print(f"resuming {out}@{version}: {result.blocks_skipped} of {n_blocks} blocks already written")
         blocks = {b: index.clips[b * block_size:(b + 1) * block_size] for b in pending}
-        jobs = [BlockJob(out, version, b, tuple(c.path for c in clips), frontend, features, wavlm, device,
-                         threads=1, variant=variant, clip_ids=tuple(c.clip_id for c in clips))
+        where = {} if placement is None else {
+            "device": placement.device, "precision": placement.compute["precision"],
+            "wavlm_threads": placement.threads}
+        jobs = [BlockJob(out, version, b, tuple(c.path for c in clips), frontend, features, wavlm, threads=1,
+                         variant=variant, clip_ids=tuple(c.clip_id for c in clips), **where)
                 for b, clips in blocks.items()]
         if jobs:
-            _run_jobs(jobs, scheduler, workers, result, console)
+            client = client() if callable(client) else client
+            _run_jobs(jobs, client, {} if placement is None else placement.resources, result, console)
         result.complete = mark_complete(group)
         _count_outcomes(group, result)
-    result.seconds = time.perf_counter() - t0
-    return result
 
 
-def _run_jobs(jobs: list[BlockJob], scheduler, workers, result: FeaturizeResult, console) -> None:
+def _run_jobs(jobs: list[BlockJob], client, resources: dict, result: FeaturizeResult, console) -> None:
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -280,9 +401,12 @@ def _run_jobs(jobs: list[BlockJob], scheduler, workers, result: FeaturizeResult,
     with Progress(*columns, console=console, transient=False) as bar:
         task = bar.add_task("clips", total=total, rate=0.0)
         done = 0
-        for job, error in _execute(jobs, scheduler, workers):
+        for job, report, error in _execute(jobs, client, resources):
             if error is None:
                 result.blocks_run += 1
+                if "wavlm_pid" in report:
+                    pids = result.wavlm_processes.setdefault(report["wavlm_device"], [])
+                    pids += [] if report["wavlm_pid"] in pids else [report["wavlm_pid"]]
             else:  # a block that crashed is retried by the next run, not lost
                 result.failed_blocks[job.block] = error
             done += len(job.paths)
@@ -294,10 +418,10 @@ def _run_block(job: BlockJob) -> dict:
     return wavlm_block(job, report) if "wavlm" in job.features else report
 
 
-def _execute(jobs: list[BlockJob], scheduler, workers):
-    """Yield (job, error message or None) as blocks finish: on dask, or in this process when
-    workers == 0 and no scheduler is given (debugging, small tests)."""
-    if workers == 0 and not scheduler:
+def _execute(jobs: list[BlockJob], client, resources: dict):
+    """Yield (job, report, error message or None) as blocks finish: on dask (WavLM blocks asking
+    for `resources`), or in this process without a client (workers=0: debugging, small tests)."""
+    if client is None:
         import torch
         import zarr
 
@@ -308,29 +432,30 @@ def _execute(jobs: list[BlockJob], scheduler, workers):
             try:
                 for job in jobs:
                     try:
-                        _run_block(job)
-                        yield job, None
+                        report = _run_block(job)
                     except Exception as e:
-                        yield job, f"{type(e).__name__}: {e}"
+                        yield job, None, f"{type(e).__name__}: {e}"
+                    else:
+                        yield job, report, None
             finally:
                 torch.set_num_threads(threads)
         return
     from distributed import as_completed
 
-    with dask_client(scheduler, workers) as client:
-        gpu = {"resources": {"GPU": 1}} if scheduler and jobs[0].device != "cpu" else {}
-        futures = {}
-        for job in jobs:
-            f = client.submit(frontend_block, job, key=f"frontend-{job.version}-{job.block}", pure=False)
-            if "wavlm" in job.features:
-                f = client.submit(wavlm_block, job, f, key=f"wavlm-{job.version}-{job.block}", pure=False, **gpu)
-            futures[f] = job
-        for future in as_completed(futures):
-            try:
-                future.result()
-                yield futures[future], None
-            except Exception as e:
-                yield futures[future], f"{type(e).__name__}: {e}"
+    futures = {}
+    for job in jobs:
+        f = client.submit(frontend_block, job, key=f"frontend-{job.version}-{job.block}", pure=False)
+        if "wavlm" in job.features:
+            f = client.submit(wavlm_block, job, f, key=f"wavlm-{job.version}-{job.block}", pure=False,
+                              resources=resources or None)
+        futures[f] = job
+    for future in as_completed(futures):
+        try:
+            report = future.result()
+        except Exception as e:
+            yield futures[future], None, f"{type(e).__name__}: {e}"
+        else:
+            yield futures[future], report, None
 
 
 def _count_outcomes(group, result: FeaturizeResult) -> None:

@@ -21,13 +21,18 @@ CNN uses layer norm, the fairseq pairing for normalised input); WavLM-Base was n
 made once per model and recorded in `info()`; see `WavLMExtractor._decide_normalize`.
 
 Loading is offline-first: a local directory, else the Hugging Face cache, else (unless
-HF_HUB_OFFLINE is set) the hub. A dask worker loads the model once per process (`load_wavlm` is
-memoised), never per batch.
+HF_HUB_OFFLINE is set) the hub. A process loads the model once per (device, precision)
+(`load_wavlm` is memoised), never per batch; featurize runs it in one process per device.
+
+Precision: float32, or bfloat16 autocast (`wavlm_precision`: "auto" is bfloat16 on a GPU that
+computes it in hardware, float32 everywhere else). Never float16: WavLM-Large has activations
+beyond its range. The precision is part of what a store version and a run record, since bf16 and
+fp32 features differ by more than a threshold can ignore. Out of CUDA memory, a call halves its
+batch and retries (down to one clip), and keeps the smaller batch for the calls after.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import os
@@ -38,7 +43,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dfdetect.devices import resolve_device
+from dfdetect.devices import autocast, bf16_native, precision_name, resolve_device
 from dfdetect.errors import ConfigError, DfdetectError
 
 # transformers is imported where it is used: importing this module stays cheap for runs that
@@ -137,22 +142,20 @@ class WavLMExtractor:
     """A frozen WavLM on one device: prepared waveforms [B, samples] -> float16 features.
 
     Build it with `load_wavlm` (cached per process). Calls are pure inference: eval mode, no
-    gradients, `torch.inference_mode()`. On CUDA the forward runs under bf16 autocast when the GPU
-    supports it (bf16 keeps float32's range, and WavLM-Large has activations that overflow float16),
-    fp16 otherwise, with TF32 matmuls; on CPU it runs in float32.
+    gradients, `torch.inference_mode()`. The forward runs at `precision` ("float32", or
+    "bfloat16" autocast: bf16 keeps float32's range, and WavLM-Large has activations that overflow
+    float16). No process-wide setting (matmul precision, TF32 flags) is touched.
     """
 
-    def __init__(self, config: WavLMConfig, device: torch.device):
+    def __init__(self, config: WavLMConfig, device: torch.device, precision: str = "float32"):
         self.config = config
         self.device = device
+        self.precision = precision
+        self.batch_size = config.batch_size       # halved on CUDA out-of-memory (`_run_batches`)
         self._local = Path(config.model).expanduser().is_dir()
         self.model = self._load_model()
         self.model.float().eval().requires_grad_(False).to(device)
         self.normalize, self.normalize_source = self._decide_normalize()
-        if device.type == "cuda":
-            self.autocast_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        else:
-            self.autocast_dtype = None
         n = self.num_hidden_states
         bad = [i for i in config.layers if not 0 <= i < n]
         if bad:
@@ -258,37 +261,23 @@ class WavLMExtractor:
             "hidden_size": self.hidden_size,
             "normalize": self.normalize,
             "normalize_source": self.normalize_source,
-            "dtype": "float32" if self.autocast_dtype is None
-                     else f"autocast {str(self.autocast_dtype).removeprefix('torch.')}",
+            "precision": self.precision,
+            "dtype": self.precision if self.precision == "float32" else f"autocast {self.precision}",
             "device": str(self.device),
+            "device_name": device_name(self.device),
             "parameters": sum(p.numel() for p in self.model.parameters()),
             "stats": "mean and population std over frames, float32 -> float16",
             "transformers_version": transformers.__version__,
         }
 
     # -- inference ------------------------------------------------------------------------------
-    @contextlib.contextmanager
-    def _autocast(self):
-        """bf16/fp16 autocast on CUDA, with TF32 for the float32 matmuls left; the caller's matmul
-        precision is given back after (it is process-wide)."""
-        if self.autocast_dtype is None:
-            yield
-            return
-        precision = torch.get_float32_matmul_precision()
-        torch.set_float32_matmul_precision("high")
-        try:
-            with torch.autocast(self.device.type, dtype=self.autocast_dtype):
-                yield
-        finally:
-            torch.set_float32_matmul_precision(precision)
-
     @torch.inference_mode()
     def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One batch [b, samples] float32 on device -> (layers, stats) float16 on device."""
         if self.normalize:
             var, mean = torch.var_mean(x, dim=1, correction=0, keepdim=True)
             x = (x - mean) / torch.sqrt(var + NORM_EPS)
-        with self._autocast():
+        with autocast(self.device, self.precision):
             states = self.model(x, output_hidden_states=True).hidden_states
         layers = torch.stack([states[i].float() for i in self.config.layers], dim=1)
         stats = torch.stack([torch.stack(torch.std_mean(h.float(), dim=1, correction=0)[::-1], dim=1)
@@ -300,7 +289,8 @@ class WavLMExtractor:
 
         layers: [B, len(config.layers), frames(samples), hidden_size]
         stats:  [B, num_hidden_states, 2, hidden_size], [..., 0, :] mean, [..., 1, :] std
-        Clips run in batches of config.batch_size; the result does not depend on the batching.
+        Clips run in batches of `batch_size` (config.batch_size, halved on CUDA out-of-memory);
+        the result does not depend on the batching.
         """
         waves = np.asarray(waves, dtype=np.float32)
         if waves.ndim == 1:
@@ -310,28 +300,65 @@ class WavLMExtractor:
         count, frames, hidden = len(waves), self.frames(waves.shape[1]), self.hidden_size
         out = {"layers": np.empty((count, len(self.config.layers), frames, hidden), np.float16),
                "stats": np.empty((count, self.num_hidden_states, 2, hidden), np.float16)}
-        for start in range(0, count, self.config.batch_size):
-            stop = min(start + self.config.batch_size, count)
+        start = 0
+        while start < count:
+            stop = min(start + self.batch_size, count)
             x = torch.from_numpy(waves[start:stop]).to(self.device)
-            layers, stats = self._forward(x)
+            try:
+                layers, stats = self._forward(x)
+            except torch.cuda.OutOfMemoryError:
+                if stop - start == 1:
+                    raise
+                del x
+                self.batch_size = max(1, (stop - start) // 2)   # kept: the next calls start there
+                torch.cuda.empty_cache()
+                continue
             out["layers"][start:stop] = layers.cpu().numpy()
             out["stats"][start:stop] = stats.cpu().numpy()
+            start = stop
         return out
 
 
-_LOADED: dict[tuple[WavLMConfig, torch.device], WavLMExtractor] = {}
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+def wavlm_precision(device: torch.device, precision: str = "auto") -> str:
+    """The precision WavLM runs at on `device`: "auto" is bfloat16 where the device computes it in
+    hardware, float32 elsewhere (also on GPUs without native bf16: the float16 alternative
+    overflows). A named precision is kept as asked: a run's or a store's recorded one (float16
+    only so, for stores made on GPUs without bf16 before precision was chosen this way)."""
+    if precision == "auto":
+        return "bfloat16" if bf16_native(device) else "float32"
+    if precision not in ("float32", "bfloat16", "float16"):
+        raise ConfigError(f"WavLM precision {precision!r}: choose auto, float32 or bfloat16 "
+                          "(float16 overflows in WavLM-Large)")
+    return precision
+
+
+def compute_info(device: str | torch.device, precision: str = "auto") -> dict:
+    """Where and at what precision WavLM runs in this process, without loading it: what a store
+    version records (asked of the process that runs the blocks)."""
+    device = resolve_device(device)
+    return {"precision": wavlm_precision(device, precision), "device": str(device),
+            "device_name": device_name(device)}
+
+
+_LOADED: dict[tuple[WavLMConfig, torch.device, str], WavLMExtractor] = {}
 _LOCK = threading.Lock()
 
 
-def load_wavlm(config: WavLMConfig = WavLMConfig(),
-               device: str | torch.device = "auto") -> WavLMExtractor:
-    """The extractor for (config, device), loaded at most once per process.
+def load_wavlm(config: WavLMConfig = WavLMConfig(), device: str | torch.device = "auto",
+               precision: str = "auto") -> WavLMExtractor:
+    """The extractor for (config, device, precision), loaded at most once per process.
 
-    device: "auto" (cuda when available, else cpu), "cpu", "cuda" or "cuda:N". Thread-safe: dask
-    threads of one worker that ask at the same time share one load. Raises WavLMUnavailableError
-    when the weights cannot be found, ValueError for a layer index outside the model.
+    device: "auto" (cuda when available, else cpu), "cpu", "cuda" or "cuda:N". precision: "auto"
+    (`wavlm_precision`), "float32" or "bfloat16". Thread-safe: dask threads of one worker that ask
+    at the same time share one load. Raises WavLMUnavailableError when the weights cannot be found,
+    ValueError for a layer index outside the model.
     """
-    key = (config, resolve_device(device))
+    device = resolve_device(device)
+    key = (config, device, wavlm_precision(device, precision))
     with _LOCK:
         if key not in _LOADED:
             _LOADED[key] = WavLMExtractor(*key)

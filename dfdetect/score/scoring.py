@@ -44,6 +44,7 @@ moved into place when the run ends (also when it is interrupted).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import time
@@ -56,7 +57,7 @@ import numpy as np
 import torch
 
 from dfdetect import __version__
-from dfdetect.devices import resolve_device
+from dfdetect.devices import autocast, resolve_device, run_precision
 from dfdetect.errors import ConfigError, check_range
 from dfdetect.featurize.frontend import FRONTEND_FEATURES
 from dfdetect.featurize.pipeline import dask_client
@@ -69,24 +70,28 @@ from dfdetect.score.options import AGGREGATES, SCORE_MEANING, ScoreError, ScoreO
 from dfdetect.score.sources import ERROR, OK, SKIPPED, Item, expand
 from dfdetect.score.tables import COLUMNS, WINDOW_COLUMNS, TableWriter, output_format, previous_rows
 from dfdetect.score.windows import STORE, FileResult, Piece, WindowConfig
-from dfdetect.store.schema import wavlm_differences
+from dfdetect.store.schema import wavlm_differences, wavlm_precision_of
 
 
 # -- coordinator: the model --------------------------------------------------------------------------
 class Scorer:
     """The run's head (and WavLM for WavLM heads) on one device: model inputs -> P(fake).
-    `seconds` counts the time spent in forward passes."""
+    Both run at the precision the run records (the head at its score_precision, WavLM at the
+    precision of its training features), so the run's threshold means what it meant in training.
+    Out of CUDA memory, a batch is scored in halves (down to one window); `seconds` counts the
+    time spent in forward passes."""
 
     def __init__(self, run, device: str = "auto"):
         self.device = resolve_device(device)
         self.model = run.model.to(self.device).eval()
         self.inputs = run.inputs
+        self.precision = run_precision(run.config)
         self.wavlm = None
         if "wavlm" in self.inputs:
 
             if run.wavlm_config is None:
                 raise ScoreError(f"{run.path} reads WavLM features but records no WavLM config")
-            self.wavlm = load_wavlm(run.wavlm_config, self.device)
+            self.wavlm = load_wavlm(run.wavlm_config, self.device, wavlm_precision_of(run.wavlm_info))
             differ = wavlm_differences(run.wavlm_info, self.wavlm.info())
             if differ:   # the same rule as for stores: exactly the WavLM the head was trained on
                 raise ScoreError(f"{run.path} was trained on features of another WavLM than the one that loads now "
@@ -99,12 +104,27 @@ class Scorer:
         """P(fake) of a batch: its features, or for WavLM heads its "waveform" (WavLM runs here)
         unless the batch holds stored "wavlm" features."""
         t0 = time.perf_counter()
+        if "wavlm" in self.inputs and "wavlm" not in inputs:   # WavLM backs off its own batch
+            inputs = {**inputs, "wavlm": self.wavlm(inputs["waveform"])["layers"]}
+        try:
+            return self._head(inputs)
+        finally:
+            self.seconds += time.perf_counter() - t0
+
+    def _head(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         batch = {k: torch.from_numpy(inputs[k]).to(self.device) for k in self.inputs if k in inputs}
-        if "wavlm" in self.inputs and "wavlm" not in inputs:
-            batch["wavlm"] = torch.from_numpy(self.wavlm(inputs["waveform"])["layers"]).to(self.device)
-        scores = torch.sigmoid(self.model(batch).float()).cpu().numpy()
-        self.seconds += time.perf_counter() - t0
-        return scores
+        try:
+            with autocast(self.device, self.precision):
+                return torch.sigmoid(self.model(batch).float()).cpu().numpy()
+        except torch.cuda.OutOfMemoryError:
+            n = len(next(iter(inputs.values())))
+            if n == 1:
+                raise
+            del batch
+            torch.cuda.empty_cache()
+            half = n // 2
+            return np.concatenate([self._head({k: v[:half] for k, v in inputs.items()}),
+                                   self._head({k: v[half:] for k, v in inputs.items()})])
 
 
 def aggregate(scores: np.ndarray, how: str = "mean", top_k: int = 3) -> float:
@@ -161,6 +181,10 @@ def _duration(seconds: float) -> str:
     if seconds < 120:
         return f"{seconds:.1f} s"
     return f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.2f} h"
+
+
+def _first_line(error: Exception) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 def _rounded(value: float | None, digits: int) -> float | None:
@@ -244,6 +268,12 @@ class _Results:
         self.rows: TableWriter | None = None
         self.window_rows: TableWriter | None = None
         self._windows: dict[int, list] = {}
+        self._failed: dict[int, tuple[str, str]] = {}   # item -> (error kind, message) of a failed piece
+
+    def fail(self, piece: Piece, kind: str, message: str) -> None:
+        """The files with windows in `piece` become error rows when they finish; the run goes on."""
+        for index in np.unique(piece.item).tolist():
+            self._failed.setdefault(index, (kind, f"{self.items[index].where}: {message}"))
 
     def add(self, piece: Piece, scores: np.ndarray) -> None:
         for index in np.unique(piece.item).tolist():
@@ -255,6 +285,9 @@ class _Results:
         item, summary = self.items[result.item], self.summary
         path, member = item.key
         parts = self._windows.pop(result.item, [])   # an error drops the windows sent before it
+        if result.item in self._failed and result.status == OK:
+            kind, message = self._failed.pop(result.item)
+            result = dataclasses.replace(result, status=ERROR, error_kind=kind, error=message)
         score = None
         if result.status == OK:
             window, start, end, silent, scores = (np.concatenate(c) for c in zip(*parts))
@@ -318,8 +351,12 @@ def _score_items(scorer: Scorer, items: list[Item], done: set, config: WindowCon
 
         def scored(piece: Piece) -> None:
             scores = np.full(len(piece.item), np.nan)
-            if (~piece.silent).any():
-                scores[~piece.silent] = scorer(piece.inputs)
+            try:
+                if (~piece.silent).any():
+                    scores[~piece.silent] = scorer(piece.inputs)
+            except torch.cuda.OutOfMemoryError as e:   # even one window at a time: these files fail
+                results.fail(piece, "out_of_memory", f"out of GPU memory scoring one window ({_first_line(e)}); "
+                             "free the GPU or score with --device cpu")
             results.add(piece, scores)
             for result in piece.finished:
                 results.finish(result)

@@ -113,9 +113,30 @@ def version_name(config: dict) -> str:
 FEATURE_ARRAYS = {"mel": ("mel",), "lfcc": ("lfcc",), "wave": ("wave",), "wavlm": ("wavlm", "wavlm_stats")}
 ARRAY_NAMES = tuple(a for arrays in FEATURE_ARRAYS.values() for a in arrays)
 
-# What of WavLM's description names a version; device, autocast dtype and library versions are
-# recorded but do not split stores (a resumed run may land on another machine).
-WAVLM_IDENTITY = ("model", "revision", "layers", "normalize")
+# What of WavLM's description names a version. The compute precision (float32 / bfloat16) is
+# part of it: bf16 features differ from fp32 ones by more than float16 storage rounds away, so a
+# store never mixes the two in one version, and a head is only fed features of the precision it
+# was trained on. Device and library versions are recorded but do not split stores (a resumed
+# run may land on another machine). Versions hash the precision only when it is not float32, so
+# every float32 version keeps the name it had before precision was recorded.
+WAVLM_IDENTITY = ("model", "revision", "layers", "normalize", "precision")
+
+
+def wavlm_precision_of(info: dict) -> str:
+    """The compute precision a WavLM description records; descriptions written before it was
+    recorded say it in "dtype" ("float32", "autocast bfloat16", "autocast float16")."""
+    if info.get("precision"):
+        return info["precision"]
+    dtype = str(info.get("dtype") or "float32")
+    return dtype.removeprefix("autocast ") if dtype else "float32"
+
+
+def wavlm_identity(info: dict) -> dict:
+    """What of `info` names a version (the precision only when it is not float32: see above)."""
+    identity = {k: info.get(k) for k in WAVLM_IDENTITY if k != "precision"}
+    if wavlm_precision_of(info) != "float32":
+        identity["precision"] = wavlm_precision_of(info)
+    return identity
 
 
 def arrays_of(features) -> tuple[str, ...]:
@@ -132,6 +153,8 @@ def wavlm_differences(want: dict, have: dict) -> list[str]:
     same). Keys `want` does not record (runs of older versions) are not compared."""
     def plain(v):
         return list(v) if isinstance(v, (list, tuple)) else v
+    want = {**want, "precision": wavlm_precision_of(want)} if "dtype" in want or "precision" in want else want
+    have = {**have, "precision": wavlm_precision_of(have)}
     return [f"{k}: {plain(have.get(k))!r} instead of {plain(want[k])!r}" for k in WAVLM_IDENTITY
             if k in want and plain(want[k]) != plain(have.get(k))]
 
@@ -144,7 +167,7 @@ def version_config(frontend: dict, frontend_hash: str, features, wavlm: dict | N
     determines it, and `store verify` checks the arrays against it."""
     config = {"frontend": frontend, "frontend_hash": frontend_hash, "features": sorted(features),
               "dtype": "float16", "wavlm": wavlm, "variant": variant}
-    identity = {**config, "wavlm": wavlm and {k: wavlm[k] for k in WAVLM_IDENTITY}}
+    identity = {**config, "wavlm": wavlm and wavlm_identity(wavlm)}
     config["shapes"] = {name: [int(d) for d in shape] for name, shape in shapes.items()}
     return config, version_name(identity)
 

@@ -32,7 +32,7 @@ import torch
 from safetensors.torch import load_file
 
 from dfdetect import __version__
-from dfdetect.devices import resolve_device
+from dfdetect.devices import autocast, precision_dtype, resolve_device
 from dfdetect.errors import ConfigError, DfdetectError, check_output, check_range
 from dfdetect.metrics import evaluate_scores
 from dfdetect.models.registry import build_model, config_to_dict, count_parameters, get_architecture
@@ -60,8 +60,12 @@ class TrainConfig:
     val_fraction: float = 0.05
     seed: int = 0
     device: str = "auto"
-    amp: bool = True                    # CUDA only
+    amp: bool = True                    # CUDA only, training steps only (fp16 autocast + grad scaling)
     tf32: bool = True                   # CUDA only
+    # The precision of every forward that scores with this run, on every device: validation (which
+    # chooses the threshold), test, OOD, `evaluate` and `score`. float32 by default, so thresholds
+    # chosen on a GPU hold on a CPU and back; bfloat16/float16 autocast when asked.
+    score_precision: str = "float32"
     early_stopping: int | None = None   # patience in epochs on validation EER; None: off
     init_from: str | None = None        # a run folder whose best weights start this run
     holdout_generators: tuple[str, ...] = ()  # leave-one-generator-out: these fakes (+ a share of
@@ -87,6 +91,7 @@ class TrainConfig:
         check_range("grad_clip", config.grad_clip, 0, low_open=True)
         check_range("val_fraction", config.val_fraction, 0, 0.5, low_open=True)
         check_range("memory_budget_gb", config.memory_budget_gb, 0)
+        precision_dtype(config.score_precision, "score_precision")
         check_range("holdout_real_fraction", config.holdout_real_fraction, 0, 1, low_open=True)
         if config.early_stopping is not None:
             check_range("--early-stopping", config.early_stopping, 1)
@@ -251,17 +256,22 @@ def write_scores(folder: Path, data: DataSet, rows: np.ndarray, scores: np.ndarr
 # -- the loop -----------------------------------------------------------------------------------------
 @contextlib.contextmanager
 def torch_settings(device: torch.device, config: TrainConfig):
-    """The run's seed and (CUDA) TF32 for the duration of training; the caller's RNG state and
-    TF32 flags are given back after, so `train()` changes nothing process-wide."""
-    flags = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    """The run's seed, (CUDA) TF32 and deterministic cuDNN for the duration of training; the
+    caller's RNG state and flags are given back after, so `train()` changes nothing process-wide.
+    cuDNN's autotuner picks kernels by timing, and some pick non-deterministic ones, so --resume
+    could not equal an uninterrupted run on a GPU without `deterministic` and no `benchmark`."""
+    flags = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+             torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
     with torch.random.fork_rng(devices=[device.index] if device.type == "cuda" else []):
         torch.manual_seed(config.seed)
         if device.type == "cuda" and config.tf32:
             torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
         try:
             yield
         finally:
-            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
+            (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+             torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark) = flags
 
 
 def build_head(config: TrainConfig, train_set: DataSet, device: torch.device):
@@ -342,13 +352,14 @@ def fit_epoch(model, loader: FeatureLoader, device, config: TrainConfig, console
 
 
 @torch.no_grad()
-def predict(model, loader: FeatureLoader, device) -> tuple[np.ndarray, np.ndarray]:
-    """(rows, P(fake)) for every clip of a set, in store order."""
+def predict(model, loader: FeatureLoader, device, precision: str = "float32") -> tuple[np.ndarray, np.ndarray]:
+    """(rows, P(fake)) for every clip of a set, in store order, the forward at `precision` (the
+    run's score_precision: the same in training, evaluate and score)."""
     model.eval()
     rows, scores = [], []
     for batch in loader.epoch(0):
         x = {k: v.to(device, non_blocking=True) for k, v in batch.items() if k in loader.features}
-        with torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda"):
+        with autocast(device, precision):
             scores.append(torch.sigmoid(model(x).float()).cpu().numpy())
         rows.append(batch["row"])
     rows, scores = np.concatenate(rows), np.concatenate(scores)
@@ -356,10 +367,11 @@ def predict(model, loader: FeatureLoader, device) -> tuple[np.ndarray, np.ndarra
     return rows[order], scores[order]
 
 
-def evaluate_sets(model, sets: dict[str, DataSet], loaders: dict[str, FeatureLoader], device):
+def evaluate_sets(model, sets: dict[str, DataSet], loaders: dict[str, FeatureLoader], device,
+                  precision: str = "float32"):
     """Every set but train, scored and measured; validation first, so the others are also measured
     at its EER threshold. Returns (metrics per set, (rows, scores) per set)."""
-    predictions = {name: predict(model, loaders[name], device) for name in sets if name != "train"}
+    predictions = {name: predict(model, loaders[name], device, precision) for name in sets if name != "train"}
     results, val_threshold = {}, None
     for name, (rows, scores) in predictions.items():
         extra = {"val": val_threshold} if name != "val" and val_threshold is not None else None
@@ -426,7 +438,7 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, force: boo
                 train_metrics = train_one_epoch(model, loaders["train"], optimizer, scaler, device, config, epoch,
                                                 console)
             t1 = time.perf_counter()
-            results, predictions = evaluate_sets(model, sets, loaders, device)
+            results, predictions = evaluate_sets(model, sets, loaders, device, config.score_precision)
             record = {"epoch": epoch, "train": train_metrics, "sets": results,
                       "seconds": {"train": t1 - t0, "eval": time.perf_counter() - t1}}
             save_epoch(folder, record, model, sets, predictions, progress)
