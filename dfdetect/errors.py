@@ -41,6 +41,9 @@ def check_output(option: str, path, folder: bool = False) -> None:
     with `folder`, as a folder), not the other kind already, with no file where one of its folders
     must be, and the nearest existing folder writable."""
     path = Path(path)
+    if path.exists() and not (path.is_file() or path.is_dir()):
+        raise ConfigError(f"{option} {path} is a device, FIFO or socket, not a file dfdetect can write; "
+                          "choose another place")
     if folder and path.exists() and not path.is_dir():
         raise ConfigError(f"{option} {path} is a file, not a folder; give a folder (it is created if missing)")
     if not folder and path.is_dir():

@@ -1,9 +1,11 @@
-"""Names from untrusted places (file and archive member names, dataset columns) as dfdetect shows
+r"""Names from untrusted places (file and archive member names, dataset columns) as dfdetect shows
 them: in a terminal, a table cell or a spreadsheet, a name is text and nothing else.
 
 - `printable`: undecodable bytes (kept by Python as surrogates) and every control character
   (ESC sequences, CR, newline, bidi overrides) become backslash escapes, so a name cannot move the
-  cursor, recolour or erase a terminal, or forge a line of output (CWE-150).
+  cursor, recolour or erase a terminal, or forge a line of output (CWE-150). A backslash in the name
+  is doubled, so two names never print alike (the raw byte 0xff is `\xff`, a name spelled
+  backslash-x-f-f is `\\xff`): score's table keys inputs by the printed name.
 - `csv_cell` / `csv_value`: a text cell that a spreadsheet would run as a formula (it starts with
   = + - @, tab or CR) gets a leading apostrophe, as OWASP recommends (CWE-1236); so does one that
   starts with an apostrophe, which makes the rule reversible: `csv_value` gives the name back.
@@ -19,13 +21,14 @@ FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "'")
 
 
 def _escape(match: re.Match) -> str:
+    # \xHH below 0x80 only: \x80-\xff are the undecodable bytes, C1 controls are \u0080-\u009f
     code = ord(match.group())
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+    return f"\\x{code:02x}" if code < 0x80 else f"\\u{code:04x}"
 
 
 def printable(text: str) -> str:
-    """A name as dfdetect writes and prints it: one line of visible characters."""
-    text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    """A name as dfdetect writes and prints it: one line of visible characters, one per name."""
+    text = text.replace("\\", "\\\\").encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
     return _CONTROL.sub(_escape, text)
 
 

@@ -54,3 +54,22 @@ def train_tiny(store: str, out, epochs: int = 2, seed: int = 0, ood: bool = True
                          lr=1e-3, seed=seed)
     train(config, out)
     return out
+
+
+@pytest.fixture(scope="session")
+def run_dir(mel_store, tmp_path_factory):
+    """A one-epoch Mel-CNN run on `mel_store`, shared by the tests that score with a real run."""
+    return train_tiny(mel_store, tmp_path_factory.mktemp("run") / "run", epochs=1, ood=False)
+
+
+def one_line(result, *fragments):
+    """A CLI result that is a usage error: exit 2, one line (no traceback), holding every fragment
+    (the output's line breaks are rich's wrapping)."""
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output, result.output
+    text = " ".join(result.output.split())
+    assert text.count("error: ") == 1, result.output
+    message = text[text.index("error: "):]      # what came before is progress or a dataset note
+    for fragment in fragments:
+        assert fragment in message, result.output
+    return message

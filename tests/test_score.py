@@ -36,7 +36,6 @@ from dfdetect.score.stream import AudioStream, sliding_windows
 from dfdetect.train.data import FeatureLoader, open_set
 from dfdetect.train.trainer import TrainConfig, predict, train
 
-from conftest import train_tiny
 
 runner = CliRunner()
 
@@ -44,11 +43,6 @@ runner = CliRunner()
 def speech(seconds: float, rate: int = 16000, seed: int = 0) -> np.ndarray:
     x = synthesize("real", np.random.default_rng(seed), seconds)
     return soxr.resample(x, 16000, rate).astype(np.float32) if rate != 16000 else x
-
-
-@pytest.fixture(scope="module")
-def run_dir(mel_store, tmp_path_factory):
-    return train_tiny(mel_store, tmp_path_factory.mktemp("run") / "run", epochs=1, ood=False)
 
 
 # name -> expected (status, error_kind); "ok" rows have no kind

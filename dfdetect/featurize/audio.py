@@ -41,6 +41,8 @@ SOUNDFILE_CONTAINERS = {"wav", "flac", "ogg", "mp3", "aiff", "caf"}  # read by l
 # header outside them is forged or corrupt, and resampling 1 Hz to 16 kHz makes 16,000 samples of
 # every one (a 6 KB file would be 50 minutes, gigabytes).
 MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 1000, 768_000
+TRUNCATED_FRACTION = 0.99  # decoded below this share of the length the header declares: truncated
+HEADER_BYTES = 1 << 16     # how much of a file header_frames reads (chunks before the audio included)
 
 
 class AudioError(DfdetectError):
@@ -80,6 +82,60 @@ def check_sample_rate(rate: int, where: str) -> None:
                          f"{MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz); the header is corrupt or forged")
 
 
+def header_frames(head: bytes) -> int | None:
+    """The number of frames a WAV (RIFF/RF64/BW64) or AIFF header declares, read from the file's
+    first bytes; None when it declares none that can be trusted (a streamed WAV's 0 or 0xFFFFFFFF,
+    a compressed WAV format, a header cut off). libsndfile reports the frames actually present, so
+    a cut-off download would otherwise read as a shorter, complete clip."""
+    if head[:4] in (b"RIFF", b"RF64", b"BW64") and head[8:12] == b"WAVE":
+        return _wav_frames(head)
+    if head[:4] == b"FORM" and head[8:12] in (b"AIFF", b"AIFC"):
+        return _aiff_frames(head)
+    return None
+
+
+def _chunks(head: bytes, byteorder: str):
+    """(id, offset of the body, declared body size) of the chunks after a RIFF/FORM header."""
+    pos = 12
+    while pos + 8 <= len(head):
+        size = int.from_bytes(head[pos + 4:pos + 8], byteorder)
+        yield head[pos:pos + 4], pos + 8, size
+        pos += 8 + size + (size & 1)
+
+
+def _wav_frames(head: bytes) -> int | None:
+    block_align, pcm, data_size = None, False, None
+    for chunk, body, size in _chunks(head, "little"):
+        if chunk == b"ds64" and len(head) >= body + 16:     # RF64: the real sizes are 64-bit, here
+            data_size = int.from_bytes(head[body + 8:body + 16], "little")
+        elif chunk == b"fmt " and len(head) >= body + 14:
+            fmt_tag = int.from_bytes(head[body:body + 2], "little")
+            block_align = int.from_bytes(head[body + 12:body + 14], "little")
+            pcm = fmt_tag in (1, 3, 6, 7, 0xFFFE)     # PCM, float, A-law, mu-law, extensible: a frame per block
+        elif chunk == b"data":
+            if size not in (0, 0xFFFFFFFF):
+                data_size = size
+            break
+    # compressed formats' frame counts (the fact chunk) are written inconsistently by encoders
+    if not pcm or not block_align or not data_size:
+        return None
+    return data_size // block_align
+
+
+def _aiff_frames(head: bytes) -> int | None:
+    for chunk, body, size in _chunks(head, "big"):
+        if chunk == b"COMM" and len(head) >= body + 6:
+            return int.from_bytes(head[body + 2:body + 6], "big") or None
+    return None
+
+
+def check_complete(frames: int, declared: int | None, sample_rate: int, where: str) -> None:
+    """AudioError "truncated" when fewer frames were decoded than the header declares."""
+    if declared and frames < TRUNCATED_FRACTION * declared:
+        raise AudioError(where, "truncated", f"truncated: the header declares {declared / sample_rate:.2f} s, "
+                         f"only {frames / sample_rate:.2f} s could be decoded (a cut-off download or copy?)")
+
+
 def sniff_container(head: bytes) -> str | None:
     """Name the container from the first bytes of a file, or None when it is not one we know."""
     if head[:4] in (b"RIFF", b"RF64", b"BW64") and head[8:12] == b"WAVE":
@@ -115,6 +171,7 @@ def describe(source: Source, name: str | None = None) -> str:
     return str(source)
 
 
+NUL_IN_PATH = "the path holds a NUL byte, which no file name can; fix the list or manifest it came from"
 SPECIAL_FILE = "not a regular file (FIFO, socket or device): not read"
 
 
@@ -132,6 +189,8 @@ def _read_source(source: Source, where: str) -> bytes:
         return bytes(source)
     if hasattr(source, "read"):
         return source.read()
+    if "\x00" in os.fspath(source):   # the OS refuses such a name: this clip's error, not its block's
+        raise AudioError(where, "bad_path", NUL_IN_PATH)
     path = Path(source)
     if path.is_dir():
         raise AudioError(where, "is_directory", "is a directory, expected an audio file")
@@ -160,7 +219,9 @@ def decode(source: Source, name: str | None = None) -> Audio:
         except (sf.LibsndfileError, RuntimeError, ValueError):
             pass   # what libsndfile cannot open, FFmpeg may read (below)
         try:
-            return _decode_soundfile(data, container)
+            audio = _decode_soundfile(data, container)
+            check_complete(audio.frames, header_frames(data[:HEADER_BYTES]), audio.sample_rate, where)
+            return audio
         except sf.LibsndfileError as e:
             errors.append(f"libsndfile: {e.error_string}")
         except (RuntimeError, ValueError) as e:

@@ -52,7 +52,8 @@ from dfdetect.store.schema import (
     version_config,
     wavlm_precision_of,
 )
-from dfdetect.store.writer import StoreLock, create_version, mark_complete, pending_blocks, write_block
+from dfdetect.store.writer import (MAX_BLOCK_SIZE, StoreLock, check_writable, create_version, mark_complete,
+                                   pending_blocks, write_block)
 
 FEATURES = tuple(FEATURE_ARRAYS)   # mel, lfcc, wave, wavlm
 
@@ -314,8 +315,8 @@ def featurize(dataset: str, root: str | Path, out: str, features=("mel", "lfcc")
         raise StoreError(f"unknown feature(s) {', '.join(unknown) or '(none given)'}; "
                          f"--features takes a comma-separated subset of {','.join(FEATURES)}")
     features = tuple(f for f in FEATURES if f in features)
-    if block_size <= 0:
-        raise StoreError("--block-size must be positive")
+    check_range("--block-size", block_size, 1, MAX_BLOCK_SIZE)
+    check_writable(out)
     index = prepare(dataset, root)
     if not index.clips:
         raise StoreError(f"{dataset} at {root}: no clips found; check it with `dfdetect datasets show {dataset} --root {root}`")

@@ -44,6 +44,7 @@ moved into place when the run ends (also when it is interrupted).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -58,7 +59,8 @@ import torch
 
 from dfdetect import __version__
 from dfdetect.devices import autocast, resolve_device, run_precision
-from dfdetect.errors import ConfigError, check_range
+from dfdetect.errors import ConfigError, check_output, check_range
+from dfdetect.locks import ExclusiveLock
 from dfdetect.featurize.frontend import FRONTEND_FEATURES
 from dfdetect.featurize.pipeline import dask_client
 from dfdetect.featurize.wavlm import load_wavlm
@@ -212,8 +214,9 @@ def score(model: str | Path, paths: list[str], out: str | Path, options: ScoreOp
             check_range(f"--{name.replace('_', '-')}", getattr(options, name), low, low_open=low == 0)
     if options.workers is not None:
         check_range("--workers", options.workers, 0)
-    for path in (out, windows_out):
+    for option, path in (("--out", out), ("--windows", windows_out)):
         if path is not None:
+            check_output(option, path)
             output_format(path)
     if windows_out is not None and windows_out.absolute() == out.absolute():
         raise ScoreError(f"--windows {windows_out} is the --out table too; give the window table its own file")
@@ -236,13 +239,26 @@ def score(model: str | Path, paths: list[str], out: str | Path, options: ScoreOp
     items = expand([str(p) for p in paths], stdin)
     scorer = Scorer(run, options.device)
 
+    with contextlib.ExitStack() as held:   # one writer per table, as featurize per store
+        for option, path in (("--out", out), ("--windows", windows_out)):
+            if path is not None:
+                held.enter_context(ExclusiveLock(str(path), lambda holder, o=option, p=path: ScoreError(
+                    f"another score is writing {p} ({holder}); wait for it to finish, or give a different {o}")))
+        return _score_into(out, windows_out, resume, run, scorer, items, config, options, metadata, constants,
+                           aggregate_name, console, store)
+
+
+def _score_into(out: Path, windows_out: Path | None, resume: bool, run, scorer: Scorer, items: list[Item],
+                config: WindowConfig, options: ScoreOptions, metadata: dict, constants: dict, aggregate_name: str,
+                console, store) -> ScoreSummary:
+    """The rows of `items` into `out` (held by this process), after those already there on --resume."""
     before, complete = previous_rows(out, resume)
     other = {(r.get("run_id"), r.get("aggregate")) for r in before if r.get("status") == OK}
     if other - {(run.run_id, aggregate_name)}:
         raise ScoreError(f"{out} holds scores of {sorted(other)} (run id, aggregate); --resume needs the same "
                          f"--model/--epoch/--aggregate ({run.run_id}, {aggregate_name}) or a new --out")
     done = {(r["path"], r["member"]) for r in before}
-    windows_before, windows_complete = previous_rows(windows_out, resume) if windows_out else ([], True)
+    windows_before, windows_complete = previous_rows(windows_out, resume, WINDOW_COLUMNS, "--windows") if windows_out else ([], True)
     # window rows of a file whose row is missing (interrupted between the two writes) go; it is rescored
     windows_kept = [r for r in windows_before if (r["path"], r["member"]) in done]
     summary = ScoreSummary(str(out), run.run_id, resumed=len(before),

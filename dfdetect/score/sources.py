@@ -44,7 +44,7 @@ from pathlib import Path, PurePosixPath
 from typing import BinaryIO, Iterator
 
 from dfdetect.errors import DfdetectError
-from dfdetect.featurize.audio import SPECIAL_FILE, AudioError, is_special
+from dfdetect.featurize.audio import NUL_IN_PATH, SPECIAL_FILE, AudioError, is_special
 from dfdetect.names import printable
 
 OK, ERROR, SKIPPED = "ok", "error", "skipped"
@@ -138,7 +138,10 @@ def _list_entries(f, name: str, base: Path, suffix: str) -> list[tuple[str, str]
 
 
 def _expand_one(path: str, listed_in: str | None) -> Iterator[Item]:
-    if not os.path.lexists(path) or (os.path.islink(path) and not os.path.exists(path)):
+    if "\x00" in path:
+        yield Item(path, status=ERROR, error_kind="bad_path", error=f"{path}: {NUL_IN_PATH}"
+                   + (f" ({listed_in})" if listed_in else ""))
+    elif not os.path.lexists(path) or (os.path.islink(path) and not os.path.exists(path)):
         yield Item(path, status=ERROR, error_kind="not_found",
                    error=f"{path}: file not found" + (f" (listed in {listed_in})" if listed_in else ""))
     elif os.path.isdir(path):
@@ -162,23 +165,37 @@ def _file(path: str) -> Iterator[Item]:
 
 
 def _walk(folder: str) -> Iterator[Item]:
-    unlistable: list[OSError] = []   # os.walk skips folders it cannot list; they become rows
-    for root, dirs, files in os.walk(folder, onerror=unlistable.append, followlinks=False):
-        yield from _unlistable(unlistable)
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for d in [d for d in dirs if os.path.islink(os.path.join(root, d))]:
-            yield Item(os.path.join(root, d), status=SKIPPED, error_kind="link",
-                       error=f"{os.path.join(root, d)}: symbolic link to a folder: not followed")
-        for name in sorted(f for f in files if not f.startswith(".")):
-            yield from _expand_one(os.path.join(root, name), None)
-    yield from _unlistable(unlistable)
+    """Files under `folder`, depth first in sorted order, as os.walk would give them, but with a
+    stack of its own: os.walk recurses, and a tree 1,000 folders deep is a RecursionError."""
+    stack = [folder]
+    while stack:
+        root = stack.pop()
+        try:
+            with os.scandir(root) as it:
+                entries = sorted((e for e in it if not e.name.startswith(".")), key=lambda e: e.name)
+        except OSError as e:   # a folder that cannot be listed is a row, the walk goes on
+            yield Item(root, status=ERROR, error_kind="unreadable",
+                       error=f"{root}: cannot list the folder ({e.strerror or e})")
+            continue
+        folders, files = [], []
+        for e in entries:
+            if not _is_folder(e):
+                files.append(e.path)
+            elif e.is_symlink():
+                yield Item(e.path, status=SKIPPED, error_kind="link",
+                           error=f"{e.path}: symbolic link to a folder: not followed")
+            else:
+                folders.append(e.path)
+        for path in files:
+            yield from _expand_one(path, None)
+        stack.extend(reversed(folders))
 
 
-def _unlistable(errors: list[OSError]) -> Iterator[Item]:
-    while errors:
-        e = errors.pop(0)
-        yield Item(str(e.filename), status=ERROR, error_kind="unreadable",
-                   error=f"{e.filename}: cannot list the folder ({e.strerror})")
+def _is_folder(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
 
 
 # -- archives ----------------------------------------------------------------------------------

@@ -20,11 +20,11 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from dfdetect.featurize.audio import SOUNDFILE_CONTAINERS, AudioError, check_sample_rate, container_of
+from dfdetect.featurize.audio import (HEADER_BYTES, SOUNDFILE_CONTAINERS, AudioError, check_complete,
+                                      check_sample_rate, container_of, header_frames)
 from dfdetect.featurize.frontend import FrontendConfig
 
 BLOCK_FRAMES = 1 << 16   # source frames per block: ~1.4 s at 48 kHz, 64 channels would be 16 MiB
-TRUNCATED_FRACTION = 0.99  # decoded below this share of the declared length: a truncated file
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ class AudioStream:
                  max_seconds: float | None = None, block_frames: int = BLOCK_FRAMES):
         self.where, self.config, self.max_seconds, self.block_frames = where, config, max_seconds, block_frames
         self.frames = 0  # source frames decoded so far
-        head = source.read(16)
+        head = source.read(HEADER_BYTES)
         source.seek(0)
         if not head:
             raise AudioError(where, "empty", "empty file (0 bytes)")
@@ -54,7 +54,7 @@ class AudioStream:
         self._reader = None
         if container in SOUNDFILE_CONTAINERS:
             try:
-                self._reader = _SoundfileReader(source, container)
+                self._reader = _SoundfileReader(source, container, header_frames(head))
             except (sf.LibsndfileError, RuntimeError, ValueError):
                 source.seek(0)  # as in decode(): what libsndfile refuses, FFmpeg may read
         if self._reader is None:
@@ -104,9 +104,7 @@ class AudioStream:
         declared, seconds = self.info.declared_frames, self.seconds
         if self.frames == 0:
             raise AudioError(self.where, "too_short", "no audio samples (zero-length clip)")
-        if declared and self.frames < TRUNCATED_FRACTION * declared:
-            raise AudioError(self.where, "truncated", f"truncated: the header declares "
-                             f"{declared / self.info.sample_rate:.2f} s, only {seconds:.2f} s could be decoded")
+        check_complete(self.frames, declared, self.info.sample_rate, self.where)
         if seconds < self.config.min_seconds:
             raise AudioError(self.where, "too_short", f"too short: {self.frames} samples ({seconds * 1000:.1f} ms "
                              f"at {self.info.sample_rate} Hz); at least {self.config.min_seconds * 1000:.0f} ms "
@@ -119,12 +117,13 @@ class AudioStream:
 
 
 class _SoundfileReader:
-    def __init__(self, source: BinaryIO, container: str):
+    def __init__(self, source: BinaryIO, container: str, header: int | None):
         self._file = sf.SoundFile(source)
         f = self._file
-        # MP3 lengths are estimated from the file size unless a Xing/Info header gives them exactly;
-        # the estimate is still a fair check, as truncation usually removes far more than 1%.
-        self.info = StreamInfo(f.samplerate, f.channels, container, f.frames if f.frames > 0 else None)
+        # libsndfile counts the WAV/AIFF frames present, so the header's own count (`header`) is the
+        # declared length. MP3 lengths are estimated from the file size unless a Xing/Info header
+        # gives them exactly; the estimate is still a fair check, as truncation removes far more than 1%.
+        self.info = StreamInfo(f.samplerate, f.channels, container, header or (f.frames if f.frames > 0 else None))
 
     def blocks(self, frames: int, stream: AudioStream) -> Iterator[np.ndarray]:
         with self._file as f:

@@ -4,6 +4,7 @@ formula are neutralised (names.csv_cell) and read back as they were."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -32,23 +33,56 @@ def output_format(path: Path) -> str:
     return fmt
 
 
-def previous_rows(path: Path, resume: bool) -> tuple[list[dict], bool]:
+def previous_rows(path: Path, resume: bool, columns: dict = COLUMNS, option: str = "--out") -> tuple[list[dict], bool]:
     """(rows, complete) already in an output; complete is False when its last line was cut off by
-    an interrupted write (that line is left out). An existing output is only continued on --resume."""
+    an interrupted write (that line is left out). An existing output is only continued on --resume,
+    and only when it is a table of these `columns` (one score wrote)."""
     if not path.exists():
         return [], True
     if not resume:
         raise ScoreError(f"{path} exists; pass --resume to continue it, or remove it")
+    not_ours = (f"{path} is not a table dfdetect score wrote, so --resume cannot continue it; "
+                f"give a new {option} (or remove this file)")
     if output_format(path) == "parquet":
         import pyarrow.parquet as pq
 
-        return pq.read_table(path).to_pylist(), True
-    text = path.read_text(encoding="utf-8")
+        try:
+            table = pq.read_table(path)
+        except Exception as e:   # pyarrow raises several types for a file that is not Parquet
+            raise ScoreError(f"{not_ours} ({e})") from None
+        _check_columns(table.column_names, columns, not_ours)
+        return table.to_pylist(), True
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (UnicodeDecodeError, OSError) as e:
+        raise ScoreError(f"{not_ours} ({e})") from None
     complete = text == "" or text.endswith("\n")
     lines = io.StringIO(text, newline="\n").readlines()[:None if complete else -1]  # only \n ends a row
+    if not lines:
+        return [], complete
     if output_format(path) == "csv":
-        return [{k: csv_value(v) for k, v in row.items()} for row in csv.DictReader(lines)], complete
-    return [json.loads(line) for line in lines if line.strip()], complete
+        reader = csv.DictReader(lines)
+        _check_columns(reader.fieldnames or [], columns, not_ours)
+        return [{k: csv_value(v) for k, v in row.items()} for row in reader], complete
+    rows = []
+    for number, line in enumerate(lines, 1):
+        if line.strip():
+            try:
+                row = json.loads(line)
+            except ValueError:
+                raise ScoreError(f"{not_ours} (line {number} is not JSON)") from None
+            if not isinstance(row, dict):
+                raise ScoreError(f"{not_ours} (line {number} is not a JSON object)")
+            _check_columns(list(row), columns, not_ours)
+            rows.append(row)
+    return rows, complete
+
+
+def _check_columns(found: list[str], columns: dict, not_ours: str) -> None:
+    missing = [c for c in columns if c not in found]
+    if missing:
+        shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
+        raise ScoreError(f"{not_ours} (it lacks the columns {shown})")
 
 
 class TableWriter:
@@ -59,6 +93,20 @@ class TableWriter:
 
     def __init__(self, path: Path, columns: dict, metadata: dict, rows: list[dict] = (), rewrite: bool = False):
         self.path, self.columns, self.fmt = Path(path), columns, output_format(Path(path))
+        with self._writing():
+            self._start(metadata, rows, rewrite)
+
+    @contextlib.contextmanager
+    def _writing(self):
+        """A failed write (a full disk, a folder gone) is one line: what was written stays, --resume goes on."""
+        try:
+            yield
+        except OSError as e:
+            raise ScoreError(f"cannot write {self.path}: {e.strerror or e}; the rows written before are kept: "
+                             "make room (or fix the folder) and rerun the same command with --resume") from None
+
+    def _start(self, metadata: dict, rows: list[dict], rewrite: bool) -> None:
+        columns = self.columns
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._partial = self.path.with_name(self.path.name + ".partial")
         if self.fmt == "parquet":
@@ -71,24 +119,28 @@ class TableWriter:
             self._writer = pq.ParquetWriter(self._partial, self._schema)
             self._buffer: list[dict] = []
             for row in rows:
-                self.write(row)
+                self._write(row)
             return
         if rewrite:
             self._open(self._partial, "w")
             for row in rows:
-                self.write(row)
+                self._write(row)
             self._file.close()
             os.replace(self._partial, self.path)
         self._open(self.path, "a")
 
     def _open(self, path: Path, mode: str) -> None:
-        new = mode == "w" or not path.exists()
+        new = mode == "w" or not path.exists() or path.stat().st_size == 0
         self._file = open(path, mode, newline="", encoding="utf-8")
         self._csv = csv.DictWriter(self._file, list(self.columns)) if self.fmt == "csv" else None
         if new and self._csv:
             self._csv.writeheader()
 
     def write(self, row: dict) -> None:
+        with self._writing():
+            self._write(row)
+
+    def _write(self, row: dict) -> None:
         if self.fmt == "parquet":
             self._buffer.append(row)
             if len(self._buffer) >= 10_000:
@@ -108,9 +160,10 @@ class TableWriter:
             self._buffer = []
 
     def close(self) -> None:
-        if self.fmt == "parquet":
-            self._flush()
-            self._writer.close()
-            os.replace(self._partial, self.path)
-        else:
-            self._file.close()
+        with self._writing():
+            if self.fmt == "parquet":
+                self._flush()
+                self._writer.close()
+                os.replace(self._partial, self.path)
+            else:
+                self._file.close()

@@ -7,9 +7,7 @@ its own shard-aligned row range, and mark the block done last.
 from __future__ import annotations
 
 import datetime as _dt
-import fcntl
 import os
-import socket
 from math import gcd
 
 import numpy as np
@@ -17,6 +15,8 @@ import zarr
 
 from dfdetect import __version__
 from dfdetect.datasets import Clip
+from dfdetect.errors import check_output
+from dfdetect.locks import ExclusiveLock
 from dfdetect.store.schema import (
     CLIP_COLUMNS,
     OUTCOME_COLUMNS,
@@ -37,41 +37,30 @@ def clip_table_hash(clips: list[Clip]) -> str:
     return content_hash([[c.clip_id, c.path, c.label, c.split] for c in clips])
 
 
-class StoreLock:
-    """An exclusive lock beside a local store (`NAME.zarr.lock`), held while featurize writes.
+def StoreLock(store_path: str) -> ExclusiveLock:
+    """The lock featurize holds on a local store while it writes (`NAME.zarr.lock`)."""
+    return ExclusiveLock(store_path, lambda holder: StoreError(
+        f"another featurize is writing {store_path} ({holder}); wait for it to finish, "
+        "or write to a different --out"))
 
-    flock is released by the kernel when the process dies (Ctrl-C, kill -9), so a crashed run never
-    leaves a stale lock behind. Stores on object storage (s3://, gs://) are not locked."""
 
-    def __init__(self, store_path: str):
-        # Keyed on the real path: the same store through a symlink (or `a/../a.zarr`) is one lock.
-        self.store = store_path
-        self.path = None if "://" in store_path else os.path.realpath(store_path.rstrip("/")) + ".lock"
-        self._fd: int | None = None
+MAX_BLOCK_SIZE = 4096   # clips per block: a worker holds a block's features (WavLM: ~0.9 MB a clip)
 
-    def __enter__(self) -> "StoreLock":
-        if self.path is None:
-            return self
-        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 512, 0).decode(errors="replace").strip() or "another process"
-            os.close(fd)
-            raise StoreError(
-                f"another featurize is writing {self.store} ({holder}); wait for it to finish, "
-                "or write to a different --out") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since "
-                      f"{_dt.datetime.now().isoformat(timespec='seconds')}".encode(), 0)
-        self._fd = fd
-        return self
 
-    def __exit__(self, *exc) -> None:
-        if self._fd is not None:
-            os.close(self._fd)  # releases the flock; the file stays, empty of meaning
-            self._fd = None
+def check_writable(path: str) -> None:
+    """Before any work, that a store can be written at `path`: a local folder (or nothing yet), or
+    a URL whose filesystem package (s3fs, gcsfs...) is installed. One line naming --out if not."""
+    if "://" not in path:
+        check_output("--out", path, folder=True)
+        return
+    import fsspec
+
+    protocol = path.split("://", 1)[0]
+    try:
+        fsspec.get_filesystem_class(protocol)
+    except (ImportError, ValueError) as e:
+        raise StoreError(f"--out {path}: {protocol}:// cannot be written here ({e}); install its fsspec "
+                         "package (s3fs for s3://, gcsfs for gs://) or write to a local folder") from None
 
 
 def create_version(path: str, version: str, config: dict, clips: list[Clip], shapes: dict,
@@ -81,7 +70,17 @@ def create_version(path: str, version: str, config: dict, clips: list[Clip], sha
     `shapes` maps feature name -> per-clip shape. Reopening checks that the rows and the block
     size are the ones the version was started with, so a resumed run cannot mix two datasets. The
     version's attributes are its commit point: a version without them was cut off while being
-    created, and is created again."""
+    created (killed, a full disk), and is created again."""
+    try:
+        return _create_version(path, version, config, clips, shapes, block_size, dataset, dataset_root)
+    except OSError as e:
+        raise StoreError(f"cannot create {path}@{version}: {e.strerror or e}; make room (or fix the folder) "
+                         "and rerun the same command: the version is created again, other versions are "
+                         "untouched") from None
+
+
+def _create_version(path: str, version: str, config: dict, clips: list[Clip], shapes: dict,
+                    block_size: int, dataset: str, dataset_root: str) -> zarr.Group:
     with reading_metadata(path):
         root = zarr.open_group(path, mode="a")
         if "dfdetect_store" not in root.attrs:
