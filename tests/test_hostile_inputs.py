@@ -54,14 +54,15 @@ def write_zip(path, members) -> None:
         f.write(struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, len(central), len(central), f.tell() - start, start, 0))
 
 
-# The CLI under a wrapper that writes its own peak RSS when it ends (RUSAGE_SELF, and its children's):
+# The CLI under a wrapper that writes its own peak RSS when it ends (VmHWM, and its children's):
 # the test process's RUSAGE_CHILDREN would be the largest of every subprocess the suite ran before.
 _MEASURED = """import os, resource, runpy, sys
 sys.argv[0] = "dfdetect"
 try:
     runpy.run_module("dfdetect.cli", run_name="__main__")
-finally:
-    peak = max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+finally:   # VmHWM: this process's own peak (ru_maxrss survives exec: it would be the test runner's)
+    own = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM"))
+    peak = max(own, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
     open(os.environ["DFDETECT_TEST_PEAK"], "w").write(str(peak))
 """
 

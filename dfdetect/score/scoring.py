@@ -243,7 +243,8 @@ def score(model: str | Path, paths: list[str], out: str | Path, options: ScoreOp
         for option, path in (("--out", out), ("--windows", windows_out)):
             if path is not None:
                 held.enter_context(ExclusiveLock(str(path), lambda holder, o=option, p=path: ScoreError(
-                    f"another score is writing {p} ({holder}); wait for it to finish, or give a different {o}")))
+                    f"another score is writing {p} ({holder}); wait for it to finish, or give a different {o}"),
+                    remove=True))
         return _score_into(out, windows_out, resume, run, scorer, items, config, options, metadata, constants,
                            aggregate_name, console, store)
 
