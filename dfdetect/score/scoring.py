@@ -60,10 +60,10 @@ import torch
 from dfdetect import __version__
 from dfdetect.devices import autocast, resolve_device, run_precision
 from dfdetect.errors import ConfigError, check_output, check_range
-from dfdetect.locks import ExclusiveLock
 from dfdetect.featurize.frontend import FRONTEND_FEATURES
 from dfdetect.featurize.pipeline import dask_client
 from dfdetect.featurize.wavlm import load_wavlm
+from dfdetect.locks import ExclusiveLock
 from dfdetect.models.runs import load_run
 from dfdetect.names import printable
 from dfdetect.score.from_store import open_feature_store, store_matches, store_pieces
@@ -245,36 +245,29 @@ def score(model: str | Path, paths: list[str], out: str | Path, options: ScoreOp
                 held.enter_context(ExclusiveLock(str(path), lambda holder, o=option, p=path: ScoreError(
                     f"another score is writing {p} ({holder}); wait for it to finish, or give a different {o}"),
                     remove=True))
-        return _score_into(out, windows_out, resume, run, scorer, items, config, options, metadata, constants,
-                           aggregate_name, console, store)
-
-
-def _score_into(out: Path, windows_out: Path | None, resume: bool, run, scorer: Scorer, items: list[Item],
-                config: WindowConfig, options: ScoreOptions, metadata: dict, constants: dict, aggregate_name: str,
-                console, store) -> ScoreSummary:
-    """The rows of `items` into `out` (held by this process), after those already there on --resume."""
-    before, complete = previous_rows(out, resume)
-    other = {(r.get("run_id"), r.get("aggregate")) for r in before if r.get("status") == OK}
-    if other - {(run.run_id, aggregate_name)}:
-        raise ScoreError(f"{out} holds scores of {sorted(other)} (run id, aggregate); --resume needs the same "
-                         f"--model/--epoch/--aggregate ({run.run_id}, {aggregate_name}) or a new --out")
-    done = {(r["path"], r["member"]) for r in before}
-    windows_before, windows_complete = previous_rows(windows_out, resume, WINDOW_COLUMNS, "--windows") if windows_out else ([], True)
-    # window rows of a file whose row is missing (interrupted between the two writes) go; it is rescored
-    windows_kept = [r for r in windows_before if (r["path"], r["member"]) in done]
-    summary = ScoreSummary(str(out), run.run_id, resumed=len(before),
-                           not_ok_before=sum(r.get("status") != OK for r in before))
-    results = _Results(items, options, constants, summary)
-    results.rows = TableWriter(out, COLUMNS, metadata, before, rewrite=not complete)
-    try:
-        if windows_out is not None:
-            results.window_rows = TableWriter(windows_out, WINDOW_COLUMNS, metadata, windows_kept,
-                                              rewrite=not windows_complete or len(windows_kept) < len(windows_before))
-        _score_items(scorer, items, done, config, options, results, console, store)
-    finally:
-        results.close()
-    summary.rows = summary.resumed + summary.scored + summary.failed + summary.skipped
-    return summary
+        before, complete = previous_rows(out, resume)
+        other = {(r.get("run_id"), r.get("aggregate")) for r in before if r.get("status") == OK}
+        if other - {(run.run_id, aggregate_name)}:
+            raise ScoreError(f"{out} holds scores of {sorted(other)} (run id, aggregate); --resume needs the same "
+                             f"--model/--epoch/--aggregate ({run.run_id}, {aggregate_name}) or a new --out")
+        done = {(r["path"], r["member"]) for r in before}
+        windows_before, windows_complete = (previous_rows(windows_out, resume, WINDOW_COLUMNS, "--windows")
+                                            if windows_out else ([], True))
+        # window rows of a file whose row is missing (interrupted between the two writes) go; it is rescored
+        windows_kept = [r for r in windows_before if (r["path"], r["member"]) in done]
+        summary = ScoreSummary(str(out), run.run_id, resumed=len(before),
+                               not_ok_before=sum(r.get("status") != OK for r in before))
+        results = _Results(items, options, constants, summary)
+        results.rows = TableWriter(out, COLUMNS, metadata, before, rewrite=not complete)
+        try:
+            if windows_out is not None:
+                rewrite = not windows_complete or len(windows_kept) < len(windows_before)
+                results.window_rows = TableWriter(windows_out, WINDOW_COLUMNS, metadata, windows_kept, rewrite)
+            _score_items(scorer, items, done, config, options, results, console, store)
+        finally:
+            results.close()
+        summary.rows = summary.resumed + summary.scored + summary.failed + summary.skipped
+        return summary
 
 
 class _Results:

@@ -6,6 +6,7 @@ its own shard-aligned row range, and mark the block done last.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import os
 from math import gcd
@@ -71,62 +72,65 @@ def create_version(path: str, version: str, config: dict, clips: list[Clip], sha
     size are the ones the version was started with, so a resumed run cannot mix two datasets. The
     version's attributes are its commit point: a version without them was cut off while being
     created (killed, a full disk), and is created again."""
+    with _creating(path, version):
+        with reading_metadata(path):
+            root = zarr.open_group(path, mode="a")
+            if "dfdetect_store" not in root.attrs:
+                root.attrs.update({"dfdetect_store": STORE_FORMAT, "dataset": dataset,
+                                   "dataset_root": dataset_root})
+            if version in root and "clip_table_hash" not in root[version].attrs:
+                # Its creation was cut off (killed, disk full): the attributes are written last, so
+                # this holds no finished block. Created again; the store's other versions are untouched.
+                del root[version]
+            existing = root[version] if version in root else None
+        table_hash = clip_table_hash(clips)
+        if existing is not None:
+            group = existing
+            attrs = group.attrs
+            if attrs.get("clip_table_hash") != table_hash:
+                raise StoreError(
+                    f"{path}@{version} was started on a different clip list ({attrs.get('n_clips')} clips "
+                    f"then, {len(clips)} now): the dataset changed. Write to a new --out, or delete "
+                    f"{path} to start over")
+            _remove_partial_writes(path)
+            return group
+
+        n = len(clips)
+        group = root.create_group(version)
+        for name, shape in shapes.items():
+            rows = gcd(CHUNK_ROWS[name], block_size)
+            group.create_array(
+                name, shape=(n, *shape), dtype="float16", fill_value=np.nan,
+                chunks=(rows, *shape) if name != "wavlm" else (rows, 1, *shape[1:]),
+                shards=(block_size, *shape), compressors=compressors(),
+            )
+        meta = group.create_group("meta")
+        columns = {k: np.array([getattr(c, k) for c in clips]) for k in CLIP_COLUMNS}
+        columns["label"] = columns["label"].astype(np.int8)
+        for name, values in columns.items():
+            _meta_array(meta, name, values.dtype if values.dtype.kind != "U" else str, n, block_size)[:] = values
+        for name, dtype in OUTCOME_COLUMNS.items():
+            _meta_array(meta, name, dtype, n, block_size)
+        n_blocks = -(-n // block_size)
+        group.create_array("block_done", shape=(n_blocks,), dtype="int8", chunks=(1,), fill_value=0,
+                           compressors=meta_compressors())
+        group.attrs.update({   # last, in one write (zarr renames it into place): the version now exists
+            "config": config, "config_hash": version, "clip_table_hash": table_hash, "n_clips": n,
+            "block_size": block_size, "complete": False, "dfdetect_version": __version__,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        })
+        return group
+
+
+@contextlib.contextmanager
+def _creating(path: str, version: str):
+    """A full disk (any OSError) while a version is created is one line; the rerun creates it again."""
     try:
-        return _create_version(path, version, config, clips, shapes, block_size, dataset, dataset_root)
+        yield
     except OSError as e:
         raise StoreError(f"cannot create {path}@{version}: {e.strerror or e}; make room (or fix the folder) "
                          "and rerun the same command: the version is created again, other versions are "
                          "untouched") from None
-
-
-def _create_version(path: str, version: str, config: dict, clips: list[Clip], shapes: dict,
-                    block_size: int, dataset: str, dataset_root: str) -> zarr.Group:
-    with reading_metadata(path):
-        root = zarr.open_group(path, mode="a")
-        if "dfdetect_store" not in root.attrs:
-            root.attrs.update({"dfdetect_store": STORE_FORMAT, "dataset": dataset, "dataset_root": dataset_root})
-        if version in root and "clip_table_hash" not in root[version].attrs:
-            # Its creation was cut off (killed, disk full): the attributes are written last, so
-            # this holds no finished block. Created again; the store's other versions are untouched.
-            del root[version]
-        existing = root[version] if version in root else None
-    table_hash = clip_table_hash(clips)
-    if existing is not None:
-        group = existing
-        attrs = group.attrs
-        if attrs.get("clip_table_hash") != table_hash:
-            raise StoreError(
-                f"{path}@{version} was started on a different clip list ({attrs.get('n_clips')} clips "
-                f"then, {len(clips)} now): the dataset changed. Write to a new --out, or delete "
-                f"{path} to start over")
-        _remove_partial_writes(path)
-        return group
-
-    n = len(clips)
-    group = root.create_group(version)
-    for name, shape in shapes.items():
-        rows = gcd(CHUNK_ROWS[name], block_size)
-        group.create_array(
-            name, shape=(n, *shape), dtype="float16", fill_value=np.nan,
-            chunks=(rows, *shape) if name != "wavlm" else (rows, 1, *shape[1:]),
-            shards=(block_size, *shape), compressors=compressors(),
-        )
-    meta = group.create_group("meta")
-    columns = {k: np.array([getattr(c, k) for c in clips]) for k in CLIP_COLUMNS}
-    columns["label"] = columns["label"].astype(np.int8)
-    for name, values in columns.items():
-        _meta_array(meta, name, values.dtype if values.dtype.kind != "U" else str, n, block_size)[:] = values
-    for name, dtype in OUTCOME_COLUMNS.items():
-        _meta_array(meta, name, dtype, n, block_size)
-    n_blocks = -(-n // block_size)
-    group.create_array("block_done", shape=(n_blocks,), dtype="int8", chunks=(1,), fill_value=0,
-                       compressors=meta_compressors())
-    group.attrs.update({   # last, in one write (zarr renames it into place): the version now exists
-        "config": config, "config_hash": version, "clip_table_hash": table_hash, "n_clips": n,
-        "block_size": block_size, "complete": False, "dfdetect_version": __version__,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-    })
-    return group
 
 
 def _remove_partial_writes(path: str) -> None:
