@@ -131,14 +131,15 @@ def test_info_counts_match_the_corpus(built):
     assert arrays["mel"]["shape"] == [26, 2, 128, 301] and arrays["mel"]["shards"] == [BLOCK, 2, 128, 301]
     assert arrays["lfcc"]["shape"] == [26, 60, 301] and arrays["lfcc"]["dtype"] == "float16"
     assert any(c.startswith("crc32c") for c in arrays["mel"]["codecs"])
-    assert any("zstd" in c for c in arrays["mel"]["codecs"])
+    assert not any("blosc" in c or "zstd" in c for c in arrays["mel"]["codecs"])   # raw + CRC32C: fast to read
     for name in ("mel", "lfcc"):
         a = arrays[name]
         assert a["nbytes"] == 26 * np.prod(a["shape"][1:]) * 2
-        assert a["ratio"] == pytest.approx(a["nbytes"] / a["nbytes_stored"]) and a["ratio"] > 1.5
+        # raw chunks: never smaller than the rows (the last chunk is stored padded to its full size)
+        assert a["ratio"] == pytest.approx(a["nbytes"] / a["nbytes_stored"]) and 0 < a["ratio"] <= 1.001
     assert {"meta/clip_id", "meta/status", "meta/error", "block_done"} <= set(arrays)
     assert arrays["block_done"]["shape"] == [4]
-    assert info["ratio"] > 1.5
+    assert 0 < info["ratio"] <= 1.001
     assert info["frontend_hash"] == info["config"]["frontend_hash"] and info["features"] == ["lfcc", "mel"]
     assert info["wavlm"] is None and [v["shown"] for v in info["versions"]] == [True]
 

@@ -19,7 +19,7 @@ from dfdetect.featurize.frontend import FrontendConfig, MelConfig
 from dfdetect.featurize.pipeline import featurize
 from dfdetect.featurize.wavlm import WavLMConfig
 from dfdetect.models.registry import build_model
-from dfdetect.store import StoreError
+from dfdetect.store import FeatureStore, StoreError, open_store
 from dfdetect.train.data import FeatureLoader, open_set
 from dfdetect.train.trainer import TrainConfig, TrainError, open_sets, predict, train
 
@@ -160,15 +160,22 @@ def test_nan_features_are_refused(stores, tmp_path):
         train(TrainConfig(arch="mel_cnn", train=str(store), epochs=1), tmp_path / "run")
 
 
-def test_loader_modes_agree_and_read_only_whole_chunks(stores):
+def test_loader_modes_agree_and_read_only_whole_chunks(stores, monkeypatch):
     data = open_set(f"{stores['full']}:train", "train")
     features = ("mel", "lfcc", "wavlm")
     memory = FeatureLoader(data, features, 8, shuffle=True, seed=3)
     streaming = FeatureLoader(data, features, 8, shuffle=True, seed=3, memory_budget=0, buffer_units=1)
     assert memory.in_memory and not streaming.in_memory
+    # the values a plain zarr read gives, row by row: what every loader must deliver
+    group = zarr.open_group(str(stores["full"]), mode="r", path=data.store.version)
+    expected = {f: group[f][:] for f in features}
     reads = []
-    store_array = data.store.array       # every read goes through FeatureStore.read_rows -> array()
-    object.__setattr__(data.store, "array", lambda name: _Recorder(store_array(name), reads))
+    read_chunk = FeatureStore._read_chunk    # every read goes through FeatureStore.read_rows -> _read_chunk
+
+    def recorded(self, name, start, out):
+        reads.append((self.array(name).chunks[0], self.array(name).shape[0], start, len(out)))
+        return read_chunk(self, name, start, out)
+    monkeypatch.setattr(FeatureStore, "_read_chunk", recorded)
     for loader in (memory, streaming):
         epoch1 = [b["row"] for b in loader.epoch(1)]
         rows = np.concatenate(epoch1)
@@ -176,23 +183,47 @@ def test_loader_modes_agree_and_read_only_whole_chunks(stores):
         again = np.concatenate([b["row"] for b in loader.epoch(1)])
         np.testing.assert_array_equal(rows, again)                    # seeded
         assert not np.array_equal(rows, np.concatenate([b["row"] for b in loader.epoch(2)]))
-        batch = next(iter(loader.epoch(1)))
-        assert batch["mel"].dtype == torch.float16 and batch["wavlm"].shape[1:] == (2, 149, 32)
-        np.testing.assert_array_equal(batch["label"].numpy(), data.store.meta["label"][batch["row"]])
-    assert reads and all(key.start % chunk_rows == 0 and key.stop - key.start == chunk_rows
-                         for chunk_rows, key in reads)  # whole chunks, never single rows
+        for batch in loader.epoch(1):
+            assert batch["mel"].dtype == torch.float16 and batch["wavlm"].shape[1:] == (2, 149, 32)
+            np.testing.assert_array_equal(batch["label"].numpy(), data.store.meta["label"][batch["row"]])
+            for f in features:
+                np.testing.assert_array_equal(batch[f].numpy(), expected[f][batch["row"]])
+    assert reads and all(start % rows == 0 and length == min(rows, n - start)
+                         for rows, n, start, length in reads)  # whole chunks, never single rows
 
 
-class _Recorder:
-    """Wraps a zarr array and records every slice the loader reads."""
+def test_direct_shard_reads_equal_zarr_and_catch_damage(stores, tmp_path):
+    """Raw chunks are read from the shard files by shards.py; the same rows read by zarr are the
+    same arrays, and a flipped byte in a chunk or a cut-off shard is the store's one-line error."""
+    store = tmp_path / "copy.zarr"
+    shutil.copytree(stores["full"], store)
+    direct = open_store(str(store))
+    via_zarr = open_store(str(store))
+    names = ("mel", "lfcc", "wavlm", "wavlm_stats")
+    assert all(direct._direct(n) is not None for n in names)
+    via_zarr._readers.update({n: None for n in names})
+    rows = np.array([0, 3, 4, 5, direct.n_clips - 1, 7, 1])
+    a, b = direct.read_rows(names, rows), via_zarr.read_rows(names, rows)
+    for n in names:
+        np.testing.assert_array_equal(a[n], b[n])
+    # a store written with the codec before (Blosc) is read by zarr: no direct reader for it
+    from zarr.codecs import BloscCodec, Crc32cCodec
 
-    def __init__(self, arr, reads):
-        self.arr, self.reads = arr, reads
-        self.chunks, self.shape, self.dtype = arr.chunks, arr.shape, arr.dtype
+    from dfdetect.store.shards import ShardFiles
+    blosc = zarr.create_array(str(tmp_path / "blosc.zarr"), shape=(8, 4), dtype="float16", chunks=(4, 4),
+                              shards=(8, 4), compressors=[BloscCodec(cname="zstd"), Crc32cCodec()])
+    assert ShardFiles.of(blosc) is None
+    shard = store / direct.version / "wavlm" / "c" / "0" / "0" / "0" / "0"   # rows 0.. of every layer
+    raw = bytearray(shard.read_bytes())
+    raw[100] ^= 0xFF
+    shard.write_bytes(raw)
+    for reader in (open_store(str(store)), via_zarr):
+        with pytest.raises(StoreError, match="array 'wavlm', rows 0-.*cannot be read.*store verify"):
+            reader.read_rows(["wavlm"], [0])
+    shard.write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(StoreError, match="array 'wavlm'.*cannot be read"):
+        open_store(str(store)).read_rows(["wavlm"], [0])
 
-    def __getitem__(self, key):
-        self.reads.append((self.chunks[0], key))
-        return self.arr[key]
 
 
 def test_train_command(stores, tmp_path):

@@ -37,9 +37,10 @@ from functools import cached_property
 
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
+from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from dfdetect.errors import DfdetectError
+from dfdetect.store.shards import ShardFiles
 
 STORE_FORMAT = 1
 VERSION_PREFIX = "v-"
@@ -92,8 +93,10 @@ def _damaged_metadata(path: str) -> str:
 
 
 def compressors():
-    # Blosc-zstd with bit-shuffle packs float16 features well; CRC32C makes corruption an error.
-    return [BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle"), Crc32cCodec()]
+    # Feature chunks are stored raw with a CRC32C (corruption is an error, not garbage): float16
+    # features compress only 1.1-1.25x (Blosc-zstd + bit-shuffle), and decompressing capped a
+    # streaming epoch at ~0.6 GB/s where shards.py reads raw chunks at ~4 GB/s (docs/benchmarks.md).
+    return [Crc32cCodec()]
 
 
 def meta_compressors():
@@ -193,6 +196,7 @@ class FeatureStore:
     version: str
     group: zarr.Group
     _arrays: dict = field(default_factory=dict, repr=False, compare=False)
+    _readers: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def attrs(self) -> dict:
@@ -224,41 +228,69 @@ class FeatureStore:
         return problems
 
     def read_rows(self, names, rows) -> dict[str, np.ndarray]:
-        """Rows of feature arrays, in the order given, each read as whole chunks (zarr decodes a
-        whole chunk fastest) straight into one buffer per array. Any order works; when the rows of
-        one chunk are adjacent (sorted rows are, and so are rows grouped by read unit) each chunk is
-        decoded once. The loader and `score` both read here."""
+        """Rows of feature arrays, in the order given, one new buffer per array (read_rows_into).
+        The loader and `score` both read here."""
         rows = np.asarray(rows, dtype=np.int64)
         out = {}
         for name in names:
             arr = self.array(name)
-            step = arr.chunks[0]
-            buffer = np.empty((len(rows), *arr.shape[1:]), arr.dtype)
-            chunk = rows // step
-            bounds = [0, *(np.flatnonzero(np.diff(chunk)) + 1).tolist(), len(rows)]
-            for a, b in zip(bounds[:-1], bounds[1:]):
-                if a == b:
-                    continue
-                start = int(chunk[a]) * step
-                block = self._read_chunk(arr, name, start, step)
-                local = rows[a:b] - start
-                whole = b - a == len(block) and np.array_equal(local, np.arange(len(block)))
-                buffer[a:b] = block if whole else block[local]
-            out[name] = buffer
+            out[name] = np.empty((len(rows), *arr.shape[1:]), arr.dtype)
+            self.read_rows_into(name, rows, list(out[name]))
         return out
 
-    def _read_chunk(self, arr: zarr.Array, name: str, start: int, step: int) -> np.ndarray:
-        """One whole chunk; a chunk that fails to decode (its CRC32C, a cut-off shard) is a
-        StoreError naming the store, the array and the rows, not a codec's traceback."""
+    def read_rows_into(self, name: str, rows, targets: list) -> None:
+        """Rows of one array, each into its target (an array of one row's shape: a row of a buffer,
+        or a slot of a training batch). Every chunk holding a wanted row is read whole and once,
+        in any order of `rows`: raw chunks by one scatter read straight into the targets
+        (shards.py), others decoded by zarr a whole chunk at a time."""
+        arr = self.array(name)
+        step = arr.chunks[0]
+        rows = np.asarray(rows, dtype=np.int64)
+        order = np.argsort(rows, kind="stable")
+        chunk = rows[order] // step
+        bounds = [0, *(np.flatnonzero(np.diff(chunk)) + 1).tolist(), len(rows)]
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            if a == b:
+                continue
+            start = int(chunk[a]) * step
+            wanted: list = [None] * min(step, arr.shape[0] - start)
+            again = []                 # a row asked for twice: copied from its first target
+            for i in order[a:b]:
+                local = int(rows[i]) - start
+                if wanted[local] is None:
+                    wanted[local] = targets[i]
+                else:
+                    again.append((targets[i], wanted[local]))
+            self._read_chunk(name, start, wanted)
+            for target, first in again:
+                target[...] = first
+
+    def _read_chunk(self, name: str, start: int, targets: list) -> None:
+        """One whole chunk, its rows into `targets` (None: not wanted); a chunk that fails to decode
+        (its CRC32C, a cut-off shard) is a StoreError naming the store, the array and the rows, not
+        a codec's traceback."""
+        arr = self.array(name)
         try:
-            return arr[start:start + step]
-        except (ValueError, RuntimeError, IndexError, TypeError) as e:  # what zarr's codecs raise on bad bytes
+            if self._direct(name) is not None:
+                self._direct(name).read_into(start, targets)
+            else:
+                block = arr[start:start + len(targets)]
+                for target, row in zip(targets, block):
+                    if target is not None:
+                        target[...] = row
+        except (ValueError, RuntimeError, IndexError, TypeError, OSError) as e:  # what bad bytes raise
             where = f"{self.path}@{self.version}"
             raise StoreError(
-                f"{where}: array {name!r}, rows {start}-{min(start + step, arr.shape[0]) - 1}, cannot be read "
+                f"{where}: array {name!r}, rows {start}-{start + len(targets) - 1}, cannot be read "
                 f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else 'no detail'}): the store "
                 f"is damaged. `dfdetect store verify {where}` lists every damaged chunk; featurize into a new "
                 "--out (or restore the store from a copy)") from None
+
+    def _direct(self, name: str) -> ShardFiles | None:
+        """The raw-shard reader of an array (None: zarr reads it), made once."""
+        if name not in self._readers:
+            self._readers[name] = ShardFiles.of(self.array(name))
+        return self._readers[name]
 
     @property
     def n_clips(self) -> int:

@@ -18,6 +18,8 @@ from __future__ import annotations
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+import os
+import time
 from math import lcm
 
 import numpy as np
@@ -77,9 +79,14 @@ class FeatureLoader:
     """Batches {feature: float16 tensor, "label": float tensor, "row": rows} from one DataSet."""
 
     def __init__(self, data: DataSet, features: tuple[str, ...], batch_size: int, shuffle: bool,
-                 seed: int = 0, memory_budget: int = 4 << 30, buffer_units: int = 16):
+                 seed: int = 0, memory_budget: int = 4 << 30, buffer_units: int | None = None,
+                 readers: int | None = None):
         self.data, self.features, self.batch_size = data, tuple(features), batch_size
-        self.shuffle, self.seed, self.buffer_units = shuffle, seed, buffer_units
+        self.shuffle, self.seed = shuffle, seed
+        # Reader threads beside the training step: one per spare core, up to 4 (bench/loader.py: on
+        # 2 cores a second reader only competes with the step for memory bandwidth).
+        self.readers = readers or max(1, min(4, (os.cpu_count() or 2) - 1))
+        self.seconds = 0.0
         arrays = [data.store.array(f) for f in self.features]
         self.unit = lcm(*(a.chunks[0] for a in arrays))
         self._labels = data.store.meta["label"].astype(np.float32)
@@ -87,73 +94,137 @@ class FeatureLoader:
         self._units = np.unique(units)
         self._rows_by_unit = {int(u): data.rows[units == u] for u in self._units}
         self.in_memory = len(data.rows) * row_bytes(data.store, self.features) <= memory_budget
+        # Streaming holds one buffer per reader, the one being cut and the one before it (its
+        # carried rows): together within the budget.
+        unit_bytes = self.unit * row_bytes(data.store, self.features)
+        self.buffer_units = buffer_units or max(1, memory_budget // (unit_bytes * (self.readers + 2)))
         self._cache = self._read_units(self._units) if self.in_memory else None
 
     def __len__(self) -> int:
         full, rest = divmod(len(self.data.rows), self.batch_size)
         return full + (rest > 0) - (self.shuffle and rest == 1)   # see _batches: no batch of one
 
-    def _read_units(self, units, full_check: bool = True) -> dict[str, np.ndarray]:
+    def _read_units(self, units) -> dict[str, np.ndarray]:
         """The wanted rows of whole read units, in unit order (FeatureStore.read_rows: whole chunks,
-        one buffer per array, no extra copy). Checks the rows are finite: every value when
-        `full_check`, else the first value of each row (what an unwritten chunk shows)."""
+        one buffer per array), every value checked finite."""
         rows = np.concatenate([self._rows_by_unit[int(u)] for u in units])
         out = self.data.store.read_rows(self.features, rows)
+        self._check_finite(rows, out, every_value=True)
+        out["row"] = rows
+        return out
+
+    def _check_finite(self, rows: np.ndarray, values: dict, every_value: bool) -> None:
+        """NaN/Inf in ok rows is a damaged or unfinished store. Checked on every value when the rows
+        are read once; when streaming, on the first value of each row (what an unwritten chunk shows)."""
         for f in self.features:
-            values = out[f].reshape(len(rows), -1)
-            finite = np.isfinite(values).all(axis=1) if full_check else np.isfinite(values[:, 0])
+            flat = values[f].reshape(len(rows), -1)
+            finite = np.isfinite(flat).all(axis=1) if every_value else np.isfinite(flat[:, 0])
             if not finite.all():
                 bad = rows[~finite]
                 raise StoreError(
                     f"{self.data.spec}: {f} has NaN/Inf in {bad.size} ok rows (first: {bad[:5].tolist()}); "
                     f"run `dfdetect store verify {self.data.store.path}` and re-featurize")
-        out["row"] = rows
-        return out
 
-    def _batches(self, block: dict, order: np.ndarray):
-        n = len(order)
+    def _bounds(self, n: int) -> list[int]:
+        """Where the batches of n rows start and stop."""
         bounds = [*range(0, n, self.batch_size), n]
         if self.shuffle and n and n - bounds[-2] == 1:
             # BatchNorm cannot train on one row: an epoch's last batch of one joins the batch before
             # it (or, alone in its buffer, is left out of this epoch); both follow (seed, epoch).
             del bounds[-2 if n > 1 else -1]
+        return bounds
+
+    def _batches(self, values: dict, rows: np.ndarray, bounds: list[int]):
+        """Batches cut from rows already in batch order (views: no copy)."""
         for start, stop in zip(bounds[:-1], bounds[1:]):
-            take = order[start:stop]
-            batch = {f: torch.from_numpy(np.ascontiguousarray(block[f][take])) for f in self.features}
-            rows = block["row"][take]
-            batch["label"] = torch.from_numpy(self._labels[rows])
-            batch["row"] = rows
+            batch = {f: torch.from_numpy(values[f][start:stop]) for f in self.features}
+            batch["label"] = torch.from_numpy(self._labels[rows[start:stop]])
+            batch["row"] = rows[start:stop]
             yield batch
 
     def epoch(self, epoch: int = 0):
-        """The batches of one epoch, in an order seeded by (seed, epoch)."""
+        """The batches of one epoch, in an order seeded by (seed, epoch). The time spent getting
+        each batch (waiting for reads, cutting it) adds up in `self.seconds`: the loader's share of
+        a training epoch."""
+        batches = self._epoch(epoch)
+        while True:
+            t0 = time.perf_counter()
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            finally:
+                self.seconds += time.perf_counter() - t0
+            yield batch
+
+    def _epoch(self, epoch: int):
         rng = np.random.default_rng([self.seed, epoch])
         if self.in_memory:
             n = len(self._cache["row"])
-            yield from self._batches(self._cache, rng.permutation(n) if self.shuffle else np.arange(n))
-            return
-        units = rng.permutation(self._units) if self.shuffle else self._units
-        starts = range(0, len(units), self.buffer_units)
-        # Read ahead: two threads fetch the next buffers while this one is consumed (zarr's codecs
-        # release the GIL), so reading overlaps with the training step.
-        with ThreadPoolExecutor(max_workers=2) as pool:
-            pending = deque(pool.submit(self._read_units, units[s:s + self.buffer_units], False) for s in starts[:2])
-            yield from self._stream(rng, units, starts, pending, pool)
-
-    def _stream(self, rng, units, starts, pending, pool):
-        carry = None
-        for i, start in enumerate(starts):
-            block = pending.popleft().result()
-            if i + 2 < len(starts):
-                s = starts[i + 2]
-                pending.append(pool.submit(self._read_units, units[s:s + self.buffer_units], False))
-            if carry is not None:  # rows left over from the last buffer start this one
-                block = {k: np.concatenate([carry[k], block[k]]) for k in block}
-            n = len(block["row"])
             order = rng.permutation(n) if self.shuffle else np.arange(n)
-            last = start + self.buffer_units >= len(units)
+            bounds = self._bounds(n)
+            for start, stop in zip(bounds[:-1], bounds[1:]):
+                take = order[start:stop]      # one copy per batch, from the rows in RAM
+                values = {f: self._cache[f].take(take, axis=0) for f in self.features}
+                yield from self._batches(values, self._cache["row"][take], [0, len(take)])
+            return
+        plan = self._plan(rng)
+        # Read ahead: `readers` threads each fill a later buffer's batches while this one's are
+        # consumed (the reads and their checksums release the GIL).
+        with ThreadPoolExecutor(max_workers=self.readers) as pool:
+            pending = deque(pool.submit(self._fill, step) for step in plan[:self.readers])
+            carry = None
+            for i, step in enumerate(plan):
+                values, carried = pending.popleft().result()
+                if i + self.readers < len(plan):
+                    pending.append(pool.submit(self._fill, plan[i + self.readers]))
+                rows = self._place_carry(step, values, carried, carry)
+                self._check_finite(rows, values, every_value=False)
+                yield from self._batches(values, rows[:step["full"]], self._bounds(step["full"]))
+                carry = {k: v[step["full"]:] for k, v in {**values, "row": rows}.items()}
+
+    def _plan(self, rng) -> list[dict]:
+        """Each buffer of a streaming epoch: its rows, and where each goes. A buffer's rows, behind
+        the rows carried over from the one before (fewer than a batch), are shuffled together; the
+        first `full` of that order are cut into batches and the rest carried into the next buffer.
+        Drawn up front (the same draws, in the same order, as reading first and shuffling after),
+        so the readers can put every row straight into its batch."""
+        units = rng.permutation(self._units) if self.shuffle else self._units
+        plan, c = [], 0
+        for s in range(0, len(units), self.buffer_units):
+            rows = np.concatenate([self._rows_by_unit[int(u)] for u in units[s:s + self.buffer_units]])
+            n = c + len(rows)
+            order = rng.permutation(n) if self.shuffle else np.arange(n)
+            last = s + self.buffer_units >= len(units)
             full = n if last else n - n % self.batch_size
-            yield from self._batches(block, order[:full])
-            carry = None if last else {k: v[order[full:]] for k, v in block.items()}
+            plan.append({"rows": rows, "carried": c, "order": order, "full": full})
+            c = n - full
+        return plan
+
+    def _fill(self, step: dict) -> tuple[dict, int]:
+        """A buffer's rows of every feature read straight into their places: positions of this
+        buffer's batch order (the batches and the rows carried on), carried-in rows left for later."""
+        n, c = len(step["order"]), step["carried"]
+        position = np.empty(n, np.int64)
+        position[step["order"]] = np.arange(n)
+        mine = position[c:]                      # where each of this buffer's own rows goes
+        values = {}
+        for f in self.features:
+            arr = self.data.store.array(f)
+            values[f] = np.empty((n, *arr.shape[1:]), arr.dtype)
+            slots = list(values[f])
+            self.data.store.read_rows_into(f, step["rows"], [slots[k] for k in mine])
+        return values, c
+
+    def _place_carry(self, step: dict, values: dict, carried: int, carry: dict | None) -> np.ndarray:
+        """Put the rows carried in from the last buffer into their places; the rows in order."""
+        order = step["order"]
+        if not carried:
+            return step["rows"][order]
+        from_carry = np.flatnonzero(order < carried)
+        for f in self.features:
+            values[f][from_carry] = carry[f][order[from_carry]]
+        return np.concatenate([carry["row"], step["rows"]])[order]
 
     __iter__ = epoch
+

@@ -431,7 +431,7 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, force: boo
 
         record = {}
         for epoch in range(progress["epoch"] + 1, config.epochs + 1):
-            t0 = time.perf_counter()
+            t0, loaders["train"].seconds = time.perf_counter(), 0.0
             if arch.fitted:
                 train_metrics = fit_epoch(model, loaders["train"], device, config, console)
             else:
@@ -440,7 +440,8 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, force: boo
             t1 = time.perf_counter()
             results, predictions = evaluate_sets(model, sets, loaders, device, config.score_precision)
             record = {"epoch": epoch, "train": train_metrics, "sets": results,
-                      "seconds": {"train": t1 - t0, "eval": time.perf_counter() - t1}}
+                      "seconds": {"train": t1 - t0, "eval": time.perf_counter() - t1,
+                                  "loader": loaders["train"].seconds}}
             save_epoch(folder, record, model, sets, predictions, progress)
             save_state(folder, epoch, model, optimizer, scaler, progress)
             console.print(epoch_line(record, config.epochs), highlight=False)
@@ -457,5 +458,8 @@ def epoch_line(record: dict, epochs: int) -> str:
     for name, m in record["sets"].items():
         acc = m["at_0.5"]["accuracy"]
         parts.append(f"| {name} acc {acc:.2%} EER {m['eer']:.4f}")
-    parts.append(f"| {record['seconds']['train'] + record['seconds']['eval']:.1f} s")
+    seconds = record["seconds"]
+    parts.append(f"| {seconds['train'] + seconds['eval']:.1f} s")
+    if "loader" in seconds and seconds["train"] > 0:   # waiting for batches, of the training pass
+        parts.append(f"(loader {seconds['loader'] / seconds['train']:.0%} of training)")
     return " ".join(parts)
