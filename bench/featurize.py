@@ -2,6 +2,7 @@
 decode alone, on the same generated clips, side by side in one run.
 
     python bench/featurize.py [--clips 400] [--workers 2] [--block-size 32]
+    python bench/featurize.py --clips 160 --profile     # where one worker's time goes (cProfile)
 
 Rows: decode only (1 process); the librosa loop (librosa.load + mel + LFCC per file, 1 process);
 dfdetect featurize in this process (workers=0, 1 torch thread); dfdetect featurize on a local
@@ -32,6 +33,8 @@ def main() -> None:
     parser.add_argument("--clips", type=int, default=400)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--block-size", type=int, default=32, help="clips per block (shard)")
+    parser.add_argument("--profile", action="store_true",
+                        help="instead: profile one in-process pass (after a warm one), top 30 by cumulative time")
     args = parser.parse_args()
     torch.set_num_threads(1)
     quiet = Console(quiet=True)
@@ -54,6 +57,16 @@ def main() -> None:
         def run(name, **where):
             return lambda: featurize("folder", corpus, str(Path(tmp) / name), features=("mel", "lfcc"),
                                      block_size=args.block_size, console=quiet, **where)
+
+        if args.profile:
+            import cProfile
+            import pstats
+
+            run("warm.zarr", workers=0)()
+            profile = cProfile.Profile()
+            profile.runcall(run("profiled.zarr", workers=0))
+            pstats.Stats(profile).sort_stats("cumulative").print_stats(30)
+            return
 
         times = {
             "decode only": time_it(decode_only),
