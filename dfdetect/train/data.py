@@ -9,17 +9,19 @@ chunk rows, so every read is whole chunks of every array). Then either
   and each epoch is a permutation of rows in RAM; or
 - streaming: each epoch shuffles the order of units, reads `buffer_units` of them, shuffles the
   rows inside that buffer and cuts batches (chunk-aware shuffling, as WebDataset and lhotse do).
+  The shuffles are drawn before the reads, so reader threads put each row straight into its
+  batch (FeatureStore.read_rows_into): no copy beyond the read itself (docs/benchmarks.md).
 Both are seeded by (seed, epoch), so an epoch's order never depends on what ran before it (which
 is what makes `--resume` exact).
 """
 
 from __future__ import annotations
 
+import os
+import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-import os
-import time
 from math import lcm
 
 import numpy as np
@@ -102,7 +104,7 @@ class FeatureLoader:
 
     def __len__(self) -> int:
         full, rest = divmod(len(self.data.rows), self.batch_size)
-        return full + (rest > 0) - (self.shuffle and rest == 1)   # see _batches: no batch of one
+        return full + (rest > 0) - (self.shuffle and rest == 1)   # see _bounds: no batch of one
 
     def _read_units(self, units) -> dict[str, np.ndarray]:
         """The wanted rows of whole read units, in unit order (FeatureStore.read_rows: whole chunks,
