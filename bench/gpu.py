@@ -1,28 +1,31 @@
 """The GPU bench: featurize, cached training and the streaming loader on one device, in one run.
 
-    python bench/gpu.py [--size large] [--clips 4096] [--block-size 128] [--workers N_CPUS]
+    python bench/gpu.py [--size large] [--clips 8192] [--unique-clips 1024] [--train-rows 4096]
+                        [--block-size 128] [--workers N_CPUS]
                         [--device auto] [--heads all] [--epochs 3] [--phase-seconds 15]
                         [--featurize-seconds 180] [--max-seconds 420]
 
-On `--clips` generated 3 s clips (bench/common.py's mixed-format `folder` corpus, written by all
-cores), with a random WavLM of `--size` (large: microsoft/wavlm-large's architecture and cost, no
-download, loaded through load_wavlm like a real local copy; tiny: the test model), it measures:
+On `--clips` 3 s clips (bench/common.py's mixed-format `folder` corpus: `--unique-clips` written by
+all cores, the rest hard links to them), with a random WavLM of `--size` (large: microsoft/wavlm-
+large's architecture and cost, no download, loaded through load_wavlm like a real local copy;
+tiny: the test model), it measures:
 
 1. featurize: WavLM alone at featurize's configuration on the device (calls of one block, the
    default WavLM batch, the precision featurize picks: bfloat16 on a GPU with native bf16, else
    float32): the ceiling. Then the real `dfdetect.featurize.pipeline.featurize` (mel + LFCC +
    wave + WavLM) on a local cluster of `--workers` one-thread CPU workers that decode and compute
    the frontend, feeding the one WavLM process per GPU, as `dfdetect featurize` runs. Reported:
-   end to end clips/s (cluster start and WavLM load included), steady state clips/s (first to last
-   finished block, the blocks' own timestamps), its share of the ceiling, and the GPU's mean busy %
-   during the pass and during steady state (NVML through torch.cuda.utilization, else
-   `nvidia-smi -lms 100`; "n/a" on the CPU). Targets: >= 2,000 WavLM-Large clips/s, busy >= 80%.
+   end to end clips/s (cluster start and WavLM load included), steady state clips/s (the blocks
+   that finish after the first quarter of the clips, from the blocks' own timestamps), its share
+   of the ceiling, and the GPU's mean busy % during the pass and during steady state (NVML through
+   torch.cuda.utilization, else `nvidia-smi -lms 100`; "n/a" on the CPU).
+   Targets: >= 2,000 WavLM-Large clips/s, busy >= 80%.
 2. cached training: each trainable head of dfdetect.models.registry (the reference study's four
    and the reference systems; LFCC-GMM is fitted once, not stepped, so it is left out) stepped by
    bench/train.py's Trainer (the real step; on CUDA at train's default AMP, float16 autocast + grad
-   scaling) on in-memory batches of the store, one untimed warm-up batch, then epochs until
-   `--epochs` or `--phase-seconds`; every timer read waits for the GPU. Target: a WavLM+AASIST epoch
-   <= 1.5x a Mel-AASIST epoch (the ratio of their clips/s).
+   scaling) on in-memory batches of the store's first `--train-rows` rows, one untimed warm-up
+   batch, then epochs until `--epochs` or `--phase-seconds`; every timer read waits for
+   the GPU. Target: a WavLM+AASIST epoch <= 1.5x a Mel-AASIST epoch (the ratio of their clips/s).
 3. the loader: FeatureLoader for each head's inputs, in memory and streaming (memory_budget=0:
    every epoch reads and decompresses the store, from the page cache), shuffled, at each head's
    batch, against that head's training clips/s: the slower of the two is the bottleneck (train
@@ -30,8 +33,8 @@ download, loaded through load_wavlm like a real local copy; tiny: the test model
 
 `--max-seconds` bounds the whole run: a phase past its `--phase-seconds` or the run's deadline is
 cut short and says so (featurize stops taking finished blocks; the rows written are used). With
-the defaults a 16-core H200 machine should finish in about 5-6 minutes (most of it writing the
-random WavLM-Large, the clips and the featurize pass). Without CUDA everything runs on the CPU, in
+the defaults a 16-core H200 machine should finish in about 5-6 minutes (at most ~7.5 with every
+cap reached). Without CUDA everything runs on the CPU, in
 float32, and says so: `--size tiny --clips 64 --workers 2` takes well under a minute
 (tests/test_bench_gpu.py).
 """
@@ -39,6 +42,7 @@ float32, and says so: `--size tiny --clips 64 --workers 2` takes well under a mi
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 import os
 import shutil
@@ -142,14 +146,19 @@ class GPUBusy:
         return sum(values) / len(values) if values else None
 
 
-def write_clips(folder: Path, n: int, workers: int) -> float:
-    """The corpus, in `workers` processes; returns seconds."""
+def write_clips(folder: Path, n: int, unique: int, workers: int) -> float:
+    """The corpus: `unique` clips written in `workers` processes, the rest hard links to them (the
+    same bytes decode at the same cost; names and labels follow the sequence); returns seconds."""
     t0 = time.perf_counter()
-    parts = max(1, min(workers, n // 16))
-    bounds = [n * k // parts for k in range(parts + 1)]
+    unique = min(n, unique)
+    parts = max(1, min(workers, unique // 16))
+    bounds = [unique * k // parts for k in range(parts + 1)]
     with ProcessPoolExecutor(parts) as pool:
-        list(pool.map(make_clips, [folder] * parts, [b - a for a, b in zip(bounds, bounds[1:])],
-                      [3.0] * parts, [3.0] * parts, bounds[:-1]))
+        paths = [p for part in pool.map(make_clips, [folder] * parts, [b - a for a, b in zip(bounds, bounds[1:])],
+                                        [3.0] * parts, [3.0] * parts, bounds[:-1]) for p in part]
+    for i in range(unique, n):
+        source = paths[i % unique]
+        os.link(source, source.with_name(f"clip_{i:05d}{source.suffix}"))
     return time.perf_counter() - t0
 
 
@@ -193,7 +202,9 @@ def main(argv=None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="\n".join(__doc__.splitlines()[1:]))
     parser.add_argument("--size", choices=("large", "tiny"), default="large", help="random WavLM (default large)")
-    parser.add_argument("--clips", type=int, default=4096, help="generated 3 s clips (default 4096)")
+    parser.add_argument("--clips", type=int, default=8192, help="featurized 3 s clips (default 8192)")
+    parser.add_argument("--unique-clips", type=int, default=1024, help="distinct clips among them (default 1024)")
+    parser.add_argument("--train-rows", type=int, default=4096, help="store rows trained on and loaded (default 4096)")
     parser.add_argument("--block-size", type=int, default=128, help="featurize's --block-size (default 128)")
     parser.add_argument("--workers", type=int, default=cores, help=f"featurize CPU workers (default {cores})")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cuda, cuda:N, cpu")
@@ -227,8 +238,9 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         model_dir = save_random_wavlm(tmp / "wavlm", size=args.size)
         model_s = time.perf_counter() - t0
-        clips_s = write_clips(tmp / "corpus", args.clips, cores)
-        say(f"setup (not timed): random WavLM written in {model_s:.1f} s, {args.clips} clips in {clips_s:.1f} s")
+        clips_s = write_clips(tmp / "corpus", args.clips, args.unique_clips, cores)
+        say(f"setup (not timed): random WavLM written in {model_s:.1f} s, {args.clips} clips in {clips_s:.1f} s "
+            f"({min(args.clips, args.unique_clips)} distinct, the rest hard links to them)")
         wavlm = WavLMConfig(model=str(model_dir), layers=LAYERS[args.size])
         precision = compute_info(str(device))["precision"]
 
@@ -253,8 +265,12 @@ def main(argv=None) -> int:
         store = open_store(store_path)
         done = sum(c for _, c in marks)
         end_to_end = done / (t1 - t0)
-        steady = (done - marks[0][1]) / (marks[-1][0] - marks[0][0]) if len(marks) > 1 else None
-        busy_all, busy_steady = busy.mean(t0, t1), busy.mean(marks[0][0], marks[-1][0]) if marks else None
+        # steady state: the blocks after the first quarter of the clips (past the start and first wave)
+        q = next((k for k, m in enumerate(itertools.accumulate(c for _, c in marks)) if m >= done / 4), 0)
+        steady_clips = sum(c for _, c in marks[q + 1:])
+        steady_s = marks[-1][0] - marks[q][0] if len(marks) > q + 1 else None
+        steady = steady_clips / steady_s if steady_s else None
+        busy_all, busy_steady = busy.mean(t0, t1), busy.mean(marks[q][0], marks[-1][0]) if steady_s else None
         stored = store.config["wavlm"]["precision"]
         shape = store.array("wavlm").shape
         table(f"1. featurize on {where}, WavLM {args.size}-sized at {stored}, block {args.block_size}, "
@@ -263,11 +279,11 @@ def main(argv=None) -> int:
               [("WavLM only (ceiling)", args.block_size * args.ceiling_blocks, "", fmt(ceiling), "100", ""),
                ("featurize end to end", done, fmt(t1 - t0), fmt(end_to_end), fmt(100 * end_to_end / ceiling),
                 fmt(busy_all)),
-               ("featurize steady state", done - (marks[0][1] if marks else 0),
-                fmt(marks[-1][0] - marks[0][0]) if marks else "n/a", fmt(steady),
+               ("featurize steady state", steady_clips, fmt(steady_s), fmt(steady),
                 fmt(100 * steady / ceiling if steady else None), fmt(busy_steady))])
         say(f"  start to first block {fmt(marks[0][0] - t0 if marks else None)} s (cluster start, WavLM load); "
-            f"{result.ok} ok rows of {args.clips}; wavlm stored as {list(shape)} float16; GPU busy from "
+            f"steady state: the blocks after the first quarter of the clips; {result.ok} ok rows of "
+            f"{args.clips}; wavlm stored as {list(shape)} float16; GPU busy from "
             f"{busy.source} ({len(busy.samples)} samples); ceiling{ceiling_mem or ': no GPU memory on the CPU'}"
             + ("; CUT SHORT at --featurize-seconds/--max-seconds" if cut else ""))
         summary.append(("featurize steady state clips/s", fmt(steady), f">= {TARGET_CLIPS_S:,.0f} (Large, GPU)",
@@ -279,7 +295,7 @@ def main(argv=None) -> int:
             return 1
 
         # 2. cached training per head, 3. the loader for the same inputs
-        data = DataSet("train", store_path, store, store.rows())
+        data = DataSet("train", store_path, store, store.rows()[:args.train_rows])
         overrides = {"hidden_size": shape[3], "num_layers": shape[1]}
         loaders: dict[tuple, FeatureLoader] = {}
         trained: dict[str, dict] = {}

@@ -38,7 +38,8 @@ def section(out: str, title: str) -> list[list[str]]:
 def test_gpu_bench_tiny_on_cpu(tmp_path):
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "TMPDIR": str(tmp_path)}
     done = subprocess.run(
-        [sys.executable, str(BENCH), "--size", "tiny", "--clips", "40", "--workers", "1", "--block-size", "16",
+        [sys.executable, str(BENCH), "--size", "tiny", "--clips", "40", "--unique-clips", "16", "--workers", "1",
+         "--block-size", "16",
          "--device", "cpu", "--heads", ",".join(HEADS), "--epochs", "1", "--ceiling-blocks", "1",
          "--phase-seconds", "1", "--max-seconds", "120"],
         capture_output=True, text=True, timeout=170, env=env)
