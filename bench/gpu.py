@@ -53,6 +53,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import torch
 import transformers
 from rich.console import Console
@@ -164,12 +165,12 @@ def write_clips(folder: Path, n: int, unique: int, workers: int) -> float:
 
 def timed_featurize(stop_at: float, **kwargs):
     """featurize, with each finished block's time and clips recorded; past `stop_at` it stops taking
-    blocks (the rest are cancelled with the cluster). Returns (result, [(time, clips)], cut)."""
+    blocks (the rest are cancelled with the cluster). Returns (result, [(time, clips, block)], cut)."""
     marks, cut, execute = [], [False], pipeline._execute
 
     def execute_timed(jobs, client, resources):
         for job, report, error in execute(jobs, client, resources):
-            marks.append((time.perf_counter(), len(job.paths) if error is None else 0))
+            marks.append((time.perf_counter(), len(job.paths) if error is None else 0, job.block))
             yield job, report, error
             if time.perf_counter() > stop_at and len(marks) < len(jobs):
                 cut[0] = True
@@ -262,12 +263,12 @@ def main(argv=None) -> int:
                 wavlm=wavlm, device=args.device, workers=args.workers, block_size=args.block_size,
                 console=Console(quiet=True))
             t1 = time.perf_counter()
-        store = open_store(store_path)
-        done = sum(c for _, c in marks)
+        store = open_store(store_path, result.version, require_complete=not cut)   # cut: the rows written
+        done = sum(c for _, c, _ in marks)
         end_to_end = done / (t1 - t0)
         # steady state: the blocks after the first quarter of the clips (past the start and first wave)
-        q = next((k for k, m in enumerate(itertools.accumulate(c for _, c in marks)) if m >= done / 4), 0)
-        steady_clips = sum(c for _, c in marks[q + 1:])
+        q = next((k for k, m in enumerate(itertools.accumulate(c for _, c, _ in marks)) if m >= done / 4), 0)
+        steady_clips = sum(c for _, c, _ in marks[q + 1:])
         steady_s = marks[-1][0] - marks[q][0] if len(marks) > q + 1 else None
         steady = steady_clips / steady_s if steady_s else None
         busy_all, busy_steady = busy.mean(t0, t1), busy.mean(marks[q][0], marks[-1][0]) if steady_s else None
@@ -295,7 +296,10 @@ def main(argv=None) -> int:
             return 1
 
         # 2. cached training per head, 3. the loader for the same inputs
-        data = DataSet("train", store_path, store, store.rows()[:args.train_rows])
+        rows = store.rows()
+        if cut:   # only the blocks that finished
+            rows = rows[np.isin(rows // args.block_size, [b for _, c, b in marks if c])]
+        data = DataSet("train", store_path, store, rows[:args.train_rows])
         overrides = {"hidden_size": shape[3], "num_layers": shape[1]}
         loaders: dict[tuple, FeatureLoader] = {}
         trained: dict[str, dict] = {}
@@ -330,8 +334,8 @@ def main(argv=None) -> int:
                for arch, r in trained.items()])
         mel, wl = trained.get("mel_aasist", {}), trained.get("wavlm_aasist", {})
         ratio = mel["rate"] / wl["rate"] if "rate" in mel and "rate" in wl else None
-        say(f"  cached WavLM+AASIST epoch / Mel-AASIST epoch: {fmt(ratio, 2)}x (target <= {TARGET_RATIO}x)")
-        summary.append(("WavLM+AASIST / Mel-AASIST epoch", f"{fmt(ratio, 2)}x", f"<= {TARGET_RATIO}x",
+        say(f"  cached WavLM+AASIST epoch / Mel-AASIST epoch: {fmt(ratio, 2)}{'x' * bool(ratio)} (target <= {TARGET_RATIO}x)")
+        summary.append(("WavLM+AASIST / Mel-AASIST epoch", f"{fmt(ratio, 2)}{'x' * bool(ratio)}", f"<= {TARGET_RATIO}x",
                         verdict(ratio <= TARGET_RATIO if ratio else None)))
 
         feed: dict[tuple, dict] = {}
@@ -366,7 +370,7 @@ def main(argv=None) -> int:
               f"cache warm; in memory: memory_budget 1 PiB, streaming: memory_budget 0)",
               ("head", "inputs", "MB/clip", "loader", "loader clips/s", "train clips/s", "serial clips/s",
                "bottleneck"), rows)
-        summary.append(("streaming loader / hungriest head", f"{fmt(slowest, 2)}x", ">= 1x (loader not the "
+        summary.append(("streaming loader / hungriest head", f"{fmt(slowest, 2)}{'x' * bool(slowest)}", ">= 1x (loader not the "
                         "bottleneck)", verdict(slowest >= 1 if slowest else None)))
         loaders.clear()
 
