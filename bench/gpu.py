@@ -35,8 +35,9 @@ tiny: the test model), it measures:
 cut short and says so (featurize stops taking finished blocks; the rows written are used). With
 the defaults a 16-core H200 machine should finish in about 5-6 minutes (at most ~7.5 with every
 cap reached). Without CUDA everything runs on the CPU, in
-float32, and says so: `--size tiny --clips 64 --workers 2` takes well under a minute
-(tests/test_bench_gpu.py).
+float32, and says so: `--size tiny --clips 64 --block-size 16 --ceiling-blocks 2
+--workers 2 --phase-seconds 2 --heads mel_cnn,mel_aasist,wavlm_cnn,wavlm_aasist,lfcc_lcnn` takes under a minute on 2 idle cores (raw-wave
+AASIST costs ~1 s a clip on a CPU; tests/test_bench_gpu.py runs a smaller version).
 """
 
 from __future__ import annotations
