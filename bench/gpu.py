@@ -34,10 +34,13 @@ tiny: the test model), it measures:
 `--max-seconds` bounds the whole run: a phase past its `--phase-seconds` or the run's deadline is
 cut short and says so (featurize stops taking finished blocks; the rows written are used). With
 the defaults a 16-core H200 machine should finish in about 5-6 minutes (at most ~7.5 with every
-cap reached). Without CUDA everything runs on the CPU, in
-float32, and says so: `--size tiny --clips 64 --block-size 16 --ceiling-blocks 2
---workers 2 --phase-seconds 2 --heads mel_cnn,mel_aasist,wavlm_cnn,wavlm_aasist,lfcc_lcnn` takes under a minute on 2 idle cores (raw-wave
-AASIST costs ~1 s a clip on a CPU; tests/test_bench_gpu.py runs a smaller version).
+cap reached). Without CUDA everything runs on the CPU, in float32, and says so:
+
+    python bench/gpu.py --size tiny --clips 64 --block-size 16 --ceiling-blocks 2 --workers 2 \
+        --phase-seconds 2 --heads mel_cnn,mel_aasist,wavlm_cnn,wavlm_aasist,lfcc_lcnn
+
+takes under a minute on 2 idle cores (raw-wave AASIST costs ~1 s a clip on a CPU, so it is left
+out; tests/test_bench_gpu.py runs a smaller version).
 """
 
 from __future__ import annotations
@@ -331,11 +334,13 @@ def main(argv=None) -> int:
                if r.get("skipped") else
                (arch, "+".join(r["key"][0]), r["batch"], r["precision"], r["clips"], fmt(r["rate"]),
                 fmt(len(data.rows) / r["rate"], 2),
-                ("cut at --phase-seconds" if r["cut"] else "") + r["memory"].removeprefix(", "))
+                "; ".join(filter(None, ("cut at --phase-seconds" if r["cut"] else "",
+                                        r["memory"].removeprefix(", ")))))
                for arch, r in trained.items()])
         mel, wl = trained.get("mel_aasist", {}), trained.get("wavlm_aasist", {})
         ratio = mel["rate"] / wl["rate"] if "rate" in mel and "rate" in wl else None
-        say(f"  cached WavLM+AASIST epoch / Mel-AASIST epoch: {fmt(ratio, 2)}{'x' * bool(ratio)} (target <= {TARGET_RATIO}x)")
+        say(f"  cached WavLM+AASIST epoch / Mel-AASIST epoch: {fmt(ratio, 2)}{'x' * bool(ratio)} "
+            f"(target <= {TARGET_RATIO}x)")
         summary.append(("WavLM+AASIST / Mel-AASIST epoch", f"{fmt(ratio, 2)}{'x' * bool(ratio)}", f"<= {TARGET_RATIO}x",
                         verdict(ratio <= TARGET_RATIO if ratio else None)))
 
@@ -371,8 +376,8 @@ def main(argv=None) -> int:
               f"cache warm; in memory: memory_budget 1 PiB, streaming: memory_budget 0)",
               ("head", "inputs", "MB/clip", "loader", "loader clips/s", "train clips/s", "serial clips/s",
                "bottleneck"), rows)
-        summary.append(("streaming loader / hungriest head", f"{fmt(slowest, 2)}{'x' * bool(slowest)}", ">= 1x (loader not the "
-                        "bottleneck)", verdict(slowest >= 1 if slowest else None)))
+        summary.append(("streaming loader / hungriest head", f"{fmt(slowest, 2)}{'x' * bool(slowest)}",
+                        ">= 1x (loader not the bottleneck)", verdict(slowest >= 1 if slowest else None)))
         loaders.clear()
 
     total = time.perf_counter() - t_start
