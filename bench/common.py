@@ -22,12 +22,14 @@ __all__ = ["FORMATS", "make_clips", "reference", "time_it"]
 FORMATS = (("wav", 16000), ("wav", 44100), ("flac", 22050), ("flac", 48000), ("mp3", 24000), ("ogg", 32000))
 
 
-def make_clips(folder: Path, n: int, min_seconds: float = 2.0, max_seconds: float = 6.0) -> list[Path]:
+def make_clips(folder: Path, n: int, min_seconds: float = 2.0, max_seconds: float = 6.0,
+               start: int = 0) -> list[Path]:
     """n clips of the demo's families in `folder/real` and `folder/fake/<family>` (the `folder`
-    dataset layout), in mixed formats and sample rates."""
+    dataset layout), in mixed formats and sample rates: clips start..start+n-1 of one fixed
+    sequence (so processes can write parts of it side by side)."""
     families = ("real", *GENERATORS)
     paths = []
-    for i in range(n):
+    for i in range(start, start + n):
         rng = np.random.default_rng([42, i])
         fmt, rate = FORMATS[i % len(FORMATS)]
         family = families[i % len(families)]

@@ -77,11 +77,13 @@ def say(text: str) -> None:
 
 
 class Trainer:
-    """The training step of dfdetect.train.trainer (no AMP) for one freshly built head on `device`."""
+    """The training step of dfdetect.train.trainer for one freshly built head on `device`; `amp`:
+    its CUDA default (float16 autocast + grad scaling), off here unless asked."""
 
-    def __init__(self, arch: str, overrides: dict, device: str = "cpu"):
+    def __init__(self, arch: str, overrides: dict, device: str = "cpu", amp: bool = False):
         torch.manual_seed(0)
         self.device = torch.device(device)
+        self.scaler = torch.amp.GradScaler("cuda") if amp and self.device.type == "cuda" else None
         self.model = build_model(arch, **overrides).to(self.device)
         self.model.train()
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=5e-5, weight_decay=0.01)
@@ -89,13 +91,26 @@ class Trainer:
 
     def step(self, x: dict, y: torch.Tensor) -> float:
         x, y = {k: v.to(self.device) for k, v in x.items()}, y.to(self.device)
-        logits = self.model(x).float()
-        loss = self.loss_fn(logits, y)
+        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.scaler is not None):
+            logits = self.model(x).float()
+            loss = self.loss_fn(logits, y)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        if self.scaler:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+        else:
+            loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
-        self.optimizer.step()
+        if self.scaler:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
         return loss.item()
+
+    @property
+    def precision(self) -> str:
+        return "float16 autocast + grad scaling" if self.scaler else "float32"
 
 
 def cached_epochs(data: DataSet, arch: str, overrides: dict, epochs: int, device: str) -> dict:

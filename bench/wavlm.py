@@ -65,8 +65,8 @@ def peak_memory(device) -> str:
     return f", peak GPU memory {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB"
 
 
-def run(model_dir: Path, size: str, device: str, call: int, batch: int, calls: int, warmup: int) -> None:
-    """Time `calls` extractor calls of `call` clips each, batch_size `batch`."""
+def run(model_dir: Path, size: str, device: str, call: int, batch: int, calls: int, warmup: int) -> float:
+    """Time `calls` extractor calls of `call` clips each, batch_size `batch`; returns clips/s."""
     clear_wavlm_cache()
     t0 = clock()
     ex = load_wavlm(WavLMConfig(model=str(model_dir), layers=LAYERS[size], batch_size=batch), device)
@@ -88,6 +88,7 @@ def run(model_dir: Path, size: str, device: str, call: int, batch: int, calls: i
           f"calls of {call} clips, batch {ex.batch_size})  {n} clips in {seconds:.2f} s: {n / seconds:8.2f} clips/s, "
           f"{seconds / n:.4f} s/clip, {3.0 * n / seconds:7.1f}x real time  (load {load_s:.1f} s"
           f"{peak_memory(ex.device)})", flush=True)
+    return n / seconds
 
 
 def main() -> None:
