@@ -275,7 +275,8 @@ def _index_file(b: IndexBuilder, path: Path, split: str, features: dict, opts: _
 
 def _batches(path: Path, audio: str, label: str, extra: dict, struct: bool):
     """(row group or -1, label-side columns + __path, has-bytes per row) per record batch (arrow) or
-    row group (parquet): the audio bytes themselves are never read here."""
+    row group (parquet). The audio bytes are not read, except once for a parquet row group whose
+    statistics say it mixes rows with and without bytes (bounded by that row group)."""
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
