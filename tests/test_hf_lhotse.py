@@ -391,3 +391,21 @@ def test_cli_lists_shows_and_featurizes_with_options(folder_corpus, tmp_path):
                                "--features", "mel", "--workers", "0", *opts])
     assert done.exit_code == 0, done.output
     assert list(open_store(out).meta["label"]) == [y for _, y, *_ in CLIPS]
+
+
+def test_runtime_needs_neither_library(folder_corpus, tmp_path):
+    """Indexing and decoding with `datasets` and `lhotse` made unimportable (a fresh interpreter)."""
+    import subprocess
+    import sys
+
+    root = tmp_path / "hf"
+    _dataset(_rows(folder_corpus), _features()).save_to_disk(str(root))
+    lh_root = _lhotse_manifests(tmp_path / "lh", folder_corpus)
+    code = ("import sys; sys.modules['datasets'] = sys.modules['lhotse'] = None\n"
+            "from dfdetect import datasets\nfrom dfdetect.featurize.audio import decode\n"
+            f"for name, root in (('hf', {str(root)!r}), ('lhotse', {str(lh_root)!r})):\n"
+            "    index = datasets.prepare(name, root)\n"
+            "    assert len(index.clips) == 5 and not index.problems, index.problems\n"
+            "    assert all(decode(c.path).frames > 0 for c in index.clips)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
