@@ -257,6 +257,19 @@ def test_hf_relative_paths_stay_inside_and_missing_files_are_kept(folder_corpus,
     assert "points outside" in text and "missing (kept" in text
 
 
+def test_hf_names_in_its_json_files_stay_inside(folder_corpus, tmp_path):
+    root = tmp_path / "dd"
+    hf.DatasetDict({"train": _dataset(_rows(folder_corpus), _features())}).save_to_disk(str(root))
+    (root / "dataset_dict.json").write_text(json.dumps({"splits": ["train", "../..", "/etc"]}))
+    state = json.loads((root / "train" / "state.json").read_text())
+    state["_data_files"].append({"filename": "../../x.arrow"})
+    (root / "train" / "state.json").write_text(json.dumps(state))
+    index = datasets.prepare("hf", root)
+    assert len(index.clips) == 5 and {c.split for c in index.clips} == {"train"}
+    text = " | ".join(p.message for p in index.problems)
+    assert text.count("outside") == 3, text
+
+
 def test_hf_wrong_layout_and_damaged_file(tmp_path):
     with pytest.raises(datasets.DatasetLayoutError, match="dataset_dict.json"):
         datasets.prepare("hf", tmp_path)

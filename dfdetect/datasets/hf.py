@@ -88,7 +88,7 @@ def prepare(root: Path, audio_column: str = "", label_column: str = "", fake_val
                     {"split": split_column, "generator": generator_column, "language": language_column,
                      "speaker": speaker_column, "clip_id": id_column},
                     str(allow_outside).strip().lower() in ("1", "true", "yes"))
-    parts = _parts(root)
+    parts = _parts(b, root)
     if not parts:
         raise DatasetLayoutError(f"found no dataset_dict.json, state.json or *.parquet in {root}."
                                  f"\nExpected layout:\n{LAYOUT}")
@@ -108,18 +108,22 @@ class _Options:
                            **{v.strip().lower(): REAL for v in real.split(",") if v.strip()}}
 
 
-def _parts(root: Path) -> list[tuple[str, Path, list[Path]]]:
-    """(split, folder, data files) of every part of the dataset, in a stable order."""
+def _parts(b: IndexBuilder, root: Path) -> list[tuple[str, Path, list[Path]]]:
+    """(split, folder, data files) of every part of the dataset, in a stable order; a split or data
+    file named outside its folder (an untrusted dataset_dict.json / state.json) is a problem."""
     if (root / "dataset_dict.json").is_file():
         try:
             splits = json.loads((root / "dataset_dict.json").read_text())["splits"]
         except (ValueError, KeyError, TypeError) as exc:
             raise DatasetLayoutError(f"{root / 'dataset_dict.json'} is not a DatasetDict description "
                                      f"({exc}).\nExpected layout:\n{LAYOUT}") from None
-        return [(str(s), root / s, _arrow_files(root / str(s))) for s in splits
-                if path_inside(str(root), str(s)) is not None]
+        inside = [str(s) for s in splits if path_inside(str(root), str(s)) not in (None, str(b.root))]
+        for s in splits:
+            if str(s) not in inside:
+                b.problem(str(root / "dataset_dict.json"), f"split {s!r} names a folder outside {root}; skipped")
+        return [(s, root / s, _arrow_files(b, root / s)) for s in inside]
     if (root / "state.json").is_file():
-        return [(_state_split(root) or "all", root, _arrow_files(root))]
+        return [(_state_split(root) or "all", root, _arrow_files(b, root))]
     shards = sorted(p for p in root.rglob("*.parquet") if p.is_file()
                     and not any(part.startswith(".") for part in p.relative_to(root).parts))
     by_split: dict[str, list[Path]] = {}
@@ -128,14 +132,17 @@ def _parts(root: Path) -> list[tuple[str, Path, list[Path]]]:
     return [(s, root, files) for s, files in by_split.items()]
 
 
-def _arrow_files(folder: Path) -> list[Path]:
+def _arrow_files(b: IndexBuilder, folder: Path) -> list[Path]:
     """The data files state.json lists (in its order), else every *.arrow in the folder."""
     try:
         state = json.loads((folder / "state.json").read_text())
-        names = [f["filename"] for f in state["_data_files"]]
-        return [folder / n for n in names if path_inside(str(folder), n) is not None]
+        names = [str(f["filename"]) for f in state["_data_files"]]
     except (OSError, ValueError, KeyError, TypeError):
         return sorted(folder.glob("*.arrow"))
+    for n in names:
+        if path_inside(str(folder), n) is None:
+            b.problem(str(folder / "state.json"), f"data file {n!r} lies outside {folder}; not read")
+    return [folder / n for n in names if path_inside(str(folder), n) is not None]
 
 
 def _state_split(folder: Path) -> str:
