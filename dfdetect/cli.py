@@ -7,6 +7,7 @@ more likely fake.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import random
 import traceback
@@ -111,6 +112,10 @@ def demo(
     run_demo(out, console=console)
 
 
+OPTION_HELP = ("An adapter option KEY=VALUE, repeatable (hf: label_column, fake_values, ...; lhotse: "
+               "label_field, ...; `dfdetect datasets list` shows each adapter's).")
+
+
 @app.command()
 def featurize(
     dataset: str = typer.Option(..., "--dataset", help="Adapter name (see `dfdetect datasets list`)."),
@@ -127,11 +132,13 @@ def featurize(
     codec: str = typer.Option(None, help="Variant: round-trip every clip through flac | mp3[:BITRATE] | opus[:BITRATE] | aac[:BITRATE]."),
     corrupt: str = typer.Option(None, help="Variant: seeded corruptions, comma-separated from noise,reverb,clip,bandlimit,resample,packetloss, or 'default' for all."),
     variant_seed: int = typer.Option(0, help="Seed of the corruptions (each clip's draw also depends on its id)."),
+    option: list[str] = typer.Option(None, "--option", "-o", help=OPTION_HELP),
 ):
     """Decode every clip once and write mel, LFCC and frozen WavLM features to a versioned Zarr store.
 
     Rerun the same command to resume an interrupted run. Exit code 0 when every clip was written,
     1 when some clips are errors (recorded in the store), 2 when the run could not finish."""
+    from dfdetect.datasets import parse_options
     from dfdetect.featurize.pipeline import featurize as run
     from dfdetect.featurize.variants import Variant
     from dfdetect.featurize.wavlm import WavLMConfig, WavLMUnavailableError
@@ -142,7 +149,8 @@ def featurize(
     try:
         result = run(dataset, root, out, features=wanted, wavlm=wavlm_config, device=device,
                      scheduler=scheduler, workers=workers, block_size=block_size,
-                     variant=Variant.parse(codec, corrupt, variant_seed), console=console)
+                     variant=Variant.parse(codec, corrupt, variant_seed), console=console,
+                     dataset_options=parse_options(option))
     except WavLMUnavailableError as e:
         raise WavLMUnavailableError(f"{e} To featurize without WavLM: --features mel,lfcc.") from e
     _print_featurize_summary(result)
@@ -171,9 +179,10 @@ def datasets_list():
     """Name the dataset adapters and what each expects."""
     from dfdetect.datasets import ADAPTERS
 
-    table = Table("name", "what it reads")
+    table = Table("name", "what it reads", "--option KEY=VALUE")
     for name, module in ADAPTERS.items():
-        table.add_row(name, module.DESCRIPTION)
+        options = [p for p in inspect.signature(module.prepare).parameters if p != "root"]
+        table.add_row(name, module.DESCRIPTION, " ".join(options) or "-")
     console.print(table)
 
 
@@ -184,15 +193,16 @@ def datasets_show(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
     decode: int = typer.Option(0, "--decode", help="Also decode N random clips (-1: all) to find broken audio early."),
     max_problems: int = typer.Option(20, help="How many problems to list (all are counted)."),
+    option: list[str] = typer.Option(None, "--option", "-o", help=OPTION_HELP),
 ):
     """Validate a download: counts per split, label and generator, and every problem found.
 
     Exit code 0 when clean, 1 when problems were found, 2 when the root has the wrong layout."""
-    from dfdetect.datasets import Problem, get_adapter
+    from dfdetect.datasets import Problem, parse_options, prepare
     from dfdetect.featurize.audio import AudioError
     from dfdetect.featurize.frontend import Frontend
 
-    index = get_adapter(name).prepare(root)
+    index = prepare(name, root, **parse_options(option))
     if decode:
         clips = index.clips if decode < 0 else random.Random(0).sample(index.clips, min(decode, len(index.clips)))
         frontend = Frontend()

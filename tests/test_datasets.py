@@ -36,7 +36,7 @@ def messages(index):
 
 def test_registry_order_and_interface():
     assert list(datasets.ADAPTERS) == ["deepfake_eval_2024", "asvspoof5", "asvspoof2019_la",
-                                       "in_the_wild", "folder", "manifest"]
+                                       "in_the_wild", "folder", "manifest", "hf", "lhotse"]
     for name, mod in datasets.ADAPTERS.items():
         assert mod.NAME == name == mod.__name__.rsplit(".", 1)[1]
         assert mod.DESCRIPTION and "\n" not in mod.DESCRIPTION

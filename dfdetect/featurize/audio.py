@@ -21,6 +21,7 @@ from typing import BinaryIO, Union
 import numpy as np
 import soundfile as sf
 
+from dfdetect.datasets import refs
 from dfdetect.errors import ConfigError, DfdetectError
 
 Source = Union[str, os.PathLike, bytes, BinaryIO]
@@ -208,6 +209,9 @@ def _read_source(source: Source, where: str) -> bytes:
 def decode(source: Source, name: str | None = None) -> Audio:
     """Decode a path, bytes or binary stream into float32 samples [channels, frames]."""
     where = describe(source, name)
+    ref = _ref_of(source, where)
+    if ref is not None:
+        return _decode_ref(ref, where)
     data = _read_source(source, where)
     if not data:
         raise AudioError(where, "empty", "empty file (0 bytes)")
@@ -237,6 +241,30 @@ def decode(source: Source, name: str | None = None) -> Audio:
     except Exception as e:  # FFmpeg raises many types for broken bytes; all mean "cannot decode"
         errors.append(f"ffmpeg: {getattr(e, 'strerror', None) or e}")
     raise AudioError(where, "decode_failed", f"cannot decode {container} data ({'; '.join(errors)})")
+
+
+def _ref_of(source: Source, where: str) -> refs.AudioRef | None:
+    try:
+        return refs.parse(source)
+    except refs.RefError as e:
+        raise AudioError(where, e.kind, str(e)) from None
+
+
+def _decode_ref(ref: refs.AudioRef, where: str) -> Audio:
+    """A clip the datasets layer points at (`datasets/refs.py`): bytes inside an Arrow/Parquet
+    table, or channels / a segment of a file; decoded like any other bytes, then cut."""
+    try:
+        data = refs.read_bytes(ref)
+    except refs.RefError as e:
+        raise AudioError(where, e.kind, str(e)) from None
+    audio = decode(ref.file if data is None else data, where)
+    if ref.whole:
+        return audio
+    try:
+        samples = refs.select(audio.samples, audio.sample_rate, ref)
+    except refs.RefError as e:
+        raise AudioError(where, e.kind, str(e)) from None
+    return Audio(np.ascontiguousarray(samples), audio.sample_rate, audio.container)
 
 
 class _NoAudio(Exception):

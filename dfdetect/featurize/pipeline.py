@@ -304,8 +304,9 @@ def featurize(dataset: str, root: str | Path, out: str, features=("mel", "lfcc")
               wavlm=None, device: str = "auto", scheduler: str | None = None,
               workers: int | None = None, block_size: int = 128,
               frontend: FrontendConfig = FrontendConfig(), variant: Variant | None = None,
-              console=None) -> FeaturizeResult:
-    """Run (or resume) the featurize pass of one dataset into the store at `out`."""
+              console=None, dataset_options: dict | None = None) -> FeaturizeResult:
+    """Run (or resume) the featurize pass of one dataset into the store at `out` (`dataset_options`:
+    the adapter's keyword arguments, `--option KEY=VALUE`)."""
     from rich.console import Console
 
 
@@ -317,7 +318,7 @@ def featurize(dataset: str, root: str | Path, out: str, features=("mel", "lfcc")
     features = tuple(f for f in FEATURES if f in features)
     check_range("--block-size", block_size, 1, MAX_BLOCK_SIZE)
     check_writable(out)
-    index = prepare(dataset, root)
+    index = prepare(dataset, root, **(dataset_options or {}))
     if not index.clips:
         raise StoreError(f"{dataset} at {root}: no clips found; check it with `dfdetect datasets show {dataset} --root {root}`")
     for p in index.problems[:5]:
