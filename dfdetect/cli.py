@@ -470,7 +470,14 @@ def score_command(
                                       ".tar.bz2, .tar.xz, .zip; read in place, never extracted), lists of paths "
                                       "(.txt, or .csv with a 'path' column), or - for a list on stdin."),
     model: Path = typer.Option(..., "--model", help="Run folder (runs/NAME) whose checkpoint scores."),
-    out: Path = typer.Option(..., "--out", help="Table to write: .csv | .jsonl | .parquet."),
+    out: Path = typer.Option(..., "--out", help="Table to write: .csv | .jsonl | .parquet (or, with --format "
+                             "asvspoof5 | asvspoof2019, the challenge score file)."),
+    fmt: str = typer.Option("table", "--format", help="table (by --out's extension) | asvspoof5 (tab-separated "
+                            "'filename<TAB>cm-score' with a header) | asvspoof2019 ('utt score' lines, 2019/2021). "
+                            "Challenge scores are 1 - P(fake) = P(bona fide), higher = bona fide, from the 6-decimal "
+                            "score (not an LLR); filename = the file or member name without folders and "
+                            "extension. Failed/skipped inputs have no score and are left out; every row, with its "
+                            "reason, goes to OUT.status.csv beside it."),
     epoch: str = typer.Option("best", help="best (by validation EER) | last | N"),
     window: float = typer.Option(None, help="Window length in seconds (default: the run's clip length, 3 s)."),
     hop: float = typer.Option(None, help="Window hop in seconds (default: half the window)."),
@@ -508,7 +515,7 @@ def score_command(
 
     options = ScoreOptions(window=window, hop=hop, aggregate=aggregate, top_k=top_k, batch_size=batch_size,
                            max_file_mb=max_file_mb, max_hours=max_hours, workers=workers, scheduler=scheduler,
-                           device=device, features_from=features_from)
+                           device=device, features_from=features_from, format=fmt)
     summary = score(model, paths, out, options, windows_out=windows, resume=resume, epoch=epoch,
                     console=console)
     for line in summary.lines():
