@@ -64,7 +64,7 @@ from dfdetect.featurize.frontend import FRONTEND_FEATURES
 from dfdetect.featurize.pipeline import dask_client
 from dfdetect.featurize.wavlm import load_wavlm
 from dfdetect.locks import ExclusiveLock
-from dfdetect.models.runs import load_run
+from dfdetect.models.pretrained import load_model
 from dfdetect.names import printable
 from dfdetect.score.from_store import open_feature_store, store_matches, store_pieces
 from dfdetect.score.lanes import dask_pieces, local_pieces, make_lanes
@@ -244,7 +244,7 @@ def score(model: str | Path, paths: list[str], out: str | Path, options: ScoreOp
             output_format(path)
     if windows_out is not None and windows_out.absolute() == out.absolute():
         raise ScoreError(f"--windows {windows_out} is the --out table too; give the window table its own file")
-    run = load_run(model, epoch)
+    run = load_model(model, epoch)
     frontend = run.frontend_config
     window = options.window or frontend.clip_seconds
     hop = options.hop or window / 2
