@@ -29,9 +29,12 @@ from dfdetect.score.options import ScoreOptions
 from dfdetect.score.scoring import Scorer, _rounded, aggregate
 from dfdetect.score.sources import OK, expand
 from dfdetect.score.windows import WindowConfig, lane_pieces
+from dfdetect.store import parse_store_spec
+from dfdetect.store import schema
+from dfdetect.store.inspect import store_info
 from dfdetect.train.trainer import TrainConfig, train
 
-__all__ = ["Detector", "Result", "featurize", "train", "TrainConfig", "evaluate"]
+__all__ = ["Detector", "Result", "Store", "open_store", "featurize", "train", "TrainConfig", "evaluate"]
 
 
 @dataclass
@@ -122,3 +125,35 @@ class Detector:
         return Result(path, member, OK, value, "fake" if value >= self.threshold else "real", self.threshold,
                       [round(s, 4) for s in starts.tolist()], [round(e, 4) for e in ends.tolist()],
                       [_rounded(s, 6) for s in scores.tolist()])
+
+
+class Store:
+    """One version of a feature store, for reading: `info()` (what `dfdetect store info --json`
+    prints), `arrays` (its feature arrays), `meta` (every metadata column, a pyarrow Table in row
+    order) and `read_rows(names, rows)` (feature rows as numpy arrays, float16 as stored)."""
+
+    def __init__(self, spec: str):
+        self.spec = spec
+        self._store = schema.open_store(spec)
+
+    def info(self) -> dict:
+        with schema.reading_metadata(parse_store_spec(self.spec)[0]):
+            return store_info(f"{self._store.path}@{self._store.version}")
+
+    @property
+    def arrays(self) -> tuple[str, ...]:
+        return tuple(self._store.feature_names)
+
+    @property
+    def meta(self):
+        import pyarrow as pa
+
+        return pa.table({name: np.asarray(values).tolist() for name, values in self._store.meta.items()})
+
+    def read_rows(self, names: Iterable[str], rows) -> dict[str, np.ndarray]:
+        return self._store.read_rows(list(names), rows)
+
+
+def open_store(spec: str) -> Store:
+    """The store version 'PATH[@VERSION]' names (default: the newest complete one)."""
+    return Store(spec)

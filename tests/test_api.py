@@ -74,3 +74,17 @@ def test_the_readme_example_runs_as_written(run_dir, tmp_path, monkeypatch):
     Path("clips/interview.wav").write_bytes(encode(synthesize("real", np.random.default_rng(3), 5.0), 16000, "wav"))
     Path("clips/empty.wav").write_bytes(b"")
     exec(compile(block, "README.md", "exec"), {})
+
+
+def test_open_store_reads_what_the_store_holds(mel_store):
+    from dfdetect.api import open_store
+    from dfdetect.store.schema import open_store as schema_open
+
+    store = open_store(mel_store)
+    assert store.arrays == ("mel",)
+    info = store.info()
+    meta = store.meta
+    assert meta.num_rows == info["n_clips"] and {"split", "label", "status"} <= set(meta.column_names)
+    rows = store.read_rows(["mel"], [0, 2])
+    expected = schema_open(mel_store).group["mel"][[0, 2]]
+    assert rows["mel"].shape == (2, 2, 128, 301) and np.array_equal(rows["mel"], expected, equal_nan=True)
