@@ -473,14 +473,49 @@ def report_command(
 
 
 
+@app.command("export")
+def export_command(
+    run: Path = typer.Argument(..., help="Run folder (runs/NAME) to export."),
+    out: Path = typer.Option(None, "--out", help="Folder to write: config.json, model.safetensors, README.md."),
+    onnx: Path = typer.Option(None, "--onnx", help="Also (or only) write the head as ONNX (mel_cnn, mel_aasist): "
+                              "input mel [batch,2,128,301] float32, output p_fake [batch]; the frontend stays in "
+                              "Python (dfdetect.featurize.frontend). Checked against PyTorch on the same windows "
+                              "(max abs diff printed). Needs pip install 'dfdetect[onnx]'."),
+    epoch: str = typer.Option("best", help="best (by validation EER) | last | N"),
+    force: bool = typer.Option(False, "--force", help="Write into a non-empty folder that is not an export."),
+):
+    """A shareable, Hugging Face-style folder of the run's head: config.json (architecture, frontend,
+    WavLM identity, threshold, precision), model.safetensors (no pickle) and a README.md model card
+    (training data, every set's metrics at the epoch, OOD included, warnings, intended use).
+    `dfdetect score --model DIR` scores with it."""
+    from dfdetect.evaluate.model_card import export_run
+
+    done = export_run(run, out, epoch=epoch, force=force, onnx=onnx)
+    if "folder" in done:
+        console.print(f"wrote {done['folder']} (config.json, model.safetensors, README.md)", soft_wrap=True,
+                      highlight=False)
+    if "onnx" in done:
+        o = done["onnx"]
+        console.print(f"wrote {o['path']}: ONNX Runtime vs PyTorch on {o['windows']} windows, max abs diff of "
+                      f"P(fake) {o['max_abs_diff']:.3g}", soft_wrap=True, highlight=False)
+
+
 # -- dfdetect score ---------------------------------------------------------------------------------
 @app.command("score")
 def score_command(
     paths: list[str] = typer.Argument(..., help="Audio files, folders (recursive), archives (.tar, .tar.gz/.tgz, "
                                       ".tar.bz2, .tar.xz, .zip; read in place, never extracted), lists of paths "
                                       "(.txt, or .csv with a 'path' column), or - for a list on stdin."),
-    model: Path = typer.Option(..., "--model", help="Run folder (runs/NAME) whose checkpoint scores."),
-    out: Path = typer.Option(..., "--out", help="Table to write: .csv | .jsonl | .parquet."),
+    model: Path = typer.Option(..., "--model", help="Run folder (runs/NAME) whose checkpoint scores, or a folder "
+                               "`dfdetect export` wrote."),
+    out: Path = typer.Option(..., "--out", help="Table to write: .csv | .jsonl | .parquet (or, with --format "
+                             "asvspoof5 | asvspoof2019, the challenge score file)."),
+    fmt: str = typer.Option("table", "--format", help="table (by --out's extension) | asvspoof5 (tab-separated "
+                            "'filename<TAB>cm-score' with a header) | asvspoof2019 ('utt score' lines, 2019/2021). "
+                            "Challenge scores are 1 - P(fake) = P(bona fide), higher = bona fide, from the 6-decimal "
+                            "score (not an LLR); filename = the file or member name without folders and "
+                            "extension. Failed/skipped inputs have no score and are left out; every row, with its "
+                            "reason, goes to OUT.status.csv beside it."),
     epoch: str = typer.Option("best", help="best (by validation EER) | last | N"),
     window: float = typer.Option(None, help="Window length in seconds (default: the run's clip length, 3 s)."),
     hop: float = typer.Option(None, help="Window hop in seconds (default: half the window)."),
@@ -518,7 +553,7 @@ def score_command(
 
     options = ScoreOptions(window=window, hop=hop, aggregate=aggregate, top_k=top_k, batch_size=batch_size,
                            max_file_mb=max_file_mb, max_hours=max_hours, workers=workers, scheduler=scheduler,
-                           device=device, features_from=features_from)
+                           device=device, features_from=features_from, format=fmt)
     summary = score(model, paths, out, options, windows_out=windows, resume=resume, epoch=epoch,
                     console=console)
     for line in summary.lines():

@@ -48,3 +48,18 @@ def csv_cell(value):
 def csv_value(cell: str) -> str:
     """The value `csv_cell` was given back from its cell."""
     return cell[1:] if cell.startswith("'") else cell
+
+
+# Characters that end or quote a field of a whitespace/TSV challenge score file (ASVspoof's readers
+# split on whitespace, drop what follows '#', and csv reads '"' as a quote), and the leading
+# characters a spreadsheet runs as a formula.
+_FIELD_BREAKERS = re.compile(r"[\s#\"']")
+
+
+def field_token(printed: str) -> str:
+    """A name as `printable` wrote it (score's rows hold such names), as ONE field of a whitespace-
+    or tab-separated line: whitespace, '#', quotes and a formula-starting first character become
+    \\xHH escapes too. Still one name per field: `printable` doubled the name's own backslashes, so
+    an escape added here never reads like a name's text."""
+    text = _FIELD_BREAKERS.sub(_escape, _CONTROL.sub(_escape, printed))
+    return _escape(re.match(".", text, re.S)) + text[1:] if text.startswith(FORMULA_START) else text

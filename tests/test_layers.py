@@ -18,6 +18,7 @@ LAYERS = [
     {"train", "score"},
     {"evaluate"},
     {"studies"},
+    {"api"},
     {"demo", "cli"},
 ]
 RANK = {name: rank for rank, names in enumerate(LAYERS) for name in names}

@@ -8,8 +8,8 @@ The format follows the extension unless `fmt` is given:
 Tabular files name their columns: the score is `--score-col` or the first of SCORE_COLUMNS, the
 label `--label-col` or the first of LABEL_COLUMNS (any spelling parse_label knows: fake/spoof/1,
 real/bonafide/bona-fide/genuine/0, ...), the clip id `--id-col` or the first of ID_COLUMNS.
-`asvspoof` is whitespace-separated without a header (`#` starts a comment), as the ASVspoof
-packages write: `FILE SCORE` (2021), `FILE ATTACK KEY SCORE` (2019 CM), `SPK FILE SCORE KEY`
+`asvspoof` is whitespace-separated (`#` starts a comment; a first line naming a score column, as
+ASVspoof 5's `filename<TAB>cm-score`, is its header), as the ASVspoof packages write: `FILE SCORE` (2021), `FILE ATTACK KEY SCORE` (2019 CM), `SPK FILE SCORE KEY`
 (ASVspoof 5 README). Column rule: the score is the last field that is a number, the key the last
 non-numeric field that spells a label (bonafide/spoof, ...), the attack a field like A07.
 `protocol` (e.g. an ASVspoof protocol, or In-the-Wild's meta.csv) supplies labels by clip id: in a
@@ -82,6 +82,11 @@ def _is_number(text: str) -> bool:
         return False
 
 
+def _is_header(fields: list[str]) -> bool:
+    """A first line that names columns (a score column among them, no number): a header, not a row."""
+    return not any(map(_is_number, fields)) and any(f.lower() in SCORE_COLUMNS for f in fields)
+
+
 def _whitespace_record(fields: list[str], id_field: int | None) -> dict:
     """One whitespace line by the documented column rule; `id_field` None: every field may be the id."""
     numeric = [i for i, f in enumerate(fields) if _is_number(f)]
@@ -150,6 +155,8 @@ def _read_records(path: Path, fmt: str, id_field: int | None) -> tuple[str, list
         with open(path, encoding="utf-8-sig") as f:
             for number, line in enumerate(f, 1):
                 fields = line.split("#", 1)[0].split()
+                if not records and fields and _is_header(fields):
+                    continue   # ASVspoof 5's score files open with "filename<TAB>cm-score"
                 if fields:
                     records.append((number, _whitespace_record(fields, id_field)))
         return "line", records

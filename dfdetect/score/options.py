@@ -8,6 +8,8 @@ from dfdetect.errors import DfdetectError
 
 AGGREGATES = ("mean", "max", "topk")
 SCORE_MEANING = "P(fake): higher = more likely fake"
+# Challenge score files --out can be instead of a table (tables.write_challenge)
+CHALLENGE_FORMATS = ("asvspoof5", "asvspoof2019")
 
 
 class ScoreError(DfdetectError):
@@ -27,3 +29,4 @@ class ScoreOptions:
     scheduler: str | None = None
     device: str = "auto"
     features_from: str | None = None   # STORE[@VERSION]: score its rows' features for files it holds
+    format: str = "table"         # table (by --out's extension) | asvspoof5 | asvspoof2019

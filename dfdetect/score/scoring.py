@@ -64,13 +64,22 @@ from dfdetect.featurize.frontend import FRONTEND_FEATURES
 from dfdetect.featurize.pipeline import dask_client
 from dfdetect.featurize.wavlm import load_wavlm
 from dfdetect.locks import ExclusiveLock
-from dfdetect.models.runs import load_run
+from dfdetect.models.pretrained import load_model
 from dfdetect.names import printable
 from dfdetect.score.from_store import open_feature_store, store_matches, store_pieces
 from dfdetect.score.lanes import dask_pieces, local_pieces, make_lanes
-from dfdetect.score.options import AGGREGATES, SCORE_MEANING, ScoreError, ScoreOptions
+from dfdetect.score.options import AGGREGATES, CHALLENGE_FORMATS, SCORE_MEANING, ScoreError, ScoreOptions
 from dfdetect.score.sources import ERROR, OK, SKIPPED, Item, expand
-from dfdetect.score.tables import COLUMNS, WINDOW_COLUMNS, TableWriter, output_format, previous_rows
+from dfdetect.score.tables import (
+    CHALLENGE_MEANING,
+    COLUMNS,
+    WINDOW_COLUMNS,
+    TableWriter,
+    output_format,
+    previous_rows,
+    status_table,
+    write_challenge,
+)
 from dfdetect.score.windows import STORE, FileResult, Piece, WindowConfig
 from dfdetect.store.schema import wavlm_differences, wavlm_precision_of
 
@@ -159,6 +168,10 @@ class ScoreSummary:
     model_seconds: float = 0.0
     errors: Counter = field(default_factory=Counter)
     examples: dict = field(default_factory=dict)
+    table: str = ""                 # the table of every row (--out, or beside a challenge file)
+    challenge: str = ""             # --format asvspoof5|asvspoof2019: the challenge file
+    challenge_scores: int = 0       # trials written to it
+    challenge_left_out: int = 0     # rows without a score (failed, skipped), only in the table
 
     @property
     def exit_code(self) -> int:
@@ -176,6 +189,10 @@ class ScoreSummary:
                  f"{self.audio_seconds / wall:.0f} audio-hours per hour; model forward {self.model_seconds / wall:.0%} "
                  "of the time"]
         lines += [f"  {kind}: {n} (e.g. {self.examples[kind]})" for kind, n in self.errors.most_common()]
+        if self.challenge:
+            lines.append(f"{self.challenge}: {self.challenge_scores} scores as {CHALLENGE_MEANING}; "
+                         f"{self.challenge_left_out} failed or skipped inputs have no score and are left out "
+                         f"(their rows and reasons: {self.table})")
         return lines
 
 
@@ -203,7 +220,14 @@ def score(model: str | Path, paths: list[str], out: str | Path, options: ScoreOp
 
 
     console = console or Console(stderr=True)
-    out = Path(out)
+    out = challenge = Path(out)
+    if options.format not in ("table", *CHALLENGE_FORMATS):
+        raise ScoreError(f"unknown --format {options.format!r}; valid: table, {', '.join(CHALLENGE_FORMATS)}")
+    if options.format != "table":   # the challenge file is made from the table's ok rows at the end
+        check_output("--out", challenge)
+        if challenge.exists() and not resume:
+            raise ScoreError(f"{challenge} exists; pass --resume to continue its run, or remove it")
+        out = status_table(challenge)
     windows_out = None if windows_out is None else Path(windows_out)
     if options.aggregate not in AGGREGATES:
         raise ScoreError(f"unknown --aggregate {options.aggregate!r}; valid: {', '.join(AGGREGATES)}")
@@ -220,7 +244,7 @@ def score(model: str | Path, paths: list[str], out: str | Path, options: ScoreOp
             output_format(path)
     if windows_out is not None and windows_out.absolute() == out.absolute():
         raise ScoreError(f"--windows {windows_out} is the --out table too; give the window table its own file")
-    run = load_run(model, epoch)
+    run = load_model(model, epoch)
     frontend = run.frontend_config
     window = options.window or frontend.clip_seconds
     hop = options.hop or window / 2
@@ -267,6 +291,11 @@ def score(model: str | Path, paths: list[str], out: str | Path, options: ScoreOp
         finally:
             results.close()
         summary.rows = summary.resumed + summary.scored + summary.failed + summary.skipped
+        summary.table = str(out)
+        if options.format != "table":   # only after a finished run: a partial one must not look complete
+            summary.challenge = str(challenge)
+            summary.challenge_scores, summary.challenge_left_out = write_challenge(
+                challenge, options.format, previous_rows(out, True)[0])
         return summary
 
 

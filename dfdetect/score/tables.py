@@ -11,8 +11,8 @@ import json
 import os
 from pathlib import Path
 
-from dfdetect.names import csv_cell, csv_value
-from dfdetect.score.options import ScoreError
+from dfdetect.names import csv_cell, csv_value, field_token
+from dfdetect.score.options import CHALLENGE_FORMATS, ScoreError
 
 FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".parquet": "parquet"}
 # Output columns and their types (the Parquet schema; CSV/JSONL write the same names in this order).
@@ -167,3 +167,55 @@ class TableWriter:
                 os.replace(self._partial, self.path)
             else:
                 self._file.close()
+
+
+# -- challenge score files (--format asvspoof5 | asvspoof2019) ---------------------------------------------
+CHALLENGE_MEANING = "1 - P(fake) = P(bona fide): higher = more likely bona fide (the challenges' polarity)"
+
+
+def status_table(out: Path) -> Path:
+    """Where score keeps every input's row when --out is a challenge file: beside it, OUT.status.csv."""
+    return out.with_name(out.stem + ".status.csv")
+
+
+def challenge_name(row: dict) -> str:
+    """The challenges' trial name of a row: the file (or archive member) name without folders and
+    without its last extension (ASVspoof keys name `E_0000000001`, not `.../E_0000000001.flac`),
+    as one field that no tab, space, newline or '#' in an untrusted name can split."""
+    name = (row["member"] or row["path"]).rsplit("/", 1)[-1]
+    stem, dot, _ = name.rpartition(".")
+    return field_token(stem if dot and stem else name)
+
+
+def write_challenge(path: Path, fmt: str, rows: list[dict]) -> tuple[int, int]:
+    """The challenge file of the ok rows (failed and skipped inputs have no score, and a challenge file
+    must not hold invented ones: they stay in the status table only). Written beside `path` and
+    renamed into place, so a reader never sees half of it. Returns (scores written, rows left out).
+    Two inputs with the same trial name (a/x.wav and b/x.flac) would make one trial with two scores:
+    a ScoreError naming them."""
+    if fmt not in CHALLENGE_FORMATS:
+        raise ScoreError(f"unknown --format {fmt!r}; valid: table, {', '.join(CHALLENGE_FORMATS)}")
+    ok = [r for r in rows if r.get("status") == "ok" and r.get("score") is not None]
+    names: dict[str, dict] = {}
+    for row in ok:
+        name = challenge_name(row)
+        if name in names:
+            first = names[name]
+            raise ScoreError(f"--format {fmt}: {row['path']}{':' + row['member'] if row['member'] else ''} and "
+                             f"{first['path']}{':' + first['member'] if first['member'] else ''} are both trial "
+                             f"{name!r}; score them into separate --out files (every row is in the status table)")
+        names[name] = row
+    # P(bona fide) = 1 - P(fake), the score as written (6 decimals): exact, bounded, the order reversed,
+    # so EER and minDCF are dfdetect's. Not a log-likelihood ratio: the ASVspoof 5 package's actDCF
+    # and Cllr assume calibrated LLRs and do not mean anything for it.
+    lines = ["filename\tcm-score\n"] if fmt == "asvspoof5" else []
+    sep = "\t" if fmt == "asvspoof5" else " "
+    lines += [f"{name}{sep}{1.0 - float(row['score']):.6f}\n" for name, row in names.items()]
+    tmp = path.with_name(path.name + ".partial")
+    try:
+        tmp.write_text("".join(lines), encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as e:
+        raise ScoreError(f"cannot write {path}: {e.strerror or e}; the status table keeps every row: make room "
+                         "and rerun the same command with --resume") from None
+    return len(names), len(rows) - len(names)

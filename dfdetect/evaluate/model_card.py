@@ -1,0 +1,82 @@
+"""`dfdetect export RUN --out DIR`: the exported folder (models/pretrained.py owns its format) and
+its README.md model card, generated from the run: training data, epochs, every set's metrics at the
+exported epoch (OOD included), the reference study's failure warnings (report.find_warnings, the
+report's own checks), intended use and limits. The card is rendered by the report's Page, so names
+from the run (sets, stores) are escaped the way the report escapes them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dfdetect.errors import ConfigError
+from dfdetect.evaluate.evaluation import HEADER, fmt
+from dfdetect.evaluate.report import Page, find_warnings, read_run
+from dfdetect.models.onnx_export import export_onnx
+from dfdetect.models.pretrained import write_pretrained
+from dfdetect.models.registry import get_architecture
+from dfdetect.models.runs import LoadedRun, load_run
+
+# Hugging Face reads this front matter; nothing in it comes from the run.
+FRONT_MATTER = "---\nlibrary_name: dfdetect\ntags:\n- audio-deepfake-detection\n- anti-spoofing\n---\n\n"
+
+
+def model_card(run: LoadedRun) -> str:
+    """The model card of `run` at its loaded epoch, as Markdown."""
+    arch = get_architecture(run.arch)
+    info = read_run(run.path)
+    train = run.config["sets"]["train"]
+    page = Page(f"{run.path.name}: {arch.title} audio deepfake detector (dfdetect)")
+    page.text(HEADER)
+    page.heading("Model")
+    page.text(f"{arch.title} ({run.arch}, {info.parameters:,} parameters; from the {arch.source}). Exported "
+              f"epoch {run.epoch} of {len(run.records)} trained (best validation epoch: {info.best_epoch}). "
+              f"Decision threshold {run.threshold:.6f} on P(fake): the validation-EER threshold of this epoch.")
+    page.text(f"Frontend {run.frontend_hash}: 16 kHz mono, {run.frontend_config.clip_seconds:g} s clips "
+              "(centre crop / zero pad), peak normalisation; long files are scored in windows and their "
+              "window scores averaged. " + (f"Needs the frozen WavLM {run.wavlm_info.get('model')} (revision "
+                                             f"{run.wavlm_info.get('revision')}, layers {run.wavlm_info.get('layers')}) "
+                                             "to score audio; it is not in this folder."
+                                             if run.wavlm_info else "No WavLM: the folder is the whole detector."))
+    page.heading("Training data")
+    page.text(f"Trained on {train.get('spec')} ({train.get('rows', 0):,} clips, store version "
+              f"{train.get('version')}); the other sets below were measured every epoch.")
+    page.heading(f"Metrics at epoch {run.epoch}")
+    rows = []
+    for name, m in run.record["sets"].items():
+        at = m.get("at_0.5", {})
+        kind = "out of distribution" if name.startswith("ood:") else "validation" if name == "val" else "in distribution"
+        rows.append([name, kind, str(m.get("n", "")), fmt(m.get("eer")), fmt(m.get("auc")), fmt(m.get("min_dcf")),
+                     fmt(at.get("accuracy"), "accuracy"), fmt(at.get("recall"), "recall"),
+                     fmt(at.get("specificity"), "specificity")])
+    page.table(["set", "kind", "clips", "EER", "AUC", "minDCF", "accuracy@0.5", "recall@0.5", "specificity@0.5"],
+               rows)
+    page.heading("Warnings")
+    found = find_warnings(info)
+    for w in found:
+        page.warning(w.message)
+    if not found:
+        page.text("None of the reference study's failure signatures (dfdetect report's checks).")
+    page.heading("Intended use and limits")
+    page.text("Screening audio for synthetic speech as one signal among others, and research on generalization. "
+              "Not proof that a recording is real or fake. In-distribution accuracy says little about audio from "
+              "generators, codecs, languages and channels it never saw: trust the out-of-distribution rows above "
+              "(if there are none, its real-world performance is unmeasured). Scores are P(fake); recalibrate "
+              "the threshold on data like yours.")
+    page.text("Load it with `dfdetect score --model DIR ...`. The folder holds config.json and model.safetensors "
+              "(no pickle, nothing executable).")
+    return FRONT_MATTER + page.markdown("")
+
+
+def export_run(run_path: str | Path, out: str | Path | None = None, epoch: str | int = "best", force: bool = False,
+               onnx: str | Path | None = None) -> dict:
+    """Write the exported folder of the run at `run_path`, `epoch` (best | last | N), to `out`
+    and/or its head as ONNX to `onnx` (models/onnx_export.py: the check against PyTorch included)."""
+    if out is None and onnx is None:
+        raise ConfigError("give --out DIR (the shareable folder), --onnx FILE (the mel head as ONNX), or both")
+    run = load_run(run_path, epoch)
+    done = {}
+    if out is not None:
+        done["folder"] = write_pretrained(run, out, model_card(run), force=force)
+    if onnx is not None:
+        done["onnx"] = export_onnx(run, onnx)
+    return done
