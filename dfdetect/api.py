@@ -26,7 +26,7 @@ from dfdetect.featurize.frontend import FRONTEND_FEATURES
 from dfdetect.featurize.pipeline import featurize
 from dfdetect.models.pretrained import load_model, load_pretrained
 from dfdetect.score.options import ScoreOptions
-from dfdetect.score.scoring import Scorer, _rounded, aggregate
+from dfdetect.score.scoring import Scorer, aggregate, rounded
 from dfdetect.score.sources import OK, expand
 from dfdetect.score.windows import WindowConfig, lane_pieces
 from dfdetect.store import parse_store_spec
@@ -121,10 +121,10 @@ class Detector:
             return Result(path, member, result.status, None, None, self.threshold,
                           error_kind=result.error_kind, error=result.error)
         starts, ends, scores = (np.concatenate(c) for c in zip(*parts))
-        value = _rounded(aggregate(scores, self.options.aggregate, self.options.top_k), 6)
+        value = rounded(aggregate(scores, self.options.aggregate, self.options.top_k), 6)
         return Result(path, member, OK, value, "fake" if value >= self.threshold else "real", self.threshold,
                       [round(s, 4) for s in starts.tolist()], [round(e, 4) for e in ends.tolist()],
-                      [_rounded(s, 6) for s in scores.tolist()])
+                      [rounded(s, 6) for s in scores.tolist()])
 
 
 class Store:

@@ -206,7 +206,7 @@ def _first_line(error: Exception) -> str:
     return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
-def _rounded(value: float | None, digits: int) -> float | None:
+def rounded(value: float | None, digits: int) -> float | None:
     return None if value is None or not math.isfinite(value) else round(float(value), digits)
 
 
@@ -334,7 +334,7 @@ class _Results:
             if self.window_rows is not None:  # before the file's row: a file row means its windows are there
                 for w, s, e, q, p in zip(*(a.tolist() for a in (window, start, end, silent, scores))):
                     self.window_rows.write({"path": path, "member": member, "window": w, "start": round(s, 4),
-                                            "end": round(e, 4), "silent": q, "score": _rounded(p, 6),
+                                            "end": round(e, 4), "silent": q, "score": rounded(p, 6),
                                             "score_meaning": SCORE_MEANING})
             summary.scored += 1
             summary.from_store += result.features == STORE
@@ -347,8 +347,8 @@ class _Results:
             summary.errors[result.error_kind] += 1
             summary.examples.setdefault(result.error_kind, printable(result.error))
         decision = None if score is None else ("fake" if score >= self.constants["threshold"] else "real")
-        self.rows.write({"path": path, "member": member, "status": result.status, "score": _rounded(score, 6),
-                         "decision": decision, "duration": _rounded(result.duration, 3),
+        self.rows.write({"path": path, "member": member, "status": result.status, "score": rounded(score, 6),
+                         "decision": decision, "duration": rounded(result.duration, 3),
                          "sample_rate": result.sample_rate, "channels": result.channels,
                          "container": result.container, "windows": result.windows,
                          "silent_windows": result.silent_windows, "error_kind": result.error_kind,
