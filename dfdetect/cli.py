@@ -139,7 +139,7 @@ def featurize(
     Rerun the same command to resume an interrupted run. Exit code 0 when every clip was written,
     1 when some clips are errors (recorded in the store), 2 when the run could not finish."""
     from dfdetect.datasets import parse_options
-    from dfdetect.featurize.pipeline import featurize as run
+    from dfdetect.api import featurize as run       # the Python API's function: one entry point
     from dfdetect.featurize.variants import Variant
     from dfdetect.featurize.wavlm import WavLMConfig, WavLMUnavailableError
 
@@ -294,7 +294,7 @@ def train_command(
     """Train a head from cached features; every epoch is evaluated on validation, test and OOD sets.
 
     Labels: 1 = fake, 0 = real. Scores written are P(fake), higher = more likely fake."""
-    from dfdetect.train.trainer import TrainConfig, train
+    from dfdetect.api import TrainConfig, train
 
     fields = _read_config_file(config_file, TrainConfig) if config_file else {}
     given = {"arch": arch, "train": train_set, "val": val, "test": test, "ood": tuple(ood) or None,
@@ -427,12 +427,8 @@ def evaluate_command(
     Labels: 1 = fake (spoof), 0 = real (bona fide). Scores: P(fake), higher = more likely fake; use
     --higher-is real for systems that score bona fide high (ASVspoof's convention). EER: the ASVspoof
     convention. Formats and the ASVspoof column rule: see dfdetect/evaluate/score_files.py."""
-    from dfdetect.evaluate.evaluation import (
-        EvaluationError,
-        evaluate_run,
-        evaluate_score_file,
-        print_evaluation,
-    )
+    from dfdetect.api import evaluate as evaluate_run
+    from dfdetect.evaluate.evaluation import EvaluationError, evaluate_score_file, print_evaluation
     from dfdetect.evaluate.score_files import read_scores
     from dfdetect.metrics import json_safe
 
