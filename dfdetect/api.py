@@ -22,13 +22,12 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from dfdetect.evaluate.evaluation import evaluate_run as evaluate
-from dfdetect.featurize.frontend import FRONTEND_FEATURES
 from dfdetect.featurize.pipeline import featurize
 from dfdetect.models.pretrained import load_model, load_pretrained
 from dfdetect.score.options import ScoreOptions
-from dfdetect.score.scoring import Scorer, aggregate, rounded
+from dfdetect.score.scoring import Scorer, aggregate, rounded, window_config
 from dfdetect.score.sources import OK, expand
-from dfdetect.score.windows import WindowConfig, lane_pieces
+from dfdetect.score.windows import lane_pieces
 from dfdetect.store import parse_store_spec
 from dfdetect.store import schema
 from dfdetect.store.inspect import store_info
@@ -76,14 +75,6 @@ class Detector:
     def threshold(self) -> float:
         return self.run.threshold
 
-    def _config(self, batch_size: int) -> WindowConfig:
-        frontend, o = self.run.frontend_config, self.options
-        window = o.window or frontend.clip_seconds
-        hop = o.hop or window / 2
-        return WindowConfig(frontend, int(round(window * frontend.sample_rate)), int(round(hop * frontend.sample_rate)),
-                            tuple(k for k in FRONTEND_FEATURES if k in self.run.inputs), "wavlm" in self.run.inputs,
-                            batch_size, o.max_hours * 3600, o.max_file_mb * 1e6)
-
     def score(self, audio: str | Path | np.ndarray, sample_rate: int | None = None) -> Result:
         """The Result of one file, or of a waveform ([samples] or [channels, samples] at
         `sample_rate`), which is written as a float WAV and scored as that file would be."""
@@ -103,7 +94,7 @@ class Detector:
         if self._scorer is None:
             self._scorer = Scorer(self.run, self.options.device)
         items = expand([str(p) for p in paths])
-        config = self._config(batch_size)
+        config = window_config(self.run, self.options, batch_size)
         windows: dict[int, list] = {}
         for piece in lane_pieces(list(enumerate(items)), config):
             scores = np.full(len(piece.item), np.nan)

@@ -138,6 +138,17 @@ class Scorer:
                                    self._head({k: v[half:] for k, v in inputs.items()})])
 
 
+def window_config(run, options: ScoreOptions, batch_size: int | None = None) -> WindowConfig:
+    """How `run`'s head sees a file under `options`: windows (default the frontend's clip, hop
+    half of it), the features it reads, batch and input limits. `score` and the API both use it."""
+    frontend = run.frontend_config
+    window = options.window or frontend.clip_seconds
+    hop = options.hop or window / 2
+    return WindowConfig(frontend, int(round(window * frontend.sample_rate)), int(round(hop * frontend.sample_rate)),
+                        tuple(k for k in FRONTEND_FEATURES if k in run.inputs), "wavlm" in run.inputs,
+                        batch_size or options.batch_size, options.max_hours * 3600, options.max_file_mb * 1e6)
+
+
 def aggregate(scores: np.ndarray, how: str = "mean", top_k: int = 3) -> float:
     """A file's score from its (non-silent) window scores; see the module docstring."""
     if how == "mean":
@@ -246,11 +257,8 @@ def score(model: str | Path, paths: list[str], out: str | Path, options: ScoreOp
         raise ScoreError(f"--windows {windows_out} is the --out table too; give the window table its own file")
     run = load_model(model, epoch)
     frontend = run.frontend_config
-    window = options.window or frontend.clip_seconds
-    hop = options.hop or window / 2
-    config = WindowConfig(frontend, int(round(window * frontend.sample_rate)), int(round(hop * frontend.sample_rate)),
-                          tuple(k for k in FRONTEND_FEATURES if k in run.inputs), "wavlm" in run.inputs,
-                          options.batch_size, options.max_hours * 3600, options.max_file_mb * 1e6)
+    config = window_config(run, options)
+    window, hop = config.window / frontend.sample_rate, config.hop / frontend.sample_rate
     aggregate_name = f"top{options.top_k}" if options.aggregate == "topk" else options.aggregate
     constants = {"threshold": run.threshold, "score_meaning": SCORE_MEANING, "aggregate": aggregate_name,
                  "run_id": run.run_id, "frontend_hash": frontend.hash()}

@@ -269,12 +269,12 @@ class FeatureStore:
         """One whole chunk, its rows into `targets` (None: not wanted); a chunk that fails to decode
         (its CRC32C, a cut-off shard) is a StoreError naming the store, the array and the rows, not
         a codec's traceback."""
-        arr = self.array(name)
+        direct = self._direct(name)
         try:
-            if self._direct(name) is not None:
-                self._direct(name).read_into(start, targets)
+            if direct is not None:
+                direct.read_into(start, targets)
             else:
-                block = arr[start:start + len(targets)]
+                block = self.array(name)[start:start + len(targets)]
                 for target, row in zip(targets, block):
                     if target is not None:
                         target[...] = row

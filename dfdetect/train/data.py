@@ -177,10 +177,10 @@ class FeatureLoader:
             pending = deque(pool.submit(self._fill, step) for step in plan[:self.readers])
             carry = None
             for i, step in enumerate(plan):
-                values, carried = pending.popleft().result()
+                values = pending.popleft().result()
                 if i + self.readers < len(plan):
                     pending.append(pool.submit(self._fill, plan[i + self.readers]))
-                rows = self._place_carry(step, values, carried, carry)
+                rows = self._place_carry(step, values, carry)
                 self._check_finite(rows, values, every_value=False)
                 yield from self._batches(values, rows[:step["full"]], self._bounds(step["full"]))
                 carry = {k: v[step["full"]:] for k, v in {**values, "row": rows}.items()}
@@ -203,7 +203,7 @@ class FeatureLoader:
             c = n - full
         return plan
 
-    def _fill(self, step: dict) -> tuple[dict, int]:
+    def _fill(self, step: dict) -> dict[str, np.ndarray]:
         """A buffer's rows of every feature read straight into their places: positions of this
         buffer's batch order (the batches and the rows carried on), carried-in rows left for later."""
         n, c = len(step["order"]), step["carried"]
@@ -216,11 +216,11 @@ class FeatureLoader:
             values[f] = np.empty((n, *arr.shape[1:]), arr.dtype)
             slots = list(values[f])
             self.data.store.read_rows_into(f, step["rows"], [slots[k] for k in mine])
-        return values, c
+        return values
 
-    def _place_carry(self, step: dict, values: dict, carried: int, carry: dict | None) -> np.ndarray:
+    def _place_carry(self, step: dict, values: dict, carry: dict | None) -> np.ndarray:
         """Put the rows carried in from the last buffer into their places; the rows in order."""
-        order = step["order"]
+        order, carried = step["order"], step["carried"]
         if not carried:
             return step["rows"][order]
         from_carry = np.flatnonzero(order < carried)
