@@ -139,7 +139,7 @@ def featurize(
     Rerun the same command to resume an interrupted run. Exit code 0 when every clip was written,
     1 when some clips are errors (recorded in the store), 2 when the run could not finish."""
     from dfdetect.datasets import parse_options
-    from dfdetect.api import featurize as run       # the Python API's function: one entry point
+    from dfdetect.featurize.pipeline import featurize as run   # what dfdetect.api.featurize is (it imports every stage)
     from dfdetect.featurize.variants import Variant
     from dfdetect.featurize.wavlm import WavLMConfig, WavLMUnavailableError
 

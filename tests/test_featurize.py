@@ -204,3 +204,38 @@ def test_codec_and_corruption_variants_are_their_own_versions(corpus, tmp_path):
     featurize("folder", corpus, str(tmp_path / "again.zarr"), features=("mel",), workers=0,
                       block_size=16, variant=Variant.parse(None, "default", seed=1))
     np.testing.assert_array_equal(open_store(str(tmp_path / "again.zarr")).array("mel")[:], mels[corrupt.version].astype(np.float16))
+
+
+def test_local_workers_keep_clip_buffers_off_mmap():
+    """dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536, which pins the mmap threshold at
+    128 KiB (every clip-sized buffer a fresh mmap, 3x slower frontend); featurize's own workers get
+    glibc's thresholds back, a plain LocalCluster's keep dask's."""
+    import ctypes
+    import ctypes.util
+
+    from distributed import Client, LocalCluster
+
+    from dfdetect.featurize.pipeline import dask_client
+
+    if not ctypes.util.find_library("c") or not hasattr(ctypes.CDLL("libc.so.6"), "mallinfo2"):
+        pytest.skip("needs glibc >= 2.33 (mallinfo2)")
+
+    def _mmapped_by_a_clip_buffer() -> int:
+        """Bytes glibc serves by mmap for a 1 MiB buffer (a chunk's spectra are ~10 MB) while it lives."""
+        import ctypes
+
+        class MallInfo2(ctypes.Structure):
+            _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd",
+                                                               "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallinfo2.restype = MallInfo2
+        before = libc.mallinfo2().hblkhd
+        buffer = np.ones(1 << 20, np.uint8)
+        during = libc.mallinfo2().hblkhd
+        del buffer
+        return during - before
+
+    with dask_client(None, 1) as client:
+        assert list(client.run(_mmapped_by_a_clip_buffer).values()) == [0]
+    with LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=None) as cluster, Client(cluster) as client:
+        assert list(client.run(_mmapped_by_a_clip_buffer).values())[0] >= 1 << 20

@@ -4,11 +4,12 @@ waveform rules (mono, 16 kHz, centre crop / end pad, peak norm) and every bad cl
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
 pytest.importorskip("librosa")
 
 from dfdetect.featurize.audio import Audio, AudioError, encode
-from dfdetect.featurize.frontend import Frontend, FrontendConfig, MelConfig
+from dfdetect.featurize.frontend import FEATURE_CHUNK, Frontend, FrontendConfig, MelConfig
 
 import librosa_reference as reference
 
@@ -45,15 +46,35 @@ def test_lfcc_matches_a_first_principles_computation(frontend, speech):
 
 
 def test_batched_features_equal_clip_by_clip(frontend, speech):
-    """top_db clamps per clip: a loud clip in the batch must not change a quiet one's features."""
+    """top_db clamps per clip: a loud clip in the batch must not change a quiet one's features. A
+    batch is computed FEATURE_CHUNK rows at a time; at one torch thread (a featurize worker's) every
+    row is bit for bit what it is alone, and float16 output is exactly the float32 values rounded
+    (what stores held before the chunking). More threads split the per-clip reductions their own
+    way (float32 rounding, ~1e-7)."""
     loud = frontend.peak_normalise(speech[:48000])
     quiet = loud.copy()
     quiet[:24000] *= 1e-4  # a clip with a 80 dB dynamic range inside it
-    batch = frontend.features(np.stack([loud, quiet]))
-    for i, w in enumerate([loud, quiet]):
-        single = frontend.features(w)
-        for k in ("mel", "lfcc"):
-            np.testing.assert_allclose(batch[k][i], single[k][0], atol=1e-5)
+    rng = np.random.default_rng(3)
+    noise = [frontend.peak_normalise(rng.standard_normal(48000).astype(np.float32)) for _ in range(FEATURE_CHUNK + 3)]
+    waves = np.stack([loud, quiet, *noise])   # more than one chunk, the last one short
+    kinds = ("mel", "lfcc", "wave")
+    threaded = frontend.features(waves, kinds)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        batch = frontend.features(waves, kinds)
+        half = frontend.features(waves, kinds, dtype=np.float16)
+        singles = [frontend.features(w, kinds) for w in waves]
+    finally:
+        torch.set_num_threads(threads)
+    for i, single in enumerate(singles):
+        for k in kinds:
+            np.testing.assert_array_equal(batch[k][i], single[k][0], err_msg=k)
+            np.testing.assert_allclose(threaded[k][i], single[k][0], atol=1e-5, err_msg=k)
+    for k in ("mel", "lfcc", "wave"):
+        assert batch[k].dtype == np.float32 and half[k].dtype == np.float16
+        np.testing.assert_array_equal(half[k], batch[k].astype(np.float16), err_msg=k)
+    assert frontend.features(waves[:0])["mel"].shape == (0, 2, 128, 301)
 
 
 def test_waveform_mono_resample_crop_pad_and_peak(frontend):

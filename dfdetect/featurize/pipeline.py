@@ -155,12 +155,12 @@ def frontend_block(job: BlockJob) -> dict:
     features = {}
     kinds = [k for k in FRONTEND_FEATURES if k in job.features]
     if kinds:
-        computed = frontend.features(waves[ok], kinds=kinds) if ok.any() else {}
-        for k in kinds:
-            full = np.full((n, *job.frontend.feature_shape(k)), np.nan, np.float16)
-            if ok.any():
-                full[ok] = computed[k]
-            features[k] = full
+        features = frontend.features(waves[ok], kinds=kinds, dtype=np.float16)
+        if not ok.all():   # a failed clip's rows stay NaN, as every unwritten row reads
+            for k in kinds:
+                full = np.full((n, *job.frontend.feature_shape(k)), np.nan, np.float16)
+                full[ok] = features[k]
+                features[k] = full
     group = _open_version(job)
     last = "wavlm" not in job.features
     write_block(group, job.block, features, outcomes, mark_done=last)
@@ -191,26 +191,66 @@ def wavlm_block(job: BlockJob, prepared: dict) -> dict:
 
 # -- coordinator --------------------------------------------------------------------------------
 @contextlib.contextmanager
-def dask_client(scheduler: str | None, workers: int, wavlm_devices=()):
+def dask_client(scheduler: str | None, workers: int, wavlm_devices=(), preload=(__name__,)):
     """A client on the given cluster, or on a local cluster of `workers` one-thread processes plus,
-    for each of `wavlm_devices`, one worker holding the "GPU" resource that WavLM blocks ask for."""
+    for each of `wavlm_devices`, one worker holding the "GPU" resource that WavLM blocks ask for.
+
+    Local workers are forked from one forkserver that imported `preload` (the modules their tasks
+    run) once: spawned workers each imported torch and dfdetect again, on the cores the pass
+    needs, and a 900-clip run spent ~3 s starting its cluster (docs/benchmarks.md). The forkserver
+    is a fresh process (never a fork of this multi-threaded one) that serves every later local
+    cluster of this process too; its preload is fixed by the first one."""
+    import dask
     from distributed import Client, LocalCluster
 
     if scheduler:
         with Client(scheduler, timeout="30s") as client:
             yield client
         return
-    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                      dashboard_address=None, silence_logs=logging.ERROR) as cluster:
+    with dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"}):
+        _preload_forkserver(preload)
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                               dashboard_address=None, silence_logs=logging.ERROR)
+    with cluster:
         for device in wavlm_devices:
             cluster.worker_spec[f"wavlm-{device}"] = {**cluster.new_spec, "options": {
                 **cluster.new_spec["options"], "resources": {"GPU": 1}, "env": _pinned_env(device)}}
         if wavlm_devices:
-            cluster.sync(cluster._correct_state)   # start the added specs (what `scale` does)
+            with dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"}):
+                cluster.sync(cluster._correct_state)   # start the added specs (what `scale` does)
         with Client(cluster) as client:
             if wavlm_devices:
                 client.wait_for_workers(workers + len(wavlm_devices), timeout=120)
+            client.run(tune_allocator)
             yield client
+
+
+def _preload_forkserver(modules) -> None:
+    """What the forkserver imports before forking workers: distributed and `modules` (read when the
+    forkserver starts, so without effect once it runs)."""
+    from distributed.utils import get_mp_context
+
+    # get_mp_context sets distributed's own list on first use; ours replaces it
+    get_mp_context().set_forkserver_preload(["distributed", *modules])
+
+
+def tune_allocator() -> bool:
+    """Give glibc's malloc back its own thresholds in a worker process this module started.
+
+    dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536 (to hand freed memory back to the
+    OS), and setting it pins glibc's mmap threshold at 128 KiB: every buffer of a clip's size (a
+    waveform is 192 KB, a chunk's spectra ~10 MB) is then a fresh mmap whose pages fault in on first
+    touch, and the frontend ran 3x slower per clip than in a plain process (docs/benchmarks.md).
+    These are the values glibc's dynamic rule reaches by itself. Workers of an external cluster are
+    left as their owner started them (README, "Featurize on a cluster")."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:   # not glibc: nothing to restore
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    return bool(libc.mallopt(m_mmap_threshold, 32 << 20)) and bool(libc.mallopt(m_trim_threshold, 64 << 20))
 
 
 def _pinned_env(device: str) -> dict:

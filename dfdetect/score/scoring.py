@@ -450,7 +450,7 @@ def _pieces(pending: list[tuple[int, Item]], config: WindowConfig, options: Scor
     if not options.scheduler:
         torch.set_num_threads(max(1, cores - workers))
     try:
-        with dask_client(options.scheduler, workers) as client:
+        with dask_client(options.scheduler, workers, preload=(__name__,)) as client:
             n = len(client.scheduler_info()["workers"])
             yield from dask_pieces(make_lanes(pending, n), config, client)
     finally:

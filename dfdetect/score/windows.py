@@ -89,7 +89,7 @@ class _Batch:
         inputs = {}
         if len(waves):
             # float16: the dtype the heads were trained on (the store's), and half the transfer
-            inputs = {k: v.astype(np.float16) for k, v in self.frontend.features(waves, self.config.features).items()}
+            inputs = self.frontend.features(waves, self.config.features, dtype=np.float16)
             if self.config.waveforms:
                 inputs["waveform"] = waves
         piece = Piece(rows[:, 0], rows[:, 1], rows[:, 2] / rate, rows[:, 3] / rate, rows[:, 4].astype(bool),

@@ -28,6 +28,7 @@ from dfdetect.store.schema import (
     meta_compressors,
     reading_metadata,
 )
+from dfdetect.store.shards import ShardFiles
 
 # Rows per chunk (the unit of reading) for each feature array; shards hold a whole block.
 CHUNK_ROWS = {"mel": 16, "lfcc": 64, "wave": 16, "wavlm": 16, "wavlm_stats": 16}
@@ -163,7 +164,10 @@ def write_block(group: zarr.Group, block: int, features: dict[str, np.ndarray],
     start = block * size
     stop = min(start + size, int(group.attrs["n_clips"]))
     for name, values in features.items():
-        group[name][start:stop] = values
+        array = group[name]
+        direct = ShardFiles.of(array)   # the same bytes as zarr's, ~5x as fast (shards.py)
+        if direct is None or not direct.write_shard(start, values):
+            array[start:stop] = values
     meta = group["meta"]
     for name, values in outcomes.items():
         column = meta[name]
