@@ -200,15 +200,13 @@ def dask_client(scheduler: str | None, workers: int, wavlm_devices=(), preload=(
     needs, and a 900-clip run spent ~3 s starting its cluster (docs/benchmarks.md). The forkserver
     is a fresh process (never a fork of this multi-threaded one) that serves every later local
     cluster of this process too; its preload is fixed by the first one."""
-    import dask
     from distributed import Client, LocalCluster
 
     if scheduler:
         with Client(scheduler, timeout="30s") as client:
             yield client
         return
-    with dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"}):
-        _preload_forkserver(preload)
+    with _forkserver(preload):
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                                dashboard_address=None, silence_logs=logging.ERROR)
     with cluster:
@@ -216,7 +214,7 @@ def dask_client(scheduler: str | None, workers: int, wavlm_devices=(), preload=(
             cluster.worker_spec[f"wavlm-{device}"] = {**cluster.new_spec, "options": {
                 **cluster.new_spec["options"], "resources": {"GPU": 1}, "env": _pinned_env(device)}}
         if wavlm_devices:
-            with dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"}):
+            with _forkserver(preload):
                 cluster.sync(cluster._correct_state)   # start the added specs (what `scale` does)
         with Client(cluster) as client:
             if wavlm_devices:
@@ -225,13 +223,17 @@ def dask_client(scheduler: str | None, workers: int, wavlm_devices=(), preload=(
             yield client
 
 
-def _preload_forkserver(modules) -> None:
-    """What the forkserver imports before forking workers: distributed and `modules` (read when the
-    forkserver starts, so without effect once it runs)."""
+@contextlib.contextmanager
+def _forkserver(preload):
+    """Workers started inside are forked from the forkserver, which imports distributed and
+    `preload` when it starts (so the list has no effect once it runs)."""
+    import dask
     from distributed.utils import get_mp_context
 
-    # get_mp_context sets distributed's own list on first use; ours replaces it
-    get_mp_context().set_forkserver_preload(["distributed", *modules])
+    with dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"}):
+        # get_mp_context sets distributed's own list on first use; ours replaces it
+        get_mp_context().set_forkserver_preload(["distributed", *preload])
+        yield
 
 
 def tune_allocator() -> bool:
