@@ -239,3 +239,54 @@ def test_local_workers_keep_clip_buffers_off_mmap():
         assert list(client.run(_mmapped_by_a_clip_buffer).values()) == [0]
     with LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=None) as cluster, Client(cluster) as client:
         assert list(client.run(_mmapped_by_a_clip_buffer).values())[0] >= 1 << 20
+
+
+def test_the_coordinator_runs_blocks_while_its_cluster_starts_then_hands_the_rest_over(corpus, tmp_path, monkeypatch):
+    """A local run starts its cluster on a thread and runs blocks itself meanwhile; the moment the
+    cluster is up the blocks not yet started go to its workers. The store equals a one-process run.
+    The test holds the start until the coordinator has run two blocks and holds its third until the
+    cluster is up, so both sides run blocks whatever the machine's speed."""
+    import threading
+
+    from dfdetect.featurize import pipeline
+
+    two_blocks_run, cluster_up = threading.Event(), threading.Event()
+    start, run_block, calls = pipeline.ClusterStarting._start, pipeline._run_block, []
+
+    def held_start(workers):
+        assert two_blocks_run.wait(60)
+        cluster = start(workers)
+        cluster_up.set()
+        return cluster
+
+    def counted_block(job):   # only the coordinator's calls come here: workers import pipeline afresh
+        calls.append(job.block)
+        if len(calls) == 2:
+            two_blocks_run.set()
+        if len(calls) == 3:
+            assert cluster_up.wait(60)
+        return run_block(job)
+
+    monkeypatch.setattr(pipeline.ClusterStarting, "_start", staticmethod(held_start))
+    monkeypatch.setattr(pipeline, "_run_block", counted_block)
+    result = featurize("folder", corpus, str(tmp_path / "overlap.zarr"), features=("mel", "lfcc"), workers=2,
+                       block_size=2)
+    assert result.blocks_run == 13 and result.blocks_in_coordinator == 3 == len(calls)
+    featurize("folder", corpus, str(tmp_path / "one.zarr"), features=("mel", "lfcc"), workers=0, block_size=2)
+    a, store_a = _arrays(tmp_path / "overlap.zarr")
+    b, store_b = _arrays(tmp_path / "one.zarr")
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name])
+    for column in ("status", "error_kind", "error", "duration", "clip_id"):
+        np.testing.assert_array_equal(store_a.meta[column], store_b.meta[column])
+
+
+def test_a_single_pending_block_starts_no_cluster(corpus, tmp_path, monkeypatch):
+    from dfdetect.featurize import pipeline
+
+    def no_cluster(*args, **kwargs):
+        raise AssertionError("a one-block run started a local cluster")
+
+    monkeypatch.setattr(pipeline, "start_local_cluster", no_cluster)
+    result = featurize("folder", corpus, str(tmp_path / "s.zarr"), features=("mel",), workers=2, block_size=64)
+    assert result.blocks_run == 1 == result.blocks_in_coordinator and result.complete

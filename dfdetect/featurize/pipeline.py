@@ -86,6 +86,7 @@ class FeaturizeResult:
     error_examples: dict = field(default_factory=dict)
     failed_blocks: dict = field(default_factory=dict)
     blocks_run: int = 0
+    blocks_in_coordinator: int = 0   # of blocks_run: run by this process (workers=0, or while a cluster started)
     blocks_skipped: int = 0
     seconds: float = 0.0
     complete: bool = False
@@ -191,36 +192,95 @@ def wavlm_block(job: BlockJob, prepared: dict) -> dict:
 
 # -- coordinator --------------------------------------------------------------------------------
 @contextlib.contextmanager
-def dask_client(scheduler: str | None, workers: int, wavlm_devices=(), preload=(__name__,)):
-    """A client on the given cluster, or on a local cluster of `workers` one-thread processes plus,
-    for each of `wavlm_devices`, one worker holding the "GPU" resource that WavLM blocks ask for.
+def dask_client(scheduler: str | None, workers: int, wavlm_devices=(), preload=(__name__,), cluster=None):
+    """A client on the given cluster, or on a local cluster (`cluster`, one `start_local_cluster`
+    already started, or a new one), which it closes on exit."""
+    from distributed import Client
+
+    if scheduler:
+        with Client(scheduler, timeout="30s") as client:
+            yield client
+        return
+    cluster = start_local_cluster(workers, wavlm_devices, preload) if cluster is None else cluster
+    with cluster, Client(cluster) as client:
+        if wavlm_devices:
+            client.wait_for_workers(workers + len(wavlm_devices), timeout=120)
+        client.run(tune_allocator)
+        yield client
+
+
+def start_local_cluster(workers: int, wavlm_devices=(), preload=(__name__,)):
+    """A local cluster of `workers` one-thread processes plus, for each of `wavlm_devices`, one
+    worker holding the "GPU" resource that WavLM blocks ask for.
 
     Local workers are forked from one forkserver that imported `preload` (the modules their tasks
     run) once: spawned workers each imported torch and dfdetect again, on the cores the pass
     needs, and a 900-clip run spent ~3 s starting its cluster (docs/benchmarks.md). The forkserver
     is a fresh process (never a fork of this multi-threaded one) that serves every later local
     cluster of this process too; its preload is fixed by the first one."""
-    from distributed import Client, LocalCluster
+    from distributed import LocalCluster
 
-    if scheduler:
-        with Client(scheduler, timeout="30s") as client:
-            yield client
-        return
     with _forkserver(preload):
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                                dashboard_address=None, silence_logs=logging.ERROR)
-    with cluster:
+    try:
         for device in wavlm_devices:
             cluster.worker_spec[f"wavlm-{device}"] = {**cluster.new_spec, "options": {
                 **cluster.new_spec["options"], "resources": {"GPU": 1}, "env": _pinned_env(device)}}
         if wavlm_devices:
             with _forkserver(preload):
                 cluster.sync(cluster._correct_state)   # start the added specs (what `scale` does)
-        with Client(cluster) as client:
-            if wavlm_devices:
-                client.wait_for_workers(workers + len(wavlm_devices), timeout=120)
-            client.run(tune_allocator)
-            yield client
+    except BaseException:
+        cluster.close()
+        raise
+    return cluster
+
+
+class ClusterStarting:
+    """A local cluster starting on a thread while the coordinator runs the first blocks itself.
+
+    A cold start (the forkserver importing torch and dfdetect on one core, then the workers
+    connecting) took ~2 s of a ~4 s 900-clip run, with the coordinator idle. Meanwhile the
+    coordinator runs blocks one at a time, on a thread of its own, computed exactly as a worker
+    computes them (one torch thread); the moment the cluster is up, every block not yet started
+    goes to it. Leaving `stack` closes the cluster, used or not."""
+
+    def __init__(self, stack: contextlib.ExitStack, workers: int):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._stack, self._workers = stack, workers
+        starter = ThreadPoolExecutor(1, thread_name_prefix="dfdetect-cluster-start")
+        self._cluster = starter.submit(self._start, workers)
+        starter.shutdown(wait=False)
+        stack.callback(self._close)
+
+    def execute(self, jobs: list[BlockJob], resources: dict):
+        """`_execute`'s contract: (job, report, error or None) as blocks finish."""
+        from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+        jobs = list(jobs)
+        with ThreadPoolExecutor(1, thread_name_prefix="dfdetect-coordinator-block") as here:
+            while jobs:
+                job = jobs.pop(0)
+                block = here.submit(lambda job=job: next(_execute([job], None, resources)))
+                wait([block, self._cluster], return_when=FIRST_COMPLETED)
+                if self._cluster.done() and jobs:   # up: the rest go to it, started now
+                    client = self._stack.enter_context(
+                        dask_client(None, self._workers, cluster=self._cluster.result()))
+                    rest, jobs = _submit(jobs, client, resources), []
+                    yield block.result()
+                    yield from _gather(rest)
+                else:
+                    yield block.result()
+
+    @staticmethod
+    def _start(workers: int):
+        start_forkserver()   # before the scheduler, so its imports overlap the scheduler's start
+        return start_local_cluster(workers)
+
+    def _close(self) -> None:
+        if self._cluster.exception() is None:   # waits for a start still under way
+            self._cluster.result().close()       # a no-op when its client closed it
 
 
 @contextlib.contextmanager
@@ -234,6 +294,14 @@ def _forkserver(preload):
         # get_mp_context sets distributed's own list on first use; ours replaces it
         get_mp_context().set_forkserver_preload(["distributed", *preload])
         yield
+
+
+def start_forkserver(preload=(__name__,)) -> None:
+    """Start the forkserver local workers fork from, without waiting for its imports."""
+    from multiprocessing import forkserver
+
+    with _forkserver(preload):
+        forkserver.ensure_running()
 
 
 def tune_allocator() -> bool:
@@ -382,9 +450,13 @@ def featurize(dataset: str, root: str | Path, out: str, features=("mel", "lfcc")
     devices = local_devices(device) if spec and not scheduler and not in_process else []
     t0 = time.perf_counter()
     with contextlib.ExitStack() as stack:
-        def connect():   # the cluster starts when first needed: WavLM's placement, or blocks to run
-            return None if in_process else stack.enter_context(dask_client(scheduler, workers, devices))
-        client = connect() if spec else None
+        def connect(n_blocks: int):   # the cluster starts when first needed: WavLM's placement, or blocks to run
+            if in_process or (not scheduler and not spec and n_blocks == 1):   # one block runs here: no start
+                return None
+            if scheduler or spec:
+                return stack.enter_context(dask_client(scheduler, workers, devices))
+            return ClusterStarting(stack, workers)
+        client = connect(0) if spec else None
         placement = wavlm_placement(client, scheduler, device, devices, console) if spec else None
         # the version records WavLM as the process that runs the blocks computes it
         info = {**spec["info"], **placement.compute} if spec else None
@@ -400,7 +472,7 @@ def featurize(dataset: str, root: str | Path, out: str, features=("mel", "lfcc")
 def _write_version(out, version, config, index, shapes, block_size, frontend, features, wavlm, placement,
                    variant, client, result: FeaturizeResult, console) -> None:
     """Create or reopen the version and run its pending blocks (`client`: a dask client, None for
-    this process, or a function that connects one when there are blocks to run)."""
+    this process, or a function of the number of blocks to run that connects one)."""
     with StoreLock(out):
         if placement is not None:
             check_resume_precision(out, version, config["wavlm"])
@@ -421,7 +493,7 @@ def _write_version(out, version, config, index, shapes, block_size, frontend, fe
                          variant=variant, clip_ids=tuple(c.clip_id for c in clips), **where)
                 for b, clips in blocks.items()]
         if jobs:
-            client = client() if callable(client) else client
+            client = client(len(jobs)) if callable(client) else client
             _run_jobs(jobs, client, {} if placement is None else placement.resources, result, console)
         result.complete = mark_complete(group)
         _count_outcomes(group, result)
@@ -448,6 +520,7 @@ def _run_jobs(jobs: list[BlockJob], client, resources: dict, result: FeaturizeRe
         for job, report, error in _execute(jobs, client, resources):
             if error is None:
                 result.blocks_run += 1
+                result.blocks_in_coordinator += report["pid"] == os.getpid()
                 if "wavlm_pid" in report:
                     pids = result.wavlm_processes.setdefault(report["wavlm_device"], [])
                     pids += [] if report["wavlm_pid"] in pids else [report["wavlm_pid"]]
@@ -464,7 +537,11 @@ def _run_block(job: BlockJob) -> dict:
 
 def _execute(jobs: list[BlockJob], client, resources: dict):
     """Yield (job, report, error message or None) as blocks finish: on dask (WavLM blocks asking
-    for `resources`), or in this process without a client (workers=0: debugging, small tests)."""
+    for `resources`), in this process without a client (workers=0: debugging, small tests), or
+    in this process while a local cluster starts and then on it (ClusterStarting)."""
+    if isinstance(client, ClusterStarting):
+        yield from client.execute(jobs, resources)
+        return
     if client is None:
         import torch
         import zarr
@@ -484,8 +561,11 @@ def _execute(jobs: list[BlockJob], client, resources: dict):
             finally:
                 torch.set_num_threads(threads)
         return
-    from distributed import as_completed
+    yield from _gather(_submit(jobs, client, resources))
 
+
+def _submit(jobs: list[BlockJob], client, resources: dict) -> dict:
+    """Submit the blocks' tasks to dask: {the future of each block's last task: its job}."""
     futures = {}
     for job in jobs:
         f = client.submit(frontend_block, job, key=f"frontend-{job.version}-{job.block}", pure=False)
@@ -493,6 +573,12 @@ def _execute(jobs: list[BlockJob], client, resources: dict):
             f = client.submit(wavlm_block, job, f, key=f"wavlm-{job.version}-{job.block}", pure=False,
                               resources=resources or None)
         futures[f] = job
+    return futures
+
+
+def _gather(futures: dict):
+    from distributed import as_completed
+
     for future in as_completed(futures):
         try:
             report = future.result()
