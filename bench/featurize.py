@@ -3,6 +3,11 @@ decode alone, on the same generated clips, side by side in one run.
 
     python bench/featurize.py [--clips 900] [--workers 2] [--block-size 128]
     python bench/featurize.py --clips 160 --profile     # where one worker's time goes (cProfile)
+    python bench/featurize.py --cold-runs 9             # end to end only, in 9 fresh processes: median
+
+A cold start happens once per process, so one run gives one end-to-end sample (they spread by
++-10% on a 2-core VM); --cold-runs N repeats the librosa loop and the cold local-cluster run in N
+fresh processes and prints each ratio and their median.
 
 Rows: decode only (1 process); the librosa loop (librosa.load + mel + LFCC per file, 1 process);
 dfdetect featurize in this process (workers=0, 1 torch thread); dfdetect featurize on a local
@@ -18,6 +23,9 @@ the main module, and a command's main module (dfdetect's CLI) is light.
 from __future__ import annotations
 
 import argparse
+import statistics
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -38,7 +46,13 @@ def main() -> None:
     parser.add_argument("--block-size", type=int, default=128, help="clips per block (shard; featurize's default)")
     parser.add_argument("--profile", action="store_true",
                         help="instead: profile one in-process pass (after a warm one), top 30 by cumulative time")
+    parser.add_argument("--cold-runs", type=int, default=0,
+                        help="instead: the end-to-end ratio in this many fresh processes, and its median")
+    parser.add_argument("--one-cold-run", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.cold_runs:
+        cold_runs(args)
+        return
     torch.set_num_threads(1)
     quiet = Console(quiet=True)
 
@@ -60,6 +74,13 @@ def main() -> None:
         def run(name, **where):
             return lambda: featurize("folder", corpus, str(Path(tmp) / name), features=("mel", "lfcc"),
                                      block_size=args.block_size, console=quiet, **where)
+
+        if args.one_cold_run:   # one sample for --cold-runs: the rows that matter, in this order
+            time_it(run("warm.zarr", workers=0))   # as in the full run: the in-process row comes first
+            loop, cold = time_it(librosa_loop), time_it(run("cold.zarr", workers=args.workers))
+            print(f"librosa {len(paths) / loop:.1f} clips/s, cold featurize {len(paths) / cold:.1f} clips/s, "
+                  f"ratio {loop / cold:.3f}")
+            return
 
         if args.profile:
             import cProfile
@@ -98,6 +119,18 @@ def main() -> None:
     for name, (raw, stored) in sizes.items():
         print(f"{name:<6} {raw / n / 1024:7.1f} KiB/clip raw (float16), {stored / n / 1024:7.1f} KiB/clip "
               f"stored, compression {raw / stored:.2f}x")
+
+
+def cold_runs(args) -> None:
+    ratios = []
+    for i in range(args.cold_runs):
+        out = subprocess.run([sys.executable, __file__, "--one-cold-run", "--clips", str(args.clips),
+                              "--workers", str(args.workers), "--block-size", str(args.block_size)],
+                             capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+        ratios.append(float(out.rsplit(" ", 1)[1]))
+        print(f"run {i + 1}: {out}", flush=True)
+    print(f"end to end (cluster start included) / librosa loop, {len(ratios)} fresh processes: median "
+          f"{statistics.median(ratios):.2f}x, range {min(ratios):.2f}-{max(ratios):.2f}x (target >= 1.2x)")
 
 
 if __name__ == "__main__":
