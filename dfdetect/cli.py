@@ -125,6 +125,7 @@ def featurize(
                                 "the prepared 16 kHz clip, which aasist and aasist_l read)."),
     wavlm: str = typer.Option("microsoft/wavlm-large", "--wavlm", help="WavLM hub id or local directory."),
     wavlm_layers: str = typer.Option("6,12,24", help="Hidden states to store (0 = CNN output, 24 = last of Large)."),
+    wavlm_storage: str = typer.Option("float16", help="How WavLM's layers are stored: float16, or uint8 (half the bytes, a per-channel scale; docs/benchmarks.md measures what it costs)."),
     device: str = typer.Option("auto", help="auto|cpu|cuda for WavLM."),
     scheduler: str = typer.Option(None, help="tcp://HOST:PORT of an existing dask.distributed scheduler."),
     workers: int = typer.Option(None, help="Local worker processes (default: one per core; 0: in this process, no dask)."),
@@ -145,7 +146,7 @@ def featurize(
 
     wanted = tuple(f.strip() for f in features.split(",") if f.strip())
     out = out or f"stores/{dataset}.zarr"
-    wavlm_config = WavLMConfig(model=wavlm, layers=_int_list(wavlm_layers, "--wavlm-layers"))
+    wavlm_config = WavLMConfig(model=wavlm, layers=_int_list(wavlm_layers, "--wavlm-layers"), storage=wavlm_storage)
     try:
         result = run(dataset, root, out, features=wanted, wavlm=wavlm_config, device=device,
                      scheduler=scheduler, workers=workers, block_size=block_size,

@@ -35,11 +35,15 @@ def test_wavlm_differences_each_identity_key(key):
     same = {**trained, "layers": (6, 12, 24), "device": "cpu"}   # provenance only (precision is identity)
     assert wavlm_differences(trained, same) == []
     changed = {**same, key: {"model": "other", "revision": "def", "layers": [6], "normalize": False,
-                             "precision": "float32"}[key]}
+                             "precision": "float32", "storage": "uint8"}[key]}
     [difference] = wavlm_differences(trained, changed)
     assert difference.startswith(f"{key}: ")
     old_run = {k: v for k, v in trained.items() if k != key and (key != "precision" or k != "dtype")}
-    assert wavlm_differences(old_run, changed) == []
+    if key == "storage":   # runs from before storage was recorded trained on float16 layers
+        assert wavlm_differences(old_run, changed) == ["storage: 'uint8' instead of 'float16'"]
+        assert wavlm_differences(old_run, {**changed, "storage": "float16"}) == []
+    else:                  # keys a run does not record are not compared
+        assert wavlm_differences(old_run, changed) == []
 
 
 def test_best_epoch_rule():

@@ -180,12 +180,16 @@ def wavlm_block(job: BlockJob, prepared: dict) -> dict:
     ok = prepared["ok_mask"]
     n = len(ok)
     group = _open_version(job)
-    layers = np.full((n, *group["wavlm"].shape[1:]), np.nan, np.float16)
-    stats = np.full((n, *group["wavlm_stats"].shape[1:]), np.nan, np.float16)
+    # array -> the extractor's output it stores (uint8 storage: the codes and their scale)
+    stored = {"wavlm": "layers", "wavlm_stats": "stats"} if job.wavlm.storage == "float16" else \
+        {"wavlm": "codes", "wavlm_scale": "scale", "wavlm_stats": "stats"}
+    arrays = {name: np.full((n, *group[name].shape[1:]), group[name].fill_value, group[name].dtype)
+              for name in stored}      # a failed clip's rows keep the fill value (NaN; codes 0, scale NaN)
     if ok.any():
         out = extractor(prepared["waves"])
-        layers[ok], stats[ok] = out["layers"], out["stats"]
-    write_block(group, job.block, {"wavlm": layers, "wavlm_stats": stats}, {}, mark_done=True)
+        for name, key in stored.items():
+            arrays[name][ok] = out[key]
+    write_block(group, job.block, arrays, {}, mark_done=True)
     return {**{k: v for k, v in prepared.items() if k not in ("waves", "ok_mask")},
             "wavlm_pid": os.getpid(), "wavlm_device": str(extractor.device), "wavlm_batch": extractor.batch_size}
 
@@ -398,7 +402,7 @@ def wavlm_spec(config, n_samples: int) -> dict:
     extractor = load_wavlm(config, device="cpu")
     return {"info": extractor.info(), "frames": extractor.frames(n_samples),
             "hidden_size": extractor.hidden_size, "num_hidden_states": extractor.num_hidden_states,
-            "layers": config.layers}
+            "layers": config.layers, "storage": config.storage}
 
 
 def feature_shapes(frontend: FrontendConfig, features, spec: dict | None) -> dict:
@@ -407,7 +411,8 @@ def feature_shapes(frontend: FrontendConfig, features, spec: dict | None) -> dic
     if spec:
         shapes["wavlm"] = (len(spec["layers"]), spec["frames"], spec["hidden_size"])
         shapes["wavlm_stats"] = (spec["num_hidden_states"], 2, spec["hidden_size"])
-    return {name: shapes[name] for name in arrays_of(features)}
+        shapes["wavlm_scale"] = (len(spec["layers"]), 2, spec["hidden_size"])
+    return {name: shapes[name] for name in arrays_of(features, spec["storage"] if spec else "float16")}
 
 
 def featurize(dataset: str, root: str | Path, out: str, features=("mel", "lfcc"),

@@ -45,12 +45,12 @@ import torch
 
 from dfdetect.devices import autocast, bf16_native, precision_name, resolve_device
 from dfdetect.errors import ConfigError, DfdetectError
+from dfdetect.store.quantize import FP16_MAX, STORAGES, dequantize, quantize
 
 # transformers is imported where it is used: importing this module stays cheap for runs that
 # featurize only mel/LFCC.
 
-# float16's largest finite value: features beyond it are saturated, not stored as inf.
-FP16_MAX = float(torch.finfo(torch.float16).max)
+# float16's largest finite value (FP16_MAX): features beyond it are saturated, not stored as inf.
 # Wav2Vec2FeatureExtractor's epsilon in its zero-mean/unit-variance normalisation.
 NORM_EPS = 1e-7
 
@@ -76,6 +76,9 @@ class WavLMConfig:
         last layer of Large) stored in full. Default: early, middle, last (module docstring).
     batch_size: clips per forward pass.
     normalize: per-utterance input normalisation; None decides from the model (module docstring).
+    storage: how a store holds the layers: "float16", or "uint8" codes with a per-channel scale
+        (half the bytes; store/quantize.py). Features come back as the store delivers them, so
+        live scoring feeds a head what its training store fed it.
     """
 
     model: str = "microsoft/wavlm-large"
@@ -83,11 +86,14 @@ class WavLMConfig:
     layers: tuple[int, ...] = (6, 12, 24)
     batch_size: int = 16
     normalize: bool | None = None
+    storage: str = "float16"
 
     def __post_init__(self):
         object.__setattr__(self, "layers", tuple(int(i) for i in self.layers))
         if not self.layers:
             raise ConfigError("WavLMConfig.layers is empty: choose at least one hidden state")
+        if self.storage not in STORAGES:
+            raise ConfigError(f"WavLM storage {self.storage!r} (--wavlm-storage): choose {' or '.join(STORAGES)}")
         if self.batch_size < 1:
             raise ConfigError(f"WavLMConfig.batch_size must be >= 1, got {self.batch_size}")
 
@@ -262,6 +268,7 @@ class WavLMExtractor:
             "normalize": self.normalize,
             "normalize_source": self.normalize_source,
             "precision": self.precision,
+            "storage": self.config.storage,
             "dtype": self.precision if self.precision == "float32" else f"autocast {self.precision}",
             "device": str(self.device),
             "device_name": device_name(self.device),
@@ -272,23 +279,32 @@ class WavLMExtractor:
 
     # -- inference ------------------------------------------------------------------------------
     @torch.inference_mode()
-    def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One batch [b, samples] float32 on device -> (layers, stats) float16 on device."""
+    def _forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One batch [b, samples] float32 on device -> `__call__`'s outputs, on device."""
         if self.normalize:
             var, mean = torch.var_mean(x, dim=1, correction=0, keepdim=True)
             x = (x - mean) / torch.sqrt(var + NORM_EPS)
         with autocast(self.device, self.precision):
             states = self.model(x, output_hidden_states=True).hidden_states
-        layers = torch.stack([states[i].float() for i in self.config.layers], dim=1)
+        layers = torch.stack([states[i].float() for i in self.config.layers], dim=1).clamp(-FP16_MAX, FP16_MAX)
         stats = torch.stack([torch.stack(torch.std_mean(h.float(), dim=1, correction=0)[::-1], dim=1)
                              for h in states], dim=1)                      # [b, states, 2, hidden]
-        return (layers.clamp(-FP16_MAX, FP16_MAX).half(), stats.clamp(-FP16_MAX, FP16_MAX).half())
+        out = {"stats": stats.clamp(-FP16_MAX, FP16_MAX).half()}
+        if self.config.storage == "uint8":   # what the store holds, and the values it gives back
+            out["codes"], out["scale"] = quantize(layers)
+            out["layers"] = dequantize(out["codes"], out["scale"])
+        else:
+            out["layers"] = layers.half()
+        return out
 
     def __call__(self, waves: np.ndarray) -> dict[str, np.ndarray]:
         """Prepared waveforms [B, samples] (or one [samples]) -> {"layers", "stats"} (float16).
 
-        layers: [B, len(config.layers), frames(samples), hidden_size]
+        layers: [B, len(config.layers), frames(samples), hidden_size], as a store of
+                config.storage delivers them
         stats:  [B, num_hidden_states, 2, hidden_size], [..., 0, :] mean, [..., 1, :] std
+        With uint8 storage also what the store holds: "codes" (uint8, the shape of layers) and
+        "scale" (float32 [B, len(config.layers), 2, hidden_size]).
         Clips run in batches of `batch_size` (config.batch_size, halved on CUDA out-of-memory);
         the result does not depend on the batching.
         """
@@ -298,14 +314,18 @@ class WavLMExtractor:
         if waves.ndim != 2:
             raise ValueError(f"expected waveforms [batch, samples], got shape {waves.shape}")
         count, frames, hidden = len(waves), self.frames(waves.shape[1]), self.hidden_size
-        out = {"layers": np.empty((count, len(self.config.layers), frames, hidden), np.float16),
+        layers = (count, len(self.config.layers), frames, hidden)
+        out = {"layers": np.empty(layers, np.float16),
                "stats": np.empty((count, self.num_hidden_states, 2, hidden), np.float16)}
+        if self.config.storage == "uint8":
+            out["codes"] = np.empty(layers, np.uint8)
+            out["scale"] = np.empty((count, len(self.config.layers), 2, hidden), np.float32)
         start = 0
         while start < count:
             stop = min(start + self.batch_size, count)
             x = torch.from_numpy(waves[start:stop]).to(self.device)
             try:
-                layers, stats = self._forward(x)
+                batch = self._forward(x)
             except torch.cuda.OutOfMemoryError:
                 if stop - start == 1:
                     raise
@@ -313,8 +333,8 @@ class WavLMExtractor:
                 self.batch_size = max(1, (stop - start) // 2)   # kept: the next calls start there
                 torch.cuda.empty_cache()
                 continue
-            out["layers"][start:stop] = layers.cpu().numpy()
-            out["stats"][start:stop] = stats.cpu().numpy()
+            for key, values in batch.items():
+                out[key][start:stop] = values.cpu().numpy()
             start = stop
         return out
 

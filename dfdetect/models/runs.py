@@ -34,6 +34,7 @@ from dfdetect.errors import ConfigError, DfdetectError
 from dfdetect.featurize.frontend import FrontendConfig
 from dfdetect.featurize.wavlm import WavLMConfig
 from dfdetect.metrics import json_safe
+from dfdetect.store.schema import wavlm_storage_of
 from dfdetect.models.registry import build_model, get_architecture
 
 
@@ -256,14 +257,14 @@ class LoadedRun:
 
     @property
     def wavlm_config(self):
-        """The WavLM to run for live scoring: the model, revision, layers and normalisation the
-        training features were made with (None for mel heads)."""
+        """The WavLM to run for live scoring: the model, revision, layers, normalisation and storage
+        (float16 or uint8 round trip) the training features were made with (None for mel heads)."""
         info = self.wavlm_info
         if not info:
             return None
 
         return WavLMConfig(model=info["model"], revision=info.get("revision"), layers=tuple(info["layers"]),
-                           normalize=info.get("normalize"))
+                           normalize=info.get("normalize"), storage=wavlm_storage_of(info))
 
     @property
     def run_id(self) -> str:

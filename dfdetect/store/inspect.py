@@ -34,10 +34,12 @@ from dfdetect.store.schema import (
     VERSION_PREFIX,
     FeatureStore,
     StoreError,
+    array_dtype,
     arrays_of,
     list_versions,
     open_store,
     parse_store_spec,
+    wavlm_storage_of,
 )
 
 STATUSES = (OK, ERROR)
@@ -484,18 +486,20 @@ def _verify_features(store: FeatureStore, config: dict, n: int, ok_rows, error_r
                      problems: _Problems) -> int:
     """The arrays the config's features write: present, of the recorded shapes, every chunk read."""
     shapes = _expected_shapes(config)
+    storage = wavlm_storage_of(config.get("wavlm"))
     try:
-        expected = set(arrays_of(config.get("features") or []))
+        expected = set(arrays_of(config.get("features") or [], storage))
     except StoreError as e:
         problems.add(f"config: {e}")
         expected = set()
-    for name in sorted(expected - set(store.feature_names)):
+    for name in sorted(expected - set(store.array_names)):
         problems.add(f"{name}: array missing (the config lists feature {name.split('_')[0]!r})")
-    for name in store.feature_names:
+    for name in store.array_names:
         if name not in expected:
             problems.add(f"{name}: array present but feature not in the version config {sorted(expected)}")
-        _verify_feature(name, store.group[name], n, shapes.get(name), ok_rows, error_rows, reader, problems)
-    return len(store.feature_names)
+        _verify_feature(name, store.group[name], n, shapes.get(name), array_dtype(name, storage), ok_rows,
+                        error_rows, reader, problems)
+    return len(store.array_names)
 
 
 def _check_meta(meta: dict[str, np.ndarray], done_rows: np.ndarray, problems: _Problems) -> None:
@@ -535,10 +539,10 @@ def _check_meta(meta: dict[str, np.ndarray], done_rows: np.ndarray, problems: _P
         report(np.flatnonzero(err & empty), f"status error but meta/{column} is empty")
 
 
-def _verify_feature(name: str, arr: zarr.Array, n: int, shape, ok_rows, error_rows,
+def _verify_feature(name: str, arr: zarr.Array, n: int, shape, dtype: str, ok_rows, error_rows,
                     reader: _Reader, problems: _Problems) -> None:
-    if arr.dtype != np.float16:
-        problems.add(f"{name}: dtype {arr.dtype}, expected float16")
+    if arr.dtype != np.dtype(dtype):
+        problems.add(f"{name}: dtype {arr.dtype}, expected {dtype}")
     if arr.shape[0] != n:
         problems.add(f"{name}: {arr.shape[0]} rows, expected {n} (n_clips)")
         ok_rows = error_rows = None
@@ -576,7 +580,7 @@ def _verify_feature(name: str, arr: zarr.Array, n: int, shape, ok_rows, error_ro
     for start in range(0, arr.shape[0], step):
         stop = min(start + step, arr.shape[0])
         data, bad = reader.read(name, arr, start, stop)
-        if ok_rows is None:
+        if ok_rows is None or data.dtype.kind != "f":   # uint8 codes: their scale holds the NaN
             continue
         flat = data.reshape(stop - start, -1)
         finite = np.isfinite(flat).all(axis=1)
@@ -595,8 +599,9 @@ def export_hdf5(spec: str, out: str | Path, arrays: list[str] | None = None, spl
                 status: str = OK, force: bool = False) -> dict:
     """Write the selected rows of a complete version to an HDF5 file, block by block.
 
-    Datasets: one per feature array ([rows, ...] float16), `meta/<column>` for every metadata
-    column (strings as UTF-8 variable length), `store_row` (the rows' indices in the store).
+    Datasets: one per feature array ([rows, ...] float16, uint8 WavLM codes dequantized),
+    `meta/<column>` for every metadata column (strings as UTF-8 variable length), `store_row`
+    (the rows' indices in the store).
     File attributes: config (JSON), store, version, dfdetect_version, filters."""
     import h5py
 
@@ -671,9 +676,9 @@ def _write_hdf5_features(f, store: FeatureStore, names: list[str], rows: np.ndar
     groups = np.split(rows, np.flatnonzero(np.diff(rows // block_size)) + 1) if rows.size else []
     raw = 0
     for name in names:
-        arr = store.array(name)
-        shape = (len(rows), *arr.shape[1:])
-        ds = f.create_dataset(name, shape=shape, dtype=arr.dtype, **_h5_layout(shape, arr.dtype.itemsize))
+        row_shape, dtype = store.row_format(name)      # as read: uint8 WavLM codes dequantized
+        shape = (len(rows), *row_shape)
+        ds = f.create_dataset(name, shape=shape, dtype=dtype, **_h5_layout(shape, dtype.itemsize))
         pos = 0
         for idx in groups:
             data = store.read_rows([name], idx)[name]

@@ -62,7 +62,9 @@ class ShardFiles:
             return None
         sharding = meta.codecs[0]
         plain = (BytesCodec(endian="little"), Crc32cCodec())
-        if not (isinstance(sharding, ShardingCodec) and tuple(sharding.codecs) == plain
+        one_byte = (BytesCodec(endian=None), Crc32cCodec())   # uint8 codes: no byte order to name
+        if not (isinstance(sharding, ShardingCodec)
+                and tuple(sharding.codecs) == (one_byte if array.dtype.itemsize == 1 else plain)
                 and tuple(sharding.index_codecs) == plain and sharding.index_location.value == "end"):
             return None
         if any(s % c for s, c in zip(meta.chunk_grid.chunk_shape, sharding.chunk_shape)):

@@ -23,15 +23,18 @@ from dfdetect.store.schema import (
     OUTCOME_COLUMNS,
     STORE_FORMAT,
     StoreError,
+    array_dtype,
     compressors,
     content_hash,
     meta_compressors,
     reading_metadata,
+    wavlm_storage_of,
 )
 from dfdetect.store.shards import ShardFiles
 
 # Rows per chunk (the unit of reading) for each feature array; shards hold a whole block.
-CHUNK_ROWS = {"mel": 16, "lfcc": 64, "wave": 16, "wavlm": 16, "wavlm_stats": 16}
+# (A scale array's rows must match its codes': they are read chunk by chunk together.)
+CHUNK_ROWS = {"mel": 16, "lfcc": 64, "wave": 16, "wavlm": 16, "wavlm_stats": 16, "wavlm_scale": 16}
 
 
 def clip_table_hash(clips: list[Clip]) -> str:
@@ -98,10 +101,12 @@ def create_version(path: str, version: str, config: dict, clips: list[Clip], sha
 
         n = len(clips)
         group = root.create_group(version)
+        storage = wavlm_storage_of(config.get("wavlm"))
         for name, shape in shapes.items():
             rows = gcd(CHUNK_ROWS[name], block_size)
+            dtype = array_dtype(name, storage)
             group.create_array(
-                name, shape=(n, *shape), dtype="float16", fill_value=np.nan,
+                name, shape=(n, *shape), dtype=dtype, fill_value=0 if dtype == "uint8" else np.nan,
                 chunks=(rows, *shape) if name != "wavlm" else (rows, 1, *shape[1:]),
                 shards=(block_size, *shape), compressors=compressors(),
             )

@@ -10,7 +10,7 @@
     root = "${DFDETECT_ASV5_ROOT}"
 
     [stores.asv5_mel]                # featurize options: features, codec, corrupt, wavlm, wavlm_layers,
-    data = "asv5"                    # variant_seed, block_size
+    data = "asv5"                    # wavlm_storage, variant_seed, block_size
     features = ["mel", "lfcc"]
 
     [runs.mel_aasist]                # any `dfdetect train` option; sets name stores as STORE[:SPLIT],
@@ -53,7 +53,8 @@ from dfdetect.train.trainer import TrainConfig, train
 SECTIONS = {"experiment": {"name", "stores_dir", "runs_dir", "description"},
             "datasets": None, "stores": None, "runs": None, "report": {"out", "ood"}}
 DATASET_KEYS = {"dataset", "root"}
-STORE_KEYS = {"data", "features", "codec", "corrupt", "variant_seed", "wavlm", "wavlm_layers", "block_size"}
+STORE_KEYS = {"data", "features", "codec", "corrupt", "variant_seed", "wavlm", "wavlm_layers", "wavlm_storage",
+              "block_size"}
 RUN_KEYS = {f.name for f in dataclasses.fields(TrainConfig)} | {"out"}
 SET_KEYS = ("train", "val", "test")
 
@@ -313,7 +314,8 @@ def run_experiment(experiment: Experiment, console, workers: int | None = None):
         data = experiment.datasets[s["data"]]
         features = tuple(s.get("features", ("mel", "lfcc")))
         wavlm = (WavLMConfig(model=s.get("wavlm", "microsoft/wavlm-large"),
-                             layers=tuple(s.get("wavlm_layers", (6, 12, 24)))) if "wavlm" in features else None)
+                             layers=tuple(s.get("wavlm_layers", (6, 12, 24))),
+                             storage=s.get("wavlm_storage", "float16")) if "wavlm" in features else None)
         console.rule(f"store {name}")
         result = featurize(data["dataset"], data["root"], experiment.store_path(name), features=features,
                            wavlm=wavlm, workers=workers, block_size=s.get("block_size", 128),

@@ -74,7 +74,8 @@ def stratified_split(rows: np.ndarray, labels: np.ndarray, fraction: float, seed
 
 
 def row_bytes(store: FeatureStore, features) -> int:
-    return sum(int(np.prod(store.array(f).shape[1:])) * store.array(f).dtype.itemsize for f in features)
+    """Bytes of one row of the features as the loader holds them (uint8 WavLM: dequantized)."""
+    return sum(store.row_nbytes(f) for f in features)
 
 
 class FeatureLoader:
@@ -212,8 +213,8 @@ class FeatureLoader:
         mine = position[c:]                      # where each of this buffer's own rows goes
         values = {}
         for f in self.features:
-            arr = self.data.store.array(f)
-            values[f] = np.empty((n, *arr.shape[1:]), arr.dtype)
+            shape, dtype = self.data.store.row_format(f)
+            values[f] = np.empty((n, *shape), dtype)
             slots = list(values[f])
             self.data.store.read_rows_into(f, step["rows"], [slots[k] for k in mine])
         return values
