@@ -2,7 +2,8 @@
 generated task: the same clips, the same WavLM, the same heads and seeds, float16 store vs uint8.
 
     python bench/wavlm_storage.py [--real 160] [--per-generator 64] [--seeds 3] [--epochs 6]
-                                  [--arch wavlm_cnn,wavlm_aasist] [--wavlm-size tiny] [--layers 1,2]
+                                  [--arch wavlm_cnn,wavlm_aasist] [--wavlm-size tiny | --wavlm MODEL]
+                                  [--layers 1,2] [--workers 0]
 
 The demo's generated corpus (train/test splits of three fake families and reals, and an unseen
 family as out-of-distribution) is featurized twice with one random WavLM (`--wavlm-size tiny`:
@@ -20,7 +21,9 @@ it). Printed:
 
 Random WavLM weights are not pre-trained WavLM: real WavLM-Large has a few channels of very large
 magnitude, which a per-channel scale is meant for, but which these weights do not reproduce. What
-is measured is what the heads lose from 8-bit storage of the features they are given.
+is measured is what the heads lose from 8-bit storage of the features they are given; with the
+real weights at hand (`--wavlm microsoft/wavlm-large`, from the Hugging Face cache, or a local
+copy), the same comparison runs on pre-trained features.
 """
 
 from __future__ import annotations
@@ -79,29 +82,32 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--arch", default="wavlm_cnn,wavlm_aasist")
-    parser.add_argument("--wavlm-size", choices=("tiny", "large"), default="tiny")
+    parser.add_argument("--wavlm-size", choices=("tiny", "large"), default="tiny", help="the random WavLM's size")
+    parser.add_argument("--wavlm", default=None, help="a real WavLM instead (hub id in the HF cache, or a local copy)")
     parser.add_argument("--layers", default=None, help="hidden states stored (default: 1,2 tiny; 6,12,24 large)")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--workers", type=int, default=0, help="featurize workers (0: in this process)")
     args = parser.parse_args()
-    layers = tuple(int(x) for x in (args.layers or ("1,2" if args.wavlm_size == "tiny" else "6,12,24")).split(","))
+    tiny = args.wavlm_size == "tiny" and not args.wavlm
+    layers = tuple(int(x) for x in (args.layers or ("1,2" if tiny else "6,12,24")).split(","))
     console = Console(quiet=True)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         write_corpus(tmp / "corpus", CorpusSpec(real=args.real, per_generator=args.per_generator))
-        model = save_random_wavlm(tmp / "wavlm", args.wavlm_size)
+        model = args.wavlm or save_random_wavlm(tmp / "wavlm", args.wavlm_size)
         stores = {}
         for storage in STORAGES:
             stores[storage] = str(tmp / f"{storage}.zarr")
             t0 = time.perf_counter()
             result = featurize("folder", tmp / "corpus", stores[storage], features=("mel", "lfcc", "wavlm"),
                                wavlm=WavLMConfig(model=str(model), layers=layers, storage=storage),
-                               workers=0, console=console)
+                               workers=args.workers, console=console)
             print(f"featurized {result.ok} clips, WavLM layers stored as {storage}: "
                   f"{time.perf_counter() - t0:.1f} s", flush=True)
         error = round_trip_error(stores)
         sizes = {s: clip_bytes(stores[s]) for s in STORAGES}
-        print(f"\nWavLM ({args.wavlm_size}, layers {','.join(map(str, layers))}) per clip: "
+        print(f"\nWavLM ({args.wavlm or 'random ' + args.wavlm_size}, layers {','.join(map(str, layers))}) per clip: "
               + "; ".join(f"{s} {sizes[s]['stored'] / 1e3:.1f} KB on disk" for s in STORAGES)
               + f" ({sizes['float16']['stored'] / sizes['uint8']['stored']:.2f}x smaller); both deliver "
               f"{sizes['uint8']['delivered'] / 1e3:.1f} KB of float16")

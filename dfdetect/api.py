@@ -121,7 +121,8 @@ class Detector:
 class Store:
     """One version of a feature store, for reading: `info()` (what `dfdetect store info --json`
     prints), `arrays` (its feature arrays), `meta` (every metadata column, a pyarrow Table in row
-    order) and `read_rows(names, rows)` (feature rows as numpy arrays, float16 as stored)."""
+    order) and `read_rows(names, rows)` (feature rows as numpy arrays, float16 as stored; WavLM
+    layers stored as uint8 codes come back dequantized to float16)."""
 
     def __init__(self, spec: str):
         self.spec = spec

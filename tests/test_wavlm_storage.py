@@ -3,6 +3,11 @@ stored, what every reader gets back, and that a head only ever sees the form it 
 
 import csv
 import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -18,7 +23,7 @@ from dfdetect.featurize.frontend import Frontend
 from dfdetect.featurize.pipeline import featurize
 from dfdetect.featurize.wavlm import WavLMConfig, load_wavlm
 from dfdetect.models.runs import load_run
-from dfdetect.store import open_store
+from dfdetect.store import StoreError, open_store
 from dfdetect.store.inspect import export_hdf5, verify_store
 from dfdetect.store.quantize import LEVELS, dequantize, quantize
 from dfdetect.store.shards import ShardFiles
@@ -118,6 +123,25 @@ def test_a_uint8_store_holds_codes_and_reads_back_what_live_wavlm_gives(stores):
     np.testing.assert_array_equal(codes.read_rows(["wavlm"], rows[::-1])["wavlm"], got["wavlm"][::-1])
 
 
+def test_damaged_codes_or_scales_are_caught(stores, tmp_path):
+    copy = tmp_path / "copy.zarr"
+    shutil.copytree(stores["uint8"], copy)
+    store = open_store(str(copy))
+    version = copy / store.version
+    scale_shard = next((version / "wavlm_scale" / "c").rglob("*"))
+    while scale_shard.is_dir():
+        scale_shard = next(scale_shard.iterdir())
+    raw = bytearray(scale_shard.read_bytes())
+    raw[100] ^= 0xFF                                   # a flipped bit in a scale chunk
+    scale_shard.write_bytes(bytes(raw))
+    with pytest.raises(StoreError, match="array 'wavlm_scale', rows 0-15, cannot be read"):
+        open_store(str(copy)).read_rows(["wavlm"], [0])
+    codes_shards = sorted(p for p in (version / "wavlm" / "c").rglob("*") if p.is_file())
+    codes_shards[0].unlink()                           # a lost shard of codes: their scales alone are finite
+    problems = " ".join(verify_store(str(copy))["problems"])
+    assert "missing shard wavlm/c/0/0/0/0" in problems and "wavlm_scale" in problems, problems
+
+
 def test_the_loader_and_export_deliver_dequantized_float16(stores, tmp_path):
     data = open_set(stores["uint8"], "all")
     expected = data.store.read_rows(["wavlm"], data.rows)["wavlm"]
@@ -174,3 +198,49 @@ def test_an_unknown_storage_is_one_line(stores, tmp_path):
                                       str(stores["model"]), "--wavlm-storage", "int4"])
     one_line(result, "WavLM storage 'int4' (--wavlm-storage): choose float16 or uint8")
     assert not (tmp_path / "x.zarr").exists()
+
+
+def test_a_study_store_takes_wavlm_storage(stores, tmp_path):
+    study = tmp_path / "study.toml"
+    study.write_text(f"""
+[experiment]
+stores_dir = "stores"
+runs_dir = "runs"
+
+[datasets.demo]
+dataset = "folder"
+root = "{stores['root'] / 'corpus'}"
+
+[stores.demo]
+data = "demo"
+features = ["wavlm"]
+wavlm = "{stores['model']}"
+wavlm_layers = [1, 2]
+wavlm_storage = "uint8"
+block_size = 32
+
+[runs.codes]
+arch = "wavlm_cnn"
+train = "demo:train"
+epochs = 1
+batch_size = 8
+""")
+    result = CliRunner().invoke(app, ["experiment", "run", str(study), "--workers", "0"])
+    assert result.exit_code == 0, result.output
+    assert open_store(str(tmp_path / "stores" / "demo.zarr")).array("wavlm").dtype == np.uint8
+    assert load_run(tmp_path / "runs" / "codes").wavlm_info["storage"] == "uint8"
+
+
+@pytest.mark.slow
+def test_the_storage_bench_runs_at_tiny_size(tmp_path):
+    """bench/wavlm_storage.py end to end on a few clips, so it never rots: both storages, every table row."""
+    bench = Path(__file__).resolve().parents[1] / "bench" / "wavlm_storage.py"
+    done = subprocess.run([sys.executable, str(bench), "--real", "12", "--per-generator", "4", "--seeds", "2",
+                           "--epochs", "1", "--arch", "wavlm_cnn", "--batch", "8"],
+                          capture_output=True, text=True, timeout=600, env={**os.environ, "TMPDIR": str(tmp_path)})
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = done.stdout
+    assert re.search(r"uint8 [\d.]+ KB on disk \(1\.[89]\dx smaller\)", out) and "largest error" in out, out
+    rows = [line for line in out.splitlines() if line.startswith("| wavlm_cnn |")]
+    assert [r.split("|")[2].strip() for r in rows] == ["float16", "uint8"], out
+    assert out.count("uint8 - float16 = ") == 2, out

@@ -285,7 +285,8 @@ def curves_figure(run: RunInfo) -> bytes:
         for name in shown:
             ax.plot(epochs, [run.metric(e, name, key) for e in epochs], marker=".", label=_mathtext_safe(name))
         ax.set_title(title)
-        ax.legend(fontsize=8)
+        if shown:   # a run with neither test nor OOD sets has nothing to label
+            ax.legend(fontsize=8)
     for ax in axes.flat:
         ax.axvline(run.best_epoch, color="grey", linestyle=":")
         ax.set_xlabel("epoch")

@@ -180,7 +180,7 @@ def wavlm_block(job: BlockJob, prepared: dict) -> dict:
     ok = prepared["ok_mask"]
     n = len(ok)
     group = _open_version(job)
-    # array -> the extractor's output it stores (uint8 storage: the codes and their scale)
+    # array -> the extractor's output it stores (uint8 storage: the codes, then their scale)
     stored = {"wavlm": "layers", "wavlm_stats": "stats"} if job.wavlm.storage == "float16" else \
         {"wavlm": "codes", "wavlm_scale": "scale", "wavlm_stats": "stats"}
     arrays = {name: np.full((n, *group[name].shape[1:]), group[name].fill_value, group[name].dtype)

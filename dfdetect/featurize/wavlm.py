@@ -11,6 +11,9 @@ hidden state i is the output of transformer layer i; WavLM-Large has 24 layers, 
   float32 and stored as float16 [B, num_hidden_states, 2, hidden] (index 0 = mean, 1 = std), cheap
   enough for a head to learn a weighted sum over every layer without the full tensors.
 
+With `WavLMConfig.storage = "uint8"` the layers are stored as 8-bit codes with a per-channel
+offset and step (half the bytes, store/quantize.py), and "layers" is what such a store gives back.
+
 Default layers (6, 12, 24): studies of SSL front-ends for anti-spoofing find the early and middle
 layers of WavLM-Large / wav2vec 2.0 carry the most useful spoofing cues (acoustic detail the later,
 more phonetic layers discard), so an early and a middle layer, plus the last layer that most

@@ -34,8 +34,8 @@ from dfdetect.errors import ConfigError, DfdetectError
 from dfdetect.featurize.frontend import FrontendConfig
 from dfdetect.featurize.wavlm import WavLMConfig
 from dfdetect.metrics import json_safe
-from dfdetect.store.schema import wavlm_storage_of
 from dfdetect.models.registry import build_model, get_architecture
+from dfdetect.store.schema import wavlm_storage_of
 
 
 STATE_KEY = "dfdetect_state"   # the progress, in state.safetensors' header

@@ -21,7 +21,7 @@ featurize block writes exactly one shard of every array, so parallel writers nev
 (zarr loses data when several processes write parts of one shard). Chunks inside shards are the
 unit of reading (whole-chunk reads are fast; single rows are not). Float arrays are filled with
 NaN, so a chunk that was never written is caught by the finiteness check in `store verify`
-(uint8 codes read as NaN too: through their scale, which is NaN until written),
+(uint8 codes through their scale, NaN until written: a block writes the codes, then the scale),
 and every chunk carries a CRC32C so a corrupted one fails to read instead of returning garbage.
 Completion is never inferred from chunk presence (missing chunks read as the fill value): each
 block sets its `block_done` entry last, and the version's `complete` attribute is set only after
