@@ -281,6 +281,28 @@ def test_the_coordinator_runs_blocks_while_its_cluster_starts_then_hands_the_res
         np.testing.assert_array_equal(store_a.meta[column], store_b.meta[column])
 
 
+def test_a_cluster_that_fails_to_start_leaves_the_blocks_to_the_coordinator(corpus, tmp_path, monkeypatch):
+    import io
+
+    from rich.console import Console
+
+    from dfdetect.featurize import pipeline
+
+    def failed_start(workers):
+        raise OSError("[Errno 28] No space left on device: '/dev/shm/sem.mp-x'")
+
+    monkeypatch.setattr(pipeline.ClusterStarting, "_start", staticmethod(failed_start))
+    out = io.StringIO()
+    result = featurize("folder", corpus, str(tmp_path / "s.zarr"), features=("mel",), workers=2, block_size=2,
+                       console=Console(file=out, width=400))
+    assert result.complete and result.blocks_run == 13 == result.blocks_in_coordinator
+    text = out.getvalue()
+    assert text.count("the local cluster did not start (OSError: [Errno 28] No space left on device") == 1, text
+    assert "blocks run in this process, one at a time" in text
+    featurize("folder", corpus, str(tmp_path / "one.zarr"), features=("mel",), workers=0, block_size=2)
+    np.testing.assert_array_equal(_arrays(tmp_path / "s.zarr")[0]["mel"], _arrays(tmp_path / "one.zarr")[0]["mel"])
+
+
 def test_a_single_pending_block_starts_no_cluster(corpus, tmp_path, monkeypatch):
     from dfdetect.featurize import pipeline
 

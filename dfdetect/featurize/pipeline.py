@@ -247,12 +247,14 @@ class ClusterStarting:
     connecting) took ~2 s of a ~4 s 900-clip run, with the coordinator idle. Meanwhile the
     coordinator runs blocks one at a time, on a thread of its own, computed exactly as a worker
     computes them (one torch thread); the moment the cluster is up, every block not yet started
-    goes to it. Leaving `stack` closes the cluster, used or not."""
+    goes to it. A cluster that fails to start costs the run its parallelism, not its result: the
+    coordinator says why and runs the remaining blocks itself. Leaving `stack` closes the
+    cluster, used or not."""
 
-    def __init__(self, stack: contextlib.ExitStack, workers: int):
+    def __init__(self, stack: contextlib.ExitStack, workers: int, console=None):
         from concurrent.futures import ThreadPoolExecutor
 
-        self._stack, self._workers = stack, workers
+        self._stack, self._workers, self._console = stack, workers, console
         starter = ThreadPoolExecutor(1, thread_name_prefix="dfdetect-cluster-start")
         self._cluster = starter.submit(self._start, workers)
         starter.shutdown(wait=False)
@@ -268,7 +270,15 @@ class ClusterStarting:
                 job = jobs.pop(0)
                 block = here.submit(lambda job=job: next(_execute([job], None, resources)))
                 wait([block, self._cluster], return_when=FIRST_COMPLETED)
-                if self._cluster.done() and jobs:   # up: the rest go to it, started now
+                failed = self._cluster.done() and self._cluster.exception() is not None
+                if failed and jobs and self._console is not None:
+                    error = self._cluster.exception()
+                    self._console.print(
+                        f"[yellow]the local cluster did not start ({type(error).__name__}: "
+                        f"{escape(str(error).splitlines()[0][:200] if str(error) else 'no detail')}); "
+                        f"the remaining {len(jobs)} blocks run in this process, one at a time[/]", soft_wrap=True)
+                    self._console = None          # said once
+                if self._cluster.done() and not failed and jobs:   # up: the rest go to it, started now
                     client = self._stack.enter_context(
                         dask_client(None, self._workers, cluster=self._cluster.result()))
                     rest, jobs = _submit(jobs, client, resources), []
@@ -460,7 +470,7 @@ def featurize(dataset: str, root: str | Path, out: str, features=("mel", "lfcc")
                 return None
             if scheduler or spec:
                 return stack.enter_context(dask_client(scheduler, workers, devices))
-            return ClusterStarting(stack, workers)
+            return ClusterStarting(stack, workers, console)
         client = connect(0) if spec else None
         placement = wavlm_placement(client, scheduler, device, devices, console) if spec else None
         # the version records WavLM as the process that runs the blocks computes it
