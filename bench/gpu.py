@@ -3,7 +3,7 @@
     python bench/gpu.py [--size large] [--clips 8192] [--unique-clips 1024] [--train-rows 4096]
                         [--block-size 128] [--workers N_CPUS]
                         [--device auto] [--heads all] [--epochs 3] [--phase-seconds 15]
-                        [--featurize-seconds 180] [--max-seconds 420]
+                        [--featurize-seconds 180] [--max-seconds 420] [--wavlm-storage float16]
 
 On `--clips` 3 s clips (bench/common.py's mixed-format `folder` corpus: `--unique-clips` written by
 all cores, the rest hard links to them), with a random WavLM of `--size` (large: microsoft/wavlm-
@@ -219,6 +219,8 @@ def main(argv=None) -> int:
     parser.add_argument("--phase-seconds", type=float, default=15, help="cap per timed head / loader mode")
     parser.add_argument("--featurize-seconds", type=float, default=180, help="cap on the featurize pass")
     parser.add_argument("--max-seconds", type=float, default=420, help="cap on the whole run (default 420)")
+    parser.add_argument("--wavlm-storage", choices=("float16", "uint8"), default="float16",
+                        help="how the store holds WavLM's layers (uint8: dequantized as the loader reads)")
     args = parser.parse_args(argv)
     t_start = time.perf_counter()
     deadline = t_start + args.max_seconds
@@ -232,7 +234,7 @@ def main(argv=None) -> int:
         get_architecture(h)
     say(f"GPU bench on {where}" + ("" if cuda else ": no CUDA device, so everything runs on the CPU in float32")
         + f"; torch {torch.__version__}; {cores} CPU cores, {args.workers} featurize workers; WavLM "
-        f"{args.size}-sized, random weights; {args.clips} clips of 3 s")
+        f"{args.size}-sized, random weights, layers stored as {args.wavlm_storage}; {args.clips} clips of 3 s")
     summary: list[tuple[str, str, str, str]] = []   # what, value, target, verdict
 
     def verdict(ok: bool | None) -> str:
@@ -246,7 +248,7 @@ def main(argv=None) -> int:
         clips_s = write_clips(tmp / "corpus", args.clips, args.unique_clips, cores)
         say(f"setup (not timed): random WavLM written in {model_s:.1f} s, {args.clips} clips in {clips_s:.1f} s "
             f"({min(args.clips, args.unique_clips)} distinct, the rest hard links to them)")
-        wavlm = WavLMConfig(model=str(model_dir), layers=LAYERS[args.size])
+        wavlm = WavLMConfig(model=str(model_dir), layers=LAYERS[args.size], storage=args.wavlm_storage)
         precision = compute_info(str(device))["precision"]
 
         # 1. featurize: the WavLM-only ceiling, then the real pass
@@ -288,7 +290,7 @@ def main(argv=None) -> int:
                 fmt(100 * steady / ceiling if steady else None), fmt(busy_steady))])
         say(f"  start to first block {fmt(marks[0][0] - t0 if marks else None)} s (cluster start, WavLM load); "
             f"steady state: the blocks after the first quarter of the clips; {result.ok} ok rows of "
-            f"{args.clips}; wavlm stored as {list(shape)} float16; GPU busy from "
+            f"{args.clips}; wavlm stored as {list(shape)} {store.array('wavlm').dtype}; GPU busy from "
             f"{busy.source} ({len(busy.samples)} samples); ceiling{ceiling_mem or ': no GPU memory on the CPU'}"
             + ("; CUT SHORT at --featurize-seconds/--max-seconds" if cut else ""))
         summary.append(("featurize steady state clips/s", fmt(steady), f">= {TARGET_CLIPS_S:,.0f} (Large, GPU)",
