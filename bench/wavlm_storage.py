@@ -7,7 +7,7 @@ generated task: the same clips, the same WavLM, the same heads and seeds, float1
 
 The demo's generated corpus (train/test splits of three fake families and reals, and an unseen
 family as out-of-distribution) is featurized twice with one random WavLM (`--wavlm-size tiny`:
-hidden 32, seconds; `large`: WavLM-Large's architecture, ~0.5 s a clip on CPU), once per
+hidden 32, seconds; `large`: WavLM-Large's architecture, ~1.1 s a clip on 2 cores), once per
 storage. Then, for each head and seed, the same `dfdetect train` run on each store (validation
 split, test and OOD evaluated every epoch; the epoch chosen by validation EER as train chooses
 it). Printed:

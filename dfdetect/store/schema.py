@@ -305,7 +305,8 @@ class FeatureStore:
     def _scales(self) -> dict[str, str]:
         """Array -> its scale array, for the arrays this version stores as uint8 codes."""
         with reading_metadata(self.path):
-            return {name: scale for name, scale in SCALE_ARRAYS.items() if scale in self.group}
+            return {name: scale for name, scale in SCALE_ARRAYS.items()
+                    if scale in self.group and name in self.group and self.group[name].dtype == np.uint8}
 
     def _read_chunk(self, name: str, start: int, targets: list) -> None:
         """One whole chunk's rows into `targets` (None: not wanted); uint8 codes are read with
