@@ -632,6 +632,8 @@ def _print_store_info(info: dict) -> None:
     config.add_row("frontend", json.dumps(info["frontend"], sort_keys=True))
     if info["wavlm"]:
         config.add_row("wavlm layers", ",".join(map(str, info["wavlm_layers"] or [])))
+        config.add_row("wavlm storage", info["wavlm_storage"] + (" (codes + per-channel scale, read as float16)"
+                                                                 if info["wavlm_storage"] == "uint8" else ""))
         config.add_row("wavlm", json.dumps(info["wavlm"], sort_keys=True))
     console.print(config)
     arrays = Table("array", "shape", "dtype", "chunks", "shards", "codecs", "bytes", "stored", "ratio",

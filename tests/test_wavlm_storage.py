@@ -24,7 +24,7 @@ from dfdetect.featurize.pipeline import featurize
 from dfdetect.featurize.wavlm import WavLMConfig, load_wavlm
 from dfdetect.models.runs import load_run
 from dfdetect.store import StoreError, open_store
-from dfdetect.store.inspect import export_hdf5, verify_store
+from dfdetect.store.inspect import export_hdf5, store_info, verify_store
 from dfdetect.store.quantize import LEVELS, dequantize, quantize
 from dfdetect.store.shards import ShardFiles
 from dfdetect.train.data import FeatureLoader, open_set, row_bytes
@@ -94,6 +94,9 @@ def test_a_uint8_store_holds_codes_and_reads_back_what_live_wavlm_gives(stores):
     stored = {name: codes.array(name).nbytes for name in ("wavlm", "wavlm_scale")}
     assert stored["wavlm"] == half.array("wavlm").nbytes // 2   # half the bytes, plus the scales
     assert verify_store(stores["uint8"])["ok"] and verify_store(stores["float16"])["ok"]
+    shown = CliRunner().invoke(app, ["store", "info", stores["uint8"]])
+    assert shown.exit_code == 0 and "uint8 (codes + per-channel scale, read as float16)" in shown.output, shown.output
+    assert store_info(stores["float16"])["wavlm_storage"] == "float16"
 
     rows = np.arange(codes.n_clips)
     got, ref = codes.read_rows(["wavlm", "mel", "wavlm_stats"], rows), half.read_rows(["wavlm", "mel", "wavlm_stats"], rows)

@@ -302,6 +302,7 @@ def store_info(spec: str) -> dict:
         "frontend_hash": config.get("frontend_hash"),
         "wavlm": wavlm,
         "wavlm_layers": (wavlm or {}).get("layers"),
+        "wavlm_storage": wavlm_storage_of(wavlm) if wavlm else None,
         "config": config,
         "arrays": arrays,
         "nbytes": total,
