@@ -43,6 +43,7 @@ from dfdetect.featurize.pipeline import featurize
 from dfdetect.featurize.wavlm import WavLMConfig
 from dfdetect.models.runs import RunFolder
 from dfdetect.store import open_store
+from dfdetect.store.inspect import store_info
 from dfdetect.train.trainer import TrainConfig, train
 
 STORAGES = ("float16", "uint8")
@@ -61,10 +62,11 @@ def round_trip_error(stores: dict) -> dict:
 
 
 def clip_bytes(spec: str) -> dict:
-    store = open_store(spec)
-    names = ("wavlm", "wavlm_scale") if "wavlm_scale" in store.array_names else ("wavlm",)
-    return {"stored": sum(store.array(n).nbytes_stored() for n in names) / store.n_clips,
-            "delivered": store.row_nbytes("wavlm")}
+    """WavLM layers' bytes per clip on disk (with their scale when uint8: `store info`'s figures)
+    and as read."""
+    arrays = {a["name"]: a for a in store_info(spec)["arrays"]}
+    return {"stored": sum(arrays[n]["stored_per_clip"] for n in ("wavlm", "wavlm_scale") if n in arrays),
+            "delivered": open_store(spec).row_nbytes("wavlm")}
 
 
 def best_eers(run: Path) -> tuple[float, float]:

@@ -53,7 +53,6 @@ from dfdetect.store.quantize import FP16_MAX, STORAGES, dequantize, quantize
 # transformers is imported where it is used: importing this module stays cheap for runs that
 # featurize only mel/LFCC.
 
-# float16's largest finite value (FP16_MAX): features beyond it are saturated, not stored as inf.
 # Wav2Vec2FeatureExtractor's epsilon in its zero-mean/unit-variance normalisation.
 NORM_EPS = 1e-7
 
@@ -289,15 +288,15 @@ class WavLMExtractor:
             x = (x - mean) / torch.sqrt(var + NORM_EPS)
         with autocast(self.device, self.precision):
             states = self.model(x, output_hidden_states=True).hidden_states
-        layers = torch.stack([states[i].float() for i in self.config.layers], dim=1).clamp(-FP16_MAX, FP16_MAX)
+        layers = torch.stack([states[i].float() for i in self.config.layers], dim=1)
         stats = torch.stack([torch.stack(torch.std_mean(h.float(), dim=1, correction=0)[::-1], dim=1)
                              for h in states], dim=1)                      # [b, states, 2, hidden]
         out = {"stats": stats.clamp(-FP16_MAX, FP16_MAX).half()}
         if self.config.storage == "uint8":   # what the store holds, and the values it gives back
-            out["codes"], out["scale"] = quantize(layers)
+            out["codes"], out["scale"] = quantize(layers)   # saturated to float16's range, as below
             out["layers"] = dequantize(out["codes"], out["scale"])
-        else:
-            out["layers"] = layers.half()
+        else:   # beyond float16's range features are saturated, not stored as inf
+            out["layers"] = layers.clamp(-FP16_MAX, FP16_MAX).half()
         return out
 
     def __call__(self, waves: np.ndarray) -> dict[str, np.ndarray]:

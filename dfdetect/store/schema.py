@@ -164,9 +164,10 @@ def arrays_of(features, wavlm_storage: str = "float16") -> tuple[str, ...]:
     if unknown:
         raise StoreError(f"unknown feature(s) {', '.join(map(repr, unknown))}; choose from "
                          f"{', '.join(FEATURE_ARRAYS)}")
-    quantized = {"wavlm"} if wavlm_storage == "uint8" else set()
-    return tuple(a for f, arrays in FEATURE_ARRAYS.items() if f in features
-                 for a in (*arrays, *([SCALE_ARRAYS[f]] if f in quantized else [])))
+    names = [a for f, arrays in FEATURE_ARRAYS.items() if f in features for a in arrays]
+    if "wavlm" in features and wavlm_storage == "uint8":
+        names.append(SCALE_ARRAYS["wavlm"])
+    return tuple(names)
 
 
 def array_dtype(name: str, wavlm_storage: str = "float16") -> str:
