@@ -9,6 +9,7 @@ below is the one place that turns a recorded precision into the context a forwar
 from __future__ import annotations
 
 import contextlib
+import os
 
 import torch
 
@@ -16,32 +17,56 @@ from dfdetect.errors import ConfigError
 
 PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
+# What --device auto (every command's default) stands for, when set: cpu, cuda or cuda:N. Processes
+# started from this one (dask workers) inherit it; e.g. DFDETECT_DEVICE=cpu keeps a GPU unused.
+DEVICE_VARIABLE = "DFDETECT_DEVICE"
+
+
+def auto_device() -> str:
+    """What "auto" stands for: $DFDETECT_DEVICE when set (and not "auto"), else "cuda" when CUDA is
+    available, else "cpu". ConfigError naming the variable when it holds something else."""
+    value = os.environ.get(DEVICE_VARIABLE, "").strip()
+    if value in ("", "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        kind = torch.device(value).type
+    except RuntimeError:
+        kind = None
+    if kind not in ("cpu", "cuda"):
+        raise ConfigError(f"{DEVICE_VARIABLE}={value!r}: choose cpu, cuda or cuda:N (or unset it for auto)")
+    return value
+
 
 def resolve_device(device: str | torch.device) -> torch.device:
-    """"auto" -> the current GPU when CUDA is available, else the CPU; "cpu", "cuda", "cuda:N" as
-    asked. A CUDA device always carries its index ("cuda" and "cuda:N" of the current GPU are one
-    device, e.g. one cached WavLM). ConfigError when CUDA is asked for and absent."""
+    """"auto" -> `auto_device()` (the current GPU when CUDA is available, else the CPU, unless
+    $DFDETECT_DEVICE says otherwise); "cpu", "cuda", "cuda:N" as asked. A CUDA device always carries
+    its index ("cuda" and "cuda:N" of the current GPU are one device, e.g. one cached WavLM).
+    ConfigError when CUDA is asked for and absent."""
+    where = f"--device {device}"
     if str(device) == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = auto_device()
+        if os.environ.get(DEVICE_VARIABLE, "auto").strip() not in ("", "auto"):
+            where = f"--device auto ({DEVICE_VARIABLE}={device})"
     try:
         device = torch.device(device)
     except RuntimeError:
-        raise ConfigError(f"--device {device!r}: choose auto, cpu, cuda or cuda:N") from None
+        raise ConfigError(f"{where}: choose auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ConfigError(f"--device {device}: CUDA is not available here; use cpu or auto")
+            raise ConfigError(f"{where}: CUDA is not available here; use cpu or auto")
         if device.index is None:
             device = torch.device("cuda", torch.cuda.current_device())
         elif device.index >= torch.cuda.device_count():
-            raise ConfigError(f"--device {device}: this machine has {torch.cuda.device_count()} visible GPU(s), "
+            raise ConfigError(f"{where}: this machine has {torch.cuda.device_count()} visible GPU(s), "
                               f"cuda:0..cuda:{torch.cuda.device_count() - 1}")
     return device
 
 
 def local_devices(device: str) -> list[str]:
     """The devices a local run spreads one-model-per-device work over: every visible GPU for
-    "auto"/"cuda" (auto: the CPU when there is none), the one device named otherwise."""
-    if str(device) in ("auto", "cuda") and torch.cuda.is_available():
+    "cuda" (and for "auto" where it stands for cuda: `auto_device`), the one device named otherwise."""
+    wanted = auto_device() if str(device) == "auto" else str(device)
+    if wanted == "cuda" and torch.cuda.is_available():
         return [f"cuda:{i}" for i in range(torch.cuda.device_count())]
     return [str(resolve_device(device))]
 

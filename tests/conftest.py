@@ -1,12 +1,15 @@
 import os
 
 # The suite compares results with CPU references at tight tolerances (fp32 WavLM, exact scores), so
-# it runs on the CPU on a GPU machine too (torch reads this at its first CUDA call; dask workers
-# inherit it). DFDETECT_TEST_GPU=1 leaves the GPU visible and runs the tests marked `gpu`
-# (GPU results against CPU references at the GPU precision's tolerances): on a GPU machine,
+# its unmarked tests run on the CPU, on a GPU machine too: DFDETECT_DEVICE=cpu makes every `auto`
+# device the CPU (dfdetect.devices; dask workers inherit it). Without DFDETECT_TEST_GPU=1 the GPU is
+# hidden as well (torch reads CUDA_VISIBLE_DEVICES at its first CUDA call). DFDETECT_TEST_GPU=1
+# leaves the GPU visible for the tests marked `gpu`, which name device "cuda" explicitly (GPU
+# results against CPU references at the GPU precision's tolerances): on a GPU machine,
 #     DFDETECT_TEST_GPU=1 python -m pytest -m gpu        (or the whole suite, without -m gpu)
 # Without it, or without a GPU, they are skipped with the reason, never passed.
 GPU_TESTS = os.environ.get("DFDETECT_TEST_GPU") == "1"
+os.environ["DFDETECT_DEVICE"] = "cpu"
 if not GPU_TESTS:
     os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
@@ -47,11 +50,12 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.skip(reason=reason))
 
 
-def train_tiny(store: str, out, epochs: int = 2, seed: int = 0, ood: bool = True):
-    """A real Mel-CNN run on `store` in seconds: test split, and the unseen family as OOD."""
+def train_tiny(store: str, out, epochs: int = 2, seed: int = 0, ood: bool = True, device: str = "auto"):
+    """A real Mel-CNN run on `store` in seconds: test split, and the unseen family as OOD (on the
+    CPU unless `device` names another: "auto" is the CPU in the suite)."""
     config = TrainConfig(arch="mel_cnn", train=f"{store}:train", test=f"{store}:test",
                          ood=(f"unseen={store}:ood",) if ood else (), epochs=epochs, batch_size=16,
-                         lr=1e-3, seed=seed)
+                         lr=1e-3, seed=seed, device=device)
     train(config, out)
     return out
 

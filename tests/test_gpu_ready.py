@@ -35,7 +35,7 @@ from dfdetect.store.schema import version_config, version_name, wavlm_difference
 from dfdetect.train.data import FeatureLoader, open_set
 from dfdetect.train.trainer import TrainConfig, predict, torch_settings
 
-from conftest import train_tiny
+from conftest import one_line, train_tiny
 
 
 @pytest.fixture(scope="module")
@@ -97,8 +97,45 @@ def test_a_local_featurize_runs_wavlm_in_one_process_per_device(corpus, tiny, tm
     assert a.config["wavlm"]["precision"] == "float32" and a.config["wavlm"]["device"] == "cpu"
 
 
+def test_auto_is_what_dfdetect_device_says_and_a_bad_value_is_one_line(mel_store, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from dfdetect.cli import app
+
+    args = ["train", "--arch", "mel_cnn", "--train", f"{mel_store}:train", "--out", str(tmp_path / "run")]
+    one_line(CliRunner().invoke(app, args, env={"DFDETECT_DEVICE": "gpu"}), "DFDETECT_DEVICE='gpu'", "cuda:N")
+    assert not (tmp_path / "run").exists()
+    monkeypatch.delenv("DFDETECT_DEVICE")                      # tests/conftest.py sets it to cpu
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    assert devices.auto_device() == "cuda" and devices.resolve_device("auto") == torch.device("cuda", 0)
+    for value in ("cpu", " cpu "):
+        monkeypatch.setenv("DFDETECT_DEVICE", value)
+        assert devices.resolve_device("auto") == torch.device("cpu")
+        assert devices.local_devices("auto") == ["cpu"]
+    assert devices.resolve_device("cuda") == torch.device("cuda", 0)      # a named device is kept
+    monkeypatch.setenv("DFDETECT_DEVICE", "cuda:1")
+    assert devices.resolve_device("auto") == torch.device("cuda", 1) and devices.local_devices("auto") == ["cuda:1"]
+    monkeypatch.setenv("DFDETECT_DEVICE", "auto")
+    assert devices.resolve_device("auto") == torch.device("cuda", 0)
+    assert devices.local_devices("auto") == ["cuda:0", "cuda:1"]
+    for bad in ("gpu", "mps", "cuda:x"):
+        monkeypatch.setenv("DFDETECT_DEVICE", bad)
+        with pytest.raises(ConfigError) as refused:
+            devices.resolve_device("auto")
+        message = str(refused.value)
+        assert "\n" not in message and f"DFDETECT_DEVICE={bad!r}" in message and "cpu, cuda or cuda:N" in message
+    assert devices.resolve_device("cpu") == torch.device("cpu")          # only auto reads it
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv("DFDETECT_DEVICE", "cuda")
+    with pytest.raises(ConfigError, match=r"^--device auto \(DFDETECT_DEVICE=cuda\): CUDA is not available"):
+        devices.resolve_device("auto")
+
+
 def test_local_devices_spread_over_every_visible_gpu(monkeypatch):
     assert devices.local_devices("auto") == ["cpu"] and devices.local_devices("cpu") == ["cpu"]
+    monkeypatch.delenv("DFDETECT_DEVICE")                      # auto as it is without the variable
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
     assert devices.local_devices("auto") == devices.local_devices("cuda") == ["cuda:0", "cuda:1", "cuda:2"]
@@ -372,7 +409,7 @@ def test_gpu_checkpoint_scores_reproduce_on_gpu_and_cpu(mel_store, tmp_path):
     close on the CPU (float32 on both; cuDNN/TF32 kernels differ)."""
     from dfdetect.models.runs import load_run
 
-    run_dir = train_tiny(mel_store, tmp_path / "run", epochs=1)
+    run_dir = train_tiny(mel_store, tmp_path / "run", epochs=1, device="cuda")
     run = load_run(run_dir)
     assert json.loads((run_dir / "run.json").read_text())["device"].startswith("cuda")
     test = open_set(f"{mel_store}:test", "test")
@@ -390,7 +427,7 @@ def test_gpu_evaluate_reproduces_the_trainers_numbers(mel_store, tmp_path):
     """test_evaluate's check with training and evaluation on the GPU."""
     from dfdetect.evaluate.evaluation import evaluate_run
 
-    run_dir = train_tiny(mel_store, tmp_path / "run", epochs=1)
+    run_dir = train_tiny(mel_store, tmp_path / "run", epochs=1, device="cuda")
     recorded = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()][0]
     result = evaluate_run(run_dir, f"{mel_store}:test", device="cuda")
     for key in ("eer", "auc"):
@@ -403,7 +440,7 @@ def test_gpu_score_matches_the_cpu_score(mel_store, tmp_path):
     from dfdetect.score.options import ScoreOptions
     from dfdetect.score.scoring import score
 
-    run_dir = train_tiny(mel_store, tmp_path / "run", epochs=1)
+    run_dir = train_tiny(mel_store, tmp_path / "run", epochs=1, device="cuda")
     store = open_store(mel_store)
     paths = [str(p) for p in store.meta["path"][store.rows()[:6]]]
     for device in ("cuda", "cpu"):
