@@ -30,9 +30,10 @@ from dfdetect.featurize.pipeline import featurize
 from dfdetect.featurize.wavlm import WavLMConfig, clear_wavlm_cache, load_wavlm
 from dfdetect.models.runs import load_run
 from dfdetect.score.lanes import LANES_PER_WORKER, make_lanes
-from dfdetect.score.scoring import aggregate
+from dfdetect.score.scoring import Scorer, aggregate
 from dfdetect.score.sources import Item
 from dfdetect.score.stream import AudioStream, sliding_windows
+from dfdetect.store import open_store
 from dfdetect.train.data import FeatureLoader, open_set
 from dfdetect.train.trainer import TrainConfig, predict, train
 
@@ -255,6 +256,36 @@ def test_archives_are_read_in_place_and_hostile_members_are_reported(run_dir, ar
     assert len({r["score"] for r in long_rows}) == 1   # the same bytes score the same from every archive
     unsafe = next(r for r in by_archive["a.tar"] if r["member"] == "../evil.wav")
     assert "'..'" in unsafe["error"] and unsafe["score"] == ""
+
+
+def test_a_head_out_of_cuda_memory_retries_its_halves_without_the_failed_forwards_memory(run_dir, mel_store,
+                                                                                        monkeypatch):
+    """Out of CUDA memory (raised on the CPU here), the head scores the halves of the batch after
+    leaving the except block, so no failed forward's activations are alive while the halves run."""
+    import weakref
+
+    scorer = Scorer(load_run(run_dir), "cpu")
+    store = open_store(mel_store)
+    mel = store.read_rows(["mel"], store.rows()[:11])["mel"]
+    reference = np.concatenate([scorer({"mel": mel[i:i + 1]}) for i in range(len(mel))])   # unbatched
+    model, failed, alive, sizes = scorer.model, [], [], []
+
+    class OutOfMemoryAbove3(torch.nn.Module):
+        def forward(self, batch):
+            n = len(batch["mel"])
+            alive.append(sum(ref() is not None for ref in failed))   # failed forwards' tensors, now
+            sizes.append(n)
+            activation = torch.empty(1 << 20)                         # this forward's memory
+            if n > 3:
+                failed.append(weakref.ref(activation))
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 4.00 GiB")
+            return model(batch)
+
+    scorer.model = OutOfMemoryAbove3()
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    np.testing.assert_allclose(scorer({"mel": mel}), reference, atol=1e-6)
+    assert sizes == [11, 5, 2, 3, 6, 3, 3] and len(failed) == 3
+    assert alive == [0] * len(sizes)
 
 
 def test_lanes_keep_order_and_read_a_compressed_tar_in_few_passes():

@@ -123,19 +123,24 @@ class Scorer:
             self.seconds += time.perf_counter() - t0
 
     def _head(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
-        batch = {k: torch.from_numpy(inputs[k]).to(self.device) for k in self.inputs if k in inputs}
+        """The head on a batch; out of CUDA memory, on each half in turn (halved again as needed)."""
         try:
-            with autocast(self.device, self.precision):
-                return torch.sigmoid(self.model(batch).float()).cpu().numpy()
+            return self._forward(inputs)
         except torch.cuda.OutOfMemoryError:
             n = len(next(iter(inputs.values())))
             if n == 1:
                 raise
-            del batch
-            torch.cuda.empty_cache()
-            half = n // 2
-            return np.concatenate([self._head({k: v[:half] for k, v in inputs.items()}),
-                                   self._head({k: v[half:] for k, v in inputs.items()})])
+        # The halves run after leaving the except block (so does featurize/wavlm.py's back-off):
+        # inside it, the traceback would keep the failed forward's frames, and its activations, alive.
+        torch.cuda.empty_cache()
+        half = n // 2
+        return np.concatenate([self._head({k: v[:half] for k, v in inputs.items()}),
+                               self._head({k: v[half:] for k, v in inputs.items()})])
+
+    def _forward(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        batch = {k: torch.from_numpy(inputs[k]).to(self.device) for k in self.inputs if k in inputs}
+        with autocast(self.device, self.precision):
+            return torch.sigmoid(self.model(batch).float()).cpu().numpy()
 
 
 def window_config(run, options: ScoreOptions, batch_size: int | None = None) -> WindowConfig:
