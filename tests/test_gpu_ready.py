@@ -368,6 +368,48 @@ def test_training_sets_deterministic_cudnn_and_gives_the_flags_back():
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = old
 
 
+def _tf32_flags() -> tuple[bool, bool]:
+    return torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+
+
+@pytest.mark.parametrize("on", [True, False])
+def test_tf32_is_the_runs_in_training_evaluate_and_score_and_given_back_after(run_dir, mel_store, tmp_path,
+                                                                              monkeypatch, on):
+    """Matmul and cuDNN TF32 both as config.tf32 says while training (cuDNN's default is on), and as
+    the run recorded it wherever its threshold is used; the caller's flags are given back after."""
+    import shutil
+
+    from dfdetect.evaluate.evaluation import evaluate_run
+    from dfdetect.models.runs import load_run
+    from dfdetect.score.scoring import Scorer
+    from dfdetect.train import trainer
+
+    assert json.loads((run_dir / "config.json").read_text())["config"]["tf32"] is True   # recorded
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    saved = json.loads((run / "config.json").read_text())
+    saved["config"]["tf32"] = on
+    (run / "config.json").write_text(json.dumps(saved))
+    seen, predict_ = [], trainer.predict
+    monkeypatch.setattr(trainer, "predict", lambda *a, **kw: (seen.append(_tf32_flags()), predict_(*a, **kw))[1])
+    store = open_store(mel_store)
+    mel = store.read_rows(["mel"], store.rows()[:4])["mel"]
+    old = _tf32_flags()
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = not on, on   # one flag differs
+    try:
+        with torch_settings(torch.device("cpu"), TrainConfig(arch="mel_cnn", train="x", tf32=on).resolved()):
+            assert _tf32_flags() == (on, on)
+        assert _tf32_flags() == (not on, on)
+        evaluate_run(run, f"{mel_store}:test")
+        scorer = Scorer(load_run(run), "cpu")
+        model = scorer.model
+        scorer.model = lambda batch: (seen.append(_tf32_flags()), model(batch))[1]
+        scorer({"mel": mel})
+        assert seen == [(on, on), (on, on)] and _tf32_flags() == (not on, on)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+
+
 # -- item 1: GPU variants of the tight CPU-reference tests -------------------------------------------
 def test_gpu_tests_are_skipped_with_a_reason_without_a_gpu(tmp_path):
     """Without DFDETECT_TEST_GPU=1 (or a GPU) a gpu test reports a skip, never a pass."""
@@ -406,7 +448,7 @@ def test_gpu_wavlm_bf16_features_match_the_cpu_float32_reference(corpus, tiny, t
 @pytest.mark.gpu
 def test_gpu_checkpoint_scores_reproduce_on_gpu_and_cpu(mel_store, tmp_path):
     """test_train's checkpoint check: a GPU-trained run's saved scores from predict on the GPU, and
-    close on the CPU (float32 on both; cuDNN/TF32 kernels differ)."""
+    close on the CPU (float32 on both, under the run's TF32 setting; the kernels differ)."""
     from dfdetect.models.runs import load_run
 
     run_dir = train_tiny(mel_store, tmp_path / "run", epochs=1, device="cuda")
@@ -417,7 +459,8 @@ def test_gpu_checkpoint_scores_reproduce_on_gpu_and_cpu(mel_store, tmp_path):
                           encoding="utf-8")
     for device, atol in (("cuda", 1e-5), ("cpu", 2e-3)):
         model = run.model.to(device)
-        rows, scores = predict(model, FeatureLoader(test, run.inputs, 16, shuffle=False), torch.device(device))
+        with devices.tf32(devices.run_tf32(run.config)):          # as validation ran (evaluate and score do)
+            rows, scores = predict(model, FeatureLoader(test, run.inputs, 16, shuffle=False), torch.device(device))
         np.testing.assert_array_equal(rows, saved["store_row"])
         np.testing.assert_allclose(scores, saved["score"], atol=atol)
 

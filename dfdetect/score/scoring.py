@@ -58,7 +58,7 @@ import numpy as np
 import torch
 
 from dfdetect import __version__
-from dfdetect.devices import autocast, resolve_device, run_precision
+from dfdetect.devices import autocast, resolve_device, run_precision, run_tf32, tf32
 from dfdetect.errors import ConfigError, check_output, check_range
 from dfdetect.featurize.frontend import FRONTEND_FEATURES
 from dfdetect.featurize.pipeline import dask_client
@@ -87,8 +87,9 @@ from dfdetect.store.schema import wavlm_differences, wavlm_precision_of
 # -- coordinator: the model --------------------------------------------------------------------------
 class Scorer:
     """The run's head (and WavLM for WavLM heads) on one device: model inputs -> P(fake).
-    Both run at the precision the run records (the head at its score_precision, WavLM at the
-    precision of its training features), so the run's threshold means what it meant in training.
+    Both run at the precision the run records (the head at its score_precision and TF32 setting,
+    WavLM at the precision of its training features), so the run's threshold means what it meant in
+    training.
     Out of CUDA memory, a batch is scored in halves (down to one window); `seconds` counts the
     time spent in forward passes."""
 
@@ -96,7 +97,7 @@ class Scorer:
         self.device = resolve_device(device)
         self.model = run.model.to(self.device).eval()
         self.inputs = run.inputs
-        self.precision = run_precision(run.config)
+        self.precision, self.tf32 = run_precision(run.config), run_tf32(run.config)
         self.wavlm = None
         if "wavlm" in self.inputs:
 
@@ -139,7 +140,7 @@ class Scorer:
 
     def _forward(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         batch = {k: torch.from_numpy(inputs[k]).to(self.device) for k in self.inputs if k in inputs}
-        with autocast(self.device, self.precision):
+        with tf32(self.tf32), autocast(self.device, self.precision):
             return torch.sigmoid(self.model(batch).float()).cpu().numpy()
 
 

@@ -32,7 +32,7 @@ import torch
 from safetensors.torch import load_file
 
 from dfdetect import __version__
-from dfdetect.devices import autocast, precision_dtype, resolve_device
+from dfdetect.devices import autocast, precision_dtype, resolve_device, tf32
 from dfdetect.errors import ConfigError, DfdetectError, check_output, check_range
 from dfdetect.metrics import evaluate_scores
 from dfdetect.models.registry import build_model, config_to_dict, count_parameters, get_architecture
@@ -256,22 +256,20 @@ def write_scores(folder: Path, data: DataSet, rows: np.ndarray, scores: np.ndarr
 # -- the loop -----------------------------------------------------------------------------------------
 @contextlib.contextmanager
 def torch_settings(device: torch.device, config: TrainConfig):
-    """The run's seed, (CUDA) TF32 and deterministic cuDNN for the duration of training; the
-    caller's RNG state and flags are given back after, so `train()` changes nothing process-wide.
-    cuDNN's autotuner picks kernels by timing, and some pick non-deterministic ones, so --resume
-    could not equal an uninterrupted run on a GPU without `deterministic` and no `benchmark`."""
-    flags = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
-             torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
-    with torch.random.fork_rng(devices=[device.index] if device.type == "cuda" else []):
+    """The run's seed, (CUDA) TF32 as config.tf32 says (matmuls and convolutions alike: the flags
+    evaluate and score use with this run, devices.run_tf32) and deterministic cuDNN for the
+    duration of training; the caller's RNG state and flags are given back after, so `train()`
+    changes nothing process-wide. cuDNN's autotuner picks kernels by timing, and some pick
+    non-deterministic ones, so --resume could not equal an uninterrupted run on a GPU without
+    `deterministic` and no `benchmark`."""
+    flags = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    with torch.random.fork_rng(devices=[device.index] if device.type == "cuda" else []), tf32(config.tf32):
         torch.manual_seed(config.seed)
-        if device.type == "cuda" and config.tf32:
-            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
         try:
             yield
         finally:
-            (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
-             torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark) = flags
+            torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = flags
 
 
 def build_head(config: TrainConfig, train_set: DataSet, device: torch.device):
