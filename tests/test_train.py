@@ -96,6 +96,32 @@ def test_resume_after_epoch_1_equals_an_uninterrupted_run(stores, tmp_path):
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
+def test_a_cpu_run_leaves_the_cuda_rng_alone_and_resumes_a_state_that_holds_one(stores, tmp_path, monkeypatch):
+    """The CUDA RNG saved and restored is the training device's, and only for a CUDA run: a CPU run
+    on a GPU machine opens no CUDA context for it. States saved before, which hold the current GPU's
+    RNG whenever CUDA was there, still resume on the CPU."""
+    from dfdetect.models.runs import RunFolder
+    from dfdetect.train import trainer
+
+    run = tmp_path / "run"
+    train(_config(stores, epochs=1), run)
+    folder = RunFolder(run)
+    tensors = load_file(str(folder.state_tensors))
+    assert "rng.cuda" not in tensors
+    folder.save_state({**tensors, "rng.cuda": torch.zeros(16, dtype=torch.uint8)}, folder.read_state())
+    model = build_model("mel_cnn", **json.loads((run / "config.json").read_text())["model"])
+    with monkeypatch.context() as m:                       # a GPU machine, as far as the RNG code can tell
+        m.setattr(torch.cuda, "is_available", lambda: True)
+        for name in ("get_rng_state", "set_rng_state"):
+            m.setattr(torch.cuda, name, lambda *a, name=name: pytest.fail(f"torch.cuda.{name} in a CPU run"))
+        trainer.load_state(folder, model, None, None, torch.device("cpu"))
+        (tmp_path / "copy").mkdir()
+        trainer.save_state(RunFolder(tmp_path / "copy"), 1, model, None, None, {}, torch.device("cpu"))
+    assert "rng.cuda" not in load_file(str(tmp_path / "copy" / "state.safetensors"))
+    train(_config(stores, epochs=2), run, resume=True)
+    assert [r["epoch"] for r in _records(run)] == [1, 2]
+
+
 def test_checkpoints_load_with_safetensors_and_score_identically(stores, tmp_path):
     run = tmp_path / "run"
     train(_config(stores, arch="wavlm_aasist", epochs=1), run)

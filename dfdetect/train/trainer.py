@@ -208,22 +208,26 @@ def git_commit() -> str | None:
         return None
 
 
-def save_state(folder: RunFolder, epoch: int, model, optimizer, scaler, progress: dict) -> None:
-    """Model, optimizer, RNG and progress: everything --resume needs."""
+def save_state(folder: RunFolder, epoch: int, model, optimizer, scaler, progress: dict,
+               device: torch.device) -> None:
+    """Model, optimizer, RNG (the training device's CUDA RNG on a GPU) and progress: everything
+    --resume needs."""
     tensors = {f"model.{k}": v.detach().contiguous() for k, v in model.state_dict().items()}
     opt = optimizer.state_dict() if optimizer else {"state": {}, "param_groups": []}
     for i, state in opt["state"].items():
         for k, v in state.items():
             tensors[f"optim.{i}.{k}"] = v if torch.is_tensor(v) else torch.tensor(v)
     tensors["rng.torch"] = torch.get_rng_state()
-    if torch.cuda.is_available():
-        tensors["rng.cuda"] = torch.cuda.get_rng_state()
+    if device.type == "cuda":   # only then: a CPU run on a GPU machine opens no CUDA context
+        tensors["rng.cuda"] = torch.cuda.get_rng_state(device)
     meta = {**progress, "epoch": epoch, "param_groups": opt["param_groups"],
             "scaler": scaler.state_dict() if scaler else None}
     folder.save_state(tensors, meta)
 
 
-def load_state(folder: RunFolder, model, optimizer, scaler) -> dict:
+def load_state(folder: RunFolder, model, optimizer, scaler, device: torch.device) -> dict:
+    """What save_state saved, back in place. A state without "rng.cuda" (a CPU run) or with one that
+    a CPU run on a GPU machine saved before it was tied to the device loads as well."""
     meta = folder.read_state()
     tensors = load_file(str(folder.state_tensors))
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
@@ -235,8 +239,8 @@ def load_state(folder: RunFolder, model, optimizer, scaler) -> dict:
     if optimizer:
         optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
     torch.set_rng_state(tensors["rng.torch"])
-    if "rng.cuda" in tensors and torch.cuda.is_available():
-        torch.cuda.set_rng_state(tensors["rng.cuda"])
+    if "rng.cuda" in tensors and device.type == "cuda":
+        torch.cuda.set_rng_state(tensors["rng.cuda"], device)
     if scaler and meta.get("scaler"):
         scaler.load_state_dict(meta["scaler"])
     return meta
@@ -414,7 +418,7 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, force: boo
         model, optimizer, scaler = build_head(config, sets["train"], device)   # checks --init-from
         prepare_run(folder, config, resume, force)   # the folder is touched once everything is checked
         if resume:
-            progress = load_state(folder, model, optimizer, scaler)
+            progress = load_state(folder, model, optimizer, scaler, device)
         else:
             progress = {"epoch": 0, "best_epoch": None, "best_val_eer": None, "epochs_since_best": 0}
             folder.write_config({
@@ -441,7 +445,7 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, force: boo
                       "seconds": {"train": t1 - t0, "eval": time.perf_counter() - t1,
                                   "loader": loaders["train"].seconds}}
             save_epoch(folder, record, model, sets, predictions, progress)
-            save_state(folder, epoch, model, optimizer, scaler, progress)
+            save_state(folder, epoch, model, optimizer, scaler, progress, device)
             console.print(epoch_line(record, config.epochs), highlight=False)
             if config.early_stopping and progress["epochs_since_best"] >= config.early_stopping:
                 console.print(f"early stopping: validation EER has not improved for {config.early_stopping} epochs")
