@@ -80,11 +80,13 @@ def test_every_set_every_epoch_and_the_run_folder(stores, tmp_path):
     assert json.loads((run / "run.json").read_text())["loaders"]["train"] == "in memory"
 
 
-def test_resume_after_epoch_1_equals_an_uninterrupted_run(stores, tmp_path):
+def assert_resume_is_exact(config, tmp_path):
+    """Training `config(epochs=2)` straight through equals epoch 1 then --resume to 2: the records
+    (the loader's timings apart) and the epoch-2 weights, exactly."""
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    train(_config(stores, arch="mel_aasist"), straight)
-    train(_config(stores, arch="mel_aasist", epochs=1), resumed)
-    train(_config(stores, arch="mel_aasist", epochs=2), resumed, resume=True)
+    train(config(epochs=2), straight)
+    train(config(epochs=1), resumed)
+    train(config(epochs=2), resumed, resume=True)
     a, b = _records(straight), _records(resumed)
     for ra, rb in zip(a, b, strict=True):
         seconds = ra.pop("seconds")
@@ -94,6 +96,23 @@ def test_resume_after_epoch_1_equals_an_uninterrupted_run(stores, tmp_path):
     wa = load_file(str(straight / "checkpoints" / "epoch_002.safetensors"))
     wb = load_file(str(resumed / "checkpoints" / "epoch_002.safetensors"))
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    return straight
+
+
+def test_resume_after_epoch_1_equals_an_uninterrupted_run(stores, tmp_path):
+    assert_resume_is_exact(lambda epochs: _config(stores, arch="mel_aasist", epochs=epochs), tmp_path)
+
+
+@pytest.mark.gpu
+def test_gpu_resume_after_epoch_1_equals_an_uninterrupted_run(mel_store, tmp_path):
+    """The same on CUDA (AMP's grad scaler, the GPU's RNG, deterministic cuDNN), on the suite's
+    shared mel store."""
+    def config(epochs):
+        return TrainConfig(arch="mel_aasist", train=f"{mel_store}:train", test=f"{mel_store}:test",
+                           ood=(f"unseen={mel_store}:ood",), batch_size=16, lr=1e-3, epochs=epochs, device="cuda")
+    run = assert_resume_is_exact(config, tmp_path)
+    assert json.loads((run / "run.json").read_text())["device"].startswith("cuda")
+    assert "rng.cuda" in load_file(str(run / "state.safetensors"))
 
 
 def test_a_cpu_run_leaves_the_cuda_rng_alone_and_resumes_a_state_that_holds_one(stores, tmp_path, monkeypatch):
