@@ -97,6 +97,9 @@ def test_a_local_featurize_runs_wavlm_in_one_process_per_device(corpus, tiny, tm
         np.testing.assert_allclose(a.array(name)[:].astype(np.float32), b.array(name)[:].astype(np.float32),
                                    atol=2e-3, rtol=1e-2)
     assert a.config["wavlm"]["precision"] == "float32" and a.config["wavlm"]["device"] == "cpu"
+    # the dtype a version records is the computing process's, as its precision is
+    assert a.config["wavlm"]["dtype"] == "float32"
+    assert wavlm.compute_info("cpu", "bfloat16")["dtype"] == "autocast bfloat16"
 
 
 def test_local_devices_spread_over_every_visible_gpu(monkeypatch):
