@@ -81,11 +81,13 @@ class _Timeout:
 def test_a_local_featurize_runs_wavlm_in_one_process_per_device(corpus, tiny, tmp_path):
     config = _config(tiny)
     result = featurize("folder", corpus, str(tmp_path / "dask.zarr"), features=("mel", "wavlm"), wavlm=config,
-                       workers=2, block_size=4, device="cpu")
-    assert result.complete and result.blocks_run == 3 and not result.failed_blocks
+                       workers=2, block_size=2, device="cpu")
+    assert result.complete and result.blocks_run == 6 and not result.failed_blocks
     # every WavLM block ran in one process for the one device, not on the two decoding workers
     assert list(result.wavlm_processes) == ["cpu"] and len(result.wavlm_processes["cpu"]) == 1
     assert result.wavlm_processes["cpu"][0] != os.getpid()
+    # and the WavLM process never decoded: its thread is the device's
+    assert result.wavlm_processes["cpu"][0] not in result.decode_processes
     direct = featurize("folder", corpus, str(tmp_path / "here.zarr"), features=("mel", "wavlm"), wavlm=config,
                        workers=0, block_size=4, device="cpu")
     assert direct.version == result.version          # float32 CPU stores keep their version name
@@ -95,6 +97,9 @@ def test_a_local_featurize_runs_wavlm_in_one_process_per_device(corpus, tiny, tm
         np.testing.assert_allclose(a.array(name)[:].astype(np.float32), b.array(name)[:].astype(np.float32),
                                    atol=2e-3, rtol=1e-2)
     assert a.config["wavlm"]["precision"] == "float32" and a.config["wavlm"]["device"] == "cpu"
+    # the dtype a version records is the computing process's, as its precision is
+    assert a.config["wavlm"]["dtype"] == "float32"
+    assert wavlm.compute_info("cpu", "bfloat16")["dtype"] == "autocast bfloat16"
 
 
 def test_auto_is_what_dfdetect_device_says_and_a_bad_value_is_one_line(mel_store, tmp_path, monkeypatch):
@@ -244,11 +249,11 @@ def test_wavlm_halves_its_batch_on_cuda_out_of_memory(tiny, monkeypatch):
     ex = load_wavlm(_config(tiny, batch_size=8), "cpu")
     forward, sizes = ex._forward, []
 
-    def small_only(x):
+    def small_only(x, *keys):
         sizes.append(len(x))
         if len(x) > 2:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return forward(x)
+        return forward(x, *keys)
 
     monkeypatch.setattr(ex, "_forward", small_only)
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
@@ -259,7 +264,7 @@ def test_wavlm_halves_its_batch_on_cuda_out_of_memory(tiny, monkeypatch):
     sizes.clear()
     ex(waves[:4])
     assert sizes == [2, 2]                                        # the next call starts at the smaller batch
-    monkeypatch.setattr(ex, "_forward", lambda x: (_ for _ in ()).throw(torch.cuda.OutOfMemoryError("oom")))
+    monkeypatch.setattr(ex, "_forward", lambda x, *keys: (_ for _ in ()).throw(torch.cuda.OutOfMemoryError("oom")))
     with pytest.raises(torch.cuda.OutOfMemoryError):              # one clip that does not fit: raised
         ex(waves[:1])
     clear_wavlm_cache()

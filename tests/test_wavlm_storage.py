@@ -120,6 +120,14 @@ def test_a_uint8_store_holds_codes_and_reads_back_what_live_wavlm_gives(stores):
     assert off.max() <= 1 and (off > 0).mean() < 0.02
     np.testing.assert_allclose(live["scale"][0], stored[1][first].numpy(), rtol=1e-3, atol=1e-4)
     np.testing.assert_array_equal(live["layers"][0], dequantize(*map(torch.from_numpy, (live["codes"][0], live["scale"][0]))))
+    # featurize asks for only what it stores: the same values, and no dequantized layers made
+    extractor = load_wavlm(WavLMConfig(model=str(stores["model"]), layers=(1, 2), storage="uint8"), "cpu")
+    asked = extractor(Frontend().load(str(codes.meta["path"][first]))[None], keys=("codes", "scale", "stats"))
+    assert sorted(asked) == ["codes", "scale", "stats"]
+    for key in asked:
+        np.testing.assert_array_equal(asked[key], live[key])
+    with pytest.raises(ValueError, match="no WavLM output"):
+        extractor(Frontend().load(str(codes.meta["path"][first]))[None], keys=("layers", "wavlm_scale"))
 
     # zarr's own decoding (no direct shard reader) gives the same rows
     codes._readers.update({"wavlm": None, "wavlm_scale": None})

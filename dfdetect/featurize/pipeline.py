@@ -11,9 +11,10 @@ never touch the same shard. Runs are resumable: a rerun of the same command skip
 redoes the rest, which rewrites whole shards with the same values.
 
 WavLM runs in one process per device, never once per worker (WavLM-Large takes 1-4 GB per copy):
-WavLM blocks ask for the dask resource "GPU", which a local cluster gives to one dedicated worker
-per device (every visible GPU for --device auto/cuda, pinned by CUDA_VISIBLE_DEVICES; one CPU
-worker with all torch threads for --device cpu) beside the CPU workers that decode. On an external
+WavLM blocks ask for a share of the dask resource "GPU", which a local cluster gives to one
+dedicated worker per device (every visible GPU for --device auto/cuda, pinned by
+CUDA_VISIBLE_DEVICES, two blocks at a time; one CPU worker with all torch threads for --device cpu)
+beside the CPU workers that decode (resource "DECODE", which decode blocks then ask for). On an external
 cluster (--scheduler) the GPU workers declare it (`dask worker ... --resources GPU=1`); with none,
 --device auto falls back to the CPU with a notice and --device cuda stops with one line saying how
 to start them (`wavlm_placement`). The precision WavLM computes at is asked of a process that runs
@@ -56,6 +57,12 @@ from dfdetect.store.writer import (MAX_BLOCK_SIZE, StoreLock, check_writable, cr
                                    pending_blocks, write_block)
 
 FEATURES = tuple(FEATURE_ARRAYS)   # mel, lfcc, wave, wavlm
+DECODE = {"DECODE": 1}   # the dask resource of a worker that decodes (every CPU worker of a local cluster)
+# Blocks a GPU's WavLM process runs at once: while one block's forward runs on the device, another's
+# host side (receiving its waveforms, copying its features back, writing its ~130 MB shard) goes on.
+# A WavLM block asks for that share of the worker's GPU=1 (a local one runs that many threads).
+WAVLM_GPU_THREADS = 2
+WAVLM_BLOCK = {"GPU": 1 / WAVLM_GPU_THREADS}
 
 
 @dataclass(frozen=True)
@@ -91,6 +98,7 @@ class FeaturizeResult:
     seconds: float = 0.0
     complete: bool = False
     wavlm_processes: dict = field(default_factory=dict)   # WavLM device -> pids that ran its blocks
+    decode_processes: set = field(default_factory=set)    # pids that ran decode + frontend blocks
 
 
 # -- worker side --------------------------------------------------------------------------------
@@ -183,11 +191,13 @@ def wavlm_block(job: BlockJob, prepared: dict) -> dict:
     # array -> the extractor's output it stores (uint8 storage: the codes, then their scale)
     stored = {"wavlm": "layers", "wavlm_stats": "stats"} if job.wavlm.storage == "float16" else \
         {"wavlm": "codes", "wavlm_scale": "scale", "wavlm_stats": "stats"}
-    arrays = {name: np.full((n, *group[name].shape[1:]), group[name].fill_value, group[name].dtype)
-              for name in stored}      # a failed clip's rows keep the fill value (NaN; codes 0, scale NaN)
-    if ok.any():
-        out = extractor(prepared["waves"])
-        for name, key in stored.items():
+    out = extractor(prepared["waves"], keys=stored.values()) if ok.any() else {}
+    if ok.all():   # the usual block: the extractor's arrays are the shard's, no copy
+        arrays = {name: out[key] for name, key in stored.items()}
+    else:          # a failed clip's rows keep the fill value (NaN; codes 0, scale NaN)
+        arrays = {name: np.full((n, *group[name].shape[1:]), group[name].fill_value, group[name].dtype)
+                  for name in stored}
+        for name, key in stored.items() if out else ():
             arrays[name][ok] = out[key]
     write_block(group, job.block, arrays, {}, mark_done=True)
     return {**{k: v for k, v in prepared.items() if k not in ("waves", "ok_mask")},
@@ -225,12 +235,13 @@ def start_local_cluster(workers: int, wavlm_devices=(), preload=(__name__,)):
     from distributed import LocalCluster
 
     with _forkserver(preload):
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, resources=DECODE,
                                dashboard_address=None, silence_logs=logging.ERROR)
     try:
         for device in wavlm_devices:
             cluster.worker_spec[f"wavlm-{device}"] = {**cluster.new_spec, "options": {
-                **cluster.new_spec["options"], "resources": {"GPU": 1}, "env": _pinned_env(device)}}
+                **cluster.new_spec["options"], "resources": {"GPU": 1}, "env": _pinned_env(device),
+                "nthreads": WAVLM_GPU_THREADS if device.startswith("cuda") else 1}}
         if wavlm_devices:
             with _forkserver(preload):
                 cluster.sync(cluster._correct_state)   # start the added specs (what `scale` does)
@@ -362,7 +373,7 @@ def wavlm_placement(client, scheduler: str | None, device: str, local_devices_: 
     """Where WavLM runs (see the module docstring), its precision asked of a process that runs it."""
     if client is None:                         # in this process (workers=0)
         return WavLMPlacement(device, {}, compute_info(device))
-    gpu = {"GPU": 1}
+    gpu = WAVLM_BLOCK
     if not scheduler:                          # the local cluster's dedicated WavLM workers
         cpu = local_devices_ == ["cpu"]
         placement = WavLMPlacement("cpu" if cpu else "cuda", gpu, {},
@@ -536,6 +547,7 @@ def _run_jobs(jobs: list[BlockJob], client, resources: dict, result: FeaturizeRe
             if error is None:
                 result.blocks_run += 1
                 result.blocks_in_coordinator += report["pid"] == os.getpid()
+                result.decode_processes.add(report["pid"])
                 if "wavlm_pid" in report:
                     pids = result.wavlm_processes.setdefault(report["wavlm_device"], [])
                     pids += [] if report["wavlm_pid"] in pids else [report["wavlm_pid"]]
@@ -579,11 +591,21 @@ def _execute(jobs: list[BlockJob], client, resources: dict):
     yield from _gather(_submit(jobs, client, resources))
 
 
+def _frontend_resources(client) -> dict | None:
+    """What decode blocks ask for: the DECODE resource where some worker declares it (a local
+    cluster's CPU workers all do), so none lands on a WavLM process and holds its thread for
+    seconds while the GPU waits; otherwise nothing (any worker)."""
+    workers = client.scheduler_info(n_workers=-1)["workers"].values()
+    return DECODE if any(DECODE.keys() & (w.get("resources") or {}).keys() for w in workers) else None
+
+
 def _submit(jobs: list[BlockJob], client, resources: dict) -> dict:
     """Submit the blocks' tasks to dask: {the future of each block's last task: its job}."""
     futures = {}
+    decode = _frontend_resources(client)
     for job in jobs:
-        f = client.submit(frontend_block, job, key=f"frontend-{job.version}-{job.block}", pure=False)
+        f = client.submit(frontend_block, job, key=f"frontend-{job.version}-{job.block}", pure=False,
+                          resources=decode)
         if "wavlm" in job.features:
             f = client.submit(wavlm_block, job, f, key=f"wavlm-{job.version}-{job.block}", pure=False,
                               resources=resources or None)

@@ -269,11 +269,8 @@ class WavLMExtractor:
             "hidden_size": self.hidden_size,
             "normalize": self.normalize,
             "normalize_source": self.normalize_source,
-            "precision": self.precision,
+            **compute_info(self.device, self.precision),
             "storage": self.config.storage,
-            "dtype": self.precision if self.precision == "float32" else f"autocast {self.precision}",
-            "device": str(self.device),
-            "device_name": device_name(self.device),
             "parameters": sum(p.numel() for p in self.model.parameters()),
             "stats": "mean and population std over frames, float32 -> float16",
             "transformers_version": transformers.__version__,
@@ -281,8 +278,8 @@ class WavLMExtractor:
 
     # -- inference ------------------------------------------------------------------------------
     @torch.inference_mode()
-    def _forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """One batch [b, samples] float32 on device -> `__call__`'s outputs, on device."""
+    def _forward(self, x: torch.Tensor, keys=("layers", "stats")) -> dict[str, torch.Tensor]:
+        """One batch [b, samples] float32 on device -> `__call__`'s outputs named in `keys`, on device."""
         if self.normalize:
             var, mean = torch.var_mean(x, dim=1, correction=0, keepdim=True)
             x = (x - mean) / torch.sqrt(var + NORM_EPS)
@@ -294,12 +291,13 @@ class WavLMExtractor:
         out = {"stats": stats.clamp(-FP16_MAX, FP16_MAX).half()}
         if self.config.storage == "uint8":   # what the store holds, and the values it gives back
             out["codes"], out["scale"] = quantize(layers)   # saturated to float16's range, as below
-            out["layers"] = dequantize(out["codes"], out["scale"])
+            if "layers" in keys:             # featurize stores the codes and never reads these back
+                out["layers"] = dequantize(out["codes"], out["scale"])
         else:   # beyond float16's range features are saturated, not stored as inf
             out["layers"] = layers.clamp(-FP16_MAX, FP16_MAX).half()
-        return out
+        return {k: out[k] for k in keys}
 
-    def __call__(self, waves: np.ndarray) -> dict[str, np.ndarray]:
+    def __call__(self, waves: np.ndarray, keys=None) -> dict[str, np.ndarray]:
         """Prepared waveforms [B, samples] (or one [samples]) -> {"layers", "stats"} (float16).
 
         layers: [B, len(config.layers), frames(samples), hidden_size], as a store of
@@ -307,8 +305,9 @@ class WavLMExtractor:
         stats:  [B, num_hidden_states, 2, hidden_size], [..., 0, :] mean, [..., 1, :] std
         With uint8 storage also what the store holds: "codes" (uint8, the shape of layers) and
         "scale" (float32 [B, len(config.layers), 2, hidden_size]).
-        Clips run in batches of `batch_size` (config.batch_size, halved on CUDA out-of-memory);
-        the result does not depend on the batching.
+        `keys` picks the outputs (default: layers and stats, and with uint8 storage codes and scale
+        too); featurize asks for only what it stores. Clips run in batches of `batch_size`
+        (config.batch_size, halved on CUDA out-of-memory); the result does not depend on the batching.
         """
         waves = np.asarray(waves, dtype=np.float32)
         if waves.ndim == 1:
@@ -317,17 +316,22 @@ class WavLMExtractor:
             raise ValueError(f"expected waveforms [batch, samples], got shape {waves.shape}")
         count, frames, hidden = len(waves), self.frames(waves.shape[1]), self.hidden_size
         layers = (count, len(self.config.layers), frames, hidden)
-        out = {"layers": np.empty(layers, np.float16),
-               "stats": np.empty((count, self.num_hidden_states, 2, hidden), np.float16)}
+        shapes = {"layers": (layers, np.float16), "stats": ((count, self.num_hidden_states, 2, hidden), np.float16)}
         if self.config.storage == "uint8":
-            out["codes"] = np.empty(layers, np.uint8)
-            out["scale"] = np.empty((count, len(self.config.layers), 2, hidden), np.float32)
+            shapes["codes"] = (layers, np.uint8)
+            shapes["scale"] = ((count, len(self.config.layers), 2, hidden), np.float32)
+        keys = tuple(shapes) if keys is None else tuple(keys)
+        unknown = set(keys) - set(shapes)
+        if unknown:
+            raise ValueError(f"no WavLM output {sorted(unknown)} with {self.config.storage} storage; "
+                             f"choose from {sorted(shapes)}")
+        out = {k: np.empty(*shapes[k]) for k in keys}
         start = 0
         while start < count:
             stop = min(start + self.batch_size, count)
             x = torch.from_numpy(waves[start:stop]).to(self.device)
             try:
-                batch = self._forward(x)
+                batch = self._forward(x, keys)
             except torch.cuda.OutOfMemoryError:
                 if stop - start == 1:
                     raise
@@ -335,8 +339,8 @@ class WavLMExtractor:
                 self.batch_size = max(1, (stop - start) // 2)   # kept: the next calls start there
                 torch.cuda.empty_cache()
                 continue
-            for key, values in batch.items():
-                out[key][start:stop] = values.cpu().numpy()
+            for key, values in batch.items():   # from the device straight into the result: one copy
+                torch.from_numpy(out[key][start:stop]).copy_(values)
             start = stop
         return out
 
@@ -362,8 +366,9 @@ def compute_info(device: str | torch.device, precision: str = "auto") -> dict:
     """Where and at what precision WavLM runs in this process, without loading it: what a store
     version records (asked of the process that runs the blocks)."""
     device = resolve_device(device)
-    return {"precision": wavlm_precision(device, precision), "device": str(device),
-            "device_name": device_name(device)}
+    precision = wavlm_precision(device, precision)
+    return {"precision": precision, "dtype": precision if precision == "float32" else f"autocast {precision}",
+            "device": str(device), "device_name": device_name(device)}
 
 
 _LOADED: dict[tuple[WavLMConfig, torch.device, str], WavLMExtractor] = {}
