@@ -22,12 +22,12 @@ PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": t
 DEVICE_VARIABLE = "DFDETECT_DEVICE"
 
 
-def auto_device() -> str:
-    """What "auto" stands for: $DFDETECT_DEVICE when set (and not "auto"), else "cuda" when CUDA is
-    available, else "cpu". ConfigError naming the variable when it holds something else."""
+def device_variable() -> str | None:
+    """$DFDETECT_DEVICE when it names a device (None when unset or "auto"). ConfigError naming the
+    variable when it holds something else."""
     value = os.environ.get(DEVICE_VARIABLE, "").strip()
     if value in ("", "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        return None
     try:
         kind = torch.device(value).type
     except RuntimeError:
@@ -35,6 +35,12 @@ def auto_device() -> str:
     if kind not in ("cpu", "cuda"):
         raise ConfigError(f"{DEVICE_VARIABLE}={value!r}: choose cpu, cuda or cuda:N (or unset it for auto)")
     return value
+
+
+def auto_device() -> str:
+    """What "auto" stands for: $DFDETECT_DEVICE when set (and not "auto"), else "cuda" when CUDA is
+    available, else "cpu"."""
+    return device_variable() or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -45,7 +51,7 @@ def resolve_device(device: str | torch.device) -> torch.device:
     where = f"--device {device}"
     if str(device) == "auto":
         device = auto_device()
-        if os.environ.get(DEVICE_VARIABLE, "auto").strip() not in ("", "auto"):
+        if device_variable():
             where = f"--device auto ({DEVICE_VARIABLE}={device})"
     try:
         device = torch.device(device)

@@ -138,6 +138,27 @@ def test_auto_is_what_dfdetect_device_says_and_a_bad_value_is_one_line(mel_store
         devices.resolve_device("auto")
 
 
+def test_dfdetect_device_also_says_what_auto_is_on_an_external_cluster(monkeypatch):
+    class Cluster:   # a cluster with a GPU worker: auto alone would put WavLM there
+        def scheduler_info(self, n_workers):
+            return {"workers": {"tcp://gpu": {"resources": {"GPU": 1}}}}
+
+        def wait_for_workers(self, n, timeout):
+            pass
+
+        def submit(self, fn, *args, resources=None, pure=None):
+            self.asked = resources
+            return type("Done", (), {"result": lambda _: fn(*args)})()
+
+    monkeypatch.delenv("DFDETECT_DEVICE")
+    assert pipeline.wavlm_placement(Cluster(), "tcp://x", "auto", [], None).resources == pipeline.WAVLM_BLOCK
+    monkeypatch.setenv("DFDETECT_DEVICE", "cpu")
+    cluster = Cluster()
+    placement = pipeline.wavlm_placement(cluster, "tcp://x", "auto", [], None)
+    assert placement.device == "cpu" and placement.resources == {} and cluster.asked is None
+    assert placement.compute["device"] == "cpu"
+
+
 def test_local_devices_spread_over_every_visible_gpu(monkeypatch):
     assert devices.local_devices("auto") == ["cpu"] and devices.local_devices("cpu") == ["cpu"]
     monkeypatch.delenv("DFDETECT_DEVICE")                      # auto as it is without the variable

@@ -37,7 +37,7 @@ import numpy as np
 from rich.markup import escape
 
 from dfdetect.datasets import prepare
-from dfdetect.devices import local_devices
+from dfdetect.devices import device_variable, local_devices
 from dfdetect.errors import ConfigError, check_range
 from dfdetect.featurize.audio import AudioError, decode
 from dfdetect.featurize.frontend import FRONTEND_FEATURES, Frontend, FrontendConfig
@@ -374,6 +374,8 @@ def wavlm_placement(client, scheduler: str | None, device: str, local_devices_: 
     if client is None:                         # in this process (workers=0)
         return WavLMPlacement(device, {}, compute_info(device))
     gpu = WAVLM_BLOCK
+    if device == "auto":   # DFDETECT_DEVICE says what auto stands for, for a cluster's workers too
+        device = device_variable() or "auto"
     if not scheduler:                          # the local cluster's dedicated WavLM workers
         cpu = local_devices_ == ["cpu"]
         placement = WavLMPlacement("cpu" if cpu else "cuda", gpu, {},
