@@ -40,13 +40,14 @@ tiny: the test model), it measures:
    epoch lands between serial and the slower of the two).
 
 Each target's figure is printed as its phase ends, and all of them again at the end, also when a
-phase is cut short or the run is interrupted (SIGINT: gpu_device.sh's timeout sends it).
+phase is cut short or the run is interrupted (SIGINT or SIGTERM: gpu_device.sh's timeout sends one).
 `--max-seconds` bounds the whole run: featurize stops taking finished blocks at its
 `--featurize-seconds` or the deadline (the rows written are used); a timed head or loader mode
 stops at `--phase-seconds`; a head or loader mode with less than `--phase-seconds` left before the
-deadline is skipped, so what runs past the deadline is at most one in-memory load and warm-up
-plus the cleanup. With the defaults a 16-core H100/H200 machine should take about 4 minutes (5.5
-with every cap reached). Without CUDA everything runs on the CPU, in float32, and says so:
+deadline is skipped, so what runs past the deadline is at most one in-memory load (GBs for WavLM
+inputs) and warm-up, or the cluster's shutdown, plus the cleanup. With the defaults a 16-core
+H100/H200 machine should take about 4 minutes (an estimate: not yet run there), at most about
+`--max-seconds` + 20 s. Without CUDA everything runs on the CPU, in float32, and says so:
 
     python bench/gpu.py --size tiny --clips 64 --block-size 16 --ceiling-blocks 2 --workers 2 \\
         --phase-seconds 2 --heads mel_cnn,mel_aasist,wavlm_cnn,wavlm_aasist,lfcc_lcnn
@@ -62,6 +63,7 @@ import itertools
 import math
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import threading
@@ -298,13 +300,17 @@ def main(argv=None) -> int:
         + f"; torch {torch.__version__}; {cores} CPU cores, {args.workers} featurize workers; WavLM "
         f"{args.size}-sized, random weights, layers stored as {args.wavlm_storage}; {args.clips} clips of 3 s")
     targets, status = Targets(), 1
+    # The device command's timeout interrupts the run: the figures so far still print (SIGINT
+    # handled even where a shell started us with it ignored; SIGTERM alike).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     precision = compute_info(str(device))["precision"]
     with tempfile.TemporaryDirectory() as tmp:
         try:
             status = bench(args, Path(tmp), device, where, heads, t_start + args.max_seconds, targets)
         except KeyboardInterrupt:   # the device command's timeout: the figures so far still print
-            say("\nINTERRUPTED (SIGINT): the figures measured so far follow")
-            targets.notes.append("interrupted (SIGINT), so the figures not measured are missing")
+            say("\nINTERRUPTED (SIGINT/SIGTERM): the figures measured so far follow")
+            targets.notes.append("interrupted (SIGINT/SIGTERM): the figures not measured are missing")
             status = 130
         finally:
             targets.table(f"summary: {where}, WavLM {args.size}-sized at {precision}, training "
