@@ -334,7 +334,7 @@ def bench(args, tmp: Path, device: torch.device, where: str, heads: list[str], d
 
     store, rows, failed = featurize_phase(args, tmp, device, where, wavlm, model_dir, deadline, targets)
     if failed:
-        targets.notes.append(f"featurize: {failed} blocks FAILED (their errors are printed after the ceiling)")
+        targets.notes.append(f"featurize: blocks FAILED: {failed} (their first errors are printed above table 1)")
     if len(rows) < 2:
         say("phases 2-3 skipped: fewer than 2 ok rows in the blocks that featurize wrote")
         targets.notes.append("phases 2-3 skipped: fewer than 2 ok rows in the blocks written")
@@ -452,7 +452,8 @@ def training_phase(args, data: DataSet, device: torch.device, where: str, heads:
     table(f"2. cached training on {where} ({len(data.rows)} rows in memory, one warm-up batch untimed; step: "
           f"the loader's time left out; epoch: both)",
           ("head", "inputs", "batch", "precision", "clips", "step clips/s", "epoch clips/s", "epoch s", "note"),
-          [(arch, "+".join(get_architecture(arch).inputs), "", "", "", "n/a", "n/a", "n/a", "skipped: --max-seconds")
+          [(arch, "+".join(get_architecture(arch).inputs), "", "", "", "n/a", "n/a", "n/a",
+            "skipped: under --phase-seconds left before --max-seconds")
            if r.get("skipped") else
            (arch, "+".join(r["key"][0]), r["key"][1], r["precision"], r["clips"], fmt(r["step"]), fmt(r["epoch"]),
             fmt(len(data.rows) / r["epoch"] if r["epoch"] else None, 2),
@@ -495,7 +496,7 @@ def loader_phase(args, data: DataSet, trained: dict[str, dict], deadline: float,
           ("head", "inputs", "MB/clip", "loader", "loader clips/s", "step clips/s", "serial clips/s", "bottleneck"),
           rows)
     if any(v is None for v in streaming.values()):
-        say("  streaming: n/a where skipped at --max-seconds")
+        say("  streaming: n/a where skipped (under --phase-seconds left before --max-seconds)")
     targets.set("streaming loader / hungriest head", times(slowest), slowest >= 1 if slowest else None)
 
 
