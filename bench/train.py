@@ -18,9 +18,9 @@ On `--clips` generated 3 s clips (a `folder` corpus in mixed formats), with a ra
    workers=0 (in this process, where the pipeline runs each block with 1 torch thread), with the
    WavLM load and weights hash shown apart;
 2. a cached Mel-AASIST epoch (batch 128) against a cached WavLM+AASIST epoch (batch 64): the real
-   training step (model.train(), AdamW lr 5e-5 wd 0.01, BCEWithLogits, grad clip 1.0) on batches
-   from FeatureLoader, one untimed warm-up batch, then the median of `--cached-epochs` epochs;
-   target WavLM+AASIST <= 1.5x Mel-AASIST;
+   training step (model.train(), AdamW lr 5e-5 wd 0.01, BCEWithLogits, grad clip 1.0; inside train's
+   torch_settings: seed, TF32, deterministic cuDNN) on batches from FeatureLoader, one untimed
+   warm-up batch, then the median of `--cached-epochs` epochs; target WavLM+AASIST <= 1.5x Mel-AASIST;
 3. WavLM+AASIST with WavLM run live (what s3prl-style training pays every step): each batch's
    clips decoded (Frontend.load), frozen WavLM run on them, the same step on the result (mel and
    LFCC still from the cache). Too slow for a whole epoch on CPU, so `--live-batches` batches of
@@ -56,6 +56,7 @@ from dfdetect.featurize.wavlm import WavLMConfig, clear_wavlm_cache, load_wavlm
 from dfdetect.models.registry import build_model, get_architecture
 from dfdetect.store import open_store
 from dfdetect.train.data import DataSet, FeatureLoader, row_bytes
+from dfdetect.train.trainer import TrainConfig, torch_settings
 
 from common import make_clips
 from wavlm import clock, peak_memory
@@ -78,11 +79,14 @@ def say(text: str) -> None:
 
 class Trainer:
     """The training step of dfdetect.train.trainer for one freshly built head on `device`; `amp`:
-    its CUDA default (float16 autocast + grad scaling), off here unless asked."""
+    its CUDA default (float16 autocast + grad scaling), off here unless asked. Run the steps inside
+    `with trainer.settings():`, the seed, TF32 and deterministic cuDNN that `dfdetect train` runs
+    its steps under (deterministic convolution backward can be much slower than cuDNN's default)."""
 
     def __init__(self, arch: str, overrides: dict, device: str = "cpu", amp: bool = False):
         torch.manual_seed(0)
-        self.device = torch.device(device)
+        self.device = resolve_device(device)    # with its index, as torch_settings needs on CUDA
+        self.config = TrainConfig(arch=arch, train="bench", amp=amp).resolved()   # train's defaults
         self.scaler = torch.amp.GradScaler("cuda") if amp and self.device.type == "cuda" else None
         self.model = build_model(arch, **overrides).to(self.device)
         self.model.train()
@@ -108,6 +112,10 @@ class Trainer:
             self.optimizer.step()
         return loss.item()
 
+    def settings(self):
+        """dfdetect.train.trainer.torch_settings for this head's defaults (flags restored on exit)."""
+        return torch_settings(self.device, self.config)
+
     @property
     def precision(self) -> str:
         return "float16 autocast + grad scaling" if self.scaler else "float32"
@@ -120,16 +128,17 @@ def cached_epochs(data: DataSet, arch: str, overrides: dict, epochs: int, device
     loader = FeatureLoader(data, a.inputs, a.batch_size, shuffle=True, seed=0)
     load_s = clock() - t0
     trainer = Trainer(arch, overrides, device)
-    warm = next(iter(loader.epoch(0)))
-    trainer.step({k: warm[k] for k in a.inputs}, warm["label"])
     times = []
-    for e in range(1, epochs + 1):
-        t0 = clock()
-        clips = 0
-        for batch in loader.epoch(e):
-            trainer.step({k: batch[k] for k in a.inputs}, batch["label"])
-            clips += len(batch["label"])
-        times.append(clock() - t0)
+    with trainer.settings():
+        warm = next(iter(loader.epoch(0)))
+        trainer.step({k: warm[k] for k in a.inputs}, warm["label"])
+        for e in range(1, epochs + 1):
+            t0 = clock()
+            clips = 0
+            for batch in loader.epoch(e):
+                trainer.step({k: batch[k] for k in a.inputs}, batch["label"])
+                clips += len(batch["label"])
+            times.append(clock() - t0)
     seconds = statistics.median(times)
     return {"seconds": seconds, "per_clip": seconds / clips, "times": times, "load_s": load_s,
             "batch": a.batch_size, "trainer": trainer}
@@ -144,20 +153,21 @@ def live_batches(data: DataSet, trainer: Trainer, wavlm: WavLMConfig, batch_size
     parts = {"decode": 0.0, "wavlm": 0.0, "step": 0.0}
     clips = 0
     t_all = clock()
-    for i, batch in enumerate(loader.epoch(1)):
-        if i == batches:
-            break
-        t0 = clock()
-        waves = np.stack([frontend.load(str(paths[r])) for r in batch["row"]])
-        t1 = clock()
-        layers = torch.from_numpy(extractor(waves)["layers"])
-        t2 = clock()
-        trainer.step({"wavlm": layers, "mel": batch["mel"], "lfcc": batch["lfcc"]}, batch["label"])
-        t3 = clock()
-        parts["decode"] += t1 - t0
-        parts["wavlm"] += t2 - t1
-        parts["step"] += t3 - t2
-        clips += len(batch["row"])
+    with trainer.settings():   # as live WavLM inside `dfdetect train` would run
+        for i, batch in enumerate(loader.epoch(1)):
+            if i == batches:
+                break
+            t0 = clock()
+            waves = np.stack([frontend.load(str(paths[r])) for r in batch["row"]])
+            t1 = clock()
+            layers = torch.from_numpy(extractor(waves)["layers"])
+            t2 = clock()
+            trainer.step({"wavlm": layers, "mel": batch["mel"], "lfcc": batch["lfcc"]}, batch["label"])
+            t3 = clock()
+            parts["decode"] += t1 - t0
+            parts["wavlm"] += t2 - t1
+            parts["step"] += t3 - t2
+            clips += len(batch["row"])
     return {"seconds": clock() - t_all, "clips": clips, "batches": min(batches, len(loader)),
             "parts": parts}
 

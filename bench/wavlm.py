@@ -21,6 +21,7 @@ the throughput or worse.
 from __future__ import annotations
 
 import argparse
+import math
 import platform
 import tempfile
 import time
@@ -65,30 +66,40 @@ def peak_memory(device) -> str:
     return f", peak GPU memory {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB"
 
 
-def run(model_dir: Path, size: str, device: str, call: int, batch: int, calls: int, warmup: int) -> float:
-    """Time `calls` extractor calls of `call` clips each, batch_size `batch`; returns clips/s."""
+def run(model_dir: Path, size: str, device: str, call: int, batches: tuple[int, ...], calls: int, warmup: int,
+        storage: str = "float16", stop_at: float = math.inf) -> dict[int, dict]:
+    """Time up to `calls` extractor calls of `call` clips at each batch size of `batches` (WavLM
+    storage `storage`), stopping after the call that passes `stop_at`: {batch: {"clips", "rate":
+    clips/s, "t0", "t1": the timed window (perf_counter)}}. One load serves every batch size: a call runs
+    in batches of the extractor's `batch_size` (the attribute its out-of-memory back-off lowers)."""
     clear_wavlm_cache()
     t0 = clock()
-    ex = load_wavlm(WavLMConfig(model=str(model_dir), layers=LAYERS[size], batch_size=batch), device)
+    ex = load_wavlm(WavLMConfig(model=str(model_dir), layers=LAYERS[size], batch_size=batches[0],
+                                storage=storage), device)
     load_s = clock() - t0
     waves = clips(call)
-    for _ in range(warmup):
-        ex(waves)
-    if ex.device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(ex.device)
-    t0 = clock()
-    for _ in range(calls):
-        ex(waves)
-    seconds = clock() - t0
-    n = call * calls
-    info = ex.info()
     where = torch.cuda.get_device_name(ex.device) if ex.device.type == "cuda" else \
         f"{cpu_name()}, {torch.get_num_threads()} torch threads"
-    print(f"{size:5s} {info['parameters']:>11,} params  {str(ex.device):6s} ({where}; {info['dtype']}; "
-          f"calls of {call} clips, batch {ex.batch_size})  {n} clips in {seconds:.2f} s: {n / seconds:8.2f} clips/s, "
-          f"{seconds / n:.4f} s/clip, {3.0 * n / seconds:7.1f}x real time  (load {load_s:.1f} s"
-          f"{peak_memory(ex.device)})", flush=True)
-    return n / seconds
+    results = {}
+    for batch in batches:
+        ex.batch_size = batch
+        for _ in range(warmup):   # new shapes: kernels chosen, memory pooled
+            ex(waves)
+        if ex.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(ex.device)
+        n, t0 = 0, clock()
+        while n < call * calls and (n == 0 or clock() < stop_at):
+            ex(waves)
+            n += call
+        t1 = clock()
+        results[batch] = {"clips": n, "rate": n / (t1 - t0), "t0": t0, "t1": t1}
+        info = ex.info()
+        print(f"{size:5s} {info['parameters']:>11,} params  {str(ex.device):6s} ({where}; {info['dtype']}; {storage} "
+              f"storage; calls of {call} clips, batch {ex.batch_size})  {n} clips in {t1 - t0:.2f} s: "
+              f"{n / (t1 - t0):8.2f} clips/s, {(t1 - t0) / n:.4f} s/clip, {3.0 * n / (t1 - t0):7.1f}x real time  "
+              f"(load {load_s:.1f} s{peak_memory(ex.device)})", flush=True)
+    clear_wavlm_cache()   # the batch sizes set here stay with this process's cached extractor otherwise
+    return results
 
 
 def main() -> None:
@@ -116,10 +127,10 @@ def main() -> None:
             print(f"{size}: wrote the random model in {time.perf_counter() - t0:.1f} s", flush=True)
             for device in devices:
                 if device == "cuda":   # featurize's configuration on a GPU
-                    run(model_dir, size, device, args.gpu_block, WavLMConfig().batch_size, args.gpu_blocks,
+                    run(model_dir, size, device, args.gpu_block, (WavLMConfig().batch_size,), args.gpu_blocks,
                         args.warmup)
                 else:
-                    run(model_dir, size, device, args.batch, args.batch, args.batches, args.warmup)
+                    run(model_dir, size, device, args.batch, (args.batch,), args.batches, args.warmup)
         clear_wavlm_cache()
 
 
