@@ -28,7 +28,7 @@ export PYTHONPATH="/tmp/site:$PWD" PYTHONUNBUFFERED=1 DFDETECT_TEST_GPU=1 HF_HUB
 } 2>&1 | tee "$out/versions.txt"
 case "$mode" in
     quick)
-        timeout -s INT -k 10 140 python3 -m pytest -q -rs -p no:cacheprovider -m gpu tests/test_gpu_ready.py 2>&1 | tee "$out/gpu_tests.txt"
+        timeout -s INT -k 10 140 python3 -m pytest -q -rs -p no:cacheprovider -m gpu tests/ 2>&1 | tee "$out/gpu_tests.txt"
         timeout -s INT -k 10 350 python3 bench/gpu.py --max-seconds 320 2>&1 | tee "$out/gpu_bench.txt" ;;
     suite)
         timeout -s INT -k 10 490 python3 -m pytest -q -rs -p no:cacheprovider -m "not slow" tests/ 2>&1 | tee "$out/suite.txt" ;;
