@@ -176,9 +176,11 @@ def test_local_devices_spread_over_every_visible_gpu(monkeypatch):
 
 # -- item 3: an external cluster without GPU workers -----------------------------------------------
 @pytest.mark.slow
-def test_an_external_cluster_without_gpu_workers_falls_back_or_says_how(corpus, tiny, tmp_path):
+def test_an_external_cluster_without_gpu_workers_falls_back_or_says_how(corpus, tiny, tmp_path, monkeypatch):
     from distributed import LocalCluster
     from rich.console import Console
+
+    monkeypatch.delenv("DFDETECT_DEVICE")   # auto as it is without the variable (conftest sets cpu)
 
     console = Console(record=True, width=300)
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
