@@ -97,7 +97,7 @@ def test_ls_finds_every_store_and_version(built, tmp_path):
     assert s["size_bytes"] == on_disk > 100_000
     assert s["created"] and by_name["t.zarr"]["version"] != s["version"]
 
-    table = _invoke("ls", root)
+    table = runner.invoke(app, ["store", "ls", str(root)], env={"COLUMNS": "1000"})   # long temp paths stay whole
     assert table.exit_code == 0 and "t.zarr" in table.output and "mel,lfcc" in table.output
     missing = _invoke("ls", tmp_path / "nowhere")
     assert missing.exit_code == 2 and "is not a folder" in missing.output
