@@ -21,7 +21,7 @@ mkdir -p "$out"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     || { echo "installing .whl/ failed: run scripts/gpu-wheels here and carry .whl" >&2; exit 1; }
 # Bytecode now, once (~5 s), rather than in every dask worker's first import of dask and distributed
-python3 -m compileall -q -j0 /tmp/site >/dev/null
+python3 -m compileall -q -j0 /tmp/site >/dev/null 2>&1
 export PYTHONPATH="/tmp/site:$PWD" PYTHONUNBUFFERED=1 DFDETECT_TEST_GPU=1 HF_HUB_OFFLINE=1
 {
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv

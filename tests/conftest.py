@@ -13,6 +13,12 @@ os.environ["DFDETECT_DEVICE"] = "cpu"
 if not GPU_TESTS:
     os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
+# pytest-xdist's workers (bench/gpu_device.sh's suite runs on 8) start with COLUMNS=80, and rich
+# fixes a console's width from it when the console is made, at import: every CLI test that sets
+# COLUMNS would then still read 80-column output. Without it, the width is read at each print.
+os.environ.pop("COLUMNS", None)
+os.environ.pop("LINES", None)
+
 import numpy as np
 import pytest
 
