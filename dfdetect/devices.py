@@ -106,6 +106,17 @@ def autocast(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=dtype)
 
 
+# What a failed GPU allocation says where it is not a torch.cuda.OutOfMemoryError: cuBLAS and
+# cuDNN allocate their own workspaces and report failure as a plain RuntimeError.
+_OUT_OF_MEMORY = ("CUDA error: out of memory", "CUBLAS_STATUS_ALLOC_FAILED", "CUDNN_STATUS_ALLOC_FAILED")
+
+
+def out_of_memory(error: BaseException) -> bool:
+    """Whether `error` is the GPU running out of memory (what a smaller batch can cure)."""
+    return isinstance(error, torch.cuda.OutOfMemoryError) or (
+        isinstance(error, RuntimeError) and any(m in str(error) for m in _OUT_OF_MEMORY))
+
+
 @contextlib.contextmanager
 def tf32(enabled: bool):
     """TF32 on or off, both for CUDA's float32 matmuls (cuBLAS) and convolutions (cuDNN, whose own

@@ -304,6 +304,55 @@ def bf16_run(mel_store, tmp_path_factory):
     return out
 
 
+def test_cublas_and_cudnn_allocation_failures_back_off_like_out_of_memory(tiny, bf16_run, mel_store, monkeypatch):
+    """cuBLAS and cuDNN report a failed workspace allocation as a plain RuntimeError: the batch is
+    halved for it as for torch's OutOfMemoryError; any other RuntimeError is raised as it is."""
+    from dfdetect.models.runs import load_run
+    from dfdetect.score.scoring import Scorer
+
+    cublas = RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`")
+    cudnn = RuntimeError("cuDNN error: CUDNN_STATUS_ALLOC_FAILED")
+    assert devices.out_of_memory(torch.cuda.OutOfMemoryError("oom")) and devices.out_of_memory(cublas)
+    assert devices.out_of_memory(cudnn) and devices.out_of_memory(RuntimeError("CUDA error: out of memory"))
+    assert not devices.out_of_memory(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
+    assert not devices.out_of_memory(ValueError("CUBLAS_STATUS_ALLOC_FAILED"))
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+
+    clear_wavlm_cache()
+    waves = _waves(4)
+    ex = load_wavlm(_config(tiny, batch_size=4), "cpu")
+    forward, sizes = ex._forward, []
+
+    def small_only(x, *keys):
+        sizes.append(len(x))
+        if len(x) > 1:
+            raise cublas
+        return forward(x, *keys)
+
+    monkeypatch.setattr(ex, "_forward", small_only)
+    assert ex(waves)["layers"].shape[0] == 4 and sizes == [4, 2, 1, 1, 1, 1]
+    monkeypatch.setattr(ex, "_forward", lambda x, *keys: (_ for _ in ()).throw(RuntimeError("shape mismatch")))
+    with pytest.raises(RuntimeError, match="shape mismatch"):     # not memory: never retried
+        ex(waves)
+    clear_wavlm_cache()
+
+    scorer = Scorer(load_run(bf16_run), "cpu")
+    store = open_store(mel_store)
+    mel = store.read_rows(["mel"], store.rows()[:4])["mel"]
+    reference, model, sizes = scorer({"mel": mel}), scorer.model, []
+
+    class SmallOnly(torch.nn.Module):
+        def forward(self, batch):
+            sizes.append(len(batch["mel"]))
+            if len(batch["mel"]) > 2:
+                raise cudnn
+            return model(batch)
+
+    scorer.model = SmallOnly()
+    np.testing.assert_allclose(scorer({"mel": mel}), reference, atol=1e-6)
+    assert sizes == [4, 2, 2]
+
+
 def test_scorer_halves_the_head_batch_and_one_oom_costs_only_those_rows(bf16_run, mel_store, tmp_path, monkeypatch):
     from dfdetect.models.runs import load_run
     from dfdetect.score.options import ScoreOptions

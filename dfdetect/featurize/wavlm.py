@@ -46,7 +46,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dfdetect.devices import autocast, bf16_native, precision_name, resolve_device
+from dfdetect.devices import autocast, bf16_native, out_of_memory, precision_name, resolve_device
 from dfdetect.errors import ConfigError, DfdetectError
 from dfdetect.store.quantize import FP16_MAX, STORAGES, dequantize, quantize
 
@@ -329,14 +329,16 @@ class WavLMExtractor:
         start = 0
         while start < count:
             stop = min(start + self.batch_size, count)
-            x = torch.from_numpy(waves[start:stop]).to(self.device)
             try:
-                batch = self._forward(x, keys)
-            except torch.cuda.OutOfMemoryError:
-                if stop - start == 1:
+                batch = self._forward(torch.from_numpy(waves[start:stop]).to(self.device), keys)
+            except RuntimeError as e:   # torch.cuda.OutOfMemoryError is one
+                if stop - start == 1 or not out_of_memory(e):
                     raise
-                del x
-                self.batch_size = max(1, (stop - start) // 2)   # kept: the next calls start there
+                batch = None
+            if batch is None:
+                # Out of memory: retried at half the batch (kept for the next calls), once out of the
+                # except block, whose traceback held the failed forward's memory.
+                self.batch_size = max(1, (stop - start) // 2)
                 torch.cuda.empty_cache()
                 continue
             for key, values in batch.items():   # from the device straight into the result: one copy

@@ -58,7 +58,7 @@ import numpy as np
 import torch
 
 from dfdetect import __version__
-from dfdetect.devices import autocast, resolve_device, run_precision, run_tf32, tf32
+from dfdetect.devices import autocast, out_of_memory, resolve_device, run_precision, run_tf32, tf32
 from dfdetect.errors import ConfigError, check_output, check_range
 from dfdetect.featurize.frontend import FRONTEND_FEATURES
 from dfdetect.featurize.pipeline import dask_client
@@ -125,11 +125,11 @@ class Scorer:
 
     def _head(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         """The head on a batch; out of CUDA memory, on each half in turn (halved again as needed)."""
+        n = len(next(iter(inputs.values())))
         try:
             return self._forward(inputs)
-        except torch.cuda.OutOfMemoryError:
-            n = len(next(iter(inputs.values())))
-            if n == 1:
+        except RuntimeError as e:   # torch.cuda.OutOfMemoryError is one
+            if n == 1 or not out_of_memory(e):
                 raise
         # The halves run after leaving the except block (so does featurize/wavlm.py's back-off):
         # inside it, the traceback would keep the failed forward's frames, and its activations, alive.
@@ -407,7 +407,9 @@ def _score_items(scorer: Scorer, items: list[Item], done: set, config: WindowCon
             try:
                 if (~piece.silent).any():
                     scores[~piece.silent] = scorer(piece.inputs)
-            except torch.cuda.OutOfMemoryError as e:   # even one window at a time: these files fail
+            except RuntimeError as e:   # out of memory even one window at a time: these files fail
+                if not out_of_memory(e):
+                    raise
                 results.fail(piece, "out_of_memory", f"out of GPU memory scoring one window ({_first_line(e)}); "
                              "free the GPU or score with --device cpu")
             results.add(piece, scores)
