@@ -195,10 +195,11 @@ def wavlm_block(job: BlockJob, prepared: dict) -> dict:
     if ok.all():   # the usual block: the extractor's arrays are the shard's, no copy
         arrays = {name: out[key] for name, key in stored.items()}
     else:          # a failed clip's rows keep the fill value (NaN; codes 0, scale NaN)
-        arrays = {name: np.full((n, *group[name].shape[1:]), group[name].fill_value, group[name].dtype)
-                  for name in stored}
-        for name, key in stored.items() if out else ():
-            arrays[name][ok] = out[key]
+        arrays = {}
+        for name, key in stored.items():
+            arrays[name] = np.full((n, *group[name].shape[1:]), group[name].fill_value, group[name].dtype)
+            if out:
+                arrays[name][ok] = out[key]
     write_block(group, job.block, arrays, {}, mark_done=True)
     return {**{k: v for k, v in prepared.items() if k not in ("waves", "ok_mask")},
             "wavlm_pid": os.getpid(), "wavlm_device": str(extractor.device), "wavlm_batch": extractor.batch_size}

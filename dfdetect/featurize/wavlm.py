@@ -46,7 +46,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dfdetect.devices import autocast, bf16_native, out_of_memory, precision_name, resolve_device
+from dfdetect.devices import autocast, bf16_native, out_of_memory, resolve_device
 from dfdetect.errors import ConfigError, DfdetectError
 from dfdetect.store.quantize import FP16_MAX, STORAGES, dequantize, quantize
 
