@@ -16,12 +16,13 @@ import typing
 from pathlib import Path
 
 import typer
-from rich.console import Console
+from rich.console import Console, ConsoleDimensions
 from rich.errors import MarkupError
 from rich.markup import escape
+from rich.rule import Rule
 from rich.segment import Segment
 from rich.table import Table
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
 from dfdetect.errors import ConfigError, DfdetectError
 from dfdetect.names import terminal_text
@@ -43,6 +44,33 @@ class _Console(Console):
     def _render_buffer(self, buffer) -> str:
         return super()._render_buffer(
             Segment(text if control else terminal_text(text), style, control) for text, style, control in buffer)
+
+    # Without a terminal (a pipe, a file) rich would fit everything to 80 columns, or to $COLUMNS, or
+    # to the terminal on stdin, and elide table cells ("mel_aa…", "2,103,…") that a script then reads.
+    # There nothing is cut: tables print at their natural width, a line of text is one line. Only a
+    # rule, which fills whatever width it is given, keeps the width rich would have used.
+    @property
+    def size(self) -> ConsoleDimensions:
+        size = super().size
+        return size if self._on_terminal() else ConsoleDimensions(UNBOUNDED_WIDTH, size.height)
+
+    @size.setter
+    def size(self, new_size: tuple[int, int]) -> None:
+        Console.size.fset(self, new_size)
+
+    def rule(self, title: str = "", *, characters: str = "─", style: str = "rule.line", align="center") -> None:
+        self.print(Rule(title, characters=characters, style=style, align=align), width=super().size.width)
+
+    def _on_terminal(self) -> bool:
+        """Whether the output really is a terminal (FORCE_COLOR may colour a pipe; it is still a pipe)."""
+        isatty = getattr(self.file, "isatty", None)
+        try:
+            return bool(isatty and isatty())
+        except ValueError:   # a closed file
+            return False
+
+
+UNBOUNDED_WIDTH = 100_000   # wider than any row dfdetect prints; rich needs a number
 
 
 console = _Console(emoji=False)
@@ -94,6 +122,34 @@ datasets_app = typer.Typer(help="Dataset adapters: list them, validate a downloa
 app.add_typer(datasets_app, name="datasets")
 
 
+DEVICE_HELP = "auto (a GPU when present; $DFDETECT_DEVICE overrides) | cpu | cuda | cuda:N."
+
+
+def _renamed_options(renamed: dict[str, str]) -> type[TyperCommand]:
+    """A command class that reads each old spelling of an option in `renamed` (old -> new) as the
+    new one, with a warning on stderr; only the new one is in --help."""
+
+    class Command(TyperCommand):
+        def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
+            return super().parse_args(ctx, _respelled(args, renamed))
+
+    return Command
+
+
+def _respelled(args: list[str], renamed: dict[str, str]) -> list[str]:
+    if "--" in args:   # after it every token is an argument, whatever it reads
+        end = args.index("--")
+        return _respelled(args[:end], renamed) + args[end:]
+    out = []
+    for arg in args:
+        name, equals, value = arg.partition("=")
+        if name in renamed:
+            errors.print(f"[yellow]warning:[/] {name} is deprecated; use {renamed[name]}", highlight=False)
+            arg = renamed[name] + equals + value
+        out.append(arg)
+    return out
+
+
 def _int_list(text: str, option: str) -> tuple[int, ...]:
     """'6,12,24' -> (6, 12, 24); anything else is a ConfigError naming the option."""
     try:
@@ -126,7 +182,7 @@ def featurize(
     wavlm: str = typer.Option("microsoft/wavlm-large", "--wavlm", help="WavLM hub id or local directory."),
     wavlm_layers: str = typer.Option("6,12,24", help="Hidden states to store (0 = CNN output, 24 = last of Large)."),
     wavlm_storage: str = typer.Option("float16", help="How WavLM's layers are stored: float16, or uint8 (half the bytes, a per-channel scale; docs/benchmarks.md measures what it costs)."),
-    device: str = typer.Option("auto", help="auto|cpu|cuda for WavLM."),
+    device: str = typer.Option("auto", help="Where WavLM runs: " + DEVICE_HELP),
     scheduler: str = typer.Option(None, help="tcp://HOST:PORT of an existing dask.distributed scheduler."),
     workers: int = typer.Option(None, help="Local worker processes (default: one per core; 0: in this process, no dask)."),
     block_size: int = typer.Option(128, help="Clips per block = rows per shard (the unit of writing)."),
@@ -176,14 +232,19 @@ def _print_featurize_summary(result) -> None:
 
 
 @datasets_app.command("list")
-def datasets_list():
+def datasets_list(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")):
     """Name the dataset adapters and what each expects."""
     from dfdetect.datasets import ADAPTERS
 
+    rows = [{"name": name, "reads": module.DESCRIPTION,
+             "options": [p for p in inspect.signature(module.prepare).parameters if p != "root"]}
+            for name, module in ADAPTERS.items()]
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
     table = Table("name", "what it reads", "--option KEY=VALUE")
-    for name, module in ADAPTERS.items():
-        options = [p for p in inspect.signature(module.prepare).parameters if p != "root"]
-        table.add_row(name, module.DESCRIPTION, " ".join(options) or "-")
+    for r in rows:
+        table.add_row(r["name"], r["reads"], " ".join(r["options"]) or "-")
     console.print(table)
 
 
@@ -282,15 +343,16 @@ def train_command(
                                    "64 for WavLM heads."),
     lr: float = typer.Option(None, help="Default: the architecture's: 5e-5 for the reference study's heads, the "
                              "published recipe's for the reference systems."),
-    weight_decay: float = typer.Option(0.01),
-    seed: int = typer.Option(0),
-    device: str = typer.Option("auto", help="auto | cpu | cuda"),
+    weight_decay: float = typer.Option(0.01, help="AdamW weight decay (the reference study's 0.01)."),
+    seed: int = typer.Option(0, help="Seeds the initial weights, the batch order, the default validation split "
+                             "and --holdout-generator's share of reals."),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
     early_stopping: int = typer.Option(None, help="Stop after N epochs without a better validation EER (default: never)."),
     init_from: Path = typer.Option(None, help="Start from another run's best weights (fine-tuning)."),
     holdout_generator: list[str] = typer.Option([], help="Leave-one-generator-out: hold these generators' fakes (and 20% of the reals) out of --train as the OOD set ood:holdout; repeat for several."),
     config_file: Path = typer.Option(None, "--config", help="JSON file of TrainConfig fields; flags given here override it."),
-    resume: bool = typer.Option(False, help="Continue the run in --out where it stopped."),
-    force: bool = typer.Option(False, help="Overwrite an existing run in --out."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out where it stopped."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing run in --out."),
 ):
     """Train a head from cached features; every epoch is evaluated on validation, test and OOD sets.
 
@@ -405,21 +467,22 @@ def experiment_status(
 
 
 # -- dfdetect evaluate / report --------------------------------------------------------------------
-@app.command("evaluate")
+@app.command("evaluate", cls=_renamed_options({"--format": "--scores-format"}))
 def evaluate_command(
     run: Path = typer.Argument(None, help="Run folder (runs/NAME) whose checkpoint scores --on."),
     on: str = typer.Option(None, "--on", help="STORE[@VERSION][:SPLIT] to score with the run."),
     epoch: str = typer.Option("best", help="best (by validation EER) | last | N"),
     scores: Path = typer.Option(None, "--scores", help="Evaluate a score file instead of a run."),
-    fmt: str = typer.Option(None, "--format", help="csv|tsv|jsonl|parquet|asvspoof (default: from the extension)."),
+    fmt: str = typer.Option(None, "--scores-format", help="Format of --scores: csv | tsv | jsonl | parquet | "
+                            "asvspoof (default: from the extension)."),
     score_col: str = typer.Option(None, help="Score column (default: score, cm-score, ...)."),
     label_col: str = typer.Option(None, help="Label column (default: label, key, cm-label, ...); any spelling."),
     id_col: str = typer.Option(None, help="Clip id column, to join --labels (default: clip_id, filename, file, ...)."),
     higher_is: str = typer.Option("fake", help="fake: scores are P(fake); real: higher = more bona fide (flipped)."),
     labels: Path = typer.Option(None, "--labels", help="Protocol/key file giving the labels by clip id (ASVspoof protocol, meta.csv)."),
-    drop_bad: bool = typer.Option(False, help="Leave out bad rows (named in a note) instead of failing."),
+    drop_bad: bool = typer.Option(False, "--drop-bad", help="Leave out bad rows (named in a note) instead of failing."),
     batch_size: int = typer.Option(None, help="Default: the architecture's."),
-    device: str = typer.Option("cpu", help="auto | cpu | cuda"),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print JSON (undefined metrics are null)."),
 ):
     """Every metric at threshold 0.5, at the EER threshold and at the run's validation threshold, with
@@ -521,14 +584,15 @@ def score_command(
     top_k: int = typer.Option(3, help="k for --aggregate topk."),
     windows: Path = typer.Option(None, "--windows", help="Also write every window's score with its start/end "
                                  "times to this table (.csv | .jsonl | .parquet)."),
-    resume: bool = typer.Option(False, help="Continue an interrupted --out: inputs already in it are skipped."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted --out: inputs already in it are "
+                                "skipped."),
     scheduler: str = typer.Option(None, help="Address of an existing dask cluster (default: a local one)."),
     workers: int = typer.Option(None, help="Local decode/feature worker processes (default: a third of the "
                                 "cores, at least 1; the model uses the rest; 0 = all in this process)."),
     batch_size: int = typer.Option(64, help="Windows per model batch."),
     max_file_mb: float = typer.Option(2048, help="Inputs larger than this are error rows (too_large)."),
     max_hours: float = typer.Option(12, help="Recordings longer than this are error rows (too_long)."),
-    device: str = typer.Option("auto", help="auto | cpu | cuda, for the model (and WavLM)."),
+    device: str = typer.Option("auto", help="Where the model (and WavLM) runs: " + DEVICE_HELP),
     features_from: str = typer.Option(None, "--features-from", help="STORE[@VERSION] built by featurize over the "
                                       "same files: a plain file that is an ok row of it is scored from its stored "
                                       "features as one centre-clip window (features=store), not decoded; the rest "
@@ -703,10 +767,10 @@ def store_verify(
     raise typer.Exit(1)
 
 
-@store_app.command("export")
+@store_app.command("export", cls=_renamed_options({"--hdf5": "--out"}))
 def store_export(
     store: str = typer.Argument(..., help="PATH[@VERSION][:SPLIT] of a complete version."),
-    hdf5: Path = typer.Option(..., "--hdf5", help="The HDF5 file to write."),
+    hdf5: Path = typer.Option(..., "--out", help="The HDF5 file to write."),
     arrays: str = typer.Option(None, "--arrays", help="Comma-separated feature arrays (default: all present)."),
     split: str = typer.Option(None, "--split", help="Only rows of this split."),
     status: str = typer.Option("ok", "--status", help="ok | error | all."),

@@ -1,5 +1,5 @@
 """`dfdetect score --format asvspoof5|asvspoof2019`: challenge score files that the challenges'
-readers (and `dfdetect evaluate --format asvspoof`) read back to the same numbers, with untrusted
+readers (and `dfdetect evaluate --scores-format asvspoof`) read back to the same numbers, with untrusted
 names kept to one field and failed inputs left out (never given an invented score)."""
 
 import csv
@@ -71,7 +71,7 @@ def test_challenge_files_round_trip_through_evaluate(run_dir, tmp_path):
         # the labels as an ASVspoof protocol (speaker, trial, -, -, key), then evaluate reads the file back
         protocol = tmp_path / fmt / "keys.txt"
         protocol.write_text("".join(f"S01 {t} - - {CLIPS[n]}\n" for t, n in zip(written, CLIPS)), encoding="utf-8")
-        back = evaluate(["--scores", out, "--format", "asvspoof", "--higher-is", "real", "--labels", protocol])
+        back = evaluate(["--scores", out, "--scores-format", "asvspoof", "--higher-is", "real", "--labels", protocol])
         assert back["source"]["clips"] == len(CLIPS)
         tables[fmt] = back["metrics"]
         # the same numbers as the table's own P(fake) scores with the same labels

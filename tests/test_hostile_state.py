@@ -271,11 +271,11 @@ def _truncated_metadata(store, tmp_path):
 
 BINARY = bytes(range(256)) * 8
 CASES = {
-    "export to a folder": lambda t, s, r: (["store", "export", s, "--hdf5", str(t)], ["--hdf5", "is a folder"]),
-    "export under a file": lambda t, s, r: (["store", "export", s, "--hdf5", _write(t / "f", "x") + "/x.h5"],
-                                            ["--hdf5", "f is a file"]),
-    "export read-only": lambda t, s, r: (["store", "export", s, "--hdf5", str(_read_only(t / "ro") / "x.h5")],
-                                         ["--hdf5", "not writable"]),
+    "export to a folder": lambda t, s, r: (["store", "export", s, "--out", str(t)], ["--out", "is a folder"]),
+    "export under a file": lambda t, s, r: (["store", "export", s, "--out", _write(t / "f", "x") + "/x.h5"],
+                                            ["--out", "f is a file"]),
+    "export read-only": lambda t, s, r: (["store", "export", s, "--out", str(_read_only(t / "ro") / "x.h5")],
+                                         ["--out", "not writable"]),
     "train config missing": lambda t, s, r: (["train", "--arch", "mel_cnn", "--train", s, "--out", str(t / "r"),
                                               "--config", str(t / "no.json")], ["no.json", "No such file"]),
     "train config invalid": lambda t, s, r: (["train", "--arch", "mel_cnn", "--train", s, "--out", str(t / "r"),

@@ -262,7 +262,7 @@ def test_verify_reports_data_in_an_error_row(built, copy):
 # -- export -------------------------------------------------------------------------------------
 def test_export_ok_rows_of_a_split(built, tmp_path):
     out = tmp_path / "train.h5"
-    result = _invoke("export", built["store"], "--hdf5", out, "--split", "train")
+    result = _invoke("export", built["store"], "--out", out, "--split", "train")
     assert result.exit_code == 0, result.output
     assert "wrote 14 rows" in result.output
     store = open_store(str(built["store"]))
@@ -301,11 +301,11 @@ def test_export_all_rows_one_array_and_overwrite(built, tmp_path):
         assert errors.sum() == 2 and np.isnan(data[errors]).all()
         assert set(f["meta/error_kind"].asstr()[errors]) == {"empty", "unknown_container"}
 
-    result = _invoke("export", built["store"], "--hdf5", out, "--status", "error")
+    result = _invoke("export", built["store"], "--out", out, "--status", "error")
     assert result.exit_code == 2 and "exists; pass --force" in result.output
     with h5py.File(out, "r") as f:
         assert f["lfcc"].shape[0] == 26  # untouched
-    result = _invoke("export", built["store"], "--hdf5", out, "--status", "error", "--force")
+    result = _invoke("export", built["store"], "--out", out, "--status", "error", "--force")
     assert result.exit_code == 0, result.output
     with h5py.File(out, "r") as f:
         assert f["mel"].shape == (2, 2, 128, 301) and np.isnan(f["mel"][:]).all()
@@ -317,7 +317,7 @@ def test_export_refuses_bad_selections(built, tmp_path):
     for args, message in [(["--arrays", "wavlm"], "no feature array 'wavlm'"),
                           (["--split", "dev"], "no split 'dev'"),
                           (["--status", "maybe"], "--status must be ok, error or all")]:
-        result = _invoke("export", built["store"], "--hdf5", tmp_path / "x.h5", *args)
+        result = _invoke("export", built["store"], "--out", tmp_path / "x.h5", *args)
         assert result.exit_code == 2 and message in result.output, result.output
         assert not (tmp_path / "x.h5").exists()
 

@@ -613,7 +613,7 @@ def export_hdf5(spec: str, out: str | Path, arrays: list[str] | None = None, spl
     split = split or spec_split
     if status not in (OK, ERROR, "all"):
         raise StoreError(f"--status must be ok, error or all, not {status!r}")
-    check_output("--hdf5", out)
+    check_output("--out", out)
     store, _ = open_version(spec, require_complete=True)
     names = list(arrays) if arrays else store.feature_names
     unknown = [a for a in names if a not in store.feature_names]
