@@ -48,17 +48,17 @@ from dfdetect.models.registry import (
 from dfdetect.models.runs import RunFolder, load_run
 from dfdetect.names import printable
 
-# (a) The 100%-accuracy trap (seed Part 3: test accuracy 100% while validation EER sat at 0.50):
+# (a) The 100%-accuracy trap (the reference study, Part 3: test accuracy 100% while validation EER sat at 0.50):
 # an epoch with test accuracy at least TRAP_TEST_ACCURACY and validation EER at least TRAP_VAL_EER.
 TRAP_TEST_ACCURACY = 0.99
 TRAP_VAL_EER = 0.40
-# (b) A model that calls (nearly) everything real or everything fake out of distribution (seed:
+# (b) A model that calls (nearly) everything real or everything fake out of distribution (the reference study:
 # recall 0.74% on Deepfake-Eval; the MP3-corrupt CNN's specificity 0.00%): OOD recall or
 # specificity at threshold 0.5 at most DEGENERATE_RATE, at the best-validation or the last epoch.
 DEGENERATE_RATE = 0.05
-# (c) Predictions anti-correlated with the truth (seed: the FLAC-corrupt CNN's MCC -0.0736): MCC
+# (c) Predictions anti-correlated with the truth (the reference study: the FLAC-corrupt CNN's MCC -0.0736): MCC
 # at 0.5 below 0 on any eval set at the best-validation or the last epoch.
-# (d) In- and out-of-distribution performance moving apart (seed Part 4): the epoch of best test
+# (d) In- and out-of-distribution performance moving apart (the reference study, Part 4): the epoch of best test
 # accuracy and the epoch of best OOD accuracy at least max(EPOCH_GAP_MIN, EPOCH_GAP_FRACTION x
 # epochs) apart.
 EPOCH_GAP_MIN = 3
