@@ -106,8 +106,8 @@ def read_records(path: Path, fmt: str, id_field: int | None = None) -> tuple[str
     try:
         return _read_records(path, fmt, id_field)
     except UnicodeDecodeError as e:
-        raise EvaluationError(f"{path}: not a text file (not UTF-8); score and protocol files are "
-                              f"CSV, TSV, JSONL, Parquet or ASVspoof text ({fmt} was read: --scores-format chooses)") from None
+        raise EvaluationError(f"{path}: not a text file (not UTF-8); score and protocol files are CSV, TSV, "
+                              f"JSONL, Parquet or ASVspoof text ({fmt} was read: --scores-format chooses)") from None
 
 
 def _read_records(path: Path, fmt: str, id_field: int | None) -> tuple[str, list[tuple[int, dict]]]:
