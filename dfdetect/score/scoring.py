@@ -2,8 +2,8 @@
 accounted for.
 
     coordinator: expand the inputs (sources.py) -> lanes of consecutive items (lanes.py) -> run
-                 the model on each piece of windows as it arrives -> aggregate per file -> one row
-                 per input (tables.py)
+                 the model on each piece of windows as it arrives -> each file's answer
+                 (per_file.py, the rule the API shares) -> one row per input (tables.py)
     worker:      a lane (a dask actor, windows.py) opens its items one by one, decodes them as a
                  stream (stream.py), cuts sliding windows, prepares each window exactly as
                  training prepared a clip (Frontend.crop_or_pad + peak_normalise) and computes the
@@ -24,7 +24,8 @@ same WavLM (model, revision, layers, normalisation) as the run was trained on, e
 
 Scores are P(fake): higher = more likely fake (labels: 1 = fake, 0 = real). A file's score
 aggregates its window scores; silent windows (peak below the frontend's silence level) are left
-out and counted. The aggregates:
+out and counted; the decision is taken on the unrounded score, the table shows 6 decimals
+(per_file.py). The aggregates:
 
     mean  (default) the mean of the window probabilities. The run's threshold was chosen on single
           clips' scores, and the mean stays on that scale whatever the file's length: one false
@@ -143,7 +144,7 @@ class Scorer:
             return torch.sigmoid(self.model(batch).float()).cpu().numpy()
 
 
-def window_config(run, options: ScoreOptions, batch_size: int | None = None) -> WindowConfig:
+def window_config(run, options: ScoreOptions) -> WindowConfig:
     """How `run`'s head sees a file under `options`: windows (default the frontend's clip, hop
     half of it), the features it reads, batch and input limits. `score` and the API both use it."""
     frontend = run.frontend_config
@@ -151,7 +152,7 @@ def window_config(run, options: ScoreOptions, batch_size: int | None = None) -> 
     hop = options.hop or window / 2
     return WindowConfig(frontend, int(round(window * frontend.sample_rate)), int(round(hop * frontend.sample_rate)),
                         tuple(k for k in FRONTEND_FEATURES if k in run.inputs), "wavlm" in run.inputs,
-                        batch_size or options.batch_size, options.max_hours * 3600, options.max_file_mb * 1e6)
+                        options.batch_size, options.max_hours * 3600, options.max_file_mb * 1e6)
 
 
 def score_piece(scorer: Scorer, piece: Piece, files: FileWindows) -> None:
