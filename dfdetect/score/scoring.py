@@ -187,13 +187,17 @@ class ScoreSummary:
     audio_seconds: float = 0.0
     seconds: float = 0.0
     model_seconds: float = 0.0
-    errors: Counter = field(default_factory=Counter)          # error kind -> inputs, failed and skipped
     by_status: dict = field(default_factory=lambda: defaultdict(Counter))   # error/skipped -> kind -> inputs
     examples: dict = field(default_factory=dict)
     table: str = ""                 # the table of every row (--out, or beside a challenge file)
     challenge: str = ""             # --format asvspoof5|asvspoof2019: the challenge file
     challenge_scores: int = 0       # trials written to it
     challenge_left_out: int = 0     # rows without a score (failed, skipped), only in the table
+
+    @property
+    def errors(self) -> Counter:
+        """Error kind -> inputs, failed and skipped."""
+        return sum(self.by_status.values(), Counter())
 
     @property
     def exit_code(self) -> int:
@@ -370,7 +374,6 @@ class _Results:
         else:
             summary.failed += outcome.status == ERROR
             summary.skipped += outcome.status == SKIPPED
-            summary.errors[outcome.error_kind] += 1
             summary.by_status[outcome.status][outcome.error_kind] += 1
             summary.examples.setdefault(outcome.error_kind, printable(outcome.error))
         self.rows.write({"path": path, "member": member, "status": outcome.status, "score": outcome.table_score,
