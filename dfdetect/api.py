@@ -50,8 +50,10 @@ __all__ = ["Detector", "Result", "Store", "open_store", "featurize", "train", "T
 
 @dataclass
 class Result:
-    """One input's outcome: `score` is P(fake) (None unless status is "ok"), `decision` "fake" when
-    score >= the run's validation threshold; per non-silent window its start/end (s) and score."""
+    """One input's outcome, its row of `dfdetect score`'s table: `status` ok | error | skipped with
+    the table's `error_kind` (out_of_memory and non_finite_score included); `score` is P(fake) to 6
+    decimals (None unless ok), `decision` "fake" when the unrounded score >= the run's validation
+    threshold; per non-silent window its start/end (s) and score."""
     path: str
     member: str
     status: str
