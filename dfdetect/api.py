@@ -7,13 +7,21 @@
         print(result.path, result.status, result.score, result.decision)
 
 A file is decoded, windowed and scored by the very functions `dfdetect score` uses (score/windows.py
-lane_pieces, scoring.Scorer and aggregate, in this process), so `.score` equals the table's value
-for that file (rounded to the table's 6 decimals; `.windows` holds the window scores the same way).
-`featurize`, `train` and `evaluate` are the functions the commands call.
+lane_pieces, scoring.Scorer and score_piece, and its one per-file rule, score/per_file.py, in this
+process), so a Result is that file's row of the table: the same status and error kind (an
+`out_of_memory` or `non_finite_score` error included), `.score` rounded to the table's 6 decimals
+(`.windows` the same way) and `.decision` taken, as the table's, on the unrounded score.
+Arguments that are not what the methods take (a list or tensor as a path, an [N, 2] array, a
+sample rate that is not a positive whole number) raise ConfigError (a DfdetectError and a
+ValueError) naming the argument. `featurize`, `train` and `evaluate` are the functions the
+commands call.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import numbers
+import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,10 +31,14 @@ import numpy as np
 
 from dfdetect.evaluate.evaluation import evaluate_run as evaluate
 from dfdetect.featurize.pipeline import featurize
+from dfdetect.errors import ConfigError
+from dfdetect.featurize.audio import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
 from dfdetect.models.pretrained import load_model, load_pretrained
+from dfdetect.names import printable
 from dfdetect.score.options import ScoreOptions
-from dfdetect.score.scoring import Scorer, aggregate, rounded, window_config
-from dfdetect.score.sources import OK, expand
+from dfdetect.score.per_file import SCORE_DIGITS, FileOutcome, FileRule, FileWindows, rounded
+from dfdetect.score.scoring import Scorer, score_piece, window_config
+from dfdetect.score.sources import expand
 from dfdetect.score.windows import lane_pieces
 from dfdetect.store import parse_store_spec
 from dfdetect.store import schema
@@ -38,8 +50,10 @@ __all__ = ["Detector", "Result", "Store", "open_store", "featurize", "train", "T
 
 @dataclass
 class Result:
-    """One input's outcome: `score` is P(fake) (None unless status is "ok"), `decision` "fake" when
-    score >= the run's validation threshold; per non-silent window its start/end (s) and score."""
+    """One input's outcome, its row of `dfdetect score`'s table: `status` ok | error | skipped with
+    the table's `error_kind` (out_of_memory and non_finite_score included); `score` is P(fake) to 6
+    decimals (None unless ok), `decision` "fake" when the unrounded score >= the run's validation
+    threshold; per non-silent window its start/end (s) and score."""
     path: str
     member: str
     status: str
@@ -58,7 +72,7 @@ class Detector:
     the first score."""
 
     def __init__(self, run, options: ScoreOptions = ScoreOptions(workers=0)):
-        self.run, self.options = run, options
+        self.run, self.options = run, options.checked()
         self._scorer: Scorer | None = None
 
     @classmethod
@@ -76,46 +90,90 @@ class Detector:
         return self.run.threshold
 
     def score(self, audio: str | Path | np.ndarray, sample_rate: int | None = None) -> Result:
-        """The Result of one file, or of a waveform ([samples] or [channels, samples] at
-        `sample_rate`), which is written as a float WAV and scored as that file would be."""
+        """The Result of one file, or of a waveform (a numpy array: [samples] or [channels,
+        samples] at `sample_rate`, a whole number of Hz), which is written as a float WAV and scored
+        as that file would be. ConfigError names the argument that is not one of these."""
         if isinstance(audio, np.ndarray):
             import soundfile as sf
 
-            if sample_rate is None:
-                raise ValueError("scoring an array needs its sample_rate")
+            waveform = _waveform(audio, sample_rate)
             with tempfile.TemporaryDirectory() as tmp:
                 wav = Path(tmp) / "audio.wav"
-                sf.write(wav, np.asarray(audio, np.float32).T, sample_rate, subtype="FLOAT")
+                sf.write(wav, waveform.T, int(sample_rate), subtype="FLOAT")
                 return next(self.score_many([wav]))
+        if not isinstance(audio, (str, os.PathLike)):
+            raise ConfigError(f"audio: {_kind(audio)} is neither a path (str or Path) nor a numpy array of samples"
+                              + ("; score_many takes several paths" if isinstance(audio, (list, tuple)) else "")
+                              + ("; a tensor of samples: pass tensor.numpy()" if hasattr(audio, "numpy") else ""))
+        if sample_rate is not None:
+            raise ConfigError(f"sample_rate {_shown(sample_rate)}: only for an array; a file's rate is read from it")
         return next(self.score_many([audio]))
 
     def score_many(self, paths: Iterable[str | Path], batch_size: int = 64) -> Iterator[Result]:
-        """Results of every input the paths name (files, folders, archives, lists), streamed in order."""
-        if self._scorer is None:
-            self._scorer = Scorer(self.run, self.options.device)
-        items = expand([str(p) for p in paths])
-        config = window_config(self.run, self.options, batch_size)
-        windows: dict[int, list] = {}
-        for piece in lane_pieces(list(enumerate(items)), config):
-            scores = np.full(len(piece.item), np.nan)
-            if (~piece.silent).any():
-                scores[~piece.silent] = self._scorer(piece.inputs)
-            for i in np.unique(piece.item).tolist():
-                m = (piece.item == i) & ~piece.silent
-                windows.setdefault(i, []).append((piece.start[m], piece.end[m], scores[m]))
-            for result in piece.finished:
-                yield self._result(items[result.item], result, windows.pop(result.item, []))
+        """Results of every input the paths name (files, folders, archives, lists), streamed in order.
+        The arguments are checked here, before the first Result is asked for."""
+        if isinstance(paths, (str, os.PathLike)) or not isinstance(paths, Iterable):
+            raise ConfigError(f"paths: {_kind(paths)} is not a list of paths; score() takes one path")
+        paths = list(paths)
+        for i, path in enumerate(paths):
+            if not isinstance(path, (str, os.PathLike)):
+                raise ConfigError(f"paths[{i}]: {_kind(path)} is not a path (str or Path)")
+        if not _whole(batch_size) or batch_size < 1:
+            raise ConfigError(f"batch_size {_shown(batch_size)}: must be a whole number >= 1")
+        options = dataclasses.replace(self.options, batch_size=batch_size)
+        return self._results(expand([os.fspath(p) for p in paths]), options)
 
-    def _result(self, item, result, parts) -> Result:
-        path, member = item.key
-        if result.status != OK or not parts:
-            return Result(path, member, result.status, None, None, self.threshold,
-                          error_kind=result.error_kind, error=result.error)
-        starts, ends, scores = (np.concatenate(c) for c in zip(*parts))
-        value = rounded(aggregate(scores, self.options.aggregate, self.options.top_k), 6)
-        return Result(path, member, OK, value, "fake" if value >= self.threshold else "real", self.threshold,
-                      [round(s, 4) for s in starts.tolist()], [round(e, 4) for e in ends.tolist()],
-                      [rounded(s, 6) for s in scores.tolist()])
+    def _results(self, items, options: ScoreOptions) -> Iterator[Result]:
+        if self._scorer is None:
+            self._scorer = Scorer(self.run, options.device)
+        files = FileWindows(FileRule.of(self.run, options))
+        for piece in lane_pieces(list(enumerate(items)), window_config(self.run, options)):
+            score_piece(self._scorer, piece, files)
+            for result in piece.finished:
+                item = items[result.item]
+                yield self._result(item.key, files.finish(result, item.where))
+
+    def _result(self, key: tuple[str, str], outcome: FileOutcome) -> Result:
+        kept = ~outcome.silent
+        return Result(*key, outcome.status, outcome.table_score, outcome.decision, self.threshold,
+                      [round(s, 4) for s in outcome.start[kept].tolist()],
+                      [round(e, 4) for e in outcome.end[kept].tolist()],
+                      [rounded(s, SCORE_DIGITS) for s in outcome.scores[kept].tolist()],
+                      outcome.error_kind, outcome.error)
+
+
+def _whole(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _shown(value) -> str:
+    """A value in a message, bounded (a list of a million paths must not fill the terminal)."""
+    text = printable(repr(value))
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _kind(value) -> str:
+    shape = getattr(value, "shape", None)
+    return f"a {type(value).__name__}" + (f" of shape {list(shape)}" if shape is not None else
+                                          f" of {len(value)} items" if isinstance(value, (list, tuple)) else
+                                          f" ({_shown(value)})")
+
+
+def _waveform(audio: np.ndarray, sample_rate) -> np.ndarray:
+    """`audio` as float32 [channels, samples], or ConfigError naming what is wrong with it or the rate."""
+    if sample_rate is None:
+        raise ConfigError("sample_rate: scoring an array needs its sample rate (a whole number of Hz)")
+    if not _whole(sample_rate) or not MIN_SAMPLE_RATE <= sample_rate <= MAX_SAMPLE_RATE:
+        raise ConfigError(f"sample_rate {_shown(sample_rate)}: must be a whole number of Hz, "
+                          f"{MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE}")
+    if audio.dtype.kind not in "fiu":
+        raise ConfigError(f"audio: an array of {audio.dtype} is not samples; pass real numbers (float or int)")
+    if audio.ndim == 1:
+        audio = audio[None]
+    if audio.ndim != 2 or audio.shape[0] > max(audio.shape[1], 1):
+        raise ConfigError(f"audio: {_kind(audio)} is not [samples] or [channels, samples] (fewer channels than "
+                          "samples); an array of [samples, channels] is passed as audio.T")
+    return np.asarray(audio, np.float32)
 
 
 class Store:

@@ -597,6 +597,9 @@ def score_command(
                                       "same files: a plain file that is an ok row of it is scored from its stored "
                                       "features as one centre-clip window (features=store), not decoded; the rest "
                                       "live. Must match the run's frontend, inputs and WavLM."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout (scored, failed and "
+                                 "skipped by error kind, audio seconds, rates, the table's path); progress and "
+                                 "warnings go to stderr."),
 ):
     """Score every audio file in PATHS with a trained run: one row per input (path, archive member,
     duration, sample rate, channels, windows, score, decision at the run's threshold, run id,
@@ -614,11 +617,14 @@ def score_command(
 
     options = ScoreOptions(window=window, hop=hop, aggregate=aggregate, top_k=top_k, batch_size=batch_size,
                            max_file_mb=max_file_mb, max_hours=max_hours, workers=workers, scheduler=scheduler,
-                           device=device, features_from=features_from, format=fmt)
+                           device=device, features_from=features_from, format=fmt).checked()
     summary = score(model, paths, out, options, windows_out=windows, resume=resume, epoch=epoch,
-                    console=console)
-    for line in summary.lines():
-        console.print(line, soft_wrap=True, highlight=False, markup=False)
+                    console=errors if as_json else console)   # under --json, stdout holds the JSON only
+    if as_json:
+        print(json.dumps(summary.to_dict(), indent=2))
+    else:
+        for line in summary.lines():
+            console.print(line, soft_wrap=True, highlight=False, markup=False)
     raise typer.Exit(summary.exit_code)
 
 

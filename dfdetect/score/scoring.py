@@ -2,8 +2,8 @@
 accounted for.
 
     coordinator: expand the inputs (sources.py) -> lanes of consecutive items (lanes.py) -> run
-                 the model on each piece of windows as it arrives -> aggregate per file -> one row
-                 per input (tables.py)
+                 the model on each piece of windows as it arrives -> each file's answer
+                 (per_file.py, the rule the API shares) -> one row per input (tables.py)
     worker:      a lane (a dask actor, windows.py) opens its items one by one, decodes them as a
                  stream (stream.py), cuts sliding windows, prepares each window exactly as
                  training prepared a clip (Frontend.crop_or_pad + peak_normalise) and computes the
@@ -24,7 +24,8 @@ same WavLM (model, revision, layers, normalisation) as the run was trained on, e
 
 Scores are P(fake): higher = more likely fake (labels: 1 = fake, 0 = real). A file's score
 aggregates its window scores; silent windows (peak below the frontend's silence level) are left
-out and counted. The aggregates:
+out and counted; the decision is taken on the unrounded score, the table shows 6 decimals
+(per_file.py). The aggregates:
 
     mean  (default) the mean of the window probabilities. The run's threshold was chosen on single
           clips' scores, and the mean stays on that scale whatever the file's length: one false
@@ -45,11 +46,9 @@ moved into place when the run ends (also when it is interrupted).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import math
 import os
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -59,7 +58,7 @@ import torch
 
 from dfdetect import __version__
 from dfdetect.devices import autocast, out_of_memory, resolve_device, run_precision, run_tf32, tf32
-from dfdetect.errors import ConfigError, check_output, check_range
+from dfdetect.errors import check_output
 from dfdetect.featurize.frontend import FRONTEND_FEATURES
 from dfdetect.featurize.pipeline import dask_client
 from dfdetect.featurize.wavlm import load_wavlm
@@ -68,7 +67,8 @@ from dfdetect.models.pretrained import load_model
 from dfdetect.names import printable
 from dfdetect.score.from_store import open_feature_store, store_matches, store_pieces
 from dfdetect.score.lanes import dask_pieces, local_pieces, make_lanes
-from dfdetect.score.options import AGGREGATES, CHALLENGE_FORMATS, SCORE_MEANING, ScoreError, ScoreOptions
+from dfdetect.score.options import SCORE_MEANING, ScoreError, ScoreOptions
+from dfdetect.score.per_file import SCORE_DIGITS, FileRule, FileWindows, aggregate, rounded  # noqa: F401 (aggregate: re-exported)
 from dfdetect.score.sources import ERROR, OK, SKIPPED, Item, expand
 from dfdetect.score.tables import (
     CHALLENGE_MEANING,
@@ -144,7 +144,7 @@ class Scorer:
             return torch.sigmoid(self.model(batch).float()).cpu().numpy()
 
 
-def window_config(run, options: ScoreOptions, batch_size: int | None = None) -> WindowConfig:
+def window_config(run, options: ScoreOptions) -> WindowConfig:
     """How `run`'s head sees a file under `options`: windows (default the frontend's clip, hop
     half of it), the features it reads, batch and input limits. `score` and the API both use it."""
     frontend = run.frontend_config
@@ -152,18 +152,22 @@ def window_config(run, options: ScoreOptions, batch_size: int | None = None) -> 
     hop = options.hop or window / 2
     return WindowConfig(frontend, int(round(window * frontend.sample_rate)), int(round(hop * frontend.sample_rate)),
                         tuple(k for k in FRONTEND_FEATURES if k in run.inputs), "wavlm" in run.inputs,
-                        batch_size or options.batch_size, options.max_hours * 3600, options.max_file_mb * 1e6)
+                        options.batch_size, options.max_hours * 3600, options.max_file_mb * 1e6)
 
 
-def aggregate(scores: np.ndarray, how: str = "mean", top_k: int = 3) -> float:
-    """A file's score from its (non-silent) window scores; see the module docstring."""
-    if how == "mean":
-        return float(np.mean(scores))
-    if how == "max":
-        return float(np.max(scores))
-    if how == "topk":
-        return float(np.mean(np.sort(scores)[-top_k:]))
-    raise ConfigError(f"unknown aggregate {how!r}; valid: {', '.join(AGGREGATES)}")
+def score_piece(scorer: Scorer, piece: Piece, files: FileWindows) -> None:
+    """The piece's window scores into `files`. Out of GPU memory even one window at a time, the
+    files with windows in it become `out_of_memory` errors and the rest go on (score and the API)."""
+    scores = np.full(len(piece.item), np.nan)
+    try:
+        if (~piece.silent).any():
+            scores[~piece.silent] = scorer(piece.inputs)
+    except RuntimeError as e:
+        if not out_of_memory(e):
+            raise
+        files.fail(piece, "out_of_memory", f"out of GPU memory scoring one window ({_first_line(e)}); free the "
+                   "GPU or score on the CPU (--device cpu)")
+    files.add(piece, scores)
 
 
 # -- the command --------------------------------------------------------------------------------------
@@ -183,7 +187,7 @@ class ScoreSummary:
     audio_seconds: float = 0.0
     seconds: float = 0.0
     model_seconds: float = 0.0
-    errors: Counter = field(default_factory=Counter)
+    by_status: dict = field(default_factory=lambda: defaultdict(Counter))   # error/skipped -> kind -> inputs
     examples: dict = field(default_factory=dict)
     table: str = ""                 # the table of every row (--out, or beside a challenge file)
     challenge: str = ""             # --format asvspoof5|asvspoof2019: the challenge file
@@ -191,9 +195,31 @@ class ScoreSummary:
     challenge_left_out: int = 0     # rows without a score (failed, skipped), only in the table
 
     @property
+    def errors(self) -> Counter:
+        """Error kind -> inputs, failed and skipped."""
+        return sum(self.by_status.values(), Counter())
+
+    @property
     def exit_code(self) -> int:
         """0 when every input in the output was scored; 1 when some failed or were skipped."""
         return 0 if self.failed + self.skipped + self.not_ok_before == 0 else 1
+
+    def to_dict(self) -> dict:
+        """What `score --json` prints: the counts (failed and skipped by error kind), audio seconds,
+        rates and where the rows are."""
+        wall = max(self.seconds, 1e-9)
+        done = self.scored + self.failed + self.skipped
+        return {"out": self.out, "table": self.table, "challenge": self.challenge or None, "run_id": self.run_id,
+                "rows": self.rows, "resumed": self.resumed, "not_ok_before": self.not_ok_before,
+                "scored": self.scored, "from_store": self.from_store,
+                "failed": {"total": self.failed, "by_kind": dict(self.by_status.get(ERROR, {}))},
+                "skipped": {"total": self.skipped, "by_kind": dict(self.by_status.get(SKIPPED, {}))},
+                "windows": self.windows, "silent_windows": self.silent_windows,
+                "audio_seconds": round(self.audio_seconds, 3), "seconds": round(self.seconds, 3),
+                "model_seconds": round(self.model_seconds, 3), "files_per_second": round(done / wall, 3),
+                "audio_hours_per_hour": round(self.audio_seconds / wall, 3),
+                "challenge_scores": self.challenge_scores, "challenge_left_out": self.challenge_left_out,
+                "exit_code": self.exit_code}
 
     def lines(self) -> list[str]:
         done = self.scored + self.failed + self.skipped
@@ -223,10 +249,6 @@ def _first_line(error: Exception) -> str:
     return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
-def rounded(value: float | None, digits: int) -> float | None:
-    return None if value is None or not math.isfinite(value) else round(float(value), digits)
-
-
 def score(model: str | Path, paths: list[str], out: str | Path, options: ScoreOptions = ScoreOptions(),
           windows_out: str | Path | None = None, resume: bool = False, epoch: str | int = "best",
           console=None, stdin=None) -> ScoreSummary:
@@ -235,41 +257,13 @@ def score(model: str | Path, paths: list[str], out: str | Path, options: ScoreOp
     any output is touched, when it cannot start as asked."""
     from rich.console import Console
 
-
     console = console or Console(stderr=True)
-    out = challenge = Path(out)
-    if options.format not in ("table", *CHALLENGE_FORMATS):
-        raise ScoreError(f"unknown --format {options.format!r}; valid: table, {', '.join(CHALLENGE_FORMATS)}")
-    if options.format != "table":   # the challenge file is made from the table's ok rows at the end
-        check_output("--out", challenge)
-        if challenge.exists() and not resume:
-            raise ScoreError(f"{challenge} exists; pass --resume to continue its run, or remove it")
-        out = status_table(challenge)
-    windows_out = None if windows_out is None else Path(windows_out)
-    if options.aggregate not in AGGREGATES:
-        raise ScoreError(f"unknown --aggregate {options.aggregate!r}; valid: {', '.join(AGGREGATES)}")
-    # Every number before any work: NaN would switch a limit off, a hop of 0 samples loop forever.
-    for name, low in (("window", 0.1), ("hop", 0.01), ("top_k", 1), ("batch_size", 1), ("max_file_mb", 0),
-                      ("max_hours", 0)):
-        if getattr(options, name) is not None:
-            check_range(f"--{name.replace('_', '-')}", getattr(options, name), low, low_open=low == 0)
-    if options.workers is not None:
-        check_range("--workers", options.workers, 0)
-    for option, path in (("--out", out), ("--windows", windows_out)):
-        if path is not None:
-            check_output(option, path)
-            output_format(path)
-    if windows_out is not None and windows_out.absolute() == out.absolute():
-        raise ScoreError(f"--windows {windows_out} is the --out table too; give the window table its own file")
+    options = options.checked()
+    out, challenge, windows_out = _outputs(Path(out), windows_out, options.format, resume)
     run = load_model(model, epoch)
-    frontend = run.frontend_config
     config = window_config(run, options)
-    window, hop = config.window / frontend.sample_rate, config.hop / frontend.sample_rate
-    aggregate_name = f"top{options.top_k}" if options.aggregate == "topk" else options.aggregate
-    constants = {"threshold": run.threshold, "score_meaning": SCORE_MEANING, "aggregate": aggregate_name,
-                 "run_id": run.run_id, "frontend_hash": frontend.hash()}
-    metadata = {"dfdetect": __version__, "score": SCORE_MEANING, "decision": "fake when score >= threshold",
-                "run": str(run.path), **constants, "window_seconds": window, "hop_seconds": hop}
+    rule = FileRule.of(run, options)
+    constants, metadata = _table_header(run, config, rule)
     store = None
     if options.features_from:
         store = open_feature_store(options.features_from, run)
@@ -277,30 +271,20 @@ def score(model: str | Path, paths: list[str], out: str | Path, options: ScoreOp
     items = expand([str(p) for p in paths], stdin)
     scorer = Scorer(run, options.device)
 
-    with contextlib.ExitStack() as held:   # one writer per table, as featurize per store
-        for option, path in (("--out", out), ("--windows", windows_out)):
-            if path is not None:
-                held.enter_context(ExclusiveLock(str(path), lambda holder, o=option, p=path: ScoreError(
-                    f"another score is writing {p} ({holder}); wait for it to finish, or give a different {o}"),
-                    remove=True))
+    with _locked(out, windows_out):   # one writer per table, as featurize per store
         before, complete = previous_rows(out, resume)
         other = {(r.get("run_id"), r.get("aggregate")) for r in before if r.get("status") == OK}
-        if other - {(run.run_id, aggregate_name)}:
+        if other - {(run.run_id, rule.name)}:
             raise ScoreError(f"{out} holds scores of {sorted(other)} (run id, aggregate); --resume needs the same "
-                             f"--model/--epoch/--aggregate ({run.run_id}, {aggregate_name}) or a new --out")
+                             f"--model/--epoch/--aggregate ({run.run_id}, {rule.name}) or a new --out")
         done = {(r["path"], r["member"]) for r in before}
-        windows_before, windows_complete = (previous_rows(windows_out, resume, WINDOW_COLUMNS, "--windows")
-                                            if windows_out else ([], True))
-        # window rows of a file whose row is missing (interrupted between the two writes) go; it is rescored
-        windows_kept = [r for r in windows_before if (r["path"], r["member"]) in done]
         summary = ScoreSummary(str(out), run.run_id, resumed=len(before),
                                not_ok_before=sum(r.get("status") != OK for r in before))
-        results = _Results(items, options, constants, summary)
+        results = _Results(items, FileWindows(rule), constants, summary)
         results.rows = TableWriter(out, COLUMNS, metadata, before, rewrite=not complete)
         try:
             if windows_out is not None:
-                rewrite = not windows_complete or len(windows_kept) < len(windows_before)
-                results.window_rows = TableWriter(windows_out, WINDOW_COLUMNS, metadata, windows_kept, rewrite)
+                results.window_rows = _window_writer(windows_out, metadata, done, resume)
             _score_items(scorer, items, done, config, options, results, console, store)
         finally:
             results.close()
@@ -313,42 +297,74 @@ def score(model: str | Path, paths: list[str], out: str | Path, options: ScoreOp
         return summary
 
 
-class _Results:
-    """Window scores collected per file until its FileResult arrives; then its row (and window rows)."""
+def _outputs(out: Path, windows_out, fmt: str, resume: bool) -> tuple[Path, Path, Path | None]:
+    """(the table, the challenge file, the window table) of --out/--format/--windows, checked before
+    any work: with a challenge format the table goes beside --out (tables.status_table)."""
+    challenge = out
+    if fmt != "table":   # the challenge file is made from the table's ok rows at the end
+        check_output("--out", challenge)
+        if challenge.exists() and not resume:
+            raise ScoreError(f"{challenge} exists; pass --resume to continue its run, or remove it")
+        out = status_table(challenge)
+    windows_out = None if windows_out is None else Path(windows_out)
+    for option, path in (("--out", out), ("--windows", windows_out)):
+        if path is not None:
+            check_output(option, path)
+            output_format(path)
+    if windows_out is not None and windows_out.absolute() == out.absolute():
+        raise ScoreError(f"--windows {windows_out} is the --out table too; give the window table its own file")
+    return out, challenge, windows_out
 
-    def __init__(self, items: list[Item], options: ScoreOptions, constants: dict, summary: ScoreSummary):
-        self.items, self.options, self.constants, self.summary = items, options, constants, summary
+
+def _table_header(run, config: WindowConfig, rule: FileRule) -> tuple[dict, dict]:
+    """(the columns every row repeats, the table's metadata)."""
+    rate = config.frontend.sample_rate
+    constants = {"threshold": rule.threshold, "score_meaning": SCORE_MEANING, "aggregate": rule.name,
+                 "run_id": run.run_id, "frontend_hash": config.frontend.hash()}
+    metadata = {"dfdetect": __version__, "score": SCORE_MEANING, "decision": "fake when score >= threshold",
+                "run": str(run.path), **constants, "window_seconds": config.window / rate,
+                "hop_seconds": config.hop / rate}
+    return constants, metadata
+
+
+@contextlib.contextmanager
+def _locked(*paths: Path | None):
+    """One writer per table (--out, --windows), as featurize per store."""
+    with contextlib.ExitStack() as held:
+        for option, path in zip(("--out", "--windows"), paths):
+            if path is not None:
+                held.enter_context(ExclusiveLock(str(path), lambda holder, o=option, p=path: ScoreError(
+                    f"another score is writing {p} ({holder}); wait for it to finish, or give a different {o}"),
+                    remove=True))
+        yield
+
+
+def _window_writer(path: Path, metadata: dict, done: set, resume: bool) -> TableWriter:
+    """The window table; on --resume, window rows of a file whose row is missing (interrupted between
+    the two writes) go: that file is rescored."""
+    before, complete = previous_rows(path, resume, WINDOW_COLUMNS, "--windows")
+    kept = [r for r in before if (r["path"], r["member"]) in done]
+    return TableWriter(path, WINDOW_COLUMNS, metadata, kept, not complete or len(kept) < len(before))
+
+
+class _Results:
+    """Each finished file's row (and window rows) from its FileOutcome, and the summary's counts."""
+
+    def __init__(self, items: list[Item], files: FileWindows, constants: dict, summary: ScoreSummary):
+        self.items, self.files, self.constants, self.summary = items, files, constants, summary
         self.rows: TableWriter | None = None
         self.window_rows: TableWriter | None = None
-        self._windows: dict[int, list] = {}
-        self._failed: dict[int, tuple[str, str]] = {}   # item -> (error kind, message) of a failed piece
-
-    def fail(self, piece: Piece, kind: str, message: str) -> None:
-        """The files with windows in `piece` become error rows when they finish; the run goes on."""
-        for index in np.unique(piece.item).tolist():
-            self._failed.setdefault(index, (kind, f"{self.items[index].where}: {message}"))
-
-    def add(self, piece: Piece, scores: np.ndarray) -> None:
-        for index in np.unique(piece.item).tolist():
-            m = piece.item == index
-            self._windows.setdefault(index, []).append(
-                (piece.window[m], piece.start[m], piece.end[m], piece.silent[m], scores[m]))
 
     def finish(self, result: FileResult) -> None:
         item, summary = self.items[result.item], self.summary
         path, member = item.key
-        parts = self._windows.pop(result.item, [])   # an error drops the windows sent before it
-        if result.item in self._failed and result.status == OK:
-            kind, message = self._failed.pop(result.item)
-            result = dataclasses.replace(result, status=ERROR, error_kind=kind, error=message)
-        score = None
-        if result.status == OK:
-            window, start, end, silent, scores = (np.concatenate(c) for c in zip(*parts))
-            score = aggregate(scores[~silent], self.options.aggregate, self.options.top_k)
+        outcome = self.files.finish(result, item.where)
+        if outcome.status == OK:
             if self.window_rows is not None:  # before the file's row: a file row means its windows are there
-                for w, s, e, q, p in zip(*(a.tolist() for a in (window, start, end, silent, scores))):
+                arrays = (outcome.window, outcome.start, outcome.end, outcome.silent, outcome.scores)
+                for w, s, e, q, p in zip(*(a.tolist() for a in arrays)):
                     self.window_rows.write({"path": path, "member": member, "window": w, "start": round(s, 4),
-                                            "end": round(e, 4), "silent": q, "score": rounded(p, 6),
+                                            "end": round(e, 4), "silent": q, "score": rounded(p, SCORE_DIGITS),
                                             "score_meaning": SCORE_MEANING})
             summary.scored += 1
             summary.from_store += result.features == STORE
@@ -356,18 +372,17 @@ class _Results:
             summary.windows += result.windows
             summary.silent_windows += result.silent_windows
         else:
-            summary.failed += result.status == ERROR
-            summary.skipped += result.status == SKIPPED
-            summary.errors[result.error_kind] += 1
-            summary.examples.setdefault(result.error_kind, printable(result.error))
-        decision = None if score is None else ("fake" if score >= self.constants["threshold"] else "real")
-        self.rows.write({"path": path, "member": member, "status": result.status, "score": rounded(score, 6),
-                         "decision": decision, "duration": rounded(result.duration, 3),
+            summary.failed += outcome.status == ERROR
+            summary.skipped += outcome.status == SKIPPED
+            summary.by_status[outcome.status][outcome.error_kind] += 1
+            summary.examples.setdefault(outcome.error_kind, printable(outcome.error))
+        self.rows.write({"path": path, "member": member, "status": outcome.status, "score": outcome.table_score,
+                         "decision": outcome.decision, "duration": rounded(result.duration, 3),
                          "sample_rate": result.sample_rate, "channels": result.channels,
                          "container": result.container, "windows": result.windows,
-                         "silent_windows": result.silent_windows, "error_kind": result.error_kind,
-                         "features": result.features if result.status == OK else "",
-                         "error": printable(result.error), **self.constants})
+                         "silent_windows": result.silent_windows, "error_kind": outcome.error_kind,
+                         "features": result.features if outcome.status == OK else "",
+                         "error": printable(outcome.error), **self.constants})
 
     def close(self) -> None:
         for writer in (self.rows, self.window_rows):
@@ -403,16 +418,7 @@ def _score_items(scorer: Scorer, items: list[Item], done: set, config: WindowCon
             bar.update(task, completed=n, files=n / elapsed, rate=summary.audio_seconds / elapsed)
 
         def scored(piece: Piece) -> None:
-            scores = np.full(len(piece.item), np.nan)
-            try:
-                if (~piece.silent).any():
-                    scores[~piece.silent] = scorer(piece.inputs)
-            except RuntimeError as e:   # out of memory even one window at a time: these files fail
-                if not out_of_memory(e):
-                    raise
-                results.fail(piece, "out_of_memory", f"out of GPU memory scoring one window ({_first_line(e)}); "
-                             "free the GPU or score with --device cpu")
-            results.add(piece, scores)
+            score_piece(scorer, piece, results.files)
             for result in piece.finished:
                 results.finish(result)
             advance()
