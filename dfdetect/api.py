@@ -22,7 +22,8 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from dfdetect.evaluate.evaluation import evaluate_run as evaluate
-from dfdetect.featurize.pipeline import featurize
+from dfdetect.featurize.config import FeaturizeConfig
+from dfdetect.featurize.pipeline import featurize   # keyword options over FeaturizeConfig's defaults
 from dfdetect.models.pretrained import load_model, load_pretrained
 from dfdetect.score.options import ScoreOptions
 from dfdetect.score.scoring import Scorer, aggregate, rounded, window_config
@@ -33,7 +34,8 @@ from dfdetect.store import schema
 from dfdetect.store.inspect import store_info
 from dfdetect.train.trainer import TrainConfig, train
 
-__all__ = ["Detector", "Result", "Store", "open_store", "featurize", "train", "TrainConfig", "evaluate"]
+__all__ = ["Detector", "Result", "Store", "open_store", "featurize", "FeaturizeConfig", "train", "TrainConfig",
+           "evaluate"]
 
 
 @dataclass
