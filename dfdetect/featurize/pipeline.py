@@ -134,6 +134,15 @@ def prepare_waveform(frontend: Frontend, audio, where: str, variant: Variant | N
     return frontend.peak_normalise(frontend.crop_or_pad(variant.apply(wave, key)), where)
 
 
+def clip_failure(path: str, error: Exception) -> tuple[str, str]:
+    """(error kind, message) of a clip whose decode or preparation raised something other than
+    AudioError: MemoryError is the clip's "out_of_memory"; anything else its "unexpected_error"."""
+    if isinstance(error, MemoryError):
+        return "out_of_memory", f"{path}: decoding it needed more memory than is free (MemoryError)"
+    detail = (str(error).splitlines() or [""])[0][:300]
+    return "unexpected_error", f"{path}: cannot be prepared ({type(error).__name__}: {detail})"
+
+
 def frontend_block(job: BlockJob) -> dict:
     """Decode the block's clips, run the frontend, write mel/LFCC/wave and the outcome columns."""
 
@@ -152,6 +161,8 @@ def frontend_block(job: BlockJob) -> dict:
             status, kind, message = OK, "", ""
         except AudioError as e:
             status, kind, message = ERROR, e.kind, str(e)
+        except Exception as e:   # a hostile clip (NaN segment, huge allocation) costs its row, never its block
+            status, kind, message = ERROR, *clip_failure(path, e)
         outcomes["status"].append(status)
         outcomes["error_kind"].append(kind)
         outcomes["error"].append(message)
