@@ -46,9 +46,11 @@ from dfdetect.featurize.variants import Variant
 from dfdetect.featurize.wavlm import compute_info, load_wavlm
 from dfdetect.store.schema import (
     ERROR,
+    FILE_COLUMNS,
     OK,
     StoreError,
     arrays_of,
+    file_stamp,
     list_versions,
     version_config,
     wavlm_precision_of,
@@ -150,10 +152,13 @@ def frontend_block(job: BlockJob) -> dict:
     frontend = _frontend(job.frontend)
     n = len(job.paths)
     waves = np.zeros((n, job.frontend.clip_samples), np.float32)
-    outcomes = {k: [] for k in ("status", "error_kind", "error", "duration", "sample_rate", "channels", "container")}
+    outcomes = {k: [] for k in ("status", "error_kind", "error", "duration", "sample_rate", "channels", "container",
+                                *FILE_COLUMNS)}
     ok = np.zeros(n, bool)
     for i, path in enumerate(job.paths):
         audio = None
+        for name, value in zip(FILE_COLUMNS, file_stamp(path)):   # before reading: a later change shows
+            outcomes[name].append(value)
         try:
             audio = decode(path)
             waves[i] = prepare_waveform(frontend, audio, path, job.variant, job.clip_ids[i] if job.clip_ids else path)
