@@ -176,6 +176,7 @@ def featurize_summary(result) -> dict:
             "errors_by_kind": dict(result.errors.most_common()), "error_examples": result.error_examples,
             "failed_blocks": {str(b): m for b, m in sorted(result.failed_blocks.items())},
             "blocks_run": result.blocks_run, "blocks_skipped": result.blocks_skipped,
+            "decoder_warnings": result.decoder_warnings, "warning_example": result.warning_example,
             "complete": result.complete, "seconds": round(result.seconds, 3)}
 
 
@@ -190,6 +191,9 @@ def _print_featurize_summary(result) -> None:
         for kind, n in result.errors.most_common():
             table.add_row(kind, str(n), escape(result.error_examples[kind]))
         console.print(table)
+    if result.decoder_warnings:
+        console.print(f"[yellow]{result.decoder_warnings} clips written past damage their decoder reported[/] "
+                      f"(meta/warning of the store), e.g. {escape(result.warning_example)}", soft_wrap=True)
     for block, message in sorted(result.failed_blocks.items()):
         console.print(f"[red]block {block} failed:[/] {escape(message)}", soft_wrap=True)
 

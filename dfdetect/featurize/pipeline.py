@@ -48,6 +48,7 @@ from dfdetect.store.schema import (
     ERROR,
     FILE_COLUMNS,
     OK,
+    WARNING_COLUMN,
     StoreError,
     arrays_of,
     file_stamp,
@@ -92,6 +93,8 @@ class FeaturizeResult:
     ok: int = 0
     errors: Counter = field(default_factory=Counter)
     error_examples: dict = field(default_factory=dict)
+    decoder_warnings: int = 0   # clips written whose decoder reported damage it decoded past
+    warning_example: str = ""
     failed_blocks: dict = field(default_factory=dict)
     blocks_run: int = 0
     blocks_in_coordinator: int = 0   # of blocks_run: run by this process (workers=0, or while a cluster started)
@@ -153,7 +156,7 @@ def frontend_block(job: BlockJob) -> dict:
     n = len(job.paths)
     waves = np.zeros((n, job.frontend.clip_samples), np.float32)
     outcomes = {k: [] for k in ("status", "error_kind", "error", "duration", "sample_rate", "channels", "container",
-                                *FILE_COLUMNS)}
+                                WARNING_COLUMN, *FILE_COLUMNS)}
     ok = np.zeros(n, bool)
     for i, path in enumerate(job.paths):
         audio = None
@@ -175,6 +178,7 @@ def frontend_block(job: BlockJob) -> dict:
         outcomes["sample_rate"].append(audio.sample_rate if audio else 0)
         outcomes["channels"].append(audio.channels if audio else 0)
         outcomes["container"].append(audio.container if audio else "")
+        outcomes[WARNING_COLUMN].append("; ".join(audio.warnings)[:1000] if audio else "")
 
     features = {}
     kinds = [k for k in FRONTEND_FEATURES if k in job.features]
@@ -653,6 +657,12 @@ def _count_outcomes(group, result: FeaturizeResult) -> None:
     kinds = group["meta/error_kind"][:][rows]
     messages = group["meta/error"][:][rows]
     result.ok = int((status == OK).sum())
+    if WARNING_COLUMN in group["meta"]:
+        warnings = group[f"meta/{WARNING_COLUMN}"][:][rows][status == OK]
+        warned = np.flatnonzero(warnings != "")
+        result.decoder_warnings = len(warned)
+        if len(warned):
+            result.warning_example = f"{group['meta/path'][:][rows][status == OK][warned[0]]}: {warnings[warned[0]]}"
     for kind, message in zip(kinds[status == ERROR], messages[status == ERROR]):
         result.errors[str(kind)] += 1
         result.error_examples.setdefault(str(kind), str(message))

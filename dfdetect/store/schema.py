@@ -12,7 +12,8 @@
         wavlm_stats  [N, 25, 2, 1024]     float16   per-layer mean/std over time, all layers
         meta/        one 1-D array per clip-table column (clip_id, path, label, split, ...) and
                      per outcome column (status, error_kind, error, duration, sample_rate, ...,
-                     size and mtime_ns of the file as featurize read it: FILE_COLUMNS)
+                     size and mtime_ns of the file as featurize read it, the decoder's warning:
+                     OPTIONAL_COLUMNS, which stores written before them lack)
         block_done   [n_blocks] int8      1 when a block's rows are all written
     NAME.zarr.lock                  held (flock) by the featurize run writing this store
 
@@ -69,6 +70,10 @@ OK, ERROR = "ok", "error"
 # changed one live. Not required by `store verify`: stores written before they were kept lack them
 # (their files are all scored live), as does a version resumed from such a store.
 FILE_COLUMNS = {"size": np.int64, "mtime_ns": np.int64}
+# What the decoder library said about damage it decoded past ("" when nothing; Audio.warnings).
+WARNING_COLUMN = "warning"
+# Columns newer than the format: created with every version, written where present.
+OPTIONAL_COLUMNS = {**FILE_COLUMNS, WARNING_COLUMN: str}
 NO_STAMP = (0, 0)   # not a plain file (a datasets/refs.py path, a missing file), or not recorded
 
 
