@@ -39,6 +39,18 @@ def test_the_decoders_lines_become_the_clips_warnings(damaged_mp3, capfd):
     assert clean.warnings == ()
 
 
+def test_decode_threads_at_once_each_keep_their_warnings_and_restore_fd2(damaged_mp3, capfd):
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: decode(damaged_mp3, "damaged.mp3"), range(16)))
+    import os
+
+    os.write(2, b"after\n")
+    assert all(_library_lines("\n".join(a.warnings)) for a in results)
+    assert capfd.readouterr().err == "after\n"
+
+
 def test_fd2_is_restored_and_other_writes_after_decoding_still_show(capfd):
     import os
 
