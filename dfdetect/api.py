@@ -30,8 +30,9 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from dfdetect.evaluate.evaluation import evaluate_run as evaluate
-from dfdetect.featurize.pipeline import featurize
 from dfdetect.errors import ConfigError
+from dfdetect.featurize.config import FeaturizeConfig
+from dfdetect.featurize.pipeline import featurize   # keyword options over FeaturizeConfig's defaults
 from dfdetect.featurize.audio import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
 from dfdetect.models.pretrained import load_model, load_pretrained
 from dfdetect.names import printable
@@ -45,7 +46,8 @@ from dfdetect.store import schema
 from dfdetect.store.inspect import store_info
 from dfdetect.train.trainer import TrainConfig, train
 
-__all__ = ["Detector", "Result", "Store", "open_store", "featurize", "train", "TrainConfig", "evaluate"]
+__all__ = ["Detector", "Result", "Store", "open_store", "featurize", "FeaturizeConfig", "train", "TrainConfig",
+           "evaluate"]
 
 
 @dataclass

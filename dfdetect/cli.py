@@ -25,6 +25,7 @@ from rich.table import Table
 from typer.core import TyperCommand, TyperGroup
 
 from dfdetect.errors import ConfigError, DfdetectError
+from dfdetect.featurize.config import BLOCK_SIZE, DEFAULT_FEATURES, WAVLM_LAYERS, WAVLM_MODEL, WAVLM_STORAGE
 from dfdetect.names import terminal_text
 
 
@@ -177,56 +178,78 @@ def featurize(
     dataset: str = typer.Option(..., "--dataset", help="Adapter name (see `dfdetect datasets list`)."),
     root: Path = typer.Option(..., "--root", help="The dataset's folder (a CSV file for `manifest`)."),
     out: str = typer.Option(None, "--out", help="Store path (default: stores/DATASET.zarr)."),
-    features: str = typer.Option("mel,lfcc,wavlm", help="Comma-separated subset of mel,lfcc,wave,wavlm (wave: "
-                                "the prepared 16 kHz clip, which aasist and aasist_l read)."),
-    wavlm: str = typer.Option("microsoft/wavlm-large", "--wavlm", help="WavLM hub id or local directory."),
-    wavlm_layers: str = typer.Option("6,12,24", help="Hidden states to store (0 = CNN output, 24 = last of Large)."),
-    wavlm_storage: str = typer.Option("float16", help="How WavLM's layers are stored: float16, or uint8 (half the bytes, a per-channel scale; docs/benchmarks.md measures what it costs)."),
+    features: str = typer.Option(None, help="Comma-separated subset of mel,lfcc,wave,wavlm (wave: the prepared "
+                                 f"16 kHz clip, which aasist and aasist_l read). Default: {','.join(DEFAULT_FEATURES)}."),
+    wavlm: str = typer.Option(None, "--wavlm", help=f"WavLM hub id or local directory. Default: {WAVLM_MODEL}."),
+    wavlm_layers: str = typer.Option(None, help="Hidden states to store (0 = CNN output, 24 = last of Large). "
+                                     f"Default: {','.join(map(str, WAVLM_LAYERS))}."),
+    wavlm_storage: str = typer.Option(None, help="How WavLM's layers are stored: float16, or uint8 (half the bytes, "
+                                      "a per-channel scale; docs/benchmarks.md measures what it costs). "
+                                      f"Default: {WAVLM_STORAGE}."),
     device: str = typer.Option("auto", help="Where WavLM runs: " + DEVICE_HELP),
     scheduler: str = typer.Option(None, help="tcp://HOST:PORT of an existing dask.distributed scheduler."),
     workers: int = typer.Option(None, help="Local worker processes (default: one per core; 0: in this process, no dask)."),
-    block_size: int = typer.Option(128, help="Clips per block = rows per shard (the unit of writing)."),
+    block_size: int = typer.Option(None, help=f"Clips per block = rows per shard (the unit of writing). Default: {BLOCK_SIZE}."),
     codec: str = typer.Option(None, help="Variant: round-trip every clip through flac | mp3[:BITRATE] | opus[:BITRATE] | aac[:BITRATE]."),
     corrupt: str = typer.Option(None, help="Variant: seeded corruptions, comma-separated from noise,reverb,clip,bandlimit,resample,packetloss, or 'default' for all."),
-    variant_seed: int = typer.Option(0, help="Seed of the corruptions (each clip's draw also depends on its id)."),
+    variant_seed: int = typer.Option(None, help="Seed of the corruptions (each clip's draw also depends on its id). Default: 0."),
     option: list[str] = typer.Option(None, "--option", "-o", help=OPTION_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout (progress and notices "
+                                 "go to stderr)."),
 ):
     """Decode every clip once and write mel, LFCC and frozen WavLM features to a versioned Zarr store.
 
     Rerun the same command to resume an interrupted run. Exit code 0 when every clip was written,
-    1 when some clips are errors (recorded in the store), 2 when the run could not finish."""
+    1 when the run ended with problems it lists: clips that are errors (recorded in the store), or
+    blocks that failed (rerun the same command to retry them)."""
     from dfdetect.datasets import parse_options
+    from dfdetect.featurize.config import FeaturizeConfig
     from dfdetect.featurize.pipeline import featurize as run   # what dfdetect.api.featurize is (it imports every stage)
-    from dfdetect.featurize.variants import Variant
-    from dfdetect.featurize.wavlm import WavLMConfig, WavLMUnavailableError
+    from dfdetect.featurize.wavlm import WavLMUnavailableError
 
-    wanted = tuple(f.strip() for f in features.split(",") if f.strip())
-    out = out or f"stores/{dataset}.zarr"
-    wavlm_config = WavLMConfig(model=wavlm, layers=_int_list(wavlm_layers, "--wavlm-layers"), storage=wavlm_storage)
+    config = FeaturizeConfig.from_options(
+        features=features, wavlm=wavlm, wavlm_storage=wavlm_storage, codec=codec, corrupt=corrupt,
+        variant_seed=variant_seed, device=device, scheduler=scheduler, workers=workers, block_size=block_size,
+        wavlm_layers=_int_list(wavlm_layers, "--wavlm-layers") if wavlm_layers is not None else None)
+    # under --json, stdout holds the JSON alone: the progress bar and notices go to stderr
+    said = Console(stderr=True) if as_json else console
     try:
-        result = run(dataset, root, out, features=wanted, wavlm=wavlm_config, device=device,
-                     scheduler=scheduler, workers=workers, block_size=block_size,
-                     variant=Variant.parse(codec, corrupt, variant_seed), console=console,
-                     dataset_options=parse_options(option))
+        result = run(dataset, root, out, config=config, console=said, dataset_options=parse_options(option))
     except WavLMUnavailableError as e:
         raise WavLMUnavailableError(f"{e} To featurize without WavLM: --features mel,lfcc.") from e
-    _print_featurize_summary(result)
-    if result.failed_blocks or not result.complete:
-        raise typer.Exit(2)
-    raise typer.Exit(1 if result.errors else 0)
+    if as_json:
+        print(json.dumps(featurize_summary(result), indent=2))
+    else:
+        _print_featurize_summary(result)
+    # a failed block is a problem the summary lists, like a bad clip: rerunning retries it
+    raise typer.Exit(1 if result.errors or result.failed_blocks or not result.complete else 0)
+
+
+def featurize_summary(result) -> dict:
+    """What `featurize --json` prints."""
+    return {"store": result.store, "version": result.version, "clips": result.n_clips,
+            "written": result.ok, "errors": sum(result.errors.values()),
+            "errors_by_kind": dict(result.errors.most_common()), "error_examples": result.error_examples,
+            "failed_blocks": {str(b): m for b, m in sorted(result.failed_blocks.items())},
+            "blocks_run": result.blocks_run, "blocks_skipped": result.blocks_skipped,
+            "decoder_warnings": result.decoder_warnings, "warning_example": result.warning_example,
+            "complete": result.complete, "seconds": round(result.seconds, 3)}
 
 
 def _print_featurize_summary(result) -> None:
     console.print(
-        f"{result.store}@{result.version}: {result.ok} of {result.n_clips} clips written, "
+        f"{escape(result.store)}@{result.version}: {result.ok} of {result.n_clips} clips written, "
         f"{sum(result.errors.values())} errors; {result.blocks_run} blocks run, "
         f"{result.blocks_skipped} already done; {result.seconds:.1f} s"
         + ("" if result.complete else " [yellow](incomplete: rerun to finish)[/]"))
     if result.errors:
         table = Table("error kind", "clips", "example")
         for kind, n in result.errors.most_common():
-            table.add_row(kind, str(n), result.error_examples[kind])
+            table.add_row(kind, str(n), escape(result.error_examples[kind]))
         console.print(table)
+    if result.decoder_warnings:
+        console.print(f"[yellow]{result.decoder_warnings} clips written past damage their decoder reported[/] "
+                      f"(meta/warning of the store), e.g. {escape(result.warning_example)}", soft_wrap=True)
     for block, message in sorted(result.failed_blocks.items()):
         console.print(f"[red]block {block} failed:[/] {escape(message)}", soft_wrap=True)
 

@@ -16,6 +16,10 @@ if not GPU_TESTS:
 # pytest-xdist's workers (bench/gpu_device.sh's suite runs on 8) start with COLUMNS=80, and rich
 # fixes a console's width from it when the console is made, at import: every CLI test that sets
 # COLUMNS would then still read 80-column output. Without it, the width is read at each print.
+# featurize's default features include WavLM (microsoft/wavlm-large): a test that runs the default
+# must find a model it made (a local folder, or a hub cache it built), never download one.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
 os.environ.pop("COLUMNS", None)
 os.environ.pop("LINES", None)
 

@@ -312,3 +312,31 @@ def test_a_single_pending_block_starts_no_cluster(corpus, tmp_path, monkeypatch)
     monkeypatch.setattr(pipeline, "start_local_cluster", no_cluster)
     result = featurize("folder", corpus, str(tmp_path / "s.zarr"), features=("mel",), workers=2, block_size=64)
     assert result.blocks_run == 1 == result.blocks_in_coordinator and result.complete
+
+
+@pytest.mark.parametrize("error, kind", [(MemoryError(), "out_of_memory"),
+                                         (ValueError("cannot convert float NaN to integer"), "unexpected_error")])
+def test_a_clip_whose_decode_raises_is_its_row_and_the_block_is_written(corpus, tmp_path, monkeypatch, error, kind):
+    """Issue 36: a clip whose decode raises anything (a lhotse segment at NaN, a forged size that
+    asks for gigabytes) is that clip's error row; the other clips of its block are written."""
+    from dfdetect.featurize import pipeline
+
+    real_decode = pipeline.decode
+    victim = sorted(str(p) for p in (corpus / "train" / "real").glob("*.wav") if p.stat().st_size)[0]
+
+    def decode(path, *args, **kwargs):
+        if str(path) == victim:
+            raise error
+        return real_decode(path, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "decode", decode)
+    out = str(tmp_path / "s.zarr")
+    result = featurize("folder", corpus, out, features=("mel",), workers=0, block_size=32)   # one block
+    assert result.complete and not result.failed_blocks
+    assert result.errors == {"empty": 1, "unknown_container": 1, kind: 1} and result.ok == 23
+    arrays, store = _arrays(out)
+    row = list(store.meta["path"]).index(victim)
+    assert store.meta["status"][row] == "error" and store.meta["error_kind"][row] == kind
+    assert victim in store.meta["error"][row] and np.isnan(arrays["mel"][row]).all()
+    ok = store.meta["status"] == "ok"
+    assert np.isfinite(arrays["mel"][ok]).all()

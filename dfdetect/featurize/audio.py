@@ -11,9 +11,14 @@ move on.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import io
 import os
 import stat
+import sys
+import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Union
@@ -62,6 +67,7 @@ class Audio:
     samples: np.ndarray  # float32, shape [channels, frames], nominally in [-1, 1]
     sample_rate: int
     container: str       # what the bytes are, whatever the file name says
+    warnings: tuple[str, ...] = ()   # what the decoder library said about damage it decoded past
 
     @property
     def channels(self) -> int:
@@ -206,6 +212,62 @@ def _read_source(source: Source, where: str) -> bytes:
     return data
 
 
+# -- what C decoders print -------------------------------------------------------------------------
+# libsndfile's MP3 decoder (libmpg123) writes lines such as "[src/libmpg123/layer3.c:...] error:
+# part2_3_length (864) too large" straight to file descriptor 2, where a user reads them as
+# dfdetect failing. While any thread decodes, fd 2 points at a temporary file; each decode takes
+# what was written during it as its own warnings. Concurrent decodes may share a line, and text
+# other threads write to fd 2 meanwhile is taken too (fd 2 is held only while a decoder runs;
+# measured cost ~15 us a decode). Lines kept per decode:
+MAX_DECODER_LINES = 5
+_FD2_LOCK = threading.Lock()
+_fd2 = {"users": 0, "saved": None, "sink": None, "pid": None}
+
+
+@contextlib.contextmanager
+def decoder_messages():
+    """Capture what C libraries write to fd 2 inside the block: yields a list that holds, on exit,
+    the distinct lines written meanwhile (at most MAX_DECODER_LINES)."""
+    lines: list[str] = []
+    start = _capture_fd2()
+    try:
+        yield lines
+    finally:
+        lines += _release_fd2(start)
+
+
+def _capture_fd2() -> int | None:
+    with _FD2_LOCK:
+        if _fd2["users"] == 0:
+            try:
+                sys.stderr.flush()
+                if _fd2["pid"] != os.getpid():   # one per process (a forked child gets its own), emptied after use
+                    _fd2.update(sink=tempfile.TemporaryFile(), pid=os.getpid())
+                saved = os.dup(2)
+                os.dup2(_fd2["sink"].fileno(), 2)
+            except (OSError, ValueError, AttributeError):   # no fd 2 to redirect: nothing to capture
+                return None
+            _fd2["saved"] = saved
+        _fd2["users"] += 1
+        return os.lseek(_fd2["sink"].fileno(), 0, os.SEEK_END)   # writes to fd 2 land at the end
+
+
+def _release_fd2(start: int | None) -> list[str]:
+    if start is None:
+        return []
+    with _FD2_LOCK:
+        sink = _fd2["sink"]
+        end = os.lseek(sink.fileno(), 0, os.SEEK_END)
+        text = os.pread(sink.fileno(), min(end - start, 1 << 16), start).decode("utf-8", "replace")
+        _fd2["users"] -= 1
+        if _fd2["users"] == 0:
+            os.dup2(_fd2["saved"], 2)
+            os.close(_fd2["saved"])
+            os.ftruncate(sink.fileno(), 0)
+            _fd2["saved"] = None
+    return list(dict.fromkeys(line.strip() for line in text.splitlines() if line.strip()))[:MAX_DECODER_LINES]
+
+
 def decode(source: Source, name: str | None = None) -> Audio:
     """Decode a path, bytes or binary stream into float32 samples [channels, frames]."""
     where = describe(source, name)
@@ -216,6 +278,12 @@ def decode(source: Source, name: str | None = None) -> Audio:
     if not data:
         raise AudioError(where, "empty", "empty file (0 bytes)")
     container = container_of(data[:16], where)
+    with decoder_messages() as said:
+        audio = _decode_bytes(data, container, where)
+    return dataclasses.replace(audio, warnings=tuple(said)) if said else audio
+
+
+def _decode_bytes(data: bytes, container: str, where: str) -> Audio:
     errors = []
     if container in SOUNDFILE_CONTAINERS:
         try:
@@ -264,7 +332,7 @@ def _decode_ref(ref: refs.AudioRef, where: str) -> Audio:
         samples = refs.select(audio.samples, audio.sample_rate, ref)
     except refs.RefError as e:
         raise AudioError(where, e.kind, str(e)) from None
-    return Audio(np.ascontiguousarray(samples), audio.sample_rate, audio.container)
+    return Audio(np.ascontiguousarray(samples), audio.sample_rate, audio.container, audio.warnings)
 
 
 class _NoAudio(Exception):

@@ -38,25 +38,27 @@ from rich.markup import escape
 
 from dfdetect.datasets import prepare
 from dfdetect.devices import device_variable, local_devices
-from dfdetect.errors import ConfigError, check_range
+from dfdetect.errors import ConfigError
 from dfdetect.featurize.audio import AudioError, decode
+from dfdetect.featurize.config import FeaturizeConfig, default_out
 from dfdetect.featurize.frontend import FRONTEND_FEATURES, Frontend, FrontendConfig
 from dfdetect.featurize.variants import Variant
-from dfdetect.featurize.wavlm import WavLMConfig, compute_info, load_wavlm
+from dfdetect.featurize.wavlm import compute_info, load_wavlm
 from dfdetect.store.schema import (
     ERROR,
-    FEATURE_ARRAYS,
+    FILE_COLUMNS,
     OK,
+    WARNING_COLUMN,
     StoreError,
     arrays_of,
+    file_stamp,
     list_versions,
     version_config,
     wavlm_precision_of,
 )
-from dfdetect.store.writer import (MAX_BLOCK_SIZE, StoreLock, check_writable, create_version, mark_complete,
+from dfdetect.store.writer import (StoreLock, check_writable, create_version, mark_complete,
                                    pending_blocks, write_block)
 
-FEATURES = tuple(FEATURE_ARRAYS)   # mel, lfcc, wave, wavlm
 DECODE = {"DECODE": 1}   # the dask resource of a worker that decodes (every CPU worker of a local cluster)
 # Blocks a GPU's WavLM process runs at once: while one block's forward runs on the device, another's
 # host side (receiving its waveforms, copying its features back, writing its ~130 MB shard) goes on.
@@ -91,6 +93,8 @@ class FeaturizeResult:
     ok: int = 0
     errors: Counter = field(default_factory=Counter)
     error_examples: dict = field(default_factory=dict)
+    decoder_warnings: int = 0   # clips written whose decoder reported damage it decoded past
+    warning_example: str = ""
     failed_blocks: dict = field(default_factory=dict)
     blocks_run: int = 0
     blocks_in_coordinator: int = 0   # of blocks_run: run by this process (workers=0, or while a cluster started)
@@ -135,6 +139,15 @@ def prepare_waveform(frontend: Frontend, audio, where: str, variant: Variant | N
     return frontend.peak_normalise(frontend.crop_or_pad(variant.apply(wave, key)), where)
 
 
+def clip_failure(path: str, error: Exception) -> tuple[str, str]:
+    """(error kind, message) of a clip whose decode or preparation raised something other than
+    AudioError: MemoryError is the clip's "out_of_memory"; anything else its "unexpected_error"."""
+    if isinstance(error, MemoryError):
+        return "out_of_memory", f"{path}: decoding it needed more memory than is free (MemoryError)"
+    detail = (str(error).splitlines() or [""])[0][:300]
+    return "unexpected_error", f"{path}: cannot be prepared ({type(error).__name__}: {detail})"
+
+
 def frontend_block(job: BlockJob) -> dict:
     """Decode the block's clips, run the frontend, write mel/LFCC/wave and the outcome columns."""
 
@@ -142,10 +155,13 @@ def frontend_block(job: BlockJob) -> dict:
     frontend = _frontend(job.frontend)
     n = len(job.paths)
     waves = np.zeros((n, job.frontend.clip_samples), np.float32)
-    outcomes = {k: [] for k in ("status", "error_kind", "error", "duration", "sample_rate", "channels", "container")}
+    outcomes = {k: [] for k in ("status", "error_kind", "error", "duration", "sample_rate", "channels", "container",
+                                WARNING_COLUMN, *FILE_COLUMNS)}
     ok = np.zeros(n, bool)
     for i, path in enumerate(job.paths):
         audio = None
+        for name, value in zip(FILE_COLUMNS, file_stamp(path)):   # before reading: a later change shows
+            outcomes[name].append(value)
         try:
             audio = decode(path)
             waves[i] = prepare_waveform(frontend, audio, path, job.variant, job.clip_ids[i] if job.clip_ids else path)
@@ -153,6 +169,8 @@ def frontend_block(job: BlockJob) -> dict:
             status, kind, message = OK, "", ""
         except AudioError as e:
             status, kind, message = ERROR, e.kind, str(e)
+        except Exception as e:   # a hostile clip (NaN segment, huge allocation) costs its row, never its block
+            status, kind, message = ERROR, *clip_failure(path, e)
         outcomes["status"].append(status)
         outcomes["error_kind"].append(kind)
         outcomes["error"].append(message)
@@ -160,6 +178,7 @@ def frontend_block(job: BlockJob) -> dict:
         outcomes["sample_rate"].append(audio.sample_rate if audio else 0)
         outcomes["channels"].append(audio.channels if audio else 0)
         outcomes["container"].append(audio.container if audio else "")
+        outcomes[WARNING_COLUMN].append("; ".join(audio.warnings)[:1000] if audio else "")
 
     features = {}
     kinds = [k for k in FRONTEND_FEATURES if k in job.features]
@@ -439,42 +458,33 @@ def feature_shapes(frontend: FrontendConfig, features, spec: dict | None) -> dic
     return {name: shapes[name] for name in arrays_of(features, spec["storage"] if spec else "float16")}
 
 
-def featurize(dataset: str, root: str | Path, out: str, features=("mel", "lfcc"),
-              wavlm=None, device: str = "auto", scheduler: str | None = None,
-              workers: int | None = None, block_size: int = 128,
-              frontend: FrontendConfig = FrontendConfig(), variant: Variant | None = None,
-              console=None, dataset_options: dict | None = None) -> FeaturizeResult:
-    """Run (or resume) the featurize pass of one dataset into the store at `out` (`dataset_options`:
-    the adapter's keyword arguments, `--option KEY=VALUE`)."""
+def featurize(dataset: str, root: str | Path, out: str | None = None, features=None, wavlm=None,
+              device: str | None = None, scheduler: str | None = None, workers: int | None = None,
+              block_size: int | None = None, frontend: FrontendConfig | None = None,
+              variant: Variant | None = None, console=None, dataset_options: dict | None = None,
+              config: FeaturizeConfig | None = None) -> FeaturizeResult:
+    """Run (or resume) the featurize pass of one dataset into the store at `out` (default
+    stores/DATASET.zarr). The options are `FeaturizeConfig`'s fields: each one given overrides
+    `config`, whose defaults (FeaturizeConfig()) are the CLI's and the study files'.
+    `dataset_options`: the adapter's keyword arguments, `--option KEY=VALUE`."""
     from rich.console import Console
 
-
     console = console or Console()
-    unknown = [f for f in features if f not in FEATURES]
-    if unknown or not features:
-        raise StoreError(f"unknown feature(s) {', '.join(unknown) or '(none given)'}; "
-                         f"--features takes a comma-separated subset of {','.join(FEATURES)}")
-    features = tuple(f for f in FEATURES if f in features)
-    check_range("--block-size", block_size, 1, MAX_BLOCK_SIZE)
+    config = (config or FeaturizeConfig()).replace(
+        features=features, wavlm=wavlm, device=device, scheduler=scheduler, workers=workers,
+        block_size=block_size, frontend=frontend, variant=variant).resolved()
+    out = out or default_out(dataset)
+    features, frontend, variant, block_size = config.features, config.frontend, config.variant, config.block_size
+    device, scheduler, workers = config.device, config.scheduler, config.workers
     check_writable(out)
     index = prepare(dataset, root, **(dataset_options or {}))
     if not index.clips:
         raise StoreError(f"{dataset} at {root}: no clips found; check it with `dfdetect datasets show {dataset} --root {root}`")
-    for p in index.problems[:5]:
-        console.print(f"[yellow]dataset problem:[/] {escape(p.where)}: {escape(p.message)}", soft_wrap=True)
-    if len(index.problems) > 5:
-        console.print(f"[yellow]... {len(index.problems) - 5} more dataset problems "
-                      f"(`dfdetect datasets show {escape(dataset)} --root {escape(str(root))}` lists them)[/]")
+    _print_problems(index, dataset, root, console)
 
-    spec = None
-    if "wavlm" in features:
-
-        wavlm = wavlm or WavLMConfig()
-        spec = wavlm_spec(wavlm, frontend.clip_samples)
+    wavlm = config.wavlm if "wavlm" in features else None
+    spec = wavlm_spec(wavlm, frontend.clip_samples) if wavlm else None
     shapes = feature_shapes(frontend, features, spec)
-    if workers is not None:
-        check_range("--workers", workers, 0)
-    workers = (os.cpu_count() or 1) if workers is None else workers
     in_process = workers == 0 and not scheduler
     devices = local_devices(device) if spec and not scheduler and not in_process else []
     t0 = time.perf_counter()
@@ -489,13 +499,21 @@ def featurize(dataset: str, root: str | Path, out: str, features=("mel", "lfcc")
         placement = wavlm_placement(client, scheduler, device, devices, console) if spec else None
         # the version records WavLM as the process that runs the blocks computes it
         info = {**spec["info"], **placement.compute} if spec else None
-        config, version = version_config(frontend.to_dict(), frontend.hash(), features, info,
-                                         variant.to_dict() if variant else None, shapes)
+        described, version = version_config(frontend.to_dict(), frontend.hash(), features, info,
+                                            variant.to_dict() if variant else None, shapes)
         result = FeaturizeResult(store=out, version=version, n_clips=len(index.clips))
-        _write_version(out, version, config, index, shapes, block_size, frontend, features, wavlm, placement,
+        _write_version(out, version, described, index, shapes, block_size, frontend, features, wavlm, placement,
                        variant, client if spec else connect, result, console)
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def _print_problems(index, dataset: str, root, console) -> None:
+    for p in index.problems[:5]:
+        console.print(f"[yellow]dataset problem:[/] {escape(p.where)}: {escape(p.message)}", soft_wrap=True)
+    if len(index.problems) > 5:
+        console.print(f"[yellow]... {len(index.problems) - 5} more dataset problems "
+                      f"(`dfdetect datasets show {escape(dataset)} --root {escape(str(root))}` lists them)[/]")
 
 
 def _write_version(out, version, config, index, shapes, block_size, frontend, features, wavlm, placement,
@@ -639,6 +657,12 @@ def _count_outcomes(group, result: FeaturizeResult) -> None:
     kinds = group["meta/error_kind"][:][rows]
     messages = group["meta/error"][:][rows]
     result.ok = int((status == OK).sum())
+    if WARNING_COLUMN in group["meta"]:
+        warnings = group[f"meta/{WARNING_COLUMN}"][:][rows][status == OK]
+        warned = np.flatnonzero(warnings != "")
+        result.decoder_warnings = len(warned)
+        if len(warned):
+            result.warning_example = f"{group['meta/path'][:][rows][status == OK][warned[0]]}: {warnings[warned[0]]}"
     for kind, message in zip(kinds[status == ERROR], messages[status == ERROR]):
         result.errors[str(kind)] += 1
         result.error_examples.setdefault(str(kind), str(message))

@@ -48,6 +48,7 @@ import torch
 
 from dfdetect.devices import autocast, bf16_native, out_of_memory, resolve_device
 from dfdetect.errors import ConfigError, DfdetectError
+from dfdetect.featurize.config import WAVLM_LAYERS, WAVLM_MODEL, WAVLM_STORAGE
 from dfdetect.store.quantize import FP16_MAX, STORAGES, dequantize, quantize
 
 # transformers is imported where it is used: importing this module stays cheap for runs that
@@ -83,12 +84,12 @@ class WavLMConfig:
         live scoring feeds a head what its training store fed it.
     """
 
-    model: str = "microsoft/wavlm-large"
+    model: str = WAVLM_MODEL
     revision: str | None = None
-    layers: tuple[int, ...] = (6, 12, 24)
+    layers: tuple[int, ...] = WAVLM_LAYERS
     batch_size: int = 16
     normalize: bool | None = None
-    storage: str = "float16"
+    storage: str = WAVLM_STORAGE
 
     def __post_init__(self):
         object.__setattr__(self, "layers", tuple(int(i) for i in self.layers))

@@ -14,6 +14,7 @@ from dfdetect.score.options import ScoreError
 from dfdetect.score.sources import OK, Item
 from dfdetect.score.windows import STORE, FileResult, Piece
 from dfdetect.store import StoreError, open_store
+from dfdetect.store.schema import FILE_COLUMNS, NO_STAMP, file_stamp
 
 
 def open_feature_store(spec: str, run):
@@ -33,17 +34,28 @@ def open_feature_store(spec: str, run):
 
 
 def store_matches(store, pending: list[tuple[int, Item]]) -> tuple[list[tuple[int, int]], list[tuple[int, Item]]]:
-    """([(input index, store row)] of the plain files that are ok rows of the store, the rest)."""
+    """([(input index, store row)] of the plain files that are ok rows of the store and are still
+    the file featurize read (the same size and mtime, `file_stamp`), the rest). A store written
+    before featurize kept them matches no file: every file is scored live."""
     meta = store.meta
+    if any(name not in meta for name in FILE_COLUMNS):
+        return [], list(pending)
     rows = {os.path.abspath(str(p)): r for r, p in zip(store.rows().tolist(), meta["path"][store.rows()])}
     matched, rest = [], []
     for index, item in pending:
         row = None if item.member or item.archive else rows.get(os.path.abspath(item.path))
+        if row is not None and not _unchanged(meta, row, item.path):   # changed since: its features are not its own
+            row = None
         if row is None:
             rest.append((index, item))
         else:
             matched.append((index, row))
     return matched, rest
+
+
+def _unchanged(meta: dict, row: int, path: str) -> bool:
+    stamp = file_stamp(path)
+    return stamp != NO_STAMP and stamp == tuple(int(meta[name][row]) for name in FILE_COLUMNS)
 
 
 def store_pieces(store, matched: list[tuple[int, int]], features: tuple[str, ...], clip_seconds: float,

@@ -21,7 +21,7 @@ import soundfile as sf
 import soxr
 
 from dfdetect.featurize.audio import (HEADER_BYTES, SOUNDFILE_CONTAINERS, AudioError, check_complete,
-                                      check_sample_rate, container_of, header_frames)
+                                      check_sample_rate, container_of, decoder_messages, header_frames)
 from dfdetect.featurize.frontend import FrontendConfig
 
 BLOCK_FRAMES = 1 << 16   # source frames per block: ~1.4 s at 48 kHz, 64 channels would be 16 MiB
@@ -118,7 +118,11 @@ class AudioStream:
 
 class _SoundfileReader:
     def __init__(self, source: BinaryIO, container: str, header: int | None):
-        self._file = sf.SoundFile(source)
+        # libmpg123's lines on fd 2 become this file's warnings (audio.decoder_messages), not terminal noise
+        self.warnings: list[str] = []
+        with decoder_messages() as said:
+            self._file = sf.SoundFile(source)
+        self.warnings += said
         f = self._file
         # libsndfile counts the WAV/AIFF frames present, so the header's own count (`header`) is the
         # declared length. MP3 lengths are estimated from the file size unless a Xing/Info header
@@ -130,7 +134,9 @@ class _SoundfileReader:
             while True:
                 try:
                     # read() until it returns nothing: blocks() would pad a short file to the header's length
-                    block = f.read(frames, dtype="float32", always_2d=True)
+                    with decoder_messages() as said:
+                        block = f.read(frames, dtype="float32", always_2d=True)
+                    self.warnings += said
                 except (sf.LibsndfileError, RuntimeError) as e:
                     raise stream.truncated(f"libsndfile: {getattr(e, 'error_string', e)}") from None
                 if not len(block):

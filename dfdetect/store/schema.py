@@ -11,7 +11,9 @@
         wavlm_scale  [N, L, 2, 1024]      float32   uint8 storage only: per-channel offset and step
         wavlm_stats  [N, 25, 2, 1024]     float16   per-layer mean/std over time, all layers
         meta/        one 1-D array per clip-table column (clip_id, path, label, split, ...) and
-                     per outcome column (status, error_kind, error, duration, sample_rate, ...)
+                     per outcome column (status, error_kind, error, duration, sample_rate, ...,
+                     size and mtime_ns of the file as featurize read it, the decoder's warning:
+                     OPTIONAL_COLUMNS, which stores written before them lack)
         block_done   [n_blocks] int8      1 when a block's rows are all written
     NAME.zarr.lock                  held (flock) by the featurize run writing this store
 
@@ -34,6 +36,7 @@ import contextlib
 import hashlib
 import json
 import os
+import stat
 import threading
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -62,6 +65,26 @@ OUTCOME_COLUMNS = {
     "container": str,            # what the bytes were (wav, mp3, mp4, ...)
 }
 OK, ERROR = "ok", "error"
+# What featurize saw of each clip's file (`file_stamp`, taken before decoding it): `score
+# --features-from` uses a row only for a file that still has that size and mtime, and scores a
+# changed one live. Not required by `store verify`: stores written before they were kept lack them
+# (their files are all scored live), as does a version resumed from such a store.
+FILE_COLUMNS = {"size": np.int64, "mtime_ns": np.int64}
+# What the decoder library said about damage it decoded past ("" when nothing; Audio.warnings).
+WARNING_COLUMN = "warning"
+# Columns newer than the format: created with every version, written where present.
+OPTIONAL_COLUMNS = {**FILE_COLUMNS, WARNING_COLUMN: str}
+NO_STAMP = (0, 0)   # not a plain file (a datasets/refs.py path, a missing file), or not recorded
+
+
+def file_stamp(path: str) -> tuple[int, int]:
+    """(size, mtime_ns) of a plain file, NO_STAMP for anything else: the one rule for "the file
+    featurize read is the file here now"."""
+    try:
+        info = os.stat(path)
+    except (OSError, ValueError):   # missing, unreadable, a NUL in the name
+        return NO_STAMP
+    return (int(info.st_size), int(info.st_mtime_ns)) if stat.S_ISREG(info.st_mode) else NO_STAMP
 
 
 class StoreError(DfdetectError):

@@ -20,6 +20,7 @@ from dfdetect.errors import check_output
 from dfdetect.locks import ExclusiveLock
 from dfdetect.store.schema import (
     CLIP_COLUMNS,
+    OPTIONAL_COLUMNS,
     OUTCOME_COLUMNS,
     STORE_FORMAT,
     StoreError,
@@ -115,7 +116,7 @@ def create_version(path: str, version: str, config: dict, clips: list[Clip], sha
         columns["label"] = columns["label"].astype(np.int8)
         for name, values in columns.items():
             _meta_array(meta, name, values.dtype if values.dtype.kind != "U" else str, n, block_size)[:] = values
-        for name, dtype in OUTCOME_COLUMNS.items():
+        for name, dtype in {**OUTCOME_COLUMNS, **OPTIONAL_COLUMNS}.items():
             _meta_array(meta, name, dtype, n, block_size)
         n_blocks = -(-n // block_size)
         group.create_array("block_done", shape=(n_blocks,), dtype="int8", chunks=(1,), fill_value=0,
@@ -175,6 +176,8 @@ def write_block(group: zarr.Group, block: int, features: dict[str, np.ndarray],
             array[start:stop] = values
     meta = group["meta"]
     for name, values in outcomes.items():
+        if name in OPTIONAL_COLUMNS and name not in meta:   # a version started before they were kept
+            continue
         column = meta[name]
         column[start:stop] = np.asarray(values, dtype=str if column.dtype.kind in "OUT" else column.dtype)
     if mark_done:

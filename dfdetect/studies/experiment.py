@@ -10,7 +10,7 @@
     root = "${DFDETECT_ASV5_ROOT}"
 
     [stores.asv5_mel]                # featurize options: features, codec, corrupt, wavlm, wavlm_layers,
-    data = "asv5"                    # wavlm_storage, variant_seed, block_size
+    data = "asv5"                    # wavlm_storage, variant_seed, block_size (defaults: FeaturizeConfig)
     features = ["mel", "lfcc"]
 
     [runs.mel_aasist]                # any `dfdetect train` option; sets name stores as STORE[:SPLIT],
@@ -42,9 +42,8 @@ from pathlib import Path
 from dfdetect.datasets import ADAPTERS
 from dfdetect.errors import DfdetectError
 from dfdetect.evaluate.report import build_report
+from dfdetect.featurize.config import FeaturizeConfig
 from dfdetect.featurize.pipeline import featurize
-from dfdetect.featurize.variants import Variant
-from dfdetect.featurize.wavlm import WavLMConfig
 from dfdetect.models.runs import RunFolder
 from dfdetect.store import StoreError, open_store
 from dfdetect.store.schema import list_versions
@@ -312,14 +311,10 @@ def run_experiment(experiment: Experiment, console, workers: int | None = None):
 
     for name, s in experiment.stores.items():
         data = experiment.datasets[s["data"]]
-        features = tuple(s.get("features", ("mel", "lfcc")))
-        wavlm = (WavLMConfig(model=s.get("wavlm", "microsoft/wavlm-large"),
-                             layers=tuple(s.get("wavlm_layers", (6, 12, 24))),
-                             storage=s.get("wavlm_storage", "float16")) if "wavlm" in features else None)
+        # the store's keys are featurize's options (STORE_KEYS), with its one set of defaults
+        config = FeaturizeConfig.from_options(**{k: v for k, v in s.items() if k != "data"}, workers=workers)
         console.rule(f"store {name}")
-        result = featurize(data["dataset"], data["root"], experiment.store_path(name), features=features,
-                           wavlm=wavlm, workers=workers, block_size=s.get("block_size", 128),
-                           variant=Variant.parse(s.get("codec"), s.get("corrupt"), s.get("variant_seed", 0)),
+        result = featurize(data["dataset"], data["root"], experiment.store_path(name), config=config,
                            console=console)
         if not result.complete:
             raise ExperimentError(f"store {name} did not complete ({len(result.failed_blocks)} blocks failed); "
