@@ -3,6 +3,7 @@ folder trees built to be slow. Each input is small; what it must not cost is sai
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
 import json
@@ -45,6 +46,11 @@ def _table(audio: list[dict], labels: list, **columns) -> pa.Table:
     return pa.table({"audio": pa.array(audio, AUDIO), "label": labels, **columns})
 
 
+def _arrow_file(path: Path, table: pa.Table) -> None:
+    with pa.OSFile(str(path), "wb") as f, pa.ipc.new_stream(f, table.schema) as w:
+        w.write_table(table)
+
+
 # --------------------------------------------------------------------------- names that forge output
 
 def test_a_newline_in_a_name_is_escaped_in_datasets_show_store_info_and_evaluate(tmp_path):
@@ -83,3 +89,102 @@ def test_a_newline_in_a_problem_is_escaped_in_datasets_show(tmp_path):
     shown = CliRunner().invoke(app, ["datasets", "show", "hf", "--root", str(root)])
     assert shown.exit_code == 1
     assert not any(line.startswith("FORGED") for line in shown.output.splitlines()), shown.output
+
+
+# --------------------------------------------------------------------------- hf: symlinks out of the folder
+
+def test_hf_symlinks_leading_out_of_the_folder_are_refused_like_dotdot(tmp_path):
+    outside = tmp_path / "outside"
+    (outside / "shards").mkdir(parents=True)
+    (outside / "secret.wav").write_bytes(_wav(freq=300.0))
+    (outside / "secret.txt").write_text("password=hunter2")
+    pq.write_table(_table([{"bytes": _wav(), "path": None}], ["fake"]), outside / "shards" / "train-0.parquet")
+    root = tmp_path / "hf"
+    (root / "data").mkdir(parents=True)
+    (root / "audio").mkdir()
+    (root / "audio" / "ok.wav").write_bytes(_wav())
+    (root / "audio" / "a.wav").symlink_to(outside / "secret.wav")
+    (root / "audio" / "t.wav").symlink_to(outside / "secret.txt")
+    (root / "linked").symlink_to(outside)
+    (root / "data" / "more").symlink_to(outside / "shards")                         # a folder of shards
+    (root / "data" / "test-0.parquet").symlink_to(outside / "shards" / "train-0.parquet")   # one shard
+    (root / "data" / "inside.parquet").symlink_to(root / "data" / "train-0.parquet")       # fine: stays in
+    rows = ["audio/ok.wav", "audio/a.wav", "audio/t.wav", "linked/secret.wav", str(root / "linked/secret.wav")]
+    pq.write_table(_table([{"bytes": None, "path": n} for n in rows], ["real"] * len(rows)),
+                   root / "data" / "train-0.parquet")
+    index = datasets.prepare("hf", root)
+    assert [c.path for c in index.clips] == [str(root / "audio/ok.wav")], _problems(index)
+    text = _problems(index)
+    assert text.count("symlink leading") == 7, text
+    assert "secret.wav" in text and "data/more" in text and "test-0.parquet" in text
+    assert "the same file as data/inside.parquet" in text
+
+    shown = CliRunner().invoke(app, ["datasets", "show", "hf", "--root", str(root)])
+    assert shown.exit_code == 1 and "symlink leading" in shown.output and "no problems found" not in shown.output
+
+
+def test_hf_arrow_data_file_and_split_folder_linked_outside_are_not_read(tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    _arrow_file(outside / "data.arrow", _table([{"bytes": _wav(), "path": None}], ["fake"]))
+    root = tmp_path / "dd"
+    (root / "train").mkdir(parents=True)
+    (root / "dataset_dict.json").write_text(json.dumps({"splits": ["train", "test"]}))
+    (root / "train" / "state.json").write_text(json.dumps({"_data_files": [{"filename": "data.arrow"}]}))
+    (root / "train" / "data.arrow").symlink_to(outside / "data.arrow")
+    (root / "test").symlink_to(outside)
+    index = datasets.prepare("hf", root)
+    assert index.clips == []
+    assert _problems(index).count("symlink leading") == 2, _problems(index)
+
+
+# --------------------------------------------------------------------------- hf: metadata that is not what it says
+
+DEEP = "[" * 100_000
+
+
+@pytest.mark.parametrize("name,text", [
+    ("dataset_dict.json", '{"splits": 5}'), ("dataset_dict.json", DEEP), ("state.json", DEEP),
+    ("dataset_info.json", '{"features": [1]}'), ("dataset_info.json", DEEP),
+    ("dataset_info.json", '{"features": {"label": {"_type": "ClassLabel", "names": {"0": "real"}}}}'),
+])
+def test_hf_mistyped_or_deep_metadata_is_a_problem_or_a_layout_error(tmp_path, name, text):
+    root = tmp_path / "hf"
+    root.mkdir()
+    _arrow_file(root / "data-00000-of-00001.arrow", _table([{"bytes": _wav(), "path": None}], [0]))
+    (root / "state.json").write_text(json.dumps({"_data_files": [{"filename": "data-00000-of-00001.arrow"}]}))
+    (root / name).write_text(text)
+    if name == "dataset_dict.json":
+        (root / "train").mkdir()
+    shown = CliRunner().invoke(app, ["datasets", "show", "hf", "--root", str(root)])
+    assert shown.exit_code in (0, 1, 2) and "Traceback" not in shown.output, shown.output
+    assert shown.exit_code == 0 or name in shown.output
+
+
+@contextlib.contextmanager
+def _chain(top: Path, depth: int):
+    """`top`/d/d/.../d, `depth` folders deep; removed bottom up afterwards (pathlib's mkdir, os.makedirs
+    and pytest's clean-up, shutil.rmtree, all recurse per level)."""
+    deep = str(top)
+    os.mkdir(deep)
+    for _ in range(depth):
+        deep = os.path.join(deep, "d")
+        os.mkdir(deep)
+    try:
+        yield deep
+    finally:
+        while deep != str(top):
+            for name in os.listdir(deep):
+                os.remove(os.path.join(deep, name))
+            os.rmdir(deep)
+            deep = os.path.dirname(deep)
+
+
+def test_hf_shard_1300_folders_deep_is_found(tmp_path):
+    root = tmp_path / "hf"
+    with _chain(root, 1300) as deep:
+        pq.write_table(_table([{"bytes": _wav(), "path": None}], ["fake"]), os.path.join(deep, "train-0.parquet"))
+        started = time.monotonic()
+        index = datasets.prepare("hf", root)
+        assert len(index.clips) == 1 and index.clips[0].split == "train"
+        assert time.monotonic() - started < 10

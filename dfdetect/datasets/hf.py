@@ -42,10 +42,12 @@ from pathlib import Path
 from .base import (
     FAKE,
     REAL,
+    BadJson,
     Clip,
     DatasetIndex,
     DatasetLayoutError,
     IndexBuilder,
+    load_json,
     parse_label,
     path_inside,
     require,
@@ -93,7 +95,7 @@ def prepare(root: Path, audio_column: str = "", label_column: str = "", fake_val
         raise DatasetLayoutError(f"found no dataset_dict.json, state.json or *.parquet in {root}."
                                  f"\nExpected layout:\n{LAYOUT}")
     for split, folder, files in parts:
-        features = _folder_features(folder)
+        features = _folder_features(b, folder)
         for f in files:
             _index_file(b, f, split, features, opts)
     return b.index
@@ -110,46 +112,116 @@ class _Options:
 
 def _parts(b: IndexBuilder, root: Path) -> list[tuple[str, Path, list[Path]]]:
     """(split, folder, data files) of every part of the dataset, in a stable order; a split or data
-    file named outside its folder (an untrusted dataset_dict.json / state.json) is a problem."""
+    file named outside its folder, or leading out of the root through a symlink (an untrusted
+    dataset_dict.json / state.json / link), is a problem."""
     if (root / "dataset_dict.json").is_file():
+        where = root / "dataset_dict.json"
         try:
-            splits = json.loads((root / "dataset_dict.json").read_text())["splits"]
-        except (ValueError, KeyError, TypeError) as exc:
-            raise DatasetLayoutError(f"{root / 'dataset_dict.json'} is not a DatasetDict description "
+            splits = load_json(where)["splits"]
+            if not isinstance(splits, list) or not all(isinstance(s, str) for s in splits):
+                raise BadJson(f"'splits' is {type(splits).__name__}, not a list of names")
+        except (BadJson, KeyError, TypeError) as exc:
+            raise DatasetLayoutError(f"{where} is not a DatasetDict description "
                                      f"({exc}).\nExpected layout:\n{LAYOUT}") from None
-        inside = [str(s) for s in splits if path_inside(str(root), str(s)) not in (None, str(b.root))]
+        inside = []
         for s in splits:
-            if str(s) not in inside:
-                b.problem(str(root / "dataset_dict.json"), f"split {s!r} names a folder outside {root}; skipped")
+            if path_inside(str(root), s) in (None, str(b.root)):
+                b.problem(str(where), f"split {s!r} names a folder outside {root}; skipped")
+            elif _stays_inside(b, str(root / s), f"split folder {s!r}"):
+                inside.append(s)
         return [(s, root / s, _arrow_files(b, root / s)) for s in inside]
     if (root / "state.json").is_file():
-        return [(_state_split(root) or "all", root, _arrow_files(b, root))]
-    shards = sorted(p for p in root.rglob("*.parquet") if p.is_file()
-                    and not any(part.startswith(".") for part in p.relative_to(root).parts))
+        return [(_state_split(b, root) or "all", root, _arrow_files(b, root))]
     by_split: dict[str, list[Path]] = {}
-    for p in shards:
+    for p in _parquet_shards(b, root):
         by_split.setdefault(_shard_split(root, p), []).append(p)
     return [(s, root, files) for s, files in by_split.items()]
 
 
+def _stays_inside(b: IndexBuilder, path: str, what: str) -> bool:
+    """False plus a problem when a symlink takes `path` out of the root: the same rule as `../`."""
+    target = b.link_outside(path)
+    if target is not None:
+        b.problem(path, f"{what} is a symlink leading outside {b.root} (to {target}); not read "
+                        "(a dataset's paths never leave its folder)")
+    return target is None
+
+
+def _parquet_shards(b: IndexBuilder, root: Path) -> list[Path]:
+    """Every *.parquet under root, hidden names skipped, sorted. A stack of its own (rglob recurses:
+    a tree 1,300 folders deep is a RecursionError); a symlinked folder or shard is followed only when
+    it stays inside the root, and each real folder is entered once (a link loop ends)."""
+    # each folder's real path from its parent's (a realpath per folder would be quadratic in depth)
+    found, seen, stack = [], set(), [(str(root), b.real_root)]
+    while stack:
+        folder, real = stack.pop()
+        if real in seen:
+            continue
+        seen.add(real)
+        try:
+            with os.scandir(folder) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            b.problem(folder, f"cannot read folder ({exc.strerror or exc}); its shards are not indexed")
+            continue
+        for e in entries:
+            link, wanted = e.is_symlink(), e.is_dir() or e.name.endswith(".parquet")
+            if e.name.startswith(".") or not wanted or (link and not _stays_inside(b, e.path, repr(b.rel(e.path)))):
+                continue
+            if e.is_dir():
+                stack.append((e.path, os.path.realpath(e.path) if link else os.path.join(real, e.name)))
+            elif e.is_file():
+                found.append(Path(e.path))
+    shards, shown = [], {}
+    for p in sorted(found):   # one file reached twice (a link to a shard inside) is read once
+        first = shown.setdefault(os.path.realpath(p), b.rel(p))
+        if first != b.rel(p):
+            b.problem(str(p), f"the same file as {first} (through a symlink); its rows are indexed once, there")
+        else:
+            shards.append(p)
+    return shards
+
+
+def _read_state(b: IndexBuilder, folder: Path) -> dict | None:
+    """state.json as a dict; None (plus a problem when it is there but unreadable) otherwise."""
+    where = folder / "state.json"
+    try:
+        state = load_json(where)
+        if not isinstance(state, dict):
+            raise BadJson(f"a JSON {type(state).__name__}, not an object")
+        return state
+    except FileNotFoundError:
+        return None
+    except (BadJson, OSError) as exc:
+        b.problem(str(where), f"cannot read ({exc}); every *.arrow in {folder} is read, split from the folder")
+        return None
+
+
 def _arrow_files(b: IndexBuilder, folder: Path) -> list[Path]:
     """The data files state.json lists (in its order), else every *.arrow in the folder."""
-    try:
-        state = json.loads((folder / "state.json").read_text())
-        names = [str(f["filename"]) for f in state["_data_files"]]
-    except (OSError, ValueError, KeyError, TypeError):
-        return sorted(folder.glob("*.arrow"))
+    state = _read_state(b, folder)
+    entries = state.get("_data_files") if state is not None else None
+    if not isinstance(entries, list) or not all(isinstance(f, dict) and isinstance(f.get("filename"), str)
+                                                for f in entries):
+        if state is not None:
+            b.problem(str(folder / "state.json"), "'_data_files' is not a list of {\"filename\": ...}; "
+                                                  f"every *.arrow in {folder} is read instead")
+        names = [p.name for p in sorted(folder.glob("*.arrow"))]
+    else:
+        names = [f["filename"] for f in entries]
+    files = []
     for n in names:
         if path_inside(str(folder), n) is None:
             b.problem(str(folder / "state.json"), f"data file {n!r} lies outside {folder}; not read")
-    return [folder / n for n in names if path_inside(str(folder), n) is not None]
+        elif _stays_inside(b, str(folder / n), f"data file {n!r}"):
+            files.append(folder / n)
+    return files
 
 
-def _state_split(folder: Path) -> str:
-    try:
-        return str(json.loads((folder / "state.json").read_text()).get("_split") or "")
-    except (OSError, ValueError, AttributeError):
-        return ""
+def _state_split(b: IndexBuilder, folder: Path) -> str:
+    state = _read_state(b, folder) or {}
+    split = state.get("_split")
+    return split if isinstance(split, str) else ""
 
 
 def _shard_split(root: Path, path: Path) -> str:
@@ -160,20 +232,27 @@ def _shard_split(root: Path, path: Path) -> str:
     return parent if path.parent != root and parent in SPLITS else "all"
 
 
-def _folder_features(folder: Path) -> dict:
+def _folder_features(b: IndexBuilder, folder: Path) -> dict:
+    where = folder / "dataset_info.json"
     try:
-        info = json.loads((folder / "dataset_info.json").read_text())
-        return info.get("features") or {}
-    except (OSError, ValueError, AttributeError):
+        features = load_json(where).get("features") or {}
+        if not isinstance(features, dict):
+            raise BadJson(f"'features' is a JSON {type(features).__name__}, not an object")
+        return features
+    except FileNotFoundError:
+        return {}
+    except (BadJson, OSError, AttributeError) as exc:
+        b.problem(str(where), f"cannot read its features ({exc}); columns found by their names")
         return {}
 
 
 def _parquet_features(schema) -> dict:
     meta = (schema.metadata or {}).get(b"huggingface")
     try:
-        return json.loads(meta)["info"]["features"] if meta else {}
-    except (ValueError, KeyError, TypeError):
+        features = json.loads(meta)["info"]["features"] if meta else {}
+    except (ValueError, KeyError, TypeError, RecursionError):
         return {}
+    return features if isinstance(features, dict) else {}
 
 
 def _find(names: list[str], wanted: str, defaults) -> str | None:
@@ -221,6 +300,7 @@ def _columns(b, where, names, features, schema, opts):
 def _label_map(feature, opts):
     """value -> label for this column: the options' values, or ClassLabel names read as spellings."""
     names = feature.get("names") if _type_of(feature) == "ClassLabel" else None
+    names = names if isinstance(names, list) else None
 
     def read(value):
         if value is None:
@@ -359,7 +439,10 @@ def _file_path(b: IndexBuilder, where: str, name: str, opts: _Options) -> str | 
     if os.path.isabs(name) and opts.allow_outside:
         return os.path.normpath(name)
     full = path_inside(b.root, name)
-    if full is None:
-        b.problem(where, f"audio path {name!r} points outside {b.root}; row skipped (for a dataset "
+    target = b.link_outside(full) if full is not None else None
+    if full is None or target is not None:
+        how = "points" if target is None else f"is a symlink leading to {target},"
+        b.problem(where, f"audio path {name!r} {how} outside {b.root}; row skipped (for a dataset "
                          "you made yourself, --option allow_outside=1 reads absolute paths anywhere)")
+        return None
     return full
