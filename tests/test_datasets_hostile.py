@@ -188,3 +188,65 @@ def test_hf_shard_1300_folders_deep_is_found(tmp_path):
         index = datasets.prepare("hf", root)
         assert len(index.clips) == 1 and index.clips[0].split == "train"
         assert time.monotonic() - started < 10
+
+
+# --------------------------------------------------------------------------- lhotse
+
+def _jsonl_gz(path: Path, lines: list) -> None:
+    with gzip.open(path, "wt", compresslevel=1) as f:
+        for line in lines:
+            f.write((line if isinstance(line, str) else json.dumps(line)) + "\n")
+
+
+REC = {"id": "r", "sources": [{"type": "file", "channels": [0], "source": "a.wav"}],
+       "sampling_rate": SR, "num_samples": SR, "duration": 1.0}
+SUP = {"id": "s", "recording_id": "r", "start": 0.0, "duration": 1.0, "channel": 0, "custom": {"label": "real"}}
+
+
+def _lhotse(root: Path, recordings: list, supervisions: list) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "a.wav").write_bytes(_wav(1.0))
+    _jsonl_gz(root / "recordings.jsonl.gz", recordings)
+    _jsonl_gz(root / "supervisions.jsonl.gz", supervisions)
+    return root
+
+
+def test_lhotse_a_line_over_the_bound_ends_its_file(tmp_path):
+    from dfdetect.datasets.lhotse import MAX_LINE_CHARS
+
+    long_line = json.dumps({**SUP, "id": "big", "text": "a" * (MAX_LINE_CHARS + 10)})
+    root = _lhotse(tmp_path / "lh", [REC], [SUP, long_line, {**SUP, "id": "after"}])
+    index = datasets.prepare("lhotse", root)
+    assert [c.clip_id for c in index.clips] == ["s"]
+    assert f"longer than {MAX_LINE_CHARS:,} characters" in _problems(index)
+    assert "supervisions.jsonl.gz:2" in _problems(index)
+
+
+@pytest.mark.parametrize("field,value", [("start", "NaN"), ("duration", "Infinity"), ("start", "1e300"),
+                                         ("duration", "-Infinity"), ("start", "1e400")])
+def test_lhotse_times_that_are_not_finite_or_absurd_are_that_rows_problem(tmp_path, field, value):
+    bad = json.dumps({**SUP, "id": "bad"}).replace(f'"{field}": {SUP[field]}', f'"{field}": {value}')
+    assert value in bad
+    no_total = json.dumps({**REC, "id": "r2"}).replace('"duration": 1.0', '"duration": null')
+    bad2 = bad.replace('"id": "bad", "recording_id": "r"', '"id": "bad2", "recording_id": "r2"')
+    root = _lhotse(tmp_path / "lh", [REC, no_total], [SUP, bad, bad2])
+    index = datasets.prepare("lhotse", root)
+    assert [c.clip_id for c in index.clips] == ["s"], _problems(index)
+    assert _problems(index).count("times must be finite") == 2, _problems(index)
+
+
+def test_lhotse_mistyped_sources_and_deep_lines_are_problems(tmp_path):
+    root = _lhotse(tmp_path / "lh", [
+        REC,
+        {**REC, "id": "five", "sources": [{"type": "file", "channels": 5, "source": "a.wav"}]},
+        {**REC, "id": "tf", "transforms": 5},
+        '{"id": "deep", "x": ' + "[" * 100_000 + "]" * 100_000 + "}",
+    ], [SUP, {**SUP, "id": "s5", "recording_id": "five"}, {**SUP, "id": "stf", "recording_id": "tf"},
+        "[" * 100_000])
+    shown = CliRunner().invoke(app, ["datasets", "show", "lhotse", "--root", str(root), "--json"])
+    assert shown.exit_code == 1, shown.output
+    report = json.loads(shown.output)
+    assert report["counts"]["clips"] == 1
+    text = "\n".join(p["message"] for p in report["problems"])
+    assert "channels are not a list of integers" in text and "transforms" in text
+    assert text.count("recursion limit") == 2, text
