@@ -267,3 +267,38 @@ def test_folder_a_chain_of_nested_empty_folders_is_walked_in_linear_time(tmp_pat
         took = time.monotonic() - started
         assert len(index.clips) == 2 and index.clips[1].generator == "d"
         assert took < 5, took
+
+
+def test_lhotse_a_segment_is_read_alone_not_the_whole_recording(tmp_path):
+    """Decoding one 5 s supervision of a 10-minute FLAC allocates the segment, not the recording
+    (before: the whole file's bytes and samples, > 19 MB, per supervision)."""
+    import tracemalloc
+
+    root = tmp_path / "lh"
+    root.mkdir()
+    rate, minutes = 8000, 10
+    t = np.arange(rate * 60 * minutes) / rate
+    wave = (0.3 * np.sin(2 * np.pi * 220 * t) * (1 + t / t[-1])).astype(np.float32)
+    sf.write(root / "long.flac", wave, rate)
+    rec = {"id": "r", "sources": [{"type": "file", "channels": [0], "source": "long.flac"}],
+           "sampling_rate": rate, "num_samples": len(wave), "duration": 60.0 * minutes}
+    sups = [{**SUP, "id": f"s{i}", "start": 37.5 * i, "duration": 5.0} for i in range(16)]
+    _jsonl_gz(root / "recordings.jsonl.gz", [rec])
+    _jsonl_gz(root / "supervisions.jsonl.gz", sups)
+    index = datasets.prepare("lhotse", root)
+    assert len(index.clips) == 16, _problems(index)
+    decode(index.clips[0].path)   # imports and libsndfile's first open
+    tracemalloc.start()
+    try:
+        audio = decode(index.clips[9].path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    first = int(37.5 * 9 * rate)
+    assert audio.sample_rate == rate and audio.frames == 5 * rate
+    np.testing.assert_array_equal(audio.samples[0], sf.read(root / "long.flac", dtype="float32")[0][first:first + 5 * rate])
+    assert peak < 2_000_000, peak
+    with pytest.raises(AudioError) as e:   # a segment past the end is still that clip's error
+        from dfdetect.datasets.refs import AudioRef
+        decode(AudioRef(kind="file", file=str(root / "long.flac"), start=599.0, duration=5.0).to_path())
+    assert e.value.kind == "bad_segment"

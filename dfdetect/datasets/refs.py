@@ -21,6 +21,7 @@ rows, so a row group is read once per block, not once per clip).
 from __future__ import annotations
 
 import functools
+import math
 import os
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlencode
@@ -152,18 +153,33 @@ def _arrow_table(path: str, stamp: int):
 
 def select(samples, sample_rate: int, ref: AudioRef):
     """The channels and segment `ref` asks for, from decoded samples [channels, frames]."""
+    samples = select_channels(samples, ref)
+    if ref.start or ref.duration is not None:
+        first, last = segment_frames(ref, sample_rate, samples.shape[1])
+        samples = samples[:, first:last]
+    return samples
+
+
+def select_channels(samples, ref: AudioRef):
+    """The channels `ref` asks for, from samples [channels, frames]."""
     if ref.channels:
         bad = [c for c in ref.channels if not 0 <= c < samples.shape[0]]
         if bad:
             raise RefError("bad_channel", f"channel(s) {bad} asked for, but the file has "
                                           f"{samples.shape[0]}; fix the manifest")
         samples = samples[list(ref.channels)]
-    if ref.start or ref.duration is not None:
-        first = int(round(ref.start * sample_rate))
-        last = samples.shape[1] if ref.duration is None else first + int(round(ref.duration * sample_rate))
-        # half a 10 ms frame of slack: manifests round their durations
-        if first < 0 or last > samples.shape[1] + sample_rate // 200 or last <= first:
-            raise RefError("bad_segment", f"segment {ref.start:g}+{ref.duration} s lies outside "
-                                          f"the audio ({samples.shape[1] / sample_rate:g} s); fix the manifest")
-        samples = samples[:, first:min(last, samples.shape[1])]
     return samples
+
+
+def segment_frames(ref: AudioRef, sample_rate: int, frames: int) -> tuple[int, int]:
+    """[first, last) frames of `ref`'s segment in audio of `frames` frames; RefError when it lies
+    outside (half a 10 ms frame of slack past the end: manifests round their durations)."""
+    start, duration = ref.start, ref.duration
+    if not math.isfinite(start) or (duration is not None and not math.isfinite(duration)):
+        raise RefError("bad_segment", f"segment {start!r}+{duration!r} s is not finite; fix the manifest")
+    first = int(round(start * sample_rate))
+    last = frames if duration is None else first + int(round(duration * sample_rate))
+    if first < 0 or last > frames + sample_rate // 200 or last <= first:
+        raise RefError("bad_segment", f"segment {start:g}+{duration} s lies outside "
+                                      f"the audio ({frames / sample_rate:g} s); fix the manifest")
+    return first, min(last, frames)
