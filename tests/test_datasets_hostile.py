@@ -302,3 +302,85 @@ def test_lhotse_a_segment_is_read_alone_not_the_whole_recording(tmp_path):
         from dfdetect.datasets.refs import AudioRef
         decode(AudioRef(kind="file", file=str(root / "long.flac"), start=599.0, duration=5.0).to_path())
     assert e.value.kind == "bad_segment"
+
+
+# --------------------------------------------------------------------------- hf: compressed embedded audio
+
+BOMB = b"RIFF" + bytes(24 << 20)   # 24 MiB of zeros: a few KB once compressed
+
+
+def test_hf_a_parquet_row_inflating_past_the_bounds_is_a_problem_and_a_clip_error(tmp_path):
+    from dfdetect.datasets import refs
+
+    root = tmp_path / "hf"
+    root.mkdir()
+    table = _table([{"bytes": BOMB, "path": None}, {"bytes": _wav(), "path": None}], ["fake", "real"])
+    pq.write_table(table, root / "train-0.parquet", compression="zstd", row_group_size=1)
+    assert (root / "train-0.parquet").stat().st_size < 100_000
+    index = datasets.prepare("hf", root)
+    assert [c.label for c in index.clips] == [0]
+    assert "compression bomb" in _problems(index) and "row group 0" in _problems(index)
+    assert decode(index.clips[0].path).frames > 0
+    forged = refs.AudioRef(kind="parquet", file=str(root / "train-0.parquet"), row=0, row_group=0,
+                           column="audio").to_path()
+    with pytest.raises(AudioError) as e:
+        decode(forged)
+    assert e.value.kind == "compression_bomb"
+
+
+def test_hf_a_compressed_arrow_batch_inflating_past_the_bounds_is_never_inflated(tmp_path):
+    from dfdetect.datasets import refs
+
+    root = tmp_path / "hf"
+    root.mkdir()
+    table = _table([{"bytes": BOMB, "path": None}, {"bytes": _wav(), "path": None}], [1, 0])
+    with pa.OSFile(str(root / "data-00000-of-00001.arrow"), "wb") as f, \
+            pa.ipc.new_stream(f, table.schema, options=pa.ipc.IpcWriteOptions(compression="zstd")) as w:
+        w.write_table(table, max_chunksize=1)
+    (root / "state.json").write_text(json.dumps({"_data_files": [{"filename": "data-00000-of-00001.arrow"}]}))
+    shown = CliRunner().invoke(app, ["datasets", "show", "hf", "--root", str(root), "--json", "--decode", "-1"])
+    assert shown.exit_code == 1, shown.output
+    report = json.loads(shown.output)
+    assert report["counts"]["clips"] == 1 and report["counts"]["real"] == 1
+    assert "compression bomb" in report["problems"][0]["message"] and "rows 0-0" in report["problems"][0]["where"]
+    forged = refs.AudioRef(kind="arrow", file=str(root / "data-00000-of-00001.arrow"), row=0,
+                           column="audio").to_path()
+    with pytest.raises(AudioError) as e:
+        decode(forged)
+    assert e.value.kind == "compression_bomb"
+
+
+def test_hf_bounds_hold_in_memory(tmp_path):
+    """A 6 KB zstd parquet row of 150 MB and an Arrow IPC batch of 150 MB: indexing and decoding
+    both (each an error) peak far below what inflating them costs (before: 2.2 GB RSS)."""
+    root = tmp_path / "hf"
+    root.mkdir()
+    table = _table([{"bytes": b"RIFF" + bytes(150_000_000), "path": None}], [1])
+    pq.write_table(table, root / "train-0.parquet", compression="zstd")
+    with pa.OSFile(str(root / "x.arrow"), "wb") as f, \
+            pa.ipc.new_stream(f, table.schema, options=pa.ipc.IpcWriteOptions(compression="zstd")) as w:
+        w.write_table(table)
+    (root / "state.json").write_text(json.dumps({"_data_files": [{"filename": "x.arrow"}]}))
+    del table
+    assert (root / "train-0.parquet").stat().st_size < 20_000
+    code = f"""
+import resource
+from dfdetect import datasets
+from dfdetect.featurize.audio import AudioError, decode
+from dfdetect.datasets import refs
+import pyarrow.parquet, soundfile, av
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+index = datasets.prepare("hf", "{root}")   # the arrow file (state.json)
+assert not index.clips and "compression bomb" in index.problems[0].message, index.problems
+for ref in (refs.AudioRef(kind="parquet", file="{root}/train-0.parquet", row=0, row_group=0, column="audio"),
+            refs.AudioRef(kind="arrow", file="{root}/x.arrow", row=0, column="audio")):
+    try:
+        decode(ref.to_path())
+    except AudioError as e:
+        assert e.kind == "compression_bomb"
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout.split()[-1]) < 50_000, done.stdout   # KiB over the imports' own peak

@@ -52,7 +52,7 @@ from .base import (
     path_inside,
     require,
 )
-from .refs import AudioRef
+from .refs import AudioRef, arrow_batches, parquet_chunk_problem
 
 NAME = "hf"
 DESCRIPTION = "A Hugging Face dataset on disk: save_to_disk folder (arrow) or parquet shards / hub repo"
@@ -327,12 +327,10 @@ def _index_file(b: IndexBuilder, path: Path, split: str, features: dict, opts: _
     shown = b.rel(path)
     try:
         if path.suffix == ".parquet":
-            pf = pq.ParquetFile(path)
-            schema = pf.schema_arrow
+            schema = pq.ParquetFile(path).schema_arrow
             features = _parquet_features(schema) or features
         else:
-            reader = pa.ipc.open_stream(pa.memory_map(str(path), "r"))
-            schema = reader.schema
+            schema = arrow_batches(str(path))[0]
     except FileNotFoundError:
         b.problem(str(path), "listed in state.json but missing; its rows are not indexed")
         return
@@ -349,57 +347,85 @@ def _index_file(b: IndexBuilder, path: Path, split: str, features: dict, opts: _
     struct = pa.types.is_struct(schema.field(audio).type)
     row = 0
     try:
-        for rg, batch, has_bytes in _batches(path, audio, label, extra, struct):
+        for rg, in_group, row, batch, has_bytes in _batches(b, path, audio, label, extra, struct):
             data = batch.to_pydict()
             paths = data.get("__path") or [None] * batch.num_rows
             for i in range(batch.num_rows):
-                _add_row(b, path, shown, split, rg, row, i, data, paths[i], has_bytes[i], audio, label,
-                         extra, read_label, opts)
+                # parquet: the row within its row group (the unit read back); arrow: the row in the file
+                ref_row = in_group + i if rg >= 0 else row
+                _add_row(b, path, shown, split, rg, row, ref_row, data, i, paths[i], has_bytes[i], audio,
+                         label, extra, read_label, opts)
                 row += 1
     except Exception as exc:   # a damaged batch: what came before stays indexed
         b.problem(f"{path} row {row}", f"cannot read the rest of the file ({exc}); rows from here skipped")
 
 
-def _batches(path: Path, audio: str, label: str, extra: dict, struct: bool):
-    """(row group or -1, label-side columns + __path, has-bytes per row) per record batch (arrow) or
-    row group (parquet). The audio bytes are not read, except once for a parquet row group whose
-    statistics say it mixes rows with and without bytes (bounded by that row group)."""
+BATCH_ROWS = 65_536   # rows of label-side columns in memory at a time
+
+
+def _batches(b: IndexBuilder, path: Path, audio: str, label: str, extra: dict, struct: bool):
+    """(row group or -1, first row in the row group, first row in the file, label-side columns +
+    __path, has-bytes per row) per record batch (arrow) or up to BATCH_ROWS rows of a row
+    group (parquet). The audio bytes are not read, except an arrow batch's (zero-copy unless
+    compressed) and once for a parquet row group whose statistics say it mixes rows with and
+    without bytes; both only within refs' inflation bounds (beyond them the rows are a problem)."""
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     wanted = [label, *extra.values()]
     if path.suffix != ".parquet":
-        # memory-mapped: selecting columns touches only their buffers, never the audio bytes
-        for batch in pa.ipc.open_stream(pa.memory_map(str(path), "r")):
+        schema, batches = arrow_batches(str(path))
+        for first, rows, message, problem in batches:
+            if problem is not None:
+                b.problem(f"{path} rows {first}-{first + rows - 1}", f"{problem}; rows skipped")
+                continue
+            batch = pa.ipc.read_record_batch(message, schema)
             col = batch.column(audio)
-            blob = col.field("bytes") if struct else col
             out = {n: batch.column(n) for n in wanted}
             if struct and col.type.get_field_index("path") >= 0:
                 out["__path"] = col.field("path")
-            yield -1, pa.RecordBatch.from_pydict(out), pc.is_valid(blob).to_pylist()
+            yield -1, first, first, pa.RecordBatch.from_pydict(out), \
+                pc.is_valid(col.field("bytes") if struct else col).to_pylist()
         return
     pf = pq.ParquetFile(path)
     leaf = f"{audio}.bytes" if struct else audio
-    has_path = struct and pf.schema_arrow.field(audio).type.get_field_index("path") >= 0
+    columns = wanted + ([f"{audio}.path"] if struct and pf.schema_arrow.field(audio).type.get_field_index("path") >= 0
+                        else [])
     index = {pf.metadata.schema.column(i).path: i for i in range(pf.metadata.num_columns)}
+    group_start = 0
     for rg in range(pf.num_row_groups):
         meta = pf.metadata.row_group(rg)
+        group_start += meta.num_rows
         stats = meta.column(index[leaf]).statistics if leaf in index else None
         nulls = stats.null_count if stats is not None and stats.has_null_count else None
-        table = pf.read_row_group(rg, columns=wanted)
-        if has_path:
-            paths = pf.read_row_group(rg, columns=[f"{audio}.path"]).column(audio).combine_chunks()
-            table = table.append_column("__path", paths.field("path"))
-        if nulls == 0 or nulls == meta.num_rows:
-            valid = [nulls == 0] * meta.num_rows
-        else:   # a row group mixing rows with and without bytes: read its bytes once to tell them apart
+        problem = parquet_chunk_problem(pf.metadata, rg, audio) if nulls != meta.num_rows else None
+        if problem is not None:
+            b.problem(f"{path} row group {rg}", f"column {audio!r}: {problem}; its {meta.num_rows} rows skipped")
+            continue
+        valid = None
+        if nulls is None or 0 < nulls < meta.num_rows:   # mixes rows with and without bytes: read them once
             blob = pf.read_row_group(rg, columns=[audio]).column(audio).combine_chunks()
             valid = pc.is_valid(blob.field("bytes") if struct else blob).to_pylist()
-        yield rg, table, valid   # one row group's label-side columns: small beside its audio
+        first = 0
+        for batch in pf.iter_batches(batch_size=BATCH_ROWS, row_groups=[rg], columns=columns, use_threads=False):
+            if struct and audio in batch.schema.names:
+                batch = _with_path(batch, audio, wanted)
+            has = valid[first:first + batch.num_rows] if valid is not None else [nulls == 0] * batch.num_rows
+            yield rg, first, group_start - meta.num_rows + first, batch, has
+            first += batch.num_rows
 
 
-def _add_row(b, path, shown, split, rg, row, i, data, audio_path, has_bytes, audio, label, extra,
+def _with_path(batch, audio: str, wanted: list[str]):
+    """The batch's label-side columns plus the audio struct's path as __path."""
+    import pyarrow as pa
+
+    out = {n: batch.column(n) for n in wanted}
+    out["__path"] = batch.column(audio).field("path")
+    return pa.RecordBatch.from_pydict(out)
+
+
+def _add_row(b, path, shown, split, rg, row, ref_row, data, i, audio_path, has_bytes, audio, label, extra,
              read_label, opts) -> None:
     where = f"{path} row {row}"
     value = data[label][i]
@@ -413,9 +439,8 @@ def _add_row(b, path, shown, split, rg, row, i, data, audio_path, has_bytes, aud
         return
     get = {f: ("" if data[c][i] is None else str(data[c][i])) for f, c in extra.items()}
     if has_bytes:
-        # parquet: the row within its row group (the unit read back); arrow: the row in the file
         clip_path = AudioRef(kind="parquet" if rg >= 0 else "arrow", file=os.path.abspath(path),
-                             row=i if rg >= 0 else row, row_group=rg, column=audio).to_path()
+                             row=ref_row, row_group=rg, column=audio).to_path()
     elif audio_path:
         clip_path = _file_path(b, where, str(audio_path), opts)
         if clip_path is None:
