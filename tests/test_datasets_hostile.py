@@ -384,3 +384,39 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base)
                           env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
     assert done.returncode == 0, done.stderr
     assert int(done.stdout.split()[-1]) < 50_000, done.stdout   # KiB over the imports' own peak
+
+
+# --------------------------------------------------------------------------- one file named by millions of rows
+
+def test_hf_a_run_length_encoded_table_naming_one_file_millions_of_times(tmp_path):
+    """A ~20 KB parquet of 2M rows naming one file (before: 2M clips of it, over a GB): one clip,
+    20 repeats listed and the rest counted; a refused name repeated as often costs a problem each
+    only up to MAX_PROBLEMS, the rest counted."""
+    from dfdetect.datasets.base import MAX_PROBLEMS
+
+    root = tmp_path / "hf"
+    root.mkdir()
+    (root / "a.wav").write_bytes(_wav())
+    n = 2_000_000
+    for name, path in (("train-0.parquet", "a.wav"), ("xtra-0.parquet", "../outside.wav")):
+        audio = pa.StructArray.from_arrays([pa.nulls(n, pa.binary()), pa.repeat(pa.scalar(path), n)],
+                                           names=["bytes", "path"])
+        pq.write_table(pa.table({"audio": audio, "label": pa.repeat(pa.scalar(0), n)}), root / name,
+                       row_group_size=n)
+        assert (root / name).stat().st_size < 100_000
+    started = time.monotonic()
+    index = datasets.prepare("hf", root)
+    assert time.monotonic() - started < 45
+    assert [c.path for c in index.clips] == [str(root / "a.wav")]
+    assert len(index.problems) == MAX_PROBLEMS + 1
+    text = _problems(index)
+    assert text.count("the same audio as") == 20 and "refused (as at its first row)" in text
+    assert f"{n - MAX_PROBLEMS + 21:,} more problems, not listed" in text
+    assert f"{n - 21:,} more rows repeat audio" in index.problems[-1].message
+
+
+def test_lhotse_two_supervisions_of_one_segment_are_one_clip(tmp_path):
+    root = _lhotse(tmp_path / "lh", [REC], [SUP, {**SUP, "id": "again"}, {**SUP, "id": "half", "duration": 0.5}])
+    index = datasets.prepare("lhotse", root)
+    assert [c.clip_id for c in index.clips] == ["s", "half"]
+    assert "supervisions.jsonl.gz:2" in _problems(index) and "the same audio as" in _problems(index)

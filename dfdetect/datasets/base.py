@@ -135,6 +135,8 @@ def read_text(path: Path) -> tuple[str, Problem | None]:
                                         "undecodable bytes were replaced with U+FFFD")
 
 
+REPEATS_LISTED = 20          # rows repeating a clip's audio listed one by one; the rest are counted
+MAX_PROBLEMS = 10_000        # problems listed per index; the rest are counted in the last
 MAX_JSON_BYTES = 16 << 20   # a metadata JSON file (dataset_info.json ...): far above any real one
 
 
@@ -194,6 +196,28 @@ class IndexBuilder:
         self._bases: dict[tuple[str, str], bool] = {}
         self.real_root = os.path.realpath(self.root)
         self._real_folders: dict[str, str] = {}
+        self._paths: dict[str, str] = {}
+        self._repeats = self._unlisted = 0
+
+    def first_use(self, path: str, where: str) -> bool:
+        """False when an earlier row already made a clip of this audio (one clip per file or segment:
+        a 39 KB run-length-encoded table can name one file millions of times). The first
+        REPEATS_LISTED repeats are problems; `finish` counts the rest in one."""
+        first = self._paths.get(path)
+        if first is None:
+            self._paths[path] = where
+            return True
+        self._repeats += 1
+        if self._repeats <= REPEATS_LISTED:
+            self.problem(where, f"the same audio as {first}; row skipped (one clip per audio)")
+        return False
+
+    def finish(self) -> DatasetIndex:
+        """The index, with the repeats `first_use` did not list counted in one problem."""
+        if self._repeats > REPEATS_LISTED:   # past MAX_PROBLEMS too: this count is never folded in
+            self.index.problems.append(Problem(self.root, f"{self._repeats - REPEATS_LISTED:,} more rows repeat audio an earlier "
+                                    f"row already made a clip of; skipped (the first {REPEATS_LISTED} are listed)"))
+        return self.index
 
     def link_outside(self, path: str) -> str | None:
         """Where `path` really leads when a symlink (of the file or of a folder above it) takes it
@@ -209,7 +233,14 @@ class IndexBuilder:
         return None if inside_real(self.real_root, target) else target
 
     def problem(self, where: str, message: str) -> None:
-        self.index.problems.append(Problem(str(where), message))
+        """Record a problem; past MAX_PROBLEMS, the last one counts the rest (a table of millions of
+        bad rows must not cost a problem each)."""
+        if len(self.index.problems) < MAX_PROBLEMS:
+            self.index.problems.append(Problem(str(where), message))
+            return
+        self._unlisted += 1
+        self.index.problems[-1] = Problem(self.root, f"{self._unlisted + 1:,} more problems, not listed (the "
+                                                     f"first {MAX_PROBLEMS - 1:,} are)")
 
     def rel(self, path: Path | str) -> str:
         """A path shown relative to the root when it is under it (for readable messages)."""

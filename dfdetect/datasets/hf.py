@@ -98,13 +98,14 @@ def prepare(root: Path, audio_column: str = "", label_column: str = "", fake_val
         features = _folder_features(b, folder)
         for f in files:
             _index_file(b, f, split, features, opts)
-    return b.index
+    return b.finish()
 
 
 class _Options:
     def __init__(self, audio, label, fake, real, columns, allow_outside):
         self.audio, self.label, self.columns, self.allow_outside = audio, label, columns, allow_outside
         self.values = None
+        self.resolved: dict[str, str | None] = {}   # audio path as named -> as resolved (None: refused)
         if fake or real:
             self.values = {**{v.strip().lower(): FAKE for v in fake.split(",") if v.strip()},
                            **{v.strip().lower(): REAL for v in real.split(",") if v.strip()}}
@@ -442,8 +443,13 @@ def _add_row(b, path, shown, split, rg, row, ref_row, data, i, audio_path, has_b
         clip_path = AudioRef(kind="parquet" if rg >= 0 else "arrow", file=os.path.abspath(path),
                              row=ref_row, row_group=rg, column=audio).to_path()
     elif audio_path:
-        clip_path = _file_path(b, where, str(audio_path), opts)
-        if clip_path is None:
+        if audio_path in opts.resolved:   # a name seen before: resolved (or refused) once
+            clip_path = opts.resolved[audio_path]
+            if clip_path is None:
+                b.problem(where, f"audio path {audio_path!r} refused (as at its first row); row skipped")
+        else:
+            clip_path = opts.resolved[audio_path] = _file_path(b, where, str(audio_path), opts)
+        if clip_path is None or not b.first_use(clip_path, where):
             return
     else:
         b.problem(where, f"column {audio!r} has neither bytes nor a path; row skipped")

@@ -87,7 +87,7 @@ def prepare(root: Path, label_field: str = "", fake_values: str = "", real_value
                 b.problem(where, "recording without an id; skipped")
         for where, s in _records(b, sup):
             _add(b, where, s, recordings, split, label_field, values)
-    return b.index
+    return b.finish()
 
 
 def _is_jsonl(name: str) -> bool:
@@ -178,7 +178,7 @@ def _add(b: IndexBuilder, where: str, s: dict, recordings: dict, split: str, lab
     clip = Clip(clip_id=sid, path=path.to_path() if not path.whole else path.file, label=label,
                 split=str(custom.get("split") or split), generator=generator,
                 speaker=str(s.get("speaker") or ""), language=str(s.get("language") or ""))
-    if b.add(clip, where) and not b.is_file(path.file):
+    if b.first_use(clip.path, where) and b.add(clip, where) and not b.is_file(path.file):
         b.problem(where, f"{path.file} (recording {rid!r}) is missing (kept; it will be recorded as an error)")
 
 
