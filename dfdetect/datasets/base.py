@@ -215,8 +215,10 @@ class IndexBuilder:
     def finish(self) -> DatasetIndex:
         """The index, with the repeats `first_use` did not list counted in one problem."""
         if self._repeats > REPEATS_LISTED:   # past MAX_PROBLEMS too: this count is never folded in
-            self.index.problems.append(Problem(self.root, f"{self._repeats - REPEATS_LISTED:,} more rows repeat audio an earlier "
-                                    f"row already made a clip of; skipped (the first {REPEATS_LISTED} are listed)"))
+            more = self._repeats - REPEATS_LISTED
+            self.index.problems.append(Problem(self.root, f"{more:,} more rows repeat audio an earlier row already "
+                                                          f"made a clip of; skipped (the first {REPEATS_LISTED} are "
+                                                          "listed)"))
         return self.index
 
     def link_outside(self, path: str) -> str | None:

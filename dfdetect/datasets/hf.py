@@ -16,7 +16,10 @@ Columns (each option names one; the defaults are tried in order, case-insensitiv
 - audio (``audio_column``): the feature typed ``Audio`` in the metadata, else ``audio``; a struct of
   ``bytes`` and ``path``. Embedded bytes are read lazily per clip (`refs.py`); a row without bytes
   uses its path: relative paths from the dataset folder, never outside it; absolute paths, as
-  `datasets` writes for local files, only inside ``root`` unless ``allow_outside=1``.
+  `datasets` writes for local files, only inside ``root`` unless ``allow_outside=1``. Symlinks
+  are resolved: one leading out of the folder (an audio file, a folder, a shard, a data file) is
+  refused like ``../``. Rows repeating an audio file already indexed are problems (one clip per
+  file). Compressed embedded bytes are inflated only within `refs.py`'s bounds.
 - label (``label_column``): label, labels, is_fake, is_spoof, fake, spoof, target, class, key.
   Strings take the usual spellings (fake/spoof/deepfake/1, real/bonafide/bona fide/genuine/0);
   integers are ClassLabel ids mapped through the metadata's ``names`` (each name read as a

@@ -24,10 +24,11 @@ the split is what follows ``recordings_`` (``all`` when nothing does).
 - channels: the supervision's ``channel`` (an int or a list; several are averaged to mono, as the
   frontend does with every multi-channel file) is looked up in the sources' ``channels``; every
   channel asked for must come from one file source.
-- segment: the supervision's ``start`` and ``duration`` (seconds) cut the decoded audio before the
-  frontend (its 3 s centre crop then applies to the segment); a segment outside the recording's
-  declared duration is a problem.
-clip_id is the supervision id.
+- segment: the supervision's ``start`` and ``duration`` (seconds) cut the audio (from WAV/FLAC/AIFF
+  only the segment is read) before the frontend (its 3 s centre crop then applies to the segment);
+  a segment outside the recording's declared duration is a problem.
+clip_id is the supervision id. Bounds: a line over MAX_LINE_CHARS ends its file; times must be
+finite and within MAX_SECONDS; a supervision repeating another's segment is a problem.
 """
 
 from __future__ import annotations
