@@ -28,6 +28,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import threading
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlencode
 
@@ -160,8 +161,13 @@ class _ParquetRows:
         if why is not None:
             raise RefError("compression_bomb", f"{path} row group {row_group}, column {column!r}: {why}; not read")
         self.row_group, self.column, self.next, self.batches = row_group, column, 0, None
+        self.lock = threading.Lock()   # one reader, whichever thread decodes
 
     def row(self, row: int):
+        with self.lock:
+            return self._row(row)
+
+    def _row(self, row: int):
         if self.batches is None or row < self.next:
             self.batches = self.file.iter_batches(batch_size=1, row_groups=[self.row_group], columns=[self.column],
                                                   use_threads=False)
