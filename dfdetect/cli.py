@@ -305,24 +305,27 @@ def datasets_show(
 
 
 def _print_index(report: dict, max_problems: int) -> None:
+    from dfdetect.names import one_line, printable
+
     counts = report["counts"]
-    console.print(f"[bold]{escape(report['dataset'])}[/] at {escape(report['root'])}: {counts['clips']} clips "
-                  f"({counts['real']} real, {counts['fake']} fake)", soft_wrap=True)
+    console.print(f"[bold]{escape(report['dataset'])}[/] at {escape(printable(report['root']))}: "
+                  f"{counts['clips']} clips ({counts['real']} real, {counts['fake']} fake)", soft_wrap=True)
     table = Table("split", "real (0)", "fake (1)", "total")
-    for split, c in counts["by_split"].items():
-        table.add_row(escape(split), str(c.get("real", 0)), str(c.get("fake", 0)), str(sum(c.values())))
+    for split, c in counts["by_split"].items():   # names from the dataset: one line each (a newline forges a row)
+        table.add_row(escape(printable(split)), str(c.get("real", 0)), str(c.get("fake", 0)), str(sum(c.values())))
     table.add_row("all splits", str(counts["real"]), str(counts["fake"]), str(counts["clips"]), style="bold")
     console.print(table)
     if counts["fake_by_generator"]:
         gen = Table("generator / attack", "fake clips")
         for g, n in counts["fake_by_generator"].items():
-            gen.add_row(escape(g), str(n))
+            gen.add_row(escape(printable(g)), str(n))
         console.print(gen)
     problems = report["problems"]
     if problems:
         console.print(f"[yellow]{len(problems)} problem(s):[/]")
         for p in problems[:max_problems]:
-            console.print(f"  {p['where']}: {p['message']}", markup=False, highlight=False, soft_wrap=True)
+            console.print(f"  {printable(p['where'])}: {one_line(p['message'])}", markup=False, highlight=False,
+                          soft_wrap=True)
         if len(problems) > max_problems:
             console.print(f"  ... and {len(problems) - max_problems} more (--json lists all)")
     else:
@@ -705,12 +708,13 @@ def store_info(
 
 
 def _print_store_info(info: dict) -> None:
+    from dfdetect.names import one_line, printable
     from dfdetect.store.inspect import human_bytes
 
     state = ("[green]complete[/]" if info["complete"] else
              f"[yellow]incomplete: {info['blocks_done']}/{info['blocks']} blocks done[/]")
-    console.print(f"[bold]{escape(info['store'])}@{info['version']}[/]  dataset {escape(str(info['dataset']))} "
-                  f"({escape(str(info['dataset_root']))}): {info['n_clips']} clips, blocks of {info['block_size']}, "
+    console.print(f"[bold]{escape(printable(info['store']))}@{info['version']}[/]  dataset "
+                  f"{escape(printable(str(info['dataset'])))} ({escape(printable(str(info['dataset_root'])))}): {info['n_clips']} clips, blocks of {info['block_size']}, "
                   f"{state}; created {info['created']} by dfdetect {info['dfdetect_version']}",
                   soft_wrap=True)
     if len(info["versions"]) > 1:
@@ -745,7 +749,7 @@ def _print_store_info(info: dict) -> None:
     splits = Table("split", "real (0)", "fake (1)", "total", *statuses)
     for split, c in counts["by_split"].items():
         by_status = counts["by_split_status"].get(split, {})
-        splits.add_row(split, str(c["real"]), str(c["fake"]), str(c["total"]),
+        splits.add_row(escape(printable(split)), str(c["real"]), str(c["fake"]), str(c["total"]),
                        *(str(by_status.get(s, 0)) for s in statuses))
     console.print(splits)
     if counts["error_kinds"]:
@@ -756,10 +760,10 @@ def _print_store_info(info: dict) -> None:
     if counts["fake_by_generator"]:
         gen = Table("generator / attack", "fake clips")
         for g, n in counts["fake_by_generator"].items():
-            gen.add_row(g, str(n))
+            gen.add_row(escape(printable(g)), str(n))
         console.print(gen)
     for p in info["problems"]:
-        console.print(f"[yellow]problem:[/] {escape(str(p))}", soft_wrap=True)
+        console.print(f"[yellow]problem:[/] {escape(one_line(str(p)))}", soft_wrap=True)
 
 
 @store_app.command("verify")

@@ -38,6 +38,12 @@ def terminal_text(text: str) -> str:
     return _CONTROL.sub(lambda m: m.group() if m.group() in "\n\t" else _escape(m), text)
 
 
+def one_line(text: str) -> str:
+    """Text dfdetect composed around names (a problem's message) on one line: every control
+    character escaped, newline and tab included; backslashes kept as they are (not a key)."""
+    return _CONTROL.sub(_escape, text)
+
+
 def csv_cell(value):
     """A value for a CSV cell: text a spreadsheet would run as a formula is prefixed with '."""
     if isinstance(value, str) and value.startswith(FORMULA_START):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -134,6 +135,32 @@ def read_text(path: Path) -> tuple[str, Problem | None]:
                                         "undecodable bytes were replaced with U+FFFD")
 
 
+REPEATS_LISTED = 20          # rows repeating a clip's audio listed one by one; the rest are counted
+MAX_PROBLEMS = 10_000        # problems listed per index; the rest are counted in the last
+MAX_JSON_BYTES = 16 << 20   # a metadata JSON file (dataset_info.json ...): far above any real one
+
+
+class BadJson(ValueError):
+    """A metadata JSON file that cannot be read: the message says why (not the path)."""
+
+
+def load_json(path: Path | str, max_bytes: int = MAX_JSON_BYTES):
+    """The JSON value in a metadata file, bounded: over `max_bytes`, not UTF-8, not JSON, or nested
+    past Python's recursion limit is BadJson (json recurses per level: a deep file is a RecursionError)."""
+    with open(path, "rb") as f:
+        data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise BadJson(f"over {max_bytes >> 20} MiB, more than any dataset metadata")
+    try:
+        return json.loads(data.decode("utf-8-sig"))
+    except UnicodeDecodeError:
+        raise BadJson("not UTF-8 text") from None
+    except ValueError as exc:
+        raise BadJson(f"not JSON ({exc})") from None
+    except RecursionError:
+        raise BadJson("nested deeper than Python's recursion limit") from None
+
+
 def path_inside(root: str, rel: str) -> str | None:
     """Absolute, normalised path of `rel` taken under `root`; None when it leaves `root`.
 
@@ -146,6 +173,11 @@ def path_inside(root: str, rel: str) -> str | None:
     if full == base or full.startswith(prefix):
         return full
     return None
+
+
+def inside_real(real_root: str, real_path: str) -> bool:
+    """Whether a resolved path is `real_root` or lies under it."""
+    return real_path == real_root or real_path.startswith(real_root.rstrip(os.sep) + os.sep)
 
 
 class IndexBuilder:
@@ -162,9 +194,55 @@ class IndexBuilder:
         self._ids: set[str] = set()
         self._listings: dict[str, set[str]] = {}
         self._bases: dict[tuple[str, str], bool] = {}
+        self.real_root = os.path.realpath(self.root)
+        self._real_folders: dict[str, str] = {}
+        self._paths: dict[str, str] = {}
+        self._repeats = self._unlisted = 0
+
+    def first_use(self, path: str, where: str) -> bool:
+        """False when an earlier row already made a clip of this audio (one clip per file or segment:
+        a 39 KB run-length-encoded table can name one file millions of times). The first
+        REPEATS_LISTED repeats are problems; `finish` counts the rest in one."""
+        first = self._paths.get(path)
+        if first is None:
+            self._paths[path] = where
+            return True
+        self._repeats += 1
+        if self._repeats <= REPEATS_LISTED:
+            self.problem(where, f"the same audio as {first}; row skipped (one clip per audio)")
+        return False
+
+    def finish(self) -> DatasetIndex:
+        """The index, with the repeats `first_use` did not list counted in one problem."""
+        if self._repeats > REPEATS_LISTED:   # past MAX_PROBLEMS too: this count is never folded in
+            more = self._repeats - REPEATS_LISTED
+            self.index.problems.append(Problem(self.root, f"{more:,} more rows repeat audio an earlier row already "
+                                                          f"made a clip of; skipped (the first {REPEATS_LISTED} are "
+                                                          "listed)"))
+        return self.index
+
+    def link_outside(self, path: str) -> str | None:
+        """Where `path` really leads when a symlink (of the file or of a folder above it) takes it
+        outside the root; None when it stays inside (or does not exist). The folder's real path is
+        cached, so a table of many rows costs one lstat per row."""
+        folder, name = os.path.split(os.path.abspath(path))
+        real = self._real_folders.get(folder)
+        if real is None:
+            real = self._real_folders[folder] = os.path.realpath(folder)
+        target = os.path.join(real, name)
+        if os.path.islink(target):
+            target = os.path.realpath(target)
+        return None if inside_real(self.real_root, target) else target
 
     def problem(self, where: str, message: str) -> None:
-        self.index.problems.append(Problem(str(where), message))
+        """Record a problem; past MAX_PROBLEMS, the last one counts the rest (a table of millions of
+        bad rows must not cost a problem each)."""
+        if len(self.index.problems) < MAX_PROBLEMS:
+            self.index.problems.append(Problem(str(where), message))
+            return
+        self._unlisted += 1
+        self.index.problems[-1] = Problem(self.root, f"{self._unlisted + 1:,} more problems, not listed (the "
+                                                     f"first {MAX_PROBLEMS - 1:,} are)")
 
     def rel(self, path: Path | str) -> str:
         """A path shown relative to the root when it is under it (for readable messages)."""

@@ -118,23 +118,15 @@ def _index_tree(b: IndexBuilder, top: Path, label: int, split: str, ignored: lis
     every call of one dataset, so that no folder is read twice and no link loop runs forever."""
     added = 0
     top_abs = os.path.abspath(top)
-    stack: list[tuple[str, tuple[str, ...]]] = [(top_abs, ())]   # (folder, real paths above it)
+    # (folder, its real path, the real paths above it as a chain (real, the chain above), the path
+    # shown, its generator). Real and shown paths grow from the parent's (realpath and relpath cost
+    # O(depth) each: quadratic in a chain of nested folders); realpath only where a link leads.
+    # Only a folder already indexed can be one above it, so the chain is walked only then.
+    stack: list[tuple] = [(top_abs, os.path.realpath(top_abs), None, b.rel(top_abs), "")]
     while stack:
-        folder, above = stack.pop()
-        real = os.path.realpath(folder)
-        if real in above:
-            b.problem(folder, f"symlink loop: {b.rel(folder)} leads back to {real}, a folder above "
-                              "it; not entered again")
+        folder, real, above, shown, generator = stack.pop()
+        if not _first_visit(b, folder, real, above, shown, folder == top_abs, indexed, class_folders):
             continue
-        if folder != top_abs and real in class_folders:
-            b.problem(folder, f"{b.rel(folder)} leads to the class folder {class_folders[real]}; not "
-                              "entered here (its files keep that folder's label)")
-            continue
-        if real in indexed:
-            b.problem(folder, f"{b.rel(folder)} is the same folder as {indexed[real]} (through a "
-                              "symlink); its files are indexed once, there")
-            continue
-        indexed[real] = b.rel(folder)
         try:
             with os.scandir(folder) as it:
                 entries = sorted(it, key=lambda e: e.name)
@@ -145,19 +137,46 @@ def _index_tree(b: IndexBuilder, top: Path, label: int, split: str, ignored: lis
         for e in entries:
             if e.name.startswith("."):
                 continue
+            rel = f"{shown}/{e.name}"
             if e.is_dir():                 # a symlinked folder too
-                subdirs.append(e.path)
+                real_sub = os.path.realpath(e.path) if e.is_symlink() else os.path.join(real, e.name)
+                sub_generator = e.name if folder == top_abs and label == FAKE else generator
+                subdirs.append((e.path, real_sub, (real, above), rel, sub_generator))
                 continue
-            rel = b.rel(e.path)
             if os.path.splitext(e.name)[1].lower() not in AUDIO_EXTENSIONS:
                 ignored.append(rel)
                 continue
             if e.is_symlink() and not e.is_file():
                 b.problem(e.path, "broken symlink (kept; it will be recorded as an error)")
-            inner = os.path.relpath(folder, top_abs)
-            generator = inner.split(os.sep)[0] if label == FAKE and inner != "." else ""
             if b.add(Clip(clip_id=rel, path=os.path.normpath(e.path), label=label, split=split,
                           generator=generator), e.path):
                 added += 1
-        stack.extend((d, (*above, real)) for d in reversed(subdirs))
+        stack.extend(reversed(subdirs))
     return added
+
+
+def _first_visit(b: IndexBuilder, folder: str, real: str, above, shown: str, is_top: bool,
+                 indexed: dict[str, str], class_folders: dict[str, str]) -> bool:
+    """Whether to enter `folder`: not a loop, not another class's folder, not indexed already (each
+    refusal a problem). Marks it indexed."""
+    if real in indexed and _in_chain(real, above):
+        b.problem(folder, f"symlink loop: {shown} leads back to {real}, a folder above it; not entered again")
+    elif not is_top and real in class_folders:
+        b.problem(folder, f"{shown} leads to the class folder {class_folders[real]}; not entered here (its "
+                          "files keep that folder's label)")
+    elif real in indexed:
+        b.problem(folder, f"{shown} is the same folder as {indexed[real]} (through a symlink); its files are "
+                          "indexed once, there")
+    else:
+        indexed[real] = shown
+        return True
+    return False
+
+
+def _in_chain(real: str, chain: tuple | None) -> bool:
+    """Whether `real` is one of the folders above (a chain of (real path, the chain above it))."""
+    while chain is not None:
+        if chain[0] == real:
+            return True
+        chain = chain[1]
+    return False

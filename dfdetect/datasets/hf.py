@@ -16,7 +16,10 @@ Columns (each option names one; the defaults are tried in order, case-insensitiv
 - audio (``audio_column``): the feature typed ``Audio`` in the metadata, else ``audio``; a struct of
   ``bytes`` and ``path``. Embedded bytes are read lazily per clip (`refs.py`); a row without bytes
   uses its path: relative paths from the dataset folder, never outside it; absolute paths, as
-  `datasets` writes for local files, only inside ``root`` unless ``allow_outside=1``.
+  `datasets` writes for local files, only inside ``root`` unless ``allow_outside=1``. Symlinks
+  are resolved: one leading out of the folder (an audio file, a folder, a shard, a data file) is
+  refused like ``../``. Rows repeating an audio file already indexed are problems (one clip per
+  file). Compressed embedded bytes are inflated only within `refs.py`'s bounds.
 - label (``label_column``): label, labels, is_fake, is_spoof, fake, spoof, target, class, key.
   Strings take the usual spellings (fake/spoof/deepfake/1, real/bonafide/bona fide/genuine/0);
   integers are ClassLabel ids mapped through the metadata's ``names`` (each name read as a
@@ -42,15 +45,17 @@ from pathlib import Path
 from .base import (
     FAKE,
     REAL,
+    BadJson,
     Clip,
     DatasetIndex,
     DatasetLayoutError,
     IndexBuilder,
+    load_json,
     parse_label,
     path_inside,
     require,
 )
-from .refs import AudioRef
+from .refs import AudioRef, arrow_batches, parquet_chunk_problem
 
 NAME = "hf"
 DESCRIPTION = "A Hugging Face dataset on disk: save_to_disk folder (arrow) or parquet shards / hub repo"
@@ -93,16 +98,17 @@ def prepare(root: Path, audio_column: str = "", label_column: str = "", fake_val
         raise DatasetLayoutError(f"found no dataset_dict.json, state.json or *.parquet in {root}."
                                  f"\nExpected layout:\n{LAYOUT}")
     for split, folder, files in parts:
-        features = _folder_features(folder)
+        features = _folder_features(b, folder)
         for f in files:
             _index_file(b, f, split, features, opts)
-    return b.index
+    return b.finish()
 
 
 class _Options:
     def __init__(self, audio, label, fake, real, columns, allow_outside):
         self.audio, self.label, self.columns, self.allow_outside = audio, label, columns, allow_outside
         self.values = None
+        self.resolved: dict[str, str | None] = {}   # audio path as named -> as resolved (None: refused)
         if fake or real:
             self.values = {**{v.strip().lower(): FAKE for v in fake.split(",") if v.strip()},
                            **{v.strip().lower(): REAL for v in real.split(",") if v.strip()}}
@@ -110,46 +116,116 @@ class _Options:
 
 def _parts(b: IndexBuilder, root: Path) -> list[tuple[str, Path, list[Path]]]:
     """(split, folder, data files) of every part of the dataset, in a stable order; a split or data
-    file named outside its folder (an untrusted dataset_dict.json / state.json) is a problem."""
+    file named outside its folder, or leading out of the root through a symlink (an untrusted
+    dataset_dict.json / state.json / link), is a problem."""
     if (root / "dataset_dict.json").is_file():
+        where = root / "dataset_dict.json"
         try:
-            splits = json.loads((root / "dataset_dict.json").read_text())["splits"]
-        except (ValueError, KeyError, TypeError) as exc:
-            raise DatasetLayoutError(f"{root / 'dataset_dict.json'} is not a DatasetDict description "
+            splits = load_json(where)["splits"]
+            if not isinstance(splits, list) or not all(isinstance(s, str) for s in splits):
+                raise BadJson(f"'splits' is {type(splits).__name__}, not a list of names")
+        except (BadJson, KeyError, TypeError) as exc:
+            raise DatasetLayoutError(f"{where} is not a DatasetDict description "
                                      f"({exc}).\nExpected layout:\n{LAYOUT}") from None
-        inside = [str(s) for s in splits if path_inside(str(root), str(s)) not in (None, str(b.root))]
+        inside = []
         for s in splits:
-            if str(s) not in inside:
-                b.problem(str(root / "dataset_dict.json"), f"split {s!r} names a folder outside {root}; skipped")
+            if path_inside(str(root), s) in (None, str(b.root)):
+                b.problem(str(where), f"split {s!r} names a folder outside {root}; skipped")
+            elif _stays_inside(b, str(root / s), f"split folder {s!r}"):
+                inside.append(s)
         return [(s, root / s, _arrow_files(b, root / s)) for s in inside]
     if (root / "state.json").is_file():
-        return [(_state_split(root) or "all", root, _arrow_files(b, root))]
-    shards = sorted(p for p in root.rglob("*.parquet") if p.is_file()
-                    and not any(part.startswith(".") for part in p.relative_to(root).parts))
+        return [(_state_split(b, root) or "all", root, _arrow_files(b, root))]
     by_split: dict[str, list[Path]] = {}
-    for p in shards:
+    for p in _parquet_shards(b, root):
         by_split.setdefault(_shard_split(root, p), []).append(p)
     return [(s, root, files) for s, files in by_split.items()]
 
 
+def _stays_inside(b: IndexBuilder, path: str, what: str) -> bool:
+    """False plus a problem when a symlink takes `path` out of the root: the same rule as `../`."""
+    target = b.link_outside(path)
+    if target is not None:
+        b.problem(path, f"{what} is a symlink leading outside {b.root} (to {target}); not read "
+                        "(a dataset's paths never leave its folder)")
+    return target is None
+
+
+def _parquet_shards(b: IndexBuilder, root: Path) -> list[Path]:
+    """Every *.parquet under root, hidden names skipped, sorted. A stack of its own (rglob recurses:
+    a tree 1,300 folders deep is a RecursionError); a symlinked folder or shard is followed only when
+    it stays inside the root, and each real folder is entered once (a link loop ends)."""
+    # each folder's real path from its parent's (a realpath per folder would be quadratic in depth)
+    found, seen, stack = [], set(), [(str(root), b.real_root)]
+    while stack:
+        folder, real = stack.pop()
+        if real in seen:
+            continue
+        seen.add(real)
+        try:
+            with os.scandir(folder) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            b.problem(folder, f"cannot read folder ({exc.strerror or exc}); its shards are not indexed")
+            continue
+        for e in entries:
+            link, wanted = e.is_symlink(), e.is_dir() or e.name.endswith(".parquet")
+            if e.name.startswith(".") or not wanted or (link and not _stays_inside(b, e.path, repr(b.rel(e.path)))):
+                continue
+            if e.is_dir():
+                stack.append((e.path, os.path.realpath(e.path) if link else os.path.join(real, e.name)))
+            elif e.is_file():
+                found.append(Path(e.path))
+    shards, shown = [], {}
+    for p in sorted(found):   # one file reached twice (a link to a shard inside) is read once
+        first = shown.setdefault(os.path.realpath(p), b.rel(p))
+        if first != b.rel(p):
+            b.problem(str(p), f"the same file as {first} (through a symlink); its rows are indexed once, there")
+        else:
+            shards.append(p)
+    return shards
+
+
+def _read_state(b: IndexBuilder, folder: Path) -> dict | None:
+    """state.json as a dict; None (plus a problem when it is there but unreadable) otherwise."""
+    where = folder / "state.json"
+    try:
+        state = load_json(where)
+        if not isinstance(state, dict):
+            raise BadJson(f"a JSON {type(state).__name__}, not an object")
+        return state
+    except FileNotFoundError:
+        return None
+    except (BadJson, OSError) as exc:
+        b.problem(str(where), f"cannot read ({exc}); every *.arrow in {folder} is read, split from the folder")
+        return None
+
+
 def _arrow_files(b: IndexBuilder, folder: Path) -> list[Path]:
     """The data files state.json lists (in its order), else every *.arrow in the folder."""
-    try:
-        state = json.loads((folder / "state.json").read_text())
-        names = [str(f["filename"]) for f in state["_data_files"]]
-    except (OSError, ValueError, KeyError, TypeError):
-        return sorted(folder.glob("*.arrow"))
+    state = _read_state(b, folder)
+    entries = state.get("_data_files") if state is not None else None
+    if not isinstance(entries, list) or not all(isinstance(f, dict) and isinstance(f.get("filename"), str)
+                                                for f in entries):
+        if state is not None:
+            b.problem(str(folder / "state.json"), "'_data_files' is not a list of {\"filename\": ...}; "
+                                                  f"every *.arrow in {folder} is read instead")
+        names = [p.name for p in sorted(folder.glob("*.arrow"))]
+    else:
+        names = [f["filename"] for f in entries]
+    files = []
     for n in names:
         if path_inside(str(folder), n) is None:
             b.problem(str(folder / "state.json"), f"data file {n!r} lies outside {folder}; not read")
-    return [folder / n for n in names if path_inside(str(folder), n) is not None]
+        elif _stays_inside(b, str(folder / n), f"data file {n!r}"):
+            files.append(folder / n)
+    return files
 
 
-def _state_split(folder: Path) -> str:
-    try:
-        return str(json.loads((folder / "state.json").read_text()).get("_split") or "")
-    except (OSError, ValueError, AttributeError):
-        return ""
+def _state_split(b: IndexBuilder, folder: Path) -> str:
+    state = _read_state(b, folder) or {}
+    split = state.get("_split")
+    return split if isinstance(split, str) else ""
 
 
 def _shard_split(root: Path, path: Path) -> str:
@@ -160,20 +236,27 @@ def _shard_split(root: Path, path: Path) -> str:
     return parent if path.parent != root and parent in SPLITS else "all"
 
 
-def _folder_features(folder: Path) -> dict:
+def _folder_features(b: IndexBuilder, folder: Path) -> dict:
+    where = folder / "dataset_info.json"
     try:
-        info = json.loads((folder / "dataset_info.json").read_text())
-        return info.get("features") or {}
-    except (OSError, ValueError, AttributeError):
+        features = load_json(where).get("features") or {}
+        if not isinstance(features, dict):
+            raise BadJson(f"'features' is a JSON {type(features).__name__}, not an object")
+        return features
+    except FileNotFoundError:
+        return {}
+    except (BadJson, OSError, AttributeError) as exc:
+        b.problem(str(where), f"cannot read its features ({exc}); columns found by their names")
         return {}
 
 
 def _parquet_features(schema) -> dict:
     meta = (schema.metadata or {}).get(b"huggingface")
     try:
-        return json.loads(meta)["info"]["features"] if meta else {}
-    except (ValueError, KeyError, TypeError):
+        features = json.loads(meta)["info"]["features"] if meta else {}
+    except (ValueError, KeyError, TypeError, RecursionError):
         return {}
+    return features if isinstance(features, dict) else {}
 
 
 def _find(names: list[str], wanted: str, defaults) -> str | None:
@@ -221,6 +304,7 @@ def _columns(b, where, names, features, schema, opts):
 def _label_map(feature, opts):
     """value -> label for this column: the options' values, or ClassLabel names read as spellings."""
     names = feature.get("names") if _type_of(feature) == "ClassLabel" else None
+    names = names if isinstance(names, list) else None
 
     def read(value):
         if value is None:
@@ -247,12 +331,10 @@ def _index_file(b: IndexBuilder, path: Path, split: str, features: dict, opts: _
     shown = b.rel(path)
     try:
         if path.suffix == ".parquet":
-            pf = pq.ParquetFile(path)
-            schema = pf.schema_arrow
+            schema = pq.ParquetFile(path).schema_arrow
             features = _parquet_features(schema) or features
         else:
-            reader = pa.ipc.open_stream(pa.memory_map(str(path), "r"))
-            schema = reader.schema
+            schema = arrow_batches(str(path))[0]
     except FileNotFoundError:
         b.problem(str(path), "listed in state.json but missing; its rows are not indexed")
         return
@@ -269,57 +351,85 @@ def _index_file(b: IndexBuilder, path: Path, split: str, features: dict, opts: _
     struct = pa.types.is_struct(schema.field(audio).type)
     row = 0
     try:
-        for rg, batch, has_bytes in _batches(path, audio, label, extra, struct):
+        for rg, in_group, row, batch, has_bytes in _batches(b, path, audio, label, extra, struct):
             data = batch.to_pydict()
             paths = data.get("__path") or [None] * batch.num_rows
             for i in range(batch.num_rows):
-                _add_row(b, path, shown, split, rg, row, i, data, paths[i], has_bytes[i], audio, label,
-                         extra, read_label, opts)
+                # parquet: the row within its row group (the unit read back); arrow: the row in the file
+                ref_row = in_group + i if rg >= 0 else row
+                _add_row(b, path, shown, split, rg, row, ref_row, data, i, paths[i], has_bytes[i], audio,
+                         label, extra, read_label, opts)
                 row += 1
     except Exception as exc:   # a damaged batch: what came before stays indexed
         b.problem(f"{path} row {row}", f"cannot read the rest of the file ({exc}); rows from here skipped")
 
 
-def _batches(path: Path, audio: str, label: str, extra: dict, struct: bool):
-    """(row group or -1, label-side columns + __path, has-bytes per row) per record batch (arrow) or
-    row group (parquet). The audio bytes are not read, except once for a parquet row group whose
-    statistics say it mixes rows with and without bytes (bounded by that row group)."""
+BATCH_ROWS = 65_536   # rows of label-side columns in memory at a time
+
+
+def _batches(b: IndexBuilder, path: Path, audio: str, label: str, extra: dict, struct: bool):
+    """(row group or -1, first row in the row group, first row in the file, label-side columns +
+    __path, has-bytes per row) per record batch (arrow) or up to BATCH_ROWS rows of a row
+    group (parquet). The audio bytes are not read, except an arrow batch's (zero-copy unless
+    compressed) and once for a parquet row group whose statistics say it mixes rows with and
+    without bytes; both only within refs' inflation bounds (beyond them the rows are a problem)."""
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     wanted = [label, *extra.values()]
     if path.suffix != ".parquet":
-        # memory-mapped: selecting columns touches only their buffers, never the audio bytes
-        for batch in pa.ipc.open_stream(pa.memory_map(str(path), "r")):
+        schema, batches = arrow_batches(str(path))
+        for first, rows, message, problem in batches:
+            if problem is not None:
+                b.problem(f"{path} rows {first}-{first + rows - 1}", f"{problem}; rows skipped")
+                continue
+            batch = pa.ipc.read_record_batch(message, schema)
             col = batch.column(audio)
-            blob = col.field("bytes") if struct else col
             out = {n: batch.column(n) for n in wanted}
             if struct and col.type.get_field_index("path") >= 0:
                 out["__path"] = col.field("path")
-            yield -1, pa.RecordBatch.from_pydict(out), pc.is_valid(blob).to_pylist()
+            yield -1, first, first, pa.RecordBatch.from_pydict(out), \
+                pc.is_valid(col.field("bytes") if struct else col).to_pylist()
         return
     pf = pq.ParquetFile(path)
     leaf = f"{audio}.bytes" if struct else audio
-    has_path = struct and pf.schema_arrow.field(audio).type.get_field_index("path") >= 0
+    columns = wanted + ([f"{audio}.path"] if struct and pf.schema_arrow.field(audio).type.get_field_index("path") >= 0
+                        else [])
     index = {pf.metadata.schema.column(i).path: i for i in range(pf.metadata.num_columns)}
+    group_start = 0
     for rg in range(pf.num_row_groups):
         meta = pf.metadata.row_group(rg)
+        group_start += meta.num_rows
         stats = meta.column(index[leaf]).statistics if leaf in index else None
         nulls = stats.null_count if stats is not None and stats.has_null_count else None
-        table = pf.read_row_group(rg, columns=wanted)
-        if has_path:
-            paths = pf.read_row_group(rg, columns=[f"{audio}.path"]).column(audio).combine_chunks()
-            table = table.append_column("__path", paths.field("path"))
-        if nulls == 0 or nulls == meta.num_rows:
-            valid = [nulls == 0] * meta.num_rows
-        else:   # a row group mixing rows with and without bytes: read its bytes once to tell them apart
+        problem = parquet_chunk_problem(pf.metadata, rg, audio) if nulls != meta.num_rows else None
+        if problem is not None:
+            b.problem(f"{path} row group {rg}", f"column {audio!r}: {problem}; its {meta.num_rows} rows skipped")
+            continue
+        valid = None
+        if nulls is None or 0 < nulls < meta.num_rows:   # mixes rows with and without bytes: read them once
             blob = pf.read_row_group(rg, columns=[audio]).column(audio).combine_chunks()
             valid = pc.is_valid(blob.field("bytes") if struct else blob).to_pylist()
-        yield rg, table, valid   # one row group's label-side columns: small beside its audio
+        first = 0
+        for batch in pf.iter_batches(batch_size=BATCH_ROWS, row_groups=[rg], columns=columns, use_threads=False):
+            if struct and audio in batch.schema.names:
+                batch = _with_path(batch, audio, wanted)
+            has = valid[first:first + batch.num_rows] if valid is not None else [nulls == 0] * batch.num_rows
+            yield rg, first, group_start - meta.num_rows + first, batch, has
+            first += batch.num_rows
 
 
-def _add_row(b, path, shown, split, rg, row, i, data, audio_path, has_bytes, audio, label, extra,
+def _with_path(batch, audio: str, wanted: list[str]):
+    """The batch's label-side columns plus the audio struct's path as __path."""
+    import pyarrow as pa
+
+    out = {n: batch.column(n) for n in wanted}
+    out["__path"] = batch.column(audio).field("path")
+    return pa.RecordBatch.from_pydict(out)
+
+
+def _add_row(b, path, shown, split, rg, row, ref_row, data, i, audio_path, has_bytes, audio, label, extra,
              read_label, opts) -> None:
     where = f"{path} row {row}"
     value = data[label][i]
@@ -333,12 +443,16 @@ def _add_row(b, path, shown, split, rg, row, i, data, audio_path, has_bytes, aud
         return
     get = {f: ("" if data[c][i] is None else str(data[c][i])) for f, c in extra.items()}
     if has_bytes:
-        # parquet: the row within its row group (the unit read back); arrow: the row in the file
         clip_path = AudioRef(kind="parquet" if rg >= 0 else "arrow", file=os.path.abspath(path),
-                             row=i if rg >= 0 else row, row_group=rg, column=audio).to_path()
+                             row=ref_row, row_group=rg, column=audio).to_path()
     elif audio_path:
-        clip_path = _file_path(b, where, str(audio_path), opts)
-        if clip_path is None:
+        if audio_path in opts.resolved:   # a name seen before: resolved (or refused) once
+            clip_path = opts.resolved[audio_path]
+            if clip_path is None:
+                b.problem(where, f"audio path {audio_path!r} refused (as at its first row); row skipped")
+        else:
+            clip_path = opts.resolved[audio_path] = _file_path(b, where, str(audio_path), opts)
+        if clip_path is None or not b.first_use(clip_path, where):
             return
     else:
         b.problem(where, f"column {audio!r} has neither bytes nor a path; row skipped")
@@ -359,7 +473,10 @@ def _file_path(b: IndexBuilder, where: str, name: str, opts: _Options) -> str | 
     if os.path.isabs(name) and opts.allow_outside:
         return os.path.normpath(name)
     full = path_inside(b.root, name)
-    if full is None:
-        b.problem(where, f"audio path {name!r} points outside {b.root}; row skipped (for a dataset "
+    target = b.link_outside(full) if full is not None else None
+    if full is None or target is not None:
+        how = "points" if target is None else f"is a symlink leading to {target},"
+        b.problem(where, f"audio path {name!r} {how} outside {b.root}; row skipped (for a dataset "
                          "you made yourself, --option allow_outside=1 reads absolute paths anywhere)")
+        return None
     return full

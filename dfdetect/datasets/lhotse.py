@@ -24,16 +24,18 @@ the split is what follows ``recordings_`` (``all`` when nothing does).
 - channels: the supervision's ``channel`` (an int or a list; several are averaged to mono, as the
   frontend does with every multi-channel file) is looked up in the sources' ``channels``; every
   channel asked for must come from one file source.
-- segment: the supervision's ``start`` and ``duration`` (seconds) cut the decoded audio before the
-  frontend (its 3 s centre crop then applies to the segment); a segment outside the recording's
-  declared duration is a problem.
-clip_id is the supervision id.
+- segment: the supervision's ``start`` and ``duration`` (seconds) cut the audio (from WAV/FLAC/AIFF
+  only the segment is read) before the frontend (its 3 s centre crop then applies to the segment);
+  a segment outside the recording's declared duration is a problem.
+clip_id is the supervision id. Bounds: a line over MAX_LINE_CHARS ends its file; times must be
+finite and within MAX_SECONDS; a supervision repeating another's segment is a problem.
 """
 
 from __future__ import annotations
 
 import gzip
 import json
+import math
 import os
 from pathlib import Path
 
@@ -52,6 +54,8 @@ LAYOUT = """\
 LABEL_FIELDS = ("custom.label", "custom.is_fake", "custom.spoof", "custom.key", "custom.target", "label")
 GENERATOR_FIELDS = ("custom.generator", "custom.attack", "custom.system")
 _SLACK = 0.01   # seconds: manifests round durations
+MAX_LINE_CHARS = 8 << 20   # one manifest line: a recording or supervision is well under a megabyte
+MAX_SECONDS = 7 * 86_400   # start + duration of a segment, and a recording's duration: one week
 
 
 def prepare(root: Path, label_field: str = "", fake_values: str = "", real_values: str = "") -> DatasetIndex:
@@ -84,7 +88,7 @@ def prepare(root: Path, label_field: str = "", fake_values: str = "", real_value
                 b.problem(where, "recording without an id; skipped")
         for where, s in _records(b, sup):
             _add(b, where, s, recordings, split, label_field, values)
-    return b.index
+    return b.finish()
 
 
 def _is_jsonl(name: str) -> bool:
@@ -92,26 +96,37 @@ def _is_jsonl(name: str) -> bool:
 
 
 def _records(b: IndexBuilder, path: Path):
-    """(where, object) per line; unreadable lines become problems (a cut-off .gz ends the file)."""
+    """(where, object) per line; unreadable lines become problems (a cut-off .gz ends the file, and
+    so does a line over MAX_LINE_CHARS: one line of a small .gz can inflate to gigabytes)."""
     opener = gzip.open if path.name.endswith(".gz") else open
     line = 0
     try:
         with opener(path, "rt", encoding="utf-8", errors="replace") as f:
-            for line, text in enumerate(f, start=1):
-                if not text.strip():
-                    continue
-                where = f"{path}:{line}"
-                try:
-                    obj = json.loads(text)
-                except ValueError as exc:
-                    b.problem(where, f"not a JSON object ({exc}); line skipped")
-                    continue
-                if isinstance(obj, dict):
-                    yield where, obj
-                else:
-                    b.problem(where, "not a JSON object; line skipped")
+            while text := f.readline(MAX_LINE_CHARS + 1):
+                line += 1
+                if len(text) > MAX_LINE_CHARS:
+                    b.problem(f"{path}:{line}", f"line longer than {MAX_LINE_CHARS:,} characters (no lhotse "
+                                                "manifest line is); lines from here skipped")
+                    return
+                if text.strip():
+                    yield from _record(b, f"{path}:{line}", text)
     except (OSError, EOFError) as exc:
         b.problem(f"{path}:{line + 1}", f"cannot read the rest of the file ({exc}); lines from here skipped")
+
+
+def _record(b: IndexBuilder, where: str, text: str):
+    try:
+        obj = json.loads(text)
+    except ValueError as exc:
+        b.problem(where, f"not a JSON object ({exc}); line skipped")
+        return
+    except RecursionError:   # json recurses per level of nesting
+        b.problem(where, "nested deeper than Python's recursion limit; line skipped")
+        return
+    if isinstance(obj, dict):
+        yield where, obj
+    else:
+        b.problem(where, "not a JSON object; line skipped")
 
 
 def _field(obj: dict, dotted: str):
@@ -164,8 +179,15 @@ def _add(b: IndexBuilder, where: str, s: dict, recordings: dict, split: str, lab
     clip = Clip(clip_id=sid, path=path.to_path() if not path.whole else path.file, label=label,
                 split=str(custom.get("split") or split), generator=generator,
                 speaker=str(s.get("speaker") or ""), language=str(s.get("language") or ""))
-    if b.add(clip, where) and not b.is_file(path.file):
+    if b.first_use(clip.path, where) and b.add(clip, where) and not b.is_file(path.file):
         b.problem(where, f"{path.file} (recording {rid!r}) is missing (kept; it will be recorded as an error)")
+
+
+def _channels(src: dict) -> list[int] | None:
+    """A source's channel list; None when it is not a list of integers."""
+    channels = src.get("channels") or []
+    ok = isinstance(channels, list) and all(isinstance(c, int) and not isinstance(c, bool) for c in channels)
+    return channels if ok else None
 
 
 def _audio(b: IndexBuilder, where: str, sid: str, s: dict, rec: dict, rec_where: str) -> AudioRef | None:
@@ -175,7 +197,8 @@ def _audio(b: IndexBuilder, where: str, sid: str, s: dict, rec: dict, rec_where:
         b.problem(where, f"supervision {sid!r}: {why}; skipped")
 
     if rec.get("transforms"):
-        kinds = [t.get("name", "?") if isinstance(t, dict) else "?" for t in rec["transforms"]]
+        transforms = rec["transforms"] if isinstance(rec["transforms"], list) else [rec["transforms"]]
+        kinds = [t.get("name", "?") if isinstance(t, dict) else "?" for t in transforms]
         return refuse(f"recording {rec['id']!r} ({rec_where}) has transforms {kinds}, which dfdetect does "
                       "not apply; featurize the audio they produce instead")
     sources = rec.get("sources") if isinstance(rec.get("sources"), list) else []
@@ -183,8 +206,11 @@ def _audio(b: IndexBuilder, where: str, sid: str, s: dict, rec: dict, rec_where:
     wanted = wanted if isinstance(wanted, list) else [wanted]
     if not wanted or not all(isinstance(c, int) and not isinstance(c, bool) for c in wanted):
         return refuse(f"channel {s.get('channel')!r} is not an integer or a list of integers")
-    matching = [src for src in sources if isinstance(src, dict)
-                and set(wanted) & set(src.get("channels") or [])]
+    sources = [src for src in sources if isinstance(src, dict)]
+    if any(_channels(src) is None for src in sources):
+        return refuse(f"recording {rec['id']!r} ({rec_where}) has a source whose channels are not a list of "
+                      "integers")
+    matching = [src for src in sources if set(wanted) & set(_channels(src))]
     if not matching:
         return refuse(f"channel(s) {wanted} are in none of recording {rec['id']!r}'s sources")
     src = matching[0]
@@ -205,8 +231,12 @@ def _audio(b: IndexBuilder, where: str, sid: str, s: dict, rec: dict, rec_where:
         start = float(s.get("start", 0.0))
         duration = float(s["duration"]) if s.get("duration") is not None else None
         total = float(rec["duration"]) if rec.get("duration") is not None else None
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return refuse("start / duration are not numbers")
+    if not all(math.isfinite(t) and t <= MAX_SECONDS for t in (start, duration or 0.0, total or 0.0)) \
+            or start + (duration or 0.0) > MAX_SECONDS:
+        return refuse(f"segment {start!r}+{duration!r} s of recording {rec['id']!r} ({total!r} s): times must "
+                      f"be finite and at most {MAX_SECONDS:,} s (a week)")
     if start < 0 or (duration is not None and duration <= 0) \
             or (total is not None and start + (duration or 0.0) > total + _SLACK):
         return refuse(f"segment {start:g}+{duration} s lies outside recording {rec['id']!r} "

@@ -194,6 +194,8 @@ def breakdown_table(column: str, groups: dict):
     from rich.markup import escape
     from rich.table import Table
 
+    from dfdetect.names import printable
+
     at = "at_val" if all("at_val" in g for g in groups.values()) else "at_0.5"
     where = "the validation threshold" if at == "at_val" else "threshold 0.5"
     table = Table(title=f"per {column} (recall, specificity at {where})", box=box.SIMPLE_HEAD,
@@ -202,7 +204,7 @@ def breakdown_table(column: str, groups: dict):
         table.add_column(header, overflow="fold")
     for value, g in groups.items():
         star = "*" if g.get("one_label") else ""
-        table.add_row(escape(value or "(none)"), f"{g['n_fake']}/{g['n_real']}", fmt(g["eer"]) + star,
+        table.add_row(escape(printable(value) or "(none)"), f"{g['n_fake']}/{g['n_real']}", fmt(g["eer"]) + star,
                       fmt(g["auc"]) + star, fmt(g["min_dcf"]) + star,
                       *(fmt(g[at].get(name), name) for name in ("recall", "specificity")))
     return table

@@ -43,6 +43,7 @@ _SIGNATURES: list[tuple[int, bytes, str]] = [
     (4, b"ftyp", "mp4"),
 ]
 SOUNDFILE_CONTAINERS = {"wav", "flac", "ogg", "mp3", "aiff", "caf"}  # read by libsndfile first
+SEEKABLE_CONTAINERS = {"wav", "flac", "aiff", "caf"}   # libsndfile seeks these to the exact frame
 # Sample rates real recordings have: telephony starts at 8 kHz, studio gear stops at 768 kHz. A
 # header outside them is forged or corrupt, and resampling 1 Hz to 16 kHz makes 16,000 samples of
 # every one (a 6 KB file would be 50 minutes, gigabytes).
@@ -196,6 +197,17 @@ def _read_source(source: Source, where: str) -> bytes:
         return bytes(source)
     if hasattr(source, "read"):
         return source.read()
+    _read_source_checks(source, where)
+    try:
+        return Path(source).read_bytes()
+    except FileNotFoundError:
+        raise AudioError(where, "not_found", "file not found") from None
+    except OSError as e:
+        raise AudioError(where, "unreadable", f"cannot read file ({e.strerror or e})") from None
+
+
+def _read_source_checks(source, where: str) -> None:
+    """AudioError for a path that must not be read: NUL in the name, a folder, missing, a FIFO or device."""
     if "\x00" in os.fspath(source):   # the OS refuses such a name: this clip's error, not its block's
         raise AudioError(where, "bad_path", NUL_IN_PATH)
     path = Path(source)
@@ -204,12 +216,10 @@ def _read_source(source: Source, where: str) -> bytes:
     try:
         if is_special(os.stat(path).st_mode):
             raise AudioError(where, "special_file", SPECIAL_FILE)
-        data = path.read_bytes()
     except FileNotFoundError:
         raise AudioError(where, "not_found", "file not found") from None
     except OSError as e:
         raise AudioError(where, "unreadable", f"cannot read file ({e.strerror or e})") from None
-    return data
 
 
 # -- what C decoders print -------------------------------------------------------------------------
@@ -323,16 +333,42 @@ def _decode_ref(ref: refs.AudioRef, where: str) -> Audio:
     table, or channels / a segment of a file; decoded like any other bytes, then cut."""
     try:
         data = refs.read_bytes(ref)
-    except refs.RefError as e:
-        raise AudioError(where, e.kind, str(e)) from None
-    audio = decode(ref.file if data is None else data, where)
-    if ref.whole:
-        return audio
-    try:
+        segment = _read_segment(ref, where) if data is None and not ref.whole else None
+        if segment is not None:
+            return segment
+        audio = decode(ref.file if data is None else data, where)
+        if ref.whole:
+            return audio
         samples = refs.select(audio.samples, audio.sample_rate, ref)
     except refs.RefError as e:
         raise AudioError(where, e.kind, str(e)) from None
     return Audio(np.ascontiguousarray(samples), audio.sample_rate, audio.container, audio.warnings)
+
+
+def _read_segment(ref: refs.AudioRef, where: str) -> Audio | None:
+    """Only the frames of `ref`'s segment of a file libsndfile reads (WAV, FLAC, OGG, MP3, AIFF):
+    seek, then read (a recording with 60 supervisions is decoded 60 times otherwise). None for what
+    it cannot seek in: the whole file is decoded, then cut."""
+    _read_source_checks(ref.file, where)
+    with open(ref.file, "rb") as f:
+        head = f.read(HEADER_BYTES)
+    container, declared = sniff_container(head[:16]), header_frames(head)
+    if container not in SEEKABLE_CONTAINERS:
+        return None
+    try:
+        with sf.SoundFile(ref.file) as f:
+            rate = f.samplerate
+            check_sample_rate(rate, where)
+            if declared is not None and f.frames < TRUNCATED_FRACTION * declared:
+                return None   # cut off: the whole-file path names it truncated
+            first, last = refs.segment_frames(ref, rate, f.frames)
+            f.seek(first)
+            samples = f.read(last - first, dtype="float32", always_2d=True).T
+    except (sf.LibsndfileError, RuntimeError, ValueError):   # unseekable or damaged: the whole-file path says why
+        return None
+    if samples.shape[1] < last - first:
+        return None   # fewer frames than the header counts (cut off): the whole-file path says so
+    return Audio(np.ascontiguousarray(refs.select_channels(samples, ref)), rate, container)
 
 
 class _NoAudio(Exception):

@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO, Iterator
 
+from dfdetect.datasets.refs import MAX_RATIO, RATIO_GRACE   # inflated:compressed bytes, checked beyond the grace
 from dfdetect.errors import DfdetectError
 from dfdetect.featurize.audio import NUL_IN_PATH, SPECIAL_FILE, AudioError, is_special
 from dfdetect.names import printable
@@ -51,8 +52,6 @@ OK, ERROR, SKIPPED = "ok", "error", "skipped"
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
 LIST_SUFFIXES = (".txt", ".csv")
 HEAD_CACHE = 1 << 20   # bytes of each archive member kept in memory (see _HeadCached)
-MAX_RATIO = 2000       # inflated:compressed bytes of a zip member, checked beyond its first RATIO_GRACE bytes
-RATIO_GRACE = 1 << 20
 
 
 class SourceError(DfdetectError):
