@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,10 @@ from dfdetect.store.schema import wavlm_storage_of
 
 
 STATE_KEY = "dfdetect_state"   # the progress, in state.safetensors' header
+# A run folder's layout: what `RunFolder.create` may remove (with the ".tmp" of a replace cut off).
+LAYOUT_FILES = {"config.json", "metrics.jsonl", "run.json", "state.json", "state.safetensors"}
+LAYOUT_DIRS = {"checkpoints", "scores"}
+_CHECKPOINT = re.compile(r"(epoch_\d{3,}|best)\.safetensors(\.tmp)?")
 
 
 class RunError(DfdetectError):
@@ -123,12 +128,61 @@ class RunFolder:
                 best, best_eer = r["epoch"], eer
         return best if best is not None else (records[-1]["epoch"] if records else None)
 
+    def foreign_files(self, limit: int = 5) -> list[str]:
+        """Up to `limit` paths in the folder (relative to it) that are not part of a run's layout:
+        what dfdetect did not write as a run. Links count as foreign (never followed)."""
+        found: list[str] = []
+        for entry in self._entries():
+            rel = entry.relative_to(self.path)
+            if not _in_layout(rel, entry):
+                found.append(str(rel) + ("/" if entry.is_dir() and not entry.is_symlink() else ""))
+                if len(found) >= limit:
+                    break
+        return found
+
+    def _entries(self):
+        """Every path in the folder, a layout folder's contents included (foreign folders are not
+        entered: the first foreign path is enough)."""
+        if not self.path.is_dir():
+            return
+        for entry in sorted(self.path.iterdir()):
+            yield entry
+            if entry.name in LAYOUT_DIRS and entry.is_dir() and not entry.is_symlink():
+                for inner in sorted(entry.rglob("*")):
+                    yield inner
+
+    def is_created_run(self) -> bool:
+        """Whether the folder is one dfdetect created as a run (so `create` may replace it): only
+        the run layout's files, and a config.json the trainer wrote (or, a kill after `create`,
+        nothing but its empty folders)."""
+        if self.foreign_files(1):
+            return False
+        if not self.config_file.exists():
+            return not any(e.is_file() for e in self._entries())
+        try:
+            config = json.loads(self.config_file.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            return False
+        return isinstance(config, dict) and {"config", "model"} <= set(config)
+
     # -- writing (the trainer) ----------------------------------------------------------------------
     def create(self) -> None:
-        """An empty run folder at `path` (whatever was there is removed: the caller decided)."""
-        if self.path.exists():
-            shutil.rmtree(self.path)
-        self.checkpoints.mkdir(parents=True)
+        """An empty run folder at `path`. What was there is removed only when it is a run folder
+        dfdetect created (`is_created_run`): a folder holding anything else is refused, --force or
+        not, so no call removes files dfdetect did not write as a run."""
+        if not self.is_empty():
+            if not self.is_created_run():
+                raise RunError(self.not_a_run_message())
+            for entry in self.path.iterdir():   # the contents: `path` may be a link the user made
+                shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+        self.checkpoints.mkdir(parents=True, exist_ok=True)
+
+    def not_a_run_message(self) -> str:
+        foreign = self.foreign_files()
+        held = (f"files dfdetect did not write as a run ({', '.join(foreign)}{', ...' * (len(foreign) >= 5)})"
+                if foreign else "files that are not a run dfdetect created (its config.json is not the trainer's)")
+        return (f"{self.path} already holds {held}; dfdetect never removes them (--force replaces only a run "
+                "folder): choose another output folder, or move them away")
 
     def write_config(self, config: dict) -> None:
         self.config_file.write_text(json.dumps(config, indent=2))
@@ -188,6 +242,23 @@ class RunFolder:
         if text is None:
             return _read_json(self.state_file)
         return _read_json(self.state_tensors, text)
+
+
+def _in_layout(rel: Path, entry: Path) -> bool:
+    """Whether `rel` (inside a run folder) is a path of the run layout: its files (or a replace's
+    leftover .tmp), checkpoints/*.safetensors, scores/{best,last}/*.csv. Never a link."""
+    if entry.is_symlink():
+        return False
+    parts, is_dir = rel.parts, entry.is_dir()
+    if len(parts) == 1:
+        return (parts[0] in LAYOUT_DIRS and is_dir) or (
+            not is_dir and parts[0].removesuffix(".tmp") in LAYOUT_FILES)
+    if parts[0] == "checkpoints":
+        return len(parts) == 2 and not is_dir and bool(_CHECKPOINT.fullmatch(parts[1]))
+    if parts[0] == "scores":
+        return parts[1] in ("best", "last") and (
+            (len(parts) == 2 and is_dir) or (len(parts) == 3 and not is_dir and parts[2].endswith(".csv")))
+    return False
 
 
 def _replace(file: Path, write) -> None:

@@ -236,6 +236,11 @@ def _read_runs(f: _File, tables: dict, stores: dict, stores_dir: Path, runs_dir:
         clash = [other for other, d in run_dirs.items() if d.resolve() == out.resolve()]
         if clash:
             f.fail(table, "out" if "out" in r else None, f"writes to {out}, as run {clash[0]!r} does")
+        folder = RunFolder(out)
+        if out.exists() and not out.is_dir():
+            f.fail(table, "out" if "out" in r else None, f"{out} is a file; a run writes a folder")
+        if not folder.is_empty() and not folder.can_resume and not folder.is_created_run():
+            f.fail(table, "out" if "out" in r else None, folder.not_a_run_message())
         runs[name], run_dirs[name] = fields, out
     for name, fields in runs.items():
         parent = fields.get("init_from")

@@ -34,6 +34,7 @@ from safetensors.torch import load_file
 from dfdetect import __version__
 from dfdetect.devices import autocast, precision_dtype, resolve_device, tf32
 from dfdetect.errors import ConfigError, DfdetectError, check_output, check_range
+from dfdetect.locks import ExclusiveLock
 from dfdetect.metrics import evaluate_scores
 from dfdetect.models.registry import build_model, config_to_dict, count_parameters, get_architecture
 from dfdetect.models.runs import RunFolder, is_better
@@ -195,8 +196,12 @@ def prepare_run(folder: RunFolder, config: TrainConfig, resume: bool, force: boo
         state = folder.read_state()    # the commit point: what a kill left after it is undone
         folder.roll_back(state["epoch"], state.get("best_epoch"))
         return
-    if not folder.is_empty() and not force:
-        raise TrainError(f"{folder.path} already holds a run; use --resume to continue it or --force to overwrite it")
+    if not folder.is_empty():
+        if not folder.is_created_run():   # --force or not: dfdetect removes only its own runs
+            raise TrainError(f"--out {folder.not_a_run_message()}")
+        if not force:
+            raise TrainError(f"{folder.path} already holds a run; use --resume to continue it or --force to "
+                             "overwrite it")
     folder.create()
 
 
@@ -416,40 +421,58 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, force: boo
                                    seed=config.seed, memory_budget=budget) for name, s in sets.items()}
     with torch_settings(device, config):
         model, optimizer, scaler = build_head(config, sets["train"], device)   # checks --init-from
-        prepare_run(folder, config, resume, force)   # the folder is touched once everything is checked
-        if resume:
-            progress = load_state(folder, model, optimizer, scaler, device)
-        else:
-            progress = {"epoch": 0, "best_epoch": None, "best_val_eer": None, "epochs_since_best": 0}
-            folder.write_config({
-                "config": asdict(config), "model": config_to_dict(model.config),
-                "parameters": count_parameters(model), "sets": {n: s.describe() for n, s in sets.items()},
-                # what scoring raw audio needs to reproduce the features this head was trained on
-                "frontend": sets["train"].store.config["frontend"], "wavlm": sets["train"].store.config.get("wavlm")})
-        folder.write_run_info({
-            "dfdetect_version": __version__, "git_commit": git_commit(), "torch": torch.__version__,
-            "device": str(device), "threads": torch.get_num_threads(),
-            "loaders": {n: "in memory" if l.in_memory else "streaming" for n, l in loaders.items()}})
-
-        record = {}
-        for epoch in range(progress["epoch"] + 1, config.epochs + 1):
-            t0, loaders["train"].seconds = time.perf_counter(), 0.0
-            if arch.fitted:
-                train_metrics = fit_epoch(model, loaders["train"], device, config, console)
+        with run_lock(folder):   # one writer per run: a second train (--resume, --force) is refused
+            prepare_run(folder, config, resume, force)   # the folder is touched once everything is checked
+            if resume:
+                progress = load_state(folder, model, optimizer, scaler, device)
             else:
-                train_metrics = train_one_epoch(model, loaders["train"], optimizer, scaler, device, config, epoch,
-                                                console)
-            t1 = time.perf_counter()
-            results, predictions = evaluate_sets(model, sets, loaders, device, config.score_precision)
-            record = {"epoch": epoch, "train": train_metrics, "sets": results,
-                      "seconds": {"train": t1 - t0, "eval": time.perf_counter() - t1,
-                                  "loader": loaders["train"].seconds}}
-            save_epoch(folder, record, model, sets, predictions, progress)
-            save_state(folder, epoch, model, optimizer, scaler, progress, device)
-            console.print(epoch_line(record, config.epochs), highlight=False)
-            if config.early_stopping and progress["epochs_since_best"] >= config.early_stopping:
-                console.print(f"early stopping: validation EER has not improved for {config.early_stopping} epochs")
-                break
+                progress = {"epoch": 0, "best_epoch": None, "best_val_eer": None, "epochs_since_best": 0}
+                folder.write_config({
+                    "config": asdict(config), "model": config_to_dict(model.config),
+                    "parameters": count_parameters(model), "sets": {n: s.describe() for n, s in sets.items()},
+                    # what scoring raw audio needs to reproduce the features this head was trained on
+                    "frontend": sets["train"].store.config["frontend"],
+                    "wavlm": sets["train"].store.config.get("wavlm")})
+            folder.write_run_info({
+                "dfdetect_version": __version__, "git_commit": git_commit(), "torch": torch.__version__,
+                "device": str(device), "threads": torch.get_num_threads(),
+                "loaders": {n: "in memory" if l.in_memory else "streaming" for n, l in loaders.items()}})
+            return train_epochs(folder, config, model, (optimizer, scaler), sets, loaders, progress, device,
+                                console)
+
+
+def run_lock(folder: RunFolder) -> ExclusiveLock:
+    """The lock of one run folder (`NAME.lock` beside it, gone when training ends)."""
+    def busy(holder: str) -> TrainError:
+        return TrainError(f"--out {folder.path} is being trained by {holder}; wait for that training to "
+                          "finish (or stop it) before training this run again (--resume or --force)")
+    return ExclusiveLock(str(folder.path), busy, remove=True)
+
+
+def train_epochs(folder: RunFolder, config: TrainConfig, model, steppers, sets, loaders, progress: dict,
+                 device, console) -> dict:
+    """The epochs after `progress["epoch"]`, each committed by its state save; returns the last
+    record ({} when there was nothing left to train)."""
+    arch, (optimizer, scaler) = get_architecture(config.arch), steppers
+    record = {}
+    for epoch in range(progress["epoch"] + 1, config.epochs + 1):
+        t0, loaders["train"].seconds = time.perf_counter(), 0.0
+        if arch.fitted:
+            train_metrics = fit_epoch(model, loaders["train"], device, config, console)
+        else:
+            train_metrics = train_one_epoch(model, loaders["train"], optimizer, scaler, device, config, epoch,
+                                            console)
+        t1 = time.perf_counter()
+        results, predictions = evaluate_sets(model, sets, loaders, device, config.score_precision)
+        record = {"epoch": epoch, "train": train_metrics, "sets": results,
+                  "seconds": {"train": t1 - t0, "eval": time.perf_counter() - t1,
+                              "loader": loaders["train"].seconds}}
+        save_epoch(folder, record, model, sets, predictions, progress)
+        save_state(folder, epoch, model, optimizer, scaler, progress, device)
+        console.print(epoch_line(record, config.epochs), highlight=False)
+        if config.early_stopping and progress["epochs_since_best"] >= config.early_stopping:
+            console.print(f"early stopping: validation EER has not improved for {config.early_stopping} epochs")
+            break
     return record
 
 
