@@ -100,3 +100,41 @@ def test_a_run_being_trained_refuses_a_second_train(mel_store, tmp_path):
     train(config, run, resume=True)      # once it is free
     assert [r["epoch"] for r in RunFolder(run).records()] == [1, 2]
     assert not (tmp_path / "run.lock").exists()
+
+
+@pytest.fixture(scope="module")
+def two_runs(mel_store, tmp_path_factory):
+    base = tmp_path_factory.mktemp("own-runs")
+    return [train_tiny(mel_store, base / f"seed{seed}", epochs=1, seed=seed) for seed in (0, 1)]
+
+
+def test_a_report_cut_off_while_written_leaves_the_previous_one(two_runs, tmp_path, monkeypatch):
+    from dfdetect.evaluate import report
+
+    page = tmp_path / "report.html"
+    report.build_report(two_runs, page)
+    before = page.read_bytes(), page.with_suffix(".md").read_bytes()
+    monkeypatch.setattr(report.Page, "markdown", lambda self, name: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):   # the page of one run is written, then the kill
+        report.build_report(two_runs[:1], page)
+    assert (page.read_bytes(), page.with_suffix(".md").read_bytes()) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.html", "report.md"]
+
+
+def test_a_cut_off_report_and_its_leftovers_are_the_reports_own(two_runs, tmp_path):
+    page, notes = tmp_path / "report.html", tmp_path / "report.md"
+    page.write_bytes(b"")                                   # killed in place by an older dfdetect
+    notes.write_bytes(b"# dfdetect rep")
+    dead = __import__("subprocess").Popen(["true"])
+    dead.wait()
+    leftover = tmp_path / f".report.html.{dead.pid}.tmp"     # killed before its rename
+    leftover.write_text("<!DOCTYPE html><html>")
+    other = tmp_path / f".report.html.notes.tmp"             # not the report's naming: left alone
+    other.write_text("mine")
+    result = runner.invoke(app, ["report", *map(str, two_runs), "--out", str(page)])
+    assert result.exit_code == 0, result.output
+    assert page.read_text().startswith("<!DOCTYPE html>") and notes.read_text().startswith("# dfdetect report\n")
+    assert not leftover.exists() and other.read_text() == "mine"
+    notes.write_bytes(b"# dfdetect repo!")     # not the start of a report: someone's file
+    one_line(runner.invoke(app, ["report", *map(str, two_runs), "--out", str(page)]), "report.md exists and is "
+             "not a dfdetect report")

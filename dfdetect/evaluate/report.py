@@ -25,9 +25,11 @@ baseline out of distribution, because a head that does not has not earned its pa
 from __future__ import annotations
 
 import base64
+import glob
 import html
 import io
 import math
+import os
 import re
 import warnings
 from dataclasses import dataclass
@@ -528,15 +530,19 @@ def size_table(page: Page, runs: list[RunInfo], ood: str | None) -> None:
 
 
 TITLE = "dfdetect report"
+MARKDOWN_HEAD = f"# {TITLE}\n".encode()
 
 
 def _is_report(file: Path) -> bool:
     """Whether `file` is a page or Markdown this command wrote (by its first bytes), which a rerun
-    may overwrite."""
+    may overwrite. A file that is the start of those bytes (empty included) was cut off while an
+    older dfdetect wrote it in place: the report's own leftover too."""
     with open(file, "rb") as f:
         head = f.read(512)
-    return head.startswith(f"# {TITLE}\n".encode()) or (head.startswith(b"<!DOCTYPE html>")
-                                                          and f"<title>{TITLE}</title>".encode() in head)
+    if Page(TITLE).html().encode().startswith(head) or MARKDOWN_HEAD.startswith(head):
+        return True
+    return head.startswith(MARKDOWN_HEAD) or (head.startswith(b"<!DOCTYPE html>")
+                                              and f"<title>{TITLE}</title>".encode() in head)
 
 
 def check_outputs(out: Path, force: bool) -> None:
@@ -602,8 +608,48 @@ def build_report(runs: list[str | Path], out: str | Path = "report.html", ood: s
             page.text(f"{run.name} has no scores/best/*.csv: no ROC/DET curves or histograms.")
 
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     markdown = out.with_suffix(".md")
-    out.write_text(page.html())
-    markdown.write_text(page.markdown(out.name))
+    _write_replacing({out: page.html(), markdown: page.markdown(out.name)})
     return Report(out, markdown, infos, found, chosen)
+
+
+def _temporary(file: Path) -> Path:
+    """Where `file` is written before its rename; `_leftovers` knows the name."""
+    return file.with_name(f".{file.name}.{os.getpid()}.tmp")
+
+
+def _leftovers(file: Path) -> list[Path]:
+    """Temporary files of `file` left by a report that was killed: this naming (`_temporary`), and
+    no live process of that id (a report writing beside this one keeps its file)."""
+    pattern = re.compile(rf"\.{re.escape(file.name)}\.(\d+)\.tmp")
+    found = [(p, pattern.fullmatch(p.name)) for p in file.parent.glob(f".{glob.escape(file.name)}.*.tmp")]
+    return [p for p, m in found if m and not _alive(int(m.group(1)))]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):
+        return False
+    except PermissionError:   # another user's process
+        return True
+    return True
+
+
+def _write_replacing(texts: dict[Path, str]) -> None:
+    """Each file written beside itself and renamed into place once all are written: a kill at any
+    instant leaves the previous page and Markdown (or, between the renames, a new page beside the
+    previous Markdown), never a cut-off file. Temporary files of killed reports are removed first."""
+    temporaries = {}
+    try:
+        for file, text in texts.items():
+            file.parent.mkdir(parents=True, exist_ok=True)
+            for leftover in _leftovers(file):
+                leftover.unlink(missing_ok=True)
+            temporaries[file] = _temporary(file)
+            temporaries[file].write_text(text, encoding="utf-8")
+        for file, tmp in temporaries.items():
+            os.replace(tmp, file)
+    finally:
+        for tmp in temporaries.values():
+            tmp.unlink(missing_ok=True)
