@@ -545,14 +545,19 @@ def _is_report(file: Path) -> bool:
                                               and f"<title>{TITLE}</title>".encode() in head)
 
 
-def check_outputs(out: Path, force: bool) -> None:
-    """The page and its Markdown can be written: each is a file (or nothing yet) in a writable
-    folder, and an existing one is a report this command wrote (a rerun), unless `force`."""
+def check_outputs(out: Path, force: bool, option: str = "--out") -> None:
+    """The page and its Markdown can be written: an .html name, each a file (or nothing yet) in a
+    writable folder, and an existing one a report this command wrote (a rerun), unless `force`.
+    Errors name `option` (a study names its key)."""
+    if Path(out).suffix.lower() not in (".html", ".htm"):
+        raise ReportError(f"{option} {out}: the report is an HTML page (its tables go beside it as .md); "
+                          "name it e.g. report.html")
     for file in (out, out.with_suffix(".md")):
-        check_output("--out", file)
+        check_output(option, file)
         if file.exists() and not force and not _is_report(file):
-            raise ReportError(f"--out {out}: {file} exists and is not a dfdetect report; choose another --out, "
-                              "move the file away, or pass --force to overwrite it")
+            raise ReportError(f"{option} {out}: {file} exists and is not a dfdetect report; choose another "
+                              f"{option} or move the file away" + (", or pass --force to overwrite it"
+                                                                    if option == "--out" else ""))
 
 
 def build_report(runs: list[str | Path], out: str | Path = "report.html", ood: str | None = None,
@@ -560,9 +565,6 @@ def build_report(runs: list[str | Path], out: str | Path = "report.html", ood: s
     """Write the HTML page and the Markdown next to it; returns where, and the warnings."""
     if not runs:
         raise ReportError("give at least one run folder")
-    if Path(out).suffix.lower() not in (".html", ".htm"):
-        raise ReportError(f"--out {out}: the report is an HTML page (its tables go beside it as .md); "
-                          "name it e.g. report.html")
     check_outputs(Path(out), force)
     infos = [read_run(Path(p)) for p in runs]
     if len({r.name for r in infos}) < len(infos):

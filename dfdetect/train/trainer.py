@@ -22,10 +22,14 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
+import json
 import subprocess
 import time
+import types
+import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -74,29 +78,83 @@ class TrainConfig:
     model: dict = field(default_factory=dict)   # head config overrides
     memory_budget_gb: float = 4.0       # load sets into RAM when they fit, else stream chunks
 
-    def resolved(self) -> "TrainConfig":
-        """Defaults filled in, every number checked (ConfigError naming the option)."""
+    def resolved(self, option: Callable[[str], str] | None = None) -> "TrainConfig":
+        """Defaults filled in, every number checked (ConfigError naming the option: `option(field)`,
+        by default the field's `dfdetect train` option, e.g. --batch-size; a study names the key)."""
+        option = option or cli_option
         arch = get_architecture(self.arch)
         config = dataclasses.replace(self, ood=tuple(self.ood), holdout_generators=tuple(self.holdout_generators),
                                      epochs=self.epochs or arch.epochs, batch_size=self.batch_size or arch.batch_size,
                                      lr=self.lr if self.lr is not None else arch.lr)
-        check_range("--epochs", config.epochs, 1)
-        check_range("--batch-size", config.batch_size, 2)     # BatchNorm trains on 2 rows or more
+        check_range(option("epochs"), config.epochs, 1)
+        check_range(option("batch_size"), config.batch_size, 2)     # BatchNorm trains on 2 rows or more
         if arch.fitted:
             if config.epochs != 1 or config.init_from or config.lr is not None:
                 raise ConfigError(f"{arch.name} is fitted once (EM), not trained by the optimizer: it takes neither "
-                                  "--epochs other than 1, nor --lr, nor --init-from")
+                                  f"{option('epochs')} other than 1, nor {option('lr')}, nor {option('init_from')}")
         else:
-            check_range("--lr", config.lr, 0, 1, low_open=True)
-        check_range("--weight-decay", config.weight_decay, 0)
-        check_range("grad_clip", config.grad_clip, 0, low_open=True)
-        check_range("val_fraction", config.val_fraction, 0, 0.5, low_open=True)
-        check_range("memory_budget_gb", config.memory_budget_gb, 0)
-        precision_dtype(config.score_precision, "score_precision")
-        check_range("holdout_real_fraction", config.holdout_real_fraction, 0, 1, low_open=True)
+            check_range(option("lr"), config.lr, 0, 1, low_open=True)
+        check_range(option("weight_decay"), config.weight_decay, 0)
+        check_range(option("grad_clip"), config.grad_clip, 0, low_open=True)
+        check_range(option("val_fraction"), config.val_fraction, 0, 0.5, low_open=True)
+        check_range(option("memory_budget_gb"), config.memory_budget_gb, 0)
+        precision_dtype(config.score_precision, option("score_precision"))
+        check_range(option("holdout_real_fraction"), config.holdout_real_fraction, 0, 1, low_open=True)
         if config.early_stopping is not None:
-            check_range("--early-stopping", config.early_stopping, 1)
+            check_range(option("early_stopping"), config.early_stopping, 1)
         return config
+
+    @staticmethod
+    def field_problem(name: str, value) -> str | None:
+        """What is wrong with `value` (from JSON or TOML) as field `name`, or None: an unknown field,
+        or a value of the wrong kind (e.g. "epochs": "three", "ood": 5)."""
+        hints = typing.get_type_hints(TrainConfig)
+        if name not in hints:
+            return f"unknown field(s) {name!r}; valid: {', '.join(sorted(hints))}"
+        if not _fits(value, hints[name]):
+            shown = json.dumps(value, default=str)
+            return f"field {name!r} is {shown[:60] + '...' * (len(shown) > 60)}; expected {_kind(hints[name])}"
+        return None
+
+
+# Fields that are `dfdetect train` options of another spelling; the rest are --config fields only.
+_CLI_FIELDS = {"arch", "train", "val", "test", "ood", "epochs", "batch_size", "lr", "weight_decay", "seed", "device",
+               "early_stopping", "init_from"}
+
+
+def cli_option(field_name: str) -> str:
+    """How `dfdetect train` spells a TrainConfig field (--batch-size), or the --config field itself."""
+    return "--" + field_name.replace("_", "-") if field_name in _CLI_FIELDS else field_name
+
+
+_KINDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string", dict: "an object",
+          tuple: "a list", type(None): "null"}
+
+
+def _fits(value, hint) -> bool:
+    """Whether a JSON/TOML value can be a field of type `hint` (int, float, str, bool, dict,
+    tuple[str, ...], X | None); a type outside these is not checked here."""
+    origin, args = typing.get_origin(hint) or hint, typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, a) for a in args)
+    if origin is tuple:
+        return isinstance(value, list) and all(_fits(v, args[0]) for v in value) if args else isinstance(value, list)
+    if origin is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if origin is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin in _KINDS:
+        return isinstance(value, origin)
+    return True
+
+
+def _kind(hint) -> str:
+    origin, args = typing.get_origin(hint) or hint, typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_kind(a) for a in args)
+    if origin is tuple and args:
+        return f"a list of {_kind(args[0]).removeprefix('a ').removeprefix('an ')}s"
+    return _KINDS.get(origin, str(hint))
 
 
 # -- checks before anything expensive ----------------------------------------------------------------
