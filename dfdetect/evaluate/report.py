@@ -47,7 +47,7 @@ from dfdetect.models.registry import (
     count_parameters,
     get_architecture,
 )
-from dfdetect.models.runs import RunFolder, load_run
+from dfdetect.models.runs import EpochRecord, RunFolder, load_run
 from dfdetect.names import printable
 
 # (a) The 100%-accuracy trap (seed Part 3: test accuracy 100% while validation EER sat at 0.50):
@@ -82,7 +82,7 @@ class RunInfo:
     parameters: int
     checkpoint_bytes: int      # measured: the best epoch's checkpoint file
     best_epoch: int
-    records: list[dict]
+    records: list[EpochRecord]
     baseline: bool = False     # one of the field's reference systems
 
     @property
@@ -91,20 +91,23 @@ class RunInfo:
 
     @property
     def last_epoch(self) -> int:
-        return self.records[-1]["epoch"]
+        return self.records[-1].epoch
 
     @property
     def set_names(self) -> list[str]:
-        return list(self.records[-1]["sets"])
+        return list(self.records[-1].sets)
 
     def metric(self, epoch: int, name: str, key: str):
         """A metric of set `name` at `epoch`: eer/auc/min_dcf as stored, the rest at threshold 0.5;
         None when the run has no such set, NaN when the metric is undefined there."""
-        sets = next(r for r in self.records if r["epoch"] == epoch)["sets"]
-        if name not in sets:
+        record = self.record(epoch)
+        if name not in record.sets:
             return None
-        value = sets[name][key] if key in ("eer", "auc", "min_dcf") else sets[name]["at_0.5"].get(key)
+        value = record.metric(name, key)
         return math.nan if value is None else value
+
+    def record(self, epoch: int) -> EpochRecord:
+        return next(r for r in self.records if r.epoch == epoch)
 
 
 @dataclass
@@ -132,10 +135,10 @@ def read_run(path: Path) -> RunInfo:
     """Records, best epoch and sizes of a run (load_run checks the folder and the checkpoint)."""
 
     run = load_run(path, "best")
-    train = run.config["sets"]["train"]   # its spec may say more than STORE:SPLIT (held-out generators)
+    train = run.config.train_set   # its spec may say more than STORE:SPLIT (held-out generators)
     data = train["spec"].replace(train["store"], Path(train["store"].rstrip("/")).name)
     arch = get_architecture(run.arch)
-    wavlm = (run.config.get("wavlm") or {}).get("model") if arch.uses_wavlm else None
+    wavlm = (run.config.wavlm or {}).get("model") if arch.uses_wavlm else None
     checkpoint = RunFolder(path).checkpoint(run.epoch)
     return RunInfo(path, path.name, arch.title, f"{data} ({train['rows']:,} clips)", wavlm,
                    count_parameters(run.model), checkpoint.stat().st_size, run.epoch, run.records, arch.baseline)
@@ -174,7 +177,7 @@ def _ood_names(run: RunInfo) -> list[str]:
 
 def trap_warnings(run: RunInfo) -> list[str]:
     """(a) test accuracy near 100% while validation EER sits near chance, at any epoch."""
-    epochs = [r["epoch"] for r in run.records]
+    epochs = [r.epoch for r in run.records]
     trap = [e for e in epochs if (run.metric(e, "test", "accuracy") or 0) >= TRAP_TEST_ACCURACY
             and (run.metric(e, "val", "eer") or 0) >= TRAP_VAL_EER]
     if not trap:
@@ -192,7 +195,7 @@ def degenerate_warnings(run: RunInfo) -> list[str]:
     for epoch, when in _epochs_to_check(run):
         for name in _ood_names(run):
             recall, spec = run.metric(epoch, name, "recall"), run.metric(epoch, name, "specificity")
-            c = next(r for r in run.records if r["epoch"] == epoch)["sets"][name]["at_0.5"]
+            c = run.record(epoch).at_05(name)
             for value, calls, rate in ((recall, "real", "recall"), (spec, "fake", "specificity")):
                 if not _missing(value) and value <= DEGENERATE_RATE:
                     found.append(f"calls (nearly) everything {calls} on {name} at {when}: {rate} {value:.2%} at "
@@ -211,7 +214,7 @@ def negative_mcc_warnings(run: RunInfo) -> list[str]:
 
 def epoch_gap_warnings(run: RunInfo) -> list[str]:
     """(d) The epoch of best test accuracy far from the epoch of best OOD accuracy."""
-    epochs = [r["epoch"] for r in run.records]
+    epochs = [r.epoch for r in run.records]
     test = [run.metric(e, "test", "accuracy") for e in epochs]
     if any(map(_missing, test)):
         return []
@@ -275,10 +278,10 @@ def curves_figure(run: RunInfo) -> bytes:
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
-    epochs = [r["epoch"] for r in run.records]
+    epochs = [r.epoch for r in run.records]
     fig = Figure(figsize=(11, 6.5), layout="constrained")
     axes = fig.subplots(2, 2)
-    axes[0, 0].plot(epochs, [r["train"]["loss"] for r in run.records], marker=".")
+    axes[0, 0].plot(epochs, [r.train["loss"] for r in run.records], marker=".")
     axes[0, 0].set_title("train loss")
     axes[0, 1].plot(epochs, [run.metric(e, "val", "eer") for e in epochs], marker=".", color="tab:purple")
     axes[0, 1].set_title("validation EER")
@@ -299,10 +302,10 @@ def curves_figure(run: RunInfo) -> bytes:
 
 
 def score_files(run: RunInfo) -> list[tuple[str, Path]]:
-
-    folder = RunFolder(run.path).scores("best")
-    return [(name, folder / f"{name.replace(':', '_')}.csv") for name in run.set_names
-            if (folder / f"{name.replace(':', '_')}.csv").is_file()]
+    """The best epoch's score table of each set that has one."""
+    folder = RunFolder(run.path)
+    return [(name, folder.score_table("best", name)) for name in run.set_names
+            if folder.score_table("best", name).is_file()]
 
 
 def scores_figure(run: RunInfo, files: list[tuple[str, Path]]) -> bytes:

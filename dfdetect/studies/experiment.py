@@ -444,6 +444,6 @@ def status_rows(experiment: Experiment) -> list[dict]:
         records = RunFolder(experiment.run_dirs[name]).records()
         if records:
             last = records[-1]
-            row["last"] = {k: {"acc": v["at_0.5"]["accuracy"], "eer": v["eer"]} for k, v in last["sets"].items()}
+            row["last"] = {k: {"acc": last.metric(k, "accuracy"), "eer": last.metric(k, "eer")} for k in last.sets}
         rows.append(row)
     return rows

@@ -20,7 +20,6 @@ The run folder's layout and the best-epoch rule belong to `dfdetect.models.runs.
 from __future__ import annotations
 
 import contextlib
-import csv
 import dataclasses
 import json
 import subprocess
@@ -41,8 +40,7 @@ from dfdetect.errors import ConfigError, DfdetectError, check_output, check_rang
 from dfdetect.locks import ExclusiveLock
 from dfdetect.metrics import evaluate_scores
 from dfdetect.models.registry import build_model, config_to_dict, count_parameters, get_architecture
-from dfdetect.models.runs import RunFolder, is_better
-from dfdetect.names import csv_cell
+from dfdetect.models.runs import EpochRecord, RunFolder, is_better
 from dfdetect.store import parse_store_spec
 from dfdetect.train.data import DataSet, FeatureLoader, open_set, stratified_split
 
@@ -248,7 +246,7 @@ def prepare_run(folder: RunFolder, config: TrainConfig, resume: bool, force: boo
             raise TrainError(f"nothing to resume in {folder.path}")
         if not folder.can_resume:
             raise TrainError(f"{folder.path} has no state.json to resume from; start it with --force instead")
-        saved = TrainConfig(**folder.read_config()["config"]).resolved()
+        saved = TrainConfig(**folder.read_config().train_config).resolved()
         if dataclasses.replace(saved, epochs=config.epochs) != config:   # only --epochs may grow
             raise TrainError(f"--resume with a different config than {folder.config_file}; only --epochs may change")
         state = folder.read_state()    # the commit point: what a kill left after it is undone
@@ -309,22 +307,19 @@ def load_state(folder: RunFolder, model, optimizer, scaler, device: torch.device
     return meta
 
 
-def write_scores(folder: Path, data: DataSet, rows: np.ndarray, scores: np.ndarray) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
+def write_scores(folder: RunFolder, which: str, data: DataSet, rows: np.ndarray, scores: np.ndarray) -> None:
+    """The set's per-clip scores of the "best" or "last" epoch (RunFolder owns the table)."""
     meta = data.store.meta
-    with open(folder / f"{data.name.replace(':', '_')}.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["clip_id", "label", "score", "generator", "split", "store_row"])  # score = P(fake)
-        for r, s in zip(rows, scores):
-            w.writerow([csv_cell(meta["clip_id"][r]), int(meta["label"][r]), f"{s:.6f}", csv_cell(meta["generator"][r]),
-                        csv_cell(meta["split"][r]), int(r)])
+    folder.write_score_table(which, data.name, {
+        "clip_id": meta["clip_id"][rows], "label": meta["label"][rows], "score": scores,
+        "generator": meta["generator"][rows], "split": meta["split"][rows], "store_row": rows})
 
 
 # -- the loop -----------------------------------------------------------------------------------------
 @contextlib.contextmanager
 def torch_settings(device: torch.device, config: TrainConfig):
     """The run's seed, (CUDA) TF32 as config.tf32 says (matmuls and convolutions alike: the flags
-    evaluate and score use with this run, devices.run_tf32) and deterministic cuDNN for the
+    evaluate and score use with this run, RunConfig.tf32) and deterministic cuDNN for the
     duration of training; the caller's RNG state and flags are given back after, so `train()`
     changes nothing process-wide. cuDNN's autotuner picks kernels by timing, and some pick
     non-deterministic ones, so --resume could not equal an uninterrupted run on a GPU without
@@ -446,11 +441,11 @@ def evaluate_sets(model, sets: dict[str, DataSet], loaders: dict[str, FeatureLoa
     return results, predictions
 
 
-def save_epoch(folder: RunFolder, record: dict, model, sets, predictions, progress: dict) -> bool:
+def save_epoch(folder: RunFolder, record: EpochRecord, model, sets, predictions, progress: dict) -> bool:
     """The epoch's checkpoint, score tables and record (last: a record means its checkpoint is
     there); updates `progress` and says whether this epoch is the new best (RunFolder's rule:
     lowest validation EER). The state save after it commits the epoch for --resume."""
-    epoch, val_eer = record["epoch"], record["sets"]["val"]["eer"]
+    epoch, val_eer = record.epoch, record.val_eer
     best = is_better(val_eer, progress["best_val_eer"])
     folder.save_checkpoint(model, epoch, best=best)
     if best:
@@ -459,7 +454,7 @@ def save_epoch(folder: RunFolder, record: dict, model, sets, predictions, progre
         progress["epochs_since_best"] += 1
     for which in ("best", "last") if best else ("last",):
         for name, (rows, scores) in predictions.items():
-            write_scores(folder.scores(which), sets[name], rows, scores)
+            write_scores(folder, which, sets[name], rows, scores)
     folder.append_record(record)
     return best
 
@@ -522,9 +517,9 @@ def train_epochs(folder: RunFolder, config: TrainConfig, model, steppers, sets, 
                                             console)
         t1 = time.perf_counter()
         results, predictions = evaluate_sets(model, sets, loaders, device, config.score_precision)
-        record = {"epoch": epoch, "train": train_metrics, "sets": results,
-                  "seconds": {"train": t1 - t0, "eval": time.perf_counter() - t1,
-                              "loader": loaders["train"].seconds}}
+        record = EpochRecord(epoch=epoch, train=train_metrics, sets=results,
+                             seconds={"train": t1 - t0, "eval": time.perf_counter() - t1,
+                                      "loader": loaders["train"].seconds})
         save_epoch(folder, record, model, sets, predictions, progress)
         save_state(folder, epoch, model, optimizer, scaler, progress, device)
         console.print(epoch_line(record, config.epochs), highlight=False)
@@ -534,14 +529,13 @@ def train_epochs(folder: RunFolder, config: TrainConfig, model, steppers, sets, 
     return record
 
 
-def epoch_line(record: dict, epochs: int) -> str:
+def epoch_line(record: EpochRecord, epochs: int) -> str:
     """One line per epoch: test and OOD side by side, the reference study's central comparison."""
-    parts = [f"epoch {record['epoch']:>3}/{epochs}", f"loss {record['train']['loss']:.4f}",
-             f"acc {record['train']['accuracy']:.2%}"]
-    for name, m in record["sets"].items():
-        acc = m["at_0.5"]["accuracy"]
-        parts.append(f"| {name} acc {acc:.2%} EER {m['eer']:.4f}")
-    seconds = record["seconds"]
+    parts = [f"epoch {record.epoch:>3}/{epochs}", f"loss {record.train['loss']:.4f}",
+             f"acc {record.train['accuracy']:.2%}"]
+    for name in record.sets:
+        parts.append(f"| {name} acc {record.metric(name, 'accuracy'):.2%} EER {record.metric(name, 'eer'):.4f}")
+    seconds = record.seconds
     parts.append(f"| {seconds['train'] + seconds['eval']:.1f} s")
     if "loader" in seconds and seconds["train"] > 0:   # waiting for batches, of the training pass
         parts.append(f"(loader {seconds['loader'] / seconds['train']:.0%} of training)")
