@@ -205,10 +205,10 @@ def load_experiment(path: str | Path, overrides: list[str] = ()) -> Experiment:
     f = _File(path, text, {})
     for assignment in overrides:
         f.overrides[_apply_override(data, assignment)] = assignment
-    f.check_tables(data)
     for section in data:
         if section not in SECTIONS:
             f.fail(section, None, f"unknown section [{section}]; allowed: {', '.join(SECTIONS)}")
+    f.check_tables(data)
     meta, report = data.get("experiment", {}), data.get("report", {})
     f.check_keys("experiment", meta, SECTIONS["experiment"])
     f.check_strings("experiment", meta, SECTIONS["experiment"])

@@ -245,7 +245,8 @@ def prepare_run(folder: RunFolder, config: TrainConfig, resume: bool, force: boo
         if folder.is_empty():
             raise TrainError(f"nothing to resume in {folder.path}")
         if not folder.can_resume:
-            raise TrainError(f"{folder.path} has no state.json to resume from; start it with --force instead")
+            raise TrainError(f"{folder.path} has no state.json to resume from; start it with --force instead"
+                             if folder.is_created_run() else f"--out {folder.not_a_run_message()}")
         saved = TrainConfig(**folder.read_config().train_config).resolved()
         if dataclasses.replace(saved, epochs=config.epochs) != config:   # only --epochs may grow
             raise TrainError(f"--resume with a different config than {folder.config_file}; only --epochs may change")
