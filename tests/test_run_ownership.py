@@ -4,6 +4,7 @@ mid-write leaves the previous page, and its leftover is recognised as the report
 
 import json
 import os
+import subprocess
 
 import pytest
 from typer.testing import CliRunner
@@ -125,11 +126,11 @@ def test_a_cut_off_report_and_its_leftovers_are_the_reports_own(two_runs, tmp_pa
     page, notes = tmp_path / "report.html", tmp_path / "report.md"
     page.write_bytes(b"")                                   # killed in place by an older dfdetect
     notes.write_bytes(b"# dfdetect rep")
-    dead = __import__("subprocess").Popen(["true"])
+    dead = subprocess.Popen(["true"])
     dead.wait()
     leftover = tmp_path / f".report.html.{dead.pid}.tmp"     # killed before its rename
     leftover.write_text("<!DOCTYPE html><html>")
-    other = tmp_path / f".report.html.notes.tmp"             # not the report's naming: left alone
+    other = tmp_path / ".report.html.notes.tmp"             # not the report's naming: left alone
     other.write_text("mine")
     result = runner.invoke(app, ["report", *map(str, two_runs), "--out", str(page)])
     assert result.exit_code == 0, result.output
