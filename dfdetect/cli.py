@@ -6,13 +6,10 @@ more likely fake.
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 import json
 import random
 import traceback
-import types
-import typing
 from pathlib import Path
 
 import typer
@@ -395,7 +392,7 @@ def train_command(
 
 
 def _read_config_file(path: Path, config_class) -> dict:
-    """The fields of a JSON config file, checked against `config_class`'s fields."""
+    """The fields of a JSON config file, each checked by `config_class.field_problem`."""
     try:
         fields = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -404,48 +401,11 @@ def _read_config_file(path: Path, config_class) -> dict:
     if not isinstance(fields, dict):
         raise ConfigError(f"{path}: expected a JSON object of {config_class.__name__} fields, "
                           f"found {type(fields).__name__}")
-    known = {f.name for f in dataclasses.fields(config_class)}
-    unknown = sorted(set(fields) - known)
-    if unknown:
-        raise ConfigError(f"{path}: unknown field(s) {', '.join(map(repr, unknown))}; "
-                          f"valid: {', '.join(sorted(known))}")
-    hints = typing.get_type_hints(config_class)
     for name, value in fields.items():
-        if not _json_fits(value, hints[name]):
-            shown = json.dumps(value)
-            raise ConfigError(f"{path}: field {name!r} is {shown[:60] + '...' * (len(shown) > 60)}; expected "
-                              f"{_json_kind(hints[name])}")
+        problem = config_class.field_problem(name, value)
+        if problem:
+            raise ConfigError(f"{path}: {problem}")
     return fields
-
-
-_JSON_KINDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string", dict: "an object",
-               tuple: "a list", type(None): "null"}
-
-
-def _json_fits(value, hint) -> bool:
-    """Whether a JSON value can be a dataclass field of type `hint` (int, float, str, bool, dict,
-    tuple[str, ...], X | None); a type outside these is not checked here."""
-    origin, args = typing.get_origin(hint) or hint, typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        return any(_json_fits(value, a) for a in args)
-    if origin is tuple:
-        return isinstance(value, list) and all(_json_fits(v, args[0]) for v in value) if args else isinstance(value, list)
-    if origin is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if origin is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if origin in _JSON_KINDS:
-        return isinstance(value, origin)
-    return True
-
-
-def _json_kind(hint) -> str:
-    origin, args = typing.get_origin(hint) or hint, typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(_json_kind(a) for a in args)
-    if origin is tuple and args:
-        return f"a list of {_json_kind(args[0]).removeprefix('a ').removeprefix('an ')}s"
-    return _JSON_KINDS.get(origin, str(hint))
 
 
 # -- dfdetect experiment ---------------------------------------------------------------------------

@@ -128,15 +128,3 @@ def tf32(enabled: bool):
         yield
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
-
-
-def run_tf32(run_config: dict) -> bool:
-    """Whether a run's CUDA forwards use TF32 (TrainConfig.tf32 in its config.json): validation chose
-    its threshold so, and evaluate and score run so too."""
-    return bool((run_config.get("config") or {}).get("tf32", True))
-
-
-def run_precision(run_config: dict) -> str:
-    """The precision a run scores at (TrainConfig.score_precision in its config.json). Runs
-    written before it was recorded: float32, the precision evaluate and score always used."""
-    return (run_config.get("config") or {}).get("score_precision", "float32")

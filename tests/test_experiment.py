@@ -147,3 +147,42 @@ def test_a_store_version_that_does_not_exist(data, tmp_path):
     pinned = _write(tmp_path, text.replace('test = "demo:test"', 'test = "demo@v-000000000000:test"'))
     with pytest.raises(ExperimentError, match=r"store 'demo' has no version 'v-000000000000'; it has v-"):
         load_experiment(pinned)
+
+
+@pytest.mark.parametrize("edit,sets,fragments", [
+    (None, ["runs.first.lr=nan"], ["--set runs.first.lr=nan: [runs.first] lr: lr nan: must be a positive"]),
+    (lambda t: t.replace("epochs = 1\n", "epochs = nan\n", 1), [], ["study.toml:19: [runs.first] epochs: field 'epochs' is NaN; expected an integer"]),
+    (lambda t: t.replace("epochs = 1\n", "epochs = 0\nearly_stopping = 0\n", 1), [], ["study.toml:20: [runs.first] early_stopping: early_stopping 0: must be"]),
+    (None, ['runs.first.epochs="three"'], ["[runs.first] epochs:", "is \"three\"; expected an integer"]),
+    (None, ["runs.second.batch_size=1"], ["--set runs.second.batch_size=1: [runs.second] batch_size: batch_size 1"]),
+    (None, ["runs=5"], ["--set runs=5: [runs]: 5 is a value; [runs] is a table"]),
+    (None, ["runs.first.arch.size=1"], ["--set 'runs.first.arch.size=1': runs.first.arch is a value, not a table"]),
+    (None, ["runs.first.model.bogus=1"], ["[runs.first] model: unknown mel_cnn option(s) 'bogus'"]),
+    (None, ['runs.first.train=["demo:train"]'], ["[runs.first] train:", "expected a string"]),
+    (None, ["runs.first.arch=\"big\""], ["[runs.first] arch: unknown architecture 'big'"]),
+    (lambda t: t + "\n[report]\nout = 5\n", [], ["study.toml:30: [report] out: 5 is not a string"]),
+    (lambda t: t + "\n[report]\nout = \"report.txt\"\n", [], ["[report] out: report.out", "is an HTML page"]),
+    (lambda t: t + "\n[report]\nood = \"dfeval\"\n", [], ["[report] ood: no run has an OOD set 'dfeval'; they have: heldout"]),
+    (None, ['stores.demo.features=["mel", "bogus"]'], ["[stores.demo]: unknown feature(s) bogus; features takes"]),
+    (None, ["stores.demo.block_size=0"], ["[stores.demo]: block_size 0: must be"]),
+    (lambda t: t.replace('root = "', "root = 5 #", 1), [], ["study.toml:8: [datasets.demo] root: 5 is not a string"]),
+    (lambda t: t.replace('runs_dir = "runs"', "runs_dir = ['runs']"), [], ["study.toml:4: [experiment] runs_dir: ['runs'] is not a string"]),
+])
+def test_the_whole_file_is_checked_before_any_work_naming_file_or_set_and_key(data, tmp_path, edit, sets, fragments):
+    from conftest import one_line
+
+    text = STUDY.format(root=data["corpus"])
+    file = _write(tmp_path, edit(text) if edit else text)
+    result = runner.invoke(app, ["experiment", "run", str(file), "--workers", "0", *[a for s in sets for a in ("--set", s)]])
+    message = one_line(result, *fragments)
+    assert "--epochs" not in message and "--batch-size" not in message   # options the user never typed
+    assert not (tmp_path / "stores").exists() and not (tmp_path / "runs").exists()
+
+
+def test_a_file_that_is_not_utf8_is_one_line(data, tmp_path):
+    from conftest import one_line
+
+    file = tmp_path / "study.toml"
+    file.write_bytes(STUDY.format(root=data["corpus"]).replace("[runs.first]", "# caf\xe9\n[runs.first]").encode("latin-1"))
+    one_line(runner.invoke(app, ["experiment", "run", str(file)]), "study.toml: not UTF-8 text", "save it as UTF-8")
+    one_line(runner.invoke(app, ["experiment", "status", str(file)]), "study.toml: not UTF-8 text")

@@ -30,6 +30,7 @@ from dfdetect.featurize import pipeline, wavlm
 from dfdetect.featurize.frontend import Frontend
 from dfdetect.featurize.pipeline import featurize
 from dfdetect.featurize.wavlm import WavLMConfig, clear_wavlm_cache, load_wavlm
+from dfdetect.models.runs import RunConfig
 from dfdetect.store import StoreError, open_store
 from dfdetect.store.schema import version_config, version_name, wavlm_differences
 from dfdetect.train.data import FeatureLoader, open_set
@@ -428,8 +429,8 @@ def test_predict_evaluate_and_score_run_at_the_runs_precision(bf16_run, mel_stor
 
 
 def test_runs_without_a_recorded_precision_score_at_float32():
-    assert devices.run_precision({"config": {"arch": "mel_cnn"}}) == "float32"
-    assert devices.run_precision({"config": {"score_precision": "bfloat16"}}) == "bfloat16"
+    assert RunConfig({"config": {"arch": "mel_cnn"}}).score_precision == "float32"
+    assert RunConfig({"config": {"score_precision": "bfloat16"}}).score_precision == "bfloat16"
 
 
 # -- item 8: deterministic cuDNN while training, given back after -----------------------------------
@@ -536,7 +537,7 @@ def test_gpu_checkpoint_scores_reproduce_on_gpu_and_cpu(mel_store, tmp_path):
                           encoding="utf-8")
     for device, atol in (("cuda", 1e-5), ("cpu", 2e-3)):
         model = run.model.to(device)
-        with devices.tf32(devices.run_tf32(run.config)):          # as validation ran (evaluate and score do)
+        with devices.tf32(run.tf32):          # as validation ran (evaluate and score do)
             rows, scores = predict(model, FeatureLoader(test, run.inputs, 16, shuffle=False), torch.device(device))
         np.testing.assert_array_equal(rows, saved["store_row"])
         np.testing.assert_allclose(scores, saved["score"], atol=atol)

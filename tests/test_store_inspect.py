@@ -314,6 +314,26 @@ def test_export_all_rows_one_array_and_overwrite(built, tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 
+def test_an_export_killed_mid_write_leaves_no_file_behind_after_the_next(built, tmp_path):
+    """kill -9 mid-write leaves the hidden temporary file; the next export to that file removes it
+    (and only files of export's own naming for that file), and one export at a time writes it."""
+    out = tmp_path / "x.h5"
+    killed = tmp_path / ".x.h5.4242.tmp"              # what a killed export (pid 4242) left
+    killed.write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(100))
+    kept = [tmp_path / ".x.h5.notes.tmp", tmp_path / ".y.h5.4242.tmp", tmp_path / "x.h5.4242.tmp"]
+    for file in kept:
+        file.write_text("not export's")
+    result = _invoke("export", built["store"], "--hdf5", out, "--arrays", "lfcc")
+    assert result.exit_code == 0, result.output
+    assert not killed.exists() and all(file.read_text() == "not export's" for file in kept)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["x.h5", *(f.name for f in kept)])
+
+    from dfdetect.locks import ExclusiveLock
+    with ExclusiveLock(str(out), lambda holder: AssertionError(holder)):   # an export writing x.h5
+        result = _invoke("export", built["store"], "--hdf5", out, "--arrays", "lfcc", "--force")
+    assert result.exit_code == 2 and "is being written by another store export" in result.output, result.output
+
+
 def test_export_refuses_bad_selections(built, tmp_path):
     for args, message in [(["--arrays", "wavlm"], "no feature array 'wavlm'"),
                           (["--split", "dev"], "no split 'dev'"),

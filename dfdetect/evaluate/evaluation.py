@@ -97,7 +97,7 @@ def evaluate_run(run: str | Path, on: str, epoch: str | int = "best", batch_size
     """Score the set `on` (STORE[@V][:SPLIT]) with the run's checkpoint at `epoch`, then measure it at
     0.5, at its own EER threshold and at the run's validation EER threshold."""
     # torch-heavy: loaded only when a run is evaluated (score files need none of it)
-    from dfdetect.devices import resolve_device, run_precision, run_tf32, tf32
+    from dfdetect.devices import resolve_device, tf32
     from dfdetect.models.registry import get_architecture
     from dfdetect.models.runs import load_run
     from dfdetect.train.data import FeatureLoader, open_set
@@ -109,10 +109,10 @@ def evaluate_run(run: str | Path, on: str, epoch: str | int = "best", batch_size
     device = resolve_device(device)
     loader = FeatureLoader(data, loaded.inputs, batch_size or get_architecture(loaded.arch).batch_size,
                            shuffle=False)
-    with tf32(run_tf32(loaded.config)):   # the forward as validation ran it (its threshold)
-        rows, scores = predict(loaded.model.to(device), loader, device, run_precision(loaded.config))
+    with tf32(loaded.tf32):   # the forward as validation ran it (its threshold)
+        rows, scores = predict(loaded.model.to(device), loader, device, loaded.score_precision)
     meta = data.store.meta
-    val = loaded.record["sets"].get("val", {}).get("eer_threshold")
+    val = loaded.record.val_threshold
     thresholds, notes = {}, []
     if val is None:
         notes.append(f"{loaded.path} has no validation EER at epoch {loaded.epoch}, so no validation threshold")

@@ -25,9 +25,11 @@ baseline out of distribution, because a head that does not has not earned its pa
 from __future__ import annotations
 
 import base64
+import glob
 import html
 import io
 import math
+import os
 import re
 import warnings
 from dataclasses import dataclass
@@ -45,7 +47,7 @@ from dfdetect.models.registry import (
     count_parameters,
     get_architecture,
 )
-from dfdetect.models.runs import RunFolder, load_run
+from dfdetect.models.runs import EpochRecord, RunFolder, load_run
 from dfdetect.names import printable
 
 # (a) The 100%-accuracy trap (the reference study, Part 3: test accuracy 100% while validation EER sat at 0.50):
@@ -80,7 +82,7 @@ class RunInfo:
     parameters: int
     checkpoint_bytes: int      # measured: the best epoch's checkpoint file
     best_epoch: int
-    records: list[dict]
+    records: list[EpochRecord]
     baseline: bool = False     # one of the field's reference systems
 
     @property
@@ -89,20 +91,23 @@ class RunInfo:
 
     @property
     def last_epoch(self) -> int:
-        return self.records[-1]["epoch"]
+        return self.records[-1].epoch
 
     @property
     def set_names(self) -> list[str]:
-        return list(self.records[-1]["sets"])
+        return list(self.records[-1].sets)
 
     def metric(self, epoch: int, name: str, key: str):
         """A metric of set `name` at `epoch`: eer/auc/min_dcf as stored, the rest at threshold 0.5;
         None when the run has no such set, NaN when the metric is undefined there."""
-        sets = next(r for r in self.records if r["epoch"] == epoch)["sets"]
-        if name not in sets:
+        record = self.record(epoch)
+        if name not in record.sets:
             return None
-        value = sets[name][key] if key in ("eer", "auc", "min_dcf") else sets[name]["at_0.5"].get(key)
+        value = record.metric(name, key)
         return math.nan if value is None else value
+
+    def record(self, epoch: int) -> EpochRecord:
+        return next(r for r in self.records if r.epoch == epoch)
 
 
 @dataclass
@@ -130,10 +135,10 @@ def read_run(path: Path) -> RunInfo:
     """Records, best epoch and sizes of a run (load_run checks the folder and the checkpoint)."""
 
     run = load_run(path, "best")
-    train = run.config["sets"]["train"]   # its spec may say more than STORE:SPLIT (held-out generators)
+    train = run.config.train_set   # its spec may say more than STORE:SPLIT (held-out generators)
     data = train["spec"].replace(train["store"], Path(train["store"].rstrip("/")).name)
     arch = get_architecture(run.arch)
-    wavlm = (run.config.get("wavlm") or {}).get("model") if arch.uses_wavlm else None
+    wavlm = (run.config.wavlm or {}).get("model") if arch.uses_wavlm else None
     checkpoint = RunFolder(path).checkpoint(run.epoch)
     return RunInfo(path, path.name, arch.title, f"{data} ({train['rows']:,} clips)", wavlm,
                    count_parameters(run.model), checkpoint.stat().st_size, run.epoch, run.records, arch.baseline)
@@ -172,7 +177,7 @@ def _ood_names(run: RunInfo) -> list[str]:
 
 def trap_warnings(run: RunInfo) -> list[str]:
     """(a) test accuracy near 100% while validation EER sits near chance, at any epoch."""
-    epochs = [r["epoch"] for r in run.records]
+    epochs = [r.epoch for r in run.records]
     trap = [e for e in epochs if (run.metric(e, "test", "accuracy") or 0) >= TRAP_TEST_ACCURACY
             and (run.metric(e, "val", "eer") or 0) >= TRAP_VAL_EER]
     if not trap:
@@ -190,7 +195,7 @@ def degenerate_warnings(run: RunInfo) -> list[str]:
     for epoch, when in _epochs_to_check(run):
         for name in _ood_names(run):
             recall, spec = run.metric(epoch, name, "recall"), run.metric(epoch, name, "specificity")
-            c = next(r for r in run.records if r["epoch"] == epoch)["sets"][name]["at_0.5"]
+            c = run.record(epoch).at_05(name)
             for value, calls, rate in ((recall, "real", "recall"), (spec, "fake", "specificity")):
                 if not _missing(value) and value <= DEGENERATE_RATE:
                     found.append(f"calls (nearly) everything {calls} on {name} at {when}: {rate} {value:.2%} at "
@@ -209,7 +214,7 @@ def negative_mcc_warnings(run: RunInfo) -> list[str]:
 
 def epoch_gap_warnings(run: RunInfo) -> list[str]:
     """(d) The epoch of best test accuracy far from the epoch of best OOD accuracy."""
-    epochs = [r["epoch"] for r in run.records]
+    epochs = [r.epoch for r in run.records]
     test = [run.metric(e, "test", "accuracy") for e in epochs]
     if any(map(_missing, test)):
         return []
@@ -273,10 +278,10 @@ def curves_figure(run: RunInfo) -> bytes:
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
-    epochs = [r["epoch"] for r in run.records]
+    epochs = [r.epoch for r in run.records]
     fig = Figure(figsize=(11, 6.5), layout="constrained")
     axes = fig.subplots(2, 2)
-    axes[0, 0].plot(epochs, [r["train"]["loss"] for r in run.records], marker=".")
+    axes[0, 0].plot(epochs, [r.train["loss"] for r in run.records], marker=".")
     axes[0, 0].set_title("train loss")
     axes[0, 1].plot(epochs, [run.metric(e, "val", "eer") for e in epochs], marker=".", color="tab:purple")
     axes[0, 1].set_title("validation EER")
@@ -297,10 +302,10 @@ def curves_figure(run: RunInfo) -> bytes:
 
 
 def score_files(run: RunInfo) -> list[tuple[str, Path]]:
-
-    folder = RunFolder(run.path).scores("best")
-    return [(name, folder / f"{name.replace(':', '_')}.csv") for name in run.set_names
-            if (folder / f"{name.replace(':', '_')}.csv").is_file()]
+    """The best epoch's score table of each set that has one."""
+    folder = RunFolder(run.path)
+    return [(name, folder.score_table("best", name)) for name in run.set_names
+            if folder.score_table("best", name).is_file()]
 
 
 def scores_figure(run: RunInfo, files: list[tuple[str, Path]]) -> bytes:
@@ -528,25 +533,34 @@ def size_table(page: Page, runs: list[RunInfo], ood: str | None) -> None:
 
 
 TITLE = "dfdetect report"
+MARKDOWN_HEAD = f"# {TITLE}\n".encode()
 
 
 def _is_report(file: Path) -> bool:
     """Whether `file` is a page or Markdown this command wrote (by its first bytes), which a rerun
-    may overwrite."""
+    may overwrite. A file that is the start of those bytes (empty included) was cut off while an
+    older dfdetect wrote it in place: the report's own leftover too."""
     with open(file, "rb") as f:
         head = f.read(512)
-    return head.startswith(f"# {TITLE}\n".encode()) or (head.startswith(b"<!DOCTYPE html>")
-                                                          and f"<title>{TITLE}</title>".encode() in head)
+    if Page(TITLE).html().encode().startswith(head) or MARKDOWN_HEAD.startswith(head):
+        return True
+    return head.startswith(MARKDOWN_HEAD) or (head.startswith(b"<!DOCTYPE html>")
+                                              and f"<title>{TITLE}</title>".encode() in head)
 
 
-def check_outputs(out: Path, force: bool) -> None:
-    """The page and its Markdown can be written: each is a file (or nothing yet) in a writable
-    folder, and an existing one is a report this command wrote (a rerun), unless `force`."""
+def check_outputs(out: Path, force: bool, option: str = "--out") -> None:
+    """The page and its Markdown can be written: an .html name, each a file (or nothing yet) in a
+    writable folder, and an existing one a report this command wrote (a rerun), unless `force`.
+    Errors name `option` (a study names its key)."""
+    if Path(out).suffix.lower() not in (".html", ".htm"):
+        raise ReportError(f"{option} {out}: the report is an HTML page (its tables go beside it as .md); "
+                          "name it e.g. report.html")
     for file in (out, out.with_suffix(".md")):
-        check_output("--out", file)
+        check_output(option, file)
         if file.exists() and not force and not _is_report(file):
-            raise ReportError(f"--out {out}: {file} exists and is not a dfdetect report; choose another --out, "
-                              "move the file away, or pass --force to overwrite it")
+            raise ReportError(f"{option} {out}: {file} exists and is not a dfdetect report; choose another "
+                              f"{option} or move the file away" + (", or pass --force to overwrite it"
+                                                                    if option == "--out" else ""))
 
 
 def build_report(runs: list[str | Path], out: str | Path = "report.html", ood: str | None = None,
@@ -554,9 +568,6 @@ def build_report(runs: list[str | Path], out: str | Path = "report.html", ood: s
     """Write the HTML page and the Markdown next to it; returns where, and the warnings."""
     if not runs:
         raise ReportError("give at least one run folder")
-    if Path(out).suffix.lower() not in (".html", ".htm"):
-        raise ReportError(f"--out {out}: the report is an HTML page (its tables go beside it as .md); "
-                          "name it e.g. report.html")
     check_outputs(Path(out), force)
     infos = [read_run(Path(p)) for p in runs]
     if len({r.name for r in infos}) < len(infos):
@@ -602,8 +613,48 @@ def build_report(runs: list[str | Path], out: str | Path = "report.html", ood: s
             page.text(f"{run.name} has no scores/best/*.csv: no ROC/DET curves or histograms.")
 
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     markdown = out.with_suffix(".md")
-    out.write_text(page.html())
-    markdown.write_text(page.markdown(out.name))
+    _write_replacing({out: page.html(), markdown: page.markdown(out.name)})
     return Report(out, markdown, infos, found, chosen)
+
+
+def _temporary(file: Path) -> Path:
+    """Where `file` is written before its rename; `_leftovers` knows the name."""
+    return file.with_name(f".{file.name}.{os.getpid()}.tmp")
+
+
+def _leftovers(file: Path) -> list[Path]:
+    """Temporary files of `file` left by a report that was killed: this naming (`_temporary`), and
+    no live process of that id (a report writing beside this one keeps its file)."""
+    pattern = re.compile(rf"\.{re.escape(file.name)}\.(\d+)\.tmp")
+    found = [(p, pattern.fullmatch(p.name)) for p in file.parent.glob(f".{glob.escape(file.name)}.*.tmp")]
+    return [p for p, m in found if m and not _alive(int(m.group(1)))]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):
+        return False
+    except PermissionError:   # another user's process
+        return True
+    return True
+
+
+def _write_replacing(texts: dict[Path, str]) -> None:
+    """Each file written beside itself and renamed into place once all are written: a kill at any
+    instant leaves the previous page and Markdown (or, between the renames, a new page beside the
+    previous Markdown), never a cut-off file. Temporary files of killed reports are removed first."""
+    temporaries = {}
+    try:
+        for file, text in texts.items():
+            file.parent.mkdir(parents=True, exist_ok=True)
+            for leftover in _leftovers(file):
+                leftover.unlink(missing_ok=True)
+            temporaries[file] = _temporary(file)
+            temporaries[file].write_text(text, encoding="utf-8")
+        for file, tmp in temporaries.items():
+            os.replace(tmp, file)
+    finally:
+        for tmp in temporaries.values():
+            tmp.unlink(missing_ok=True)

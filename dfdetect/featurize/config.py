@@ -86,9 +86,10 @@ class FeaturizeConfig:
         return config.replace(features=tuple(features) if features is not None else None,
                               wavlm=wavlm_config, variant=variant)
 
-    def resolved(self) -> FeaturizeConfig:
+    def resolved(self, option=lambda name: "--" + name.replace("_", "-")) -> FeaturizeConfig:
         """Defaults filled in (workers), features in the store's order, every value checked
-        (StoreError/ConfigError naming the option)."""
+        (StoreError/ConfigError naming the option: `option(field)`, by default featurize's
+        command-line option; a study names its key)."""
         from dfdetect.errors import check_range
         from dfdetect.store.schema import FEATURE_ARRAYS, StoreError
         from dfdetect.store.writer import MAX_BLOCK_SIZE
@@ -98,9 +99,9 @@ class FeaturizeConfig:
         unknown = [f for f in features if f not in known]
         if unknown or not features:
             raise StoreError(f"unknown feature(s) {', '.join(unknown) or '(none given)'}; "
-                             f"--features takes a comma-separated subset of {','.join(known)}")
-        check_range("--block-size", self.block_size, 1, MAX_BLOCK_SIZE)
+                             f"{option('features')} takes a comma-separated subset of {','.join(known)}")
+        check_range(option("block_size"), self.block_size, 1, MAX_BLOCK_SIZE)
         if self.workers is not None:
-            check_range("--workers", self.workers, 0)
+            check_range(option("workers"), self.workers, 0)
         return dataclasses.replace(self, features=tuple(f for f in known if f in features),
                                    workers=(os.cpu_count() or 1) if self.workers is None else int(self.workers))

@@ -48,7 +48,7 @@ def export_config(run: LoadedRun) -> dict:
             "frontend": run.frontend_config.to_dict(), "frontend_hash": run.frontend_hash,
             "wavlm": run.wavlm_info, "threshold": run.threshold,
             "threshold_meaning": "P(fake) >= threshold -> fake; the validation-EER threshold of the epoch",
-            "score_precision": (run.config.get("config") or {}).get("score_precision", "float32"),
+            "score_precision": run.score_precision,
             "labels": {"0": "real (bona fide)", "1": "fake (spoof)"}, "score": "P(fake): higher = more likely fake",
             "source": {"run": run.path.name, "epoch": run.epoch}}
 

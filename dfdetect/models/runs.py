@@ -10,7 +10,9 @@
       run.json           environment (git commit, versions, device) and totals
 
 `RunFolder` names every file (the trainer writes through it; evaluate, report, score, the study
-and the demo read through it) and holds the one best-epoch rule. `load_run` gives the head at an
+and the demo read through it) and holds the one best-epoch rule. What is read comes back as
+`RunConfig` (config.json) and `EpochRecord` (a line of metrics.jsonl): the dicts as written, with
+the keys readers use as properties, so no reader spells the files' keys. `load_run` gives the head at an
 epoch with what scoring raw audio needs (the frontend and WavLM it was trained on):
 
     run = load_run("runs/mel_aasist", epoch="best")
@@ -19,9 +21,11 @@ epoch with what scoring raw audio needs (the frontend and WavLM it was trained o
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,14 +39,108 @@ from dfdetect.featurize.frontend import FrontendConfig
 from dfdetect.featurize.wavlm import WavLMConfig
 from dfdetect.metrics import json_safe
 from dfdetect.models.registry import build_model, get_architecture
+from dfdetect.names import csv_cell
 from dfdetect.store.schema import wavlm_storage_of
 
 
 STATE_KEY = "dfdetect_state"   # the progress, in state.safetensors' header
+# A run folder's layout: what `RunFolder.create` may remove (with the ".tmp" of a replace cut off).
+LAYOUT_FILES = {"config.json", "metrics.jsonl", "run.json", "state.json", "state.safetensors"}
+LAYOUT_DIRS = {"checkpoints", "scores"}
+_CHECKPOINT = re.compile(r"(epoch_\d{3,}|best)\.safetensors(\.tmp)?")
+
+
+# A per-clip score table (scores/{best,last}/SET.csv): its columns; score = P(fake).
+SCORE_COLUMNS = ("clip_id", "label", "score", "generator", "split", "store_row")
+_TOP_LEVEL_METRICS = ("eer", "auc", "min_dcf")   # a set's metrics beside its thresholds' ("at_0.5", ...)
 
 
 class RunError(DfdetectError):
     """A run folder that cannot be used as asked; the message says what is missing."""
+
+
+class RunConfig(dict):
+    """config.json as the trainer wrote it: {"config": TrainConfig fields, "model": the head's
+    config, "parameters", "sets": {NAME: the set's description}, "frontend", "wavlm"}."""
+
+    @property
+    def train_config(self) -> dict:
+        """The TrainConfig fields ({} when not recorded: an exported model's)."""
+        return self.get("config") or {}
+
+    @property
+    def arch(self) -> str:
+        return self["config"]["arch"]
+
+    @property
+    def model_options(self) -> dict:
+        return self["model"]
+
+    @property
+    def train_set(self) -> dict:
+        """The train set's description: spec, store, version, rows, frontend_hash."""
+        return self["sets"]["train"]
+
+    @property
+    def frontend(self) -> dict:
+        return self["frontend"]
+
+    @property
+    def wavlm(self) -> dict | None:
+        return self.get("wavlm")
+
+    @property
+    def score_precision(self) -> str:
+        """The precision the run scores at. Runs written before it was recorded: float32, the
+        precision evaluate and score always used."""
+        return self.train_config.get("score_precision", "float32")
+
+    @property
+    def tf32(self) -> bool:
+        """Whether the run's CUDA forwards use TF32: validation chose its threshold so, and evaluate
+        and score run so too."""
+        return bool(self.train_config.get("tf32", True))
+
+
+class EpochRecord(dict):
+    """One epoch of metrics.jsonl as the trainer wrote it: {"epoch", "train": loss, accuracy...,
+    "sets": {NAME: metrics (eer, auc, min_dcf, eer_threshold, "at_0.5": accuracy, recall...)},
+    "seconds"}."""
+
+    @property
+    def epoch(self) -> int:
+        return self["epoch"]
+
+    @property
+    def train(self) -> dict:
+        return self["train"]
+
+    @property
+    def sets(self) -> dict[str, dict]:
+        return self["sets"]
+
+    @property
+    def seconds(self) -> dict:
+        return self["seconds"]
+
+    @property
+    def val_eer(self) -> float | None:
+        return self.sets.get("val", {}).get("eer")
+
+    @property
+    def val_threshold(self) -> float | None:
+        """The validation EER threshold on P(fake) (None when validation had none)."""
+        return self.sets.get("val", {}).get("eer_threshold")
+
+    def metric(self, name: str, key: str):
+        """Set `name`'s metric `key`: eer/auc/min_dcf as stored, the rest at threshold 0.5 (None
+        when not recorded); KeyError when the epoch has no such set."""
+        metrics = self.sets[name]
+        return metrics[key] if key in _TOP_LEVEL_METRICS else metrics["at_0.5"].get(key)
+
+    def at_05(self, name: str) -> dict:
+        """Set `name`'s metrics at threshold 0.5 (confusion counts included)."""
+        return self.sets[name]["at_0.5"]
 
 
 def is_better(val_eer, best_val_eer) -> bool:
@@ -76,6 +174,22 @@ class RunFolder:
         """The folder of per-clip score tables of the "best" or the "last" epoch."""
         return self.path / "scores" / which
 
+    def score_table(self, which: str, set_name: str) -> Path:
+        """The per-clip score table (SCORE_COLUMNS) of set `set_name` at the "best" or "last" epoch."""
+        return self.scores(which) / f"{set_name.replace(':', '_')}.csv"
+
+    def write_score_table(self, which: str, set_name: str, columns: dict) -> None:
+        """One score table from equal-length `columns` named as SCORE_COLUMNS (score = P(fake));
+        names from the store are untrusted cells (names.csv_cell)."""
+        table = self.score_table(which, set_name)
+        table.parent.mkdir(parents=True, exist_ok=True)
+        with open(table, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(SCORE_COLUMNS)
+            for clip_id, label, score, generator, split, row in zip(*(columns[c] for c in SCORE_COLUMNS)):
+                w.writerow([csv_cell(clip_id), int(label), f"{score:.6f}", csv_cell(generator), csv_cell(split),
+                            int(row)])
+
     # -- state --------------------------------------------------------------------------------------
     @property
     def is_run(self) -> bool:
@@ -89,15 +203,16 @@ class RunFolder:
         return not self.path.exists() or not any(self.path.iterdir())
 
     # -- reading ------------------------------------------------------------------------------------
-    def read_config(self) -> dict:
-        return _read_json(self.config_file)
+    def read_config(self) -> RunConfig:
+        config = _read_json(self.config_file)
+        return RunConfig(config) if isinstance(config, dict) else config   # else: load_run names what it lacks
 
-    def records(self) -> list[dict]:
+    def records(self) -> list[EpochRecord]:
         """metrics.jsonl, one record per finished epoch ([] when none finished). A last line without
         its newline that is not JSON is an epoch whose append was cut off (killed, disk full): it
         never finished, so it is not a record. A repeated epoch (a run resumed by an older dfdetect
         after a kill) counts once, as its later record: the one its checkpoint holds."""
-        return [record for _, record in self._record_lines()]
+        return [EpochRecord(record) if isinstance(record, dict) else record for _, record in self._record_lines()]
 
     def _record_lines(self) -> list[tuple[str, dict]]:
         """(line, record) per epoch, by the rules of `records`."""
@@ -113,22 +228,71 @@ class RunFolder:
         return list(by_epoch.values())
 
     @staticmethod
-    def best_epoch(records: list[dict]) -> int | None:
+    def best_epoch(records: list[EpochRecord]) -> int | None:
         """The epoch `is_better` picks over the records; the last epoch when none has a validation
         EER; None when there are no records."""
         best, best_eer = None, None
+        records = [EpochRecord(r) for r in records]    # plain dicts too
         for r in records:
-            eer = r["sets"].get("val", {}).get("eer")
-            if is_better(eer, best_eer):
-                best, best_eer = r["epoch"], eer
-        return best if best is not None else (records[-1]["epoch"] if records else None)
+            if is_better(r.val_eer, best_eer):
+                best, best_eer = r.epoch, r.val_eer
+        return best if best is not None else (records[-1].epoch if records else None)
+
+    def foreign_files(self, limit: int = 5) -> list[str]:
+        """Up to `limit` paths in the folder (relative to it) that are not part of a run's layout:
+        what dfdetect did not write as a run. Links count as foreign (never followed)."""
+        found: list[str] = []
+        for entry in self._entries():
+            rel = entry.relative_to(self.path)
+            if not _in_layout(rel, entry):
+                found.append(str(rel) + ("/" if entry.is_dir() and not entry.is_symlink() else ""))
+                if len(found) >= limit:
+                    break
+        return found
+
+    def _entries(self):
+        """Every path in the folder, a layout folder's contents included (foreign folders are not
+        entered: the first foreign path is enough)."""
+        if not self.path.is_dir():
+            return
+        for entry in sorted(self.path.iterdir()):
+            yield entry
+            if entry.name in LAYOUT_DIRS and entry.is_dir() and not entry.is_symlink():
+                for inner in sorted(entry.rglob("*")):
+                    yield inner
+
+    def is_created_run(self) -> bool:
+        """Whether the folder is one dfdetect created as a run (so `create` may replace it): only
+        the run layout's files, and a config.json the trainer wrote (or, a kill after `create`,
+        nothing but its empty folders)."""
+        if self.foreign_files(1):
+            return False
+        if not self.config_file.exists():
+            return not any(e.is_file() for e in self._entries())
+        try:
+            config = json.loads(self.config_file.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            return False
+        return isinstance(config, dict) and {"config", "model"} <= set(config)
 
     # -- writing (the trainer) ----------------------------------------------------------------------
     def create(self) -> None:
-        """An empty run folder at `path` (whatever was there is removed: the caller decided)."""
-        if self.path.exists():
-            shutil.rmtree(self.path)
-        self.checkpoints.mkdir(parents=True)
+        """An empty run folder at `path`. What was there is removed only when it is a run folder
+        dfdetect created (`is_created_run`): a folder holding anything else is refused, --force or
+        not, so no call removes files dfdetect did not write as a run."""
+        if not self.is_empty():
+            if not self.is_created_run():
+                raise RunError(self.not_a_run_message())
+            for entry in self.path.iterdir():   # the contents: `path` may be a link the user made
+                shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+        self.checkpoints.mkdir(parents=True, exist_ok=True)
+
+    def not_a_run_message(self) -> str:
+        foreign = self.foreign_files()
+        held = (f"files dfdetect did not write as a run ({', '.join(foreign)}{', ...' * (len(foreign) >= 5)})"
+                if foreign else "files that are not a run dfdetect created (its config.json is not the trainer's)")
+        return (f"{self.path} already holds {held}; dfdetect never removes them (--force replaces only a run "
+                "folder): choose another output folder, or move them away")
 
     def write_config(self, config: dict) -> None:
         self.config_file.write_text(json.dumps(config, indent=2))
@@ -190,6 +354,23 @@ class RunFolder:
         return _read_json(self.state_tensors, text)
 
 
+def _in_layout(rel: Path, entry: Path) -> bool:
+    """Whether `rel` (inside a run folder) is a path of the run layout: its files (or a replace's
+    leftover .tmp), checkpoints/*.safetensors, scores/{best,last}/*.csv. Never a link."""
+    if entry.is_symlink():
+        return False
+    parts, is_dir = rel.parts, entry.is_dir()
+    if len(parts) == 1:
+        return (parts[0] in LAYOUT_DIRS and is_dir) or (
+            not is_dir and parts[0].removesuffix(".tmp") in LAYOUT_FILES)
+    if parts[0] == "checkpoints":
+        return len(parts) == 2 and not is_dir and bool(_CHECKPOINT.fullmatch(parts[1]))
+    if parts[0] == "scores":
+        return parts[1] in ("best", "last") and (
+            (len(parts) == 2 and is_dir) or (len(parts) == 3 and not is_dir and parts[2].endswith(".csv")))
+    return False
+
+
 def _replace(file: Path, write) -> None:
     """`write(tmp)` then one rename onto `file`: a kill mid-write leaves the previous file whole."""
     tmp = file.with_name(file.name + ".tmp")
@@ -223,27 +404,39 @@ class LoadedRun:
     arch: str
     epoch: int
     model: torch.nn.Module          # in eval mode, on CPU
-    config: dict                    # config.json as written by the trainer
-    records: list[dict]             # metrics.jsonl, one per epoch
+    config: RunConfig               # config.json as written by the trainer
+    records: list[EpochRecord]      # metrics.jsonl, one per epoch
+
+    def __post_init__(self):        # an exported model gives the same shapes as plain dicts
+        self.config = RunConfig(self.config)
+        self.records = [EpochRecord(r) for r in self.records]
 
     @property
     def inputs(self) -> tuple[str, ...]:
         return get_architecture(self.arch).inputs
 
     @property
-    def record(self) -> dict:
-        return next(r for r in self.records if r["epoch"] == self.epoch)
+    def record(self) -> EpochRecord:
+        return next(r for r in self.records if r.epoch == self.epoch)
 
     @property
     def threshold(self) -> float:
         """Decision threshold on P(fake): the validation EER threshold of the loaded epoch (chosen on
         held-out in-distribution data, never on test or OOD); 0.5 when validation had none."""
-        value = self.record["sets"].get("val", {}).get("eer_threshold")
+        value = self.record.val_threshold
         return 0.5 if value is None else float(value)
 
     @property
+    def score_precision(self) -> str:
+        return self.config.score_precision
+
+    @property
+    def tf32(self) -> bool:
+        return self.config.tf32
+
+    @property
     def frontend_config(self) -> FrontendConfig:
-        return FrontendConfig.from_dict(self.config["frontend"])
+        return FrontendConfig.from_dict(self.config.frontend)
 
     @property
     def frontend_hash(self) -> str:
@@ -253,7 +446,7 @@ class LoadedRun:
     @property
     def wavlm_info(self) -> dict | None:
         """The WavLM the training features came from, as its store recorded it (None for mel heads)."""
-        return self.config.get("wavlm") if "wavlm" in self.inputs else None
+        return self.config.wavlm if "wavlm" in self.inputs else None
 
     @property
     def wavlm_config(self):
@@ -283,9 +476,9 @@ def load_run(path: str | Path, epoch: str | int = "best") -> LoadedRun:
     if not records:
         raise RunError(f"{path} has no finished epoch yet")
     try:
-        epochs = [r["epoch"] for r in records]
+        epochs = [r.epoch for r in records]
         best = folder.best_epoch(records)
-        arch, model_options = config["config"]["arch"], config["model"]
+        arch, model_options = config.arch, config.model_options
     except (KeyError, TypeError, AttributeError) as e:
         raise RunError(f"{path}: config.json or metrics.jsonl lacks {e} (written by another tool or "
                        "damaged); retrain the run") from None

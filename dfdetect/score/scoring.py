@@ -57,7 +57,7 @@ import numpy as np
 import torch
 
 from dfdetect import __version__
-from dfdetect.devices import autocast, out_of_memory, resolve_device, run_precision, run_tf32, tf32
+from dfdetect.devices import autocast, out_of_memory, resolve_device, tf32
 from dfdetect.errors import check_output
 from dfdetect.featurize.frontend import FRONTEND_FEATURES
 from dfdetect.featurize.pipeline import dask_client
@@ -97,7 +97,7 @@ class Scorer:
         self.device = resolve_device(device)
         self.model = run.model.to(self.device).eval()
         self.inputs = run.inputs
-        self.precision, self.tf32 = run_precision(run.config), run_tf32(run.config)
+        self.precision, self.tf32 = run.score_precision, run.tf32
         self.wavlm = None
         if "wavlm" in self.inputs:
 

@@ -12,9 +12,11 @@ version, a store without versions) raises `StoreError` with a one-line message.
 
 from __future__ import annotations
 
+import glob
 import json
 import math
 import os
+import re
 import time
 from collections import Counter
 from itertools import product
@@ -25,6 +27,7 @@ import zarr
 
 from dfdetect import __version__
 from dfdetect.errors import check_output
+from dfdetect.locks import ExclusiveLock
 from dfdetect.store.schema import (
     ARRAY_NAMES,
     CLIP_COLUMNS,
@@ -603,10 +606,8 @@ def export_hdf5(spec: str, out: str | Path, arrays: list[str] | None = None, spl
     Datasets: one per feature array ([rows, ...] float16, uint8 WavLM codes dequantized),
     `meta/<column>` for every metadata column (strings as UTF-8 variable length), `store_row`
     (the rows' indices in the store).
-    File attributes: config (JSON), store, version, dfdetect_version, filters."""
-    import h5py
-
-
+    File attributes: config (JSON), store, version, dfdetect_version, filters. Written beside `out`
+    and renamed into place; the temporary files of exports killed before are removed."""
     t0 = time.perf_counter()
     out = Path(out)
     path, _, spec_split = parse_store_spec(spec)
@@ -627,8 +628,46 @@ def export_hdf5(spec: str, out: str | Path, arrays: list[str] | None = None, spl
     if out.exists() and not force:
         raise StoreError(f"{out} exists; pass --force to overwrite it")
     rows = store.rows(split=split, status=None if status == "all" else status)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    with _export_lock(out):
+        raw = _write_hdf5(out, store, names, meta, rows, split, status)
+    return {"out": str(out), "store": store.path, "version": store.version, "rows": int(len(rows)),
+            "arrays": names, "meta_columns": sorted(meta), "split": split, "status": status,
+            "bytes_written": out.stat().st_size, "bytes_raw": int(raw),
+            "seconds": time.perf_counter() - t0}
+
+
+def _export_lock(out: Path) -> ExclusiveLock:
+    """One export per file (`FILE.lock` beside it, gone when the export ends)."""
+    def busy(holder: str) -> StoreError:
+        return StoreError(f"--hdf5 {out} is being written by another store export ({holder}); wait for it to "
+                          "finish or choose another file")
+    return ExclusiveLock(str(out), busy, remove=True)
+
+
+def _temporary(out: Path) -> Path:
+    """Where the export is written before its rename onto `out` (a hidden file beside it)."""
+    return out.with_name(f".{out.name}.{os.getpid()}.tmp")
+
+
+def _remove_leftovers(out: Path) -> None:
+    """The temporary files of exports to `out` that were killed (kill -9, power loss): with the
+    export's lock held no other export writes one, so every file of that naming is a leftover.
+    Nothing else is touched."""
+    pattern = re.compile(rf"\.{re.escape(out.name)}\.\d+\.tmp")
+    for file in out.parent.glob(f".{glob.escape(out.name)}.*.tmp"):
+        if pattern.fullmatch(file.name) and file.is_file() and not file.is_symlink():
+            file.unlink(missing_ok=True)
+
+
+def _write_hdf5(out: Path, store: FeatureStore, names: list[str], meta: dict, rows: np.ndarray,
+                split: str | None, status: str) -> int:
+    """The export written to a temporary file and renamed onto `out` (a kill leaves the previous
+    file); returns the bytes written (uncompressed)."""
+    import h5py
+
     out.parent.mkdir(parents=True, exist_ok=True)
+    _remove_leftovers(out)
+    tmp = _temporary(out)
     try:
         with h5py.File(tmp, "w") as f:
             f.attrs.update({
@@ -645,10 +684,7 @@ def export_hdf5(spec: str, out: str | Path, arrays: list[str] | None = None, spl
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    return {"out": str(out), "store": store.path, "version": store.version, "rows": int(len(rows)),
-            "arrays": names, "meta_columns": sorted(meta), "split": split, "status": status,
-            "bytes_written": out.stat().st_size, "bytes_raw": int(raw),
-            "seconds": time.perf_counter() - t0}
+    return raw
 
 
 def _write_hdf5_meta(f, meta: dict[str, np.ndarray], rows: np.ndarray) -> int:

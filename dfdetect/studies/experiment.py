@@ -40,14 +40,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dfdetect.datasets import ADAPTERS
-from dfdetect.errors import DfdetectError
-from dfdetect.evaluate.report import build_report
+from dfdetect.errors import ConfigError, DfdetectError
+from dfdetect.evaluate.report import build_report, check_outputs as check_report_outputs
 from dfdetect.featurize.config import FeaturizeConfig
 from dfdetect.featurize.pipeline import featurize
+from dfdetect.models.registry import make_config
 from dfdetect.models.runs import RunFolder
 from dfdetect.store import StoreError, open_store
 from dfdetect.store.schema import list_versions
-from dfdetect.train.trainer import TrainConfig, train
+from dfdetect.train.trainer import TrainConfig, ood_name, train
 
 SECTIONS = {"experiment": {"name", "stores_dir", "runs_dir", "description"},
             "datasets": None, "stores": None, "runs": None, "report": {"out", "ood"}}
@@ -114,67 +115,147 @@ def _expand(value, where: str):
     return re.sub(r"\$\{(\w+)\}", sub, value)
 
 
-def _apply_override(data: dict, assignment: str) -> None:
-    """KEY.PATH=VALUE, VALUE parsed as TOML (so numbers, lists, booleans work; bare words are text)."""
+def _apply_override(data: dict, assignment: str) -> str:
+    """KEY.PATH=VALUE, VALUE parsed as TOML (so numbers, lists, booleans work; bare words are text);
+    returns KEY.PATH."""
     key, sep, raw = assignment.partition("=")
-    if not sep:
-        raise ExperimentError(f"--set {assignment!r}: write KEY=VALUE, e.g. runs.mel_aasist.epochs=2")
+    parts = key.strip().split(".")
+    if not sep or not all(part.strip() for part in parts):
+        raise ExperimentError(f"--set {assignment!r}: write KEY.PATH=VALUE, e.g. runs.mel_aasist.epochs=2")
     try:
         value = tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
         value = raw
     node = data
-    parts = key.strip().split(".")
-    for part in parts[:-1]:
+    for depth, part in enumerate(parts[:-1], 1):
         node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ExperimentError(f"--set {assignment!r}: {'.'.join(parts[:depth])} is a value, not a table, "
+                                  "so it has no keys to set")
     node[parts[-1]] = value
+    return ".".join(parts)
 
 
 class _File:
-    """An experiment file being read: every failure names the file, the line and the table."""
+    """An experiment file being read: every failure names the file, the line and the table, or the
+    --set that gave the value."""
 
-    def __init__(self, path: Path, text: str):
+    def __init__(self, path: Path, text: str, overrides: dict[str, str]):
         self.path, self.text, self.base = path, text, path.parent
+        self.overrides = overrides          # KEY.PATH -> the --set assignment that gave it
 
     def line(self, table: str, key: str | None = None) -> int:
         return _line_of(self.text, table, key)
 
+    def where(self, table: str, key: str | None) -> str:
+        """`--set ...` when the value (or a table holding it) came from one, else FILE:LINE."""
+        dotted = f"{table}.{key}" if key else table
+        for set_key, assignment in self.overrides.items():
+            if dotted == set_key or dotted.startswith(set_key + "."):
+                return f"--set {assignment}"
+        line = self.line(table, key)
+        given = [a for k, a in self.overrides.items() if k.startswith(dotted + ".")]
+        return f"--set {given[0]}" if given and not line else f"{self.path}:{line}"
+
     def fail(self, table: str, key: str | None, message: str):
-        raise ExperimentError(f"{self.path}:{self.line(table, key)}: [{table}]"
-                              f"{' ' + key if key else ''}: {message}")
+        raise ExperimentError(f"{self.where(table, key)}: [{table}]{' ' + key if key else ''}: {message}")
 
     def check_keys(self, table: str, given: dict, allowed: set[str]) -> None:
         for key in given:
             if key not in allowed:
                 self.fail(table, key, f"unknown key {key!r}; allowed: {', '.join(sorted(allowed))}")
 
+    def check_strings(self, table: str, given: dict, keys) -> None:
+        for key in keys:
+            if key in given and not isinstance(given[key], str):
+                self.fail(table, key, f"{given[key]!r} is not a string; write it in quotes")
 
-def load_experiment(path: str | Path, overrides: list[str] = ()) -> Experiment:
-    """Parse and check an experiment file; every error names the file and line."""
-    path = Path(path)
+    def check_tables(self, data: dict) -> None:
+        """Every section a table, and in [datasets], [stores] and [runs] every entry one."""
+        for section, value in data.items():
+            if not isinstance(value, dict):
+                self.fail(section, None, f"{value!r} is a value; [{section}] is a table")
+            if SECTIONS.get(section, set()) is None:
+                for name, entry in value.items():
+                    if not isinstance(entry, dict):
+                        self.fail(section, name, f"{entry!r} is a value; write it as a table [{section}.{name}]")
+
+
+def _read_text(path: Path) -> str:
     if not path.is_file():
         raise ExperimentError(f"no experiment file at {path}")
-    text = path.read_text()
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ExperimentError(f"{path}: not UTF-8 text (byte {e.start}: {e.object[e.start:e.start + 1]!r}); "
+                              "TOML files are UTF-8: save it as UTF-8") from None
+
+
+def load_experiment(path: str | Path, overrides: list[str] = ()) -> Experiment:
+    """Parse and check the whole experiment file before any work: every key's kind and value (the
+    runs' settings as `train` checks them, the report's), and the output folders; every error
+    names the file and line (or the --set that gave the value) and the key."""
+    path = Path(path)
+    text = _read_text(path)
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ExperimentError(f"{path}: not valid TOML ({e})") from None
+    f = _File(path, text, {})
     for assignment in overrides:
-        _apply_override(data, assignment)
-    f = _File(path, text)
-    f.check_keys("experiment", data.get("experiment", {}), SECTIONS["experiment"])
+        f.overrides[_apply_override(data, assignment)] = assignment
     for section in data:
         if section not in SECTIONS:
             f.fail(section, None, f"unknown section [{section}]; allowed: {', '.join(SECTIONS)}")
-    f.check_keys("report", data.get("report", {}), SECTIONS["report"])
-    meta = data.get("experiment", {})
+    f.check_tables(data)
+    meta, report = data.get("experiment", {}), data.get("report", {})
+    f.check_keys("experiment", meta, SECTIONS["experiment"])
+    f.check_strings("experiment", meta, SECTIONS["experiment"])
+    f.check_keys("report", report, SECTIONS["report"])
+    f.check_strings("report", report, SECTIONS["report"])
     stores_dir = f.base / meta.get("stores_dir", "stores")
     runs_dir = f.base / meta.get("runs_dir", "runs")
     datasets = _read_datasets(f, data.get("datasets", {}))
     stores = _read_stores(f, data.get("stores", {}), datasets)
     runs, run_dirs = _read_runs(f, data.get("runs", {}), stores, stores_dir, runs_dir)
-    return Experiment(path, meta.get("name", path.stem), stores_dir, runs_dir, datasets, stores,
-                      runs, run_dirs, _run_order(f, runs), data.get("report", {}))
+    experiment = Experiment(path, meta.get("name", path.stem), stores_dir, runs_dir, datasets, stores,
+                            runs, run_dirs, _run_order(f, runs), report)
+    for name in runs:
+        _check_run_settings(f, experiment, name)
+    _check_report(f, experiment)
+    return experiment
+
+
+def _check_run_settings(f: _File, experiment: Experiment, name: str) -> None:
+    """The run's settings as `train` checks them (numbers, precision, the head's options), named
+    by their keys in the file."""
+    table = f"runs.{name}"
+    try:
+        config = train_config(experiment, name).resolved(option=lambda key: key)
+    except ConfigError as e:
+        key = "arch" if str(e).startswith("unknown architecture") else str(e).split(" ", 1)[0]
+        f.fail(table, key if key in RUN_KEYS else None, str(e))
+    try:
+        make_config(config.arch, **config.model)
+    except (ConfigError, TypeError, ValueError) as e:
+        f.fail(table, "model", str(e))
+
+
+def _check_report(f: _File, experiment: Experiment) -> None:
+    """[report] out can be written (an .html page, not someone else's file) and ood names an OOD
+    set of the runs."""
+    if not experiment.runs:
+        return
+    try:
+        check_report_outputs(experiment.report_path, force=False, option="report.out")
+    except DfdetectError as e:
+        f.fail("report", "out", str(e))
+    ood = experiment.report.get("ood")
+    names = {ood_name(spec)[0] for fields in experiment.runs.values() for spec in fields.get("ood", ())}
+    names |= {"ood:holdout" for fields in experiment.runs.values() if fields.get("holdout_generators")}
+    if ood is not None and (ood if ood.startswith("ood:") else "ood:" + ood) not in names:
+        f.fail("report", "ood", f"no run has an OOD set {ood!r}; they have: "
+                                f"{', '.join(sorted(n[4:] for n in names)) or 'none'}")
 
 
 def _read_datasets(f: _File, tables: dict) -> dict:
@@ -182,6 +263,7 @@ def _read_datasets(f: _File, tables: dict) -> dict:
     for name, d in tables.items():
         table = f"datasets.{name}"
         f.check_keys(table, d, DATASET_KEYS)
+        f.check_strings(table, d, DATASET_KEYS)
         if d.get("dataset") not in ADAPTERS:
             f.fail(table, "dataset", f"unknown dataset {d.get('dataset')!r}; valid: {', '.join(ADAPTERS)}")
         if "root" not in d:
@@ -197,8 +279,13 @@ def _read_stores(f: _File, tables: dict, datasets: dict) -> dict:
     for name, s in tables.items():
         table = f"stores.{name}"
         f.check_keys(table, s, STORE_KEYS)
+        f.check_strings(table, s, ("data",))
         if s.get("data") not in datasets:
             f.fail(table, "data", f"unknown dataset {s.get('data')!r}; declared: {', '.join(datasets) or 'none'}")
+        try:   # the featurize options, checked as featurize checks them, before any work
+            FeaturizeConfig.from_options(**{k: v for k, v in s.items() if k != "data"}).resolved(option=str)
+        except (DfdetectError, TypeError, ValueError) as e:
+            f.fail(table, None, str(e))
     return dict(tables)
 
 
@@ -224,6 +311,11 @@ def _read_runs(f: _File, tables: dict, stores: dict, stores_dir: Path, runs_dir:
         f.check_keys(table, r, RUN_KEYS)
         if "arch" not in r or "train" not in r:
             f.fail(table, None, "needs arch and train")
+        f.check_strings(table, r, ("out",))
+        for key, value in r.items():
+            problem = None if key == "out" else TrainConfig.field_problem(key, value)
+            if problem:
+                f.fail(table, key, problem)
         fields = {k: v for k, v in r.items() if k != "out"}
         for key in SET_KEYS:
             if key in fields and fields[key]:
@@ -235,6 +327,11 @@ def _read_runs(f: _File, tables: dict, stores: dict, stores_dir: Path, runs_dir:
         clash = [other for other, d in run_dirs.items() if d.resolve() == out.resolve()]
         if clash:
             f.fail(table, "out" if "out" in r else None, f"writes to {out}, as run {clash[0]!r} does")
+        folder = RunFolder(out)
+        if out.exists() and not out.is_dir():
+            f.fail(table, "out" if "out" in r else None, f"{out} is a file; a run writes a folder")
+        if not folder.is_empty() and not folder.can_resume and not folder.is_created_run():
+            f.fail(table, "out" if "out" in r else None, folder.not_a_run_message())
         runs[name], run_dirs[name] = fields, out
     for name, fields in runs.items():
         parent = fields.get("init_from")
@@ -346,6 +443,6 @@ def status_rows(experiment: Experiment) -> list[dict]:
         records = RunFolder(experiment.run_dirs[name]).records()
         if records:
             last = records[-1]
-            row["last"] = {k: {"acc": v["at_0.5"]["accuracy"], "eer": v["eer"]} for k, v in last["sets"].items()}
+            row["last"] = {k: {"acc": last.metric(k, "accuracy"), "eer": last.metric(k, "eer")} for k in last.sets}
         rows.append(row)
     return rows

@@ -20,12 +20,15 @@ The run folder's layout and the best-epoch rule belong to `dfdetect.models.runs.
 from __future__ import annotations
 
 import contextlib
-import csv
 import dataclasses
+import json
 import subprocess
 import time
+import types
+import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -34,10 +37,10 @@ from safetensors.torch import load_file
 from dfdetect import __version__
 from dfdetect.devices import autocast, precision_dtype, resolve_device, tf32
 from dfdetect.errors import ConfigError, DfdetectError, check_output, check_range
+from dfdetect.locks import ExclusiveLock
 from dfdetect.metrics import evaluate_scores
 from dfdetect.models.registry import build_model, config_to_dict, count_parameters, get_architecture
-from dfdetect.models.runs import RunFolder, is_better
-from dfdetect.names import csv_cell
+from dfdetect.models.runs import EpochRecord, RunFolder, is_better
 from dfdetect.store import parse_store_spec
 from dfdetect.train.data import DataSet, FeatureLoader, open_set, stratified_split
 
@@ -73,29 +76,83 @@ class TrainConfig:
     model: dict = field(default_factory=dict)   # head config overrides
     memory_budget_gb: float = 4.0       # load sets into RAM when they fit, else stream chunks
 
-    def resolved(self) -> "TrainConfig":
-        """Defaults filled in, every number checked (ConfigError naming the option)."""
+    def resolved(self, option: Callable[[str], str] | None = None) -> "TrainConfig":
+        """Defaults filled in, every number checked (ConfigError naming the option: `option(field)`,
+        by default the field's `dfdetect train` option, e.g. --batch-size; a study names the key)."""
+        option = option or cli_option
         arch = get_architecture(self.arch)
         config = dataclasses.replace(self, ood=tuple(self.ood), holdout_generators=tuple(self.holdout_generators),
                                      epochs=self.epochs or arch.epochs, batch_size=self.batch_size or arch.batch_size,
                                      lr=self.lr if self.lr is not None else arch.lr)
-        check_range("--epochs", config.epochs, 1)
-        check_range("--batch-size", config.batch_size, 2)     # BatchNorm trains on 2 rows or more
+        check_range(option("epochs"), config.epochs, 1)
+        check_range(option("batch_size"), config.batch_size, 2)     # BatchNorm trains on 2 rows or more
         if arch.fitted:
             if config.epochs != 1 or config.init_from or config.lr is not None:
                 raise ConfigError(f"{arch.name} is fitted once (EM), not trained by the optimizer: it takes neither "
-                                  "--epochs other than 1, nor --lr, nor --init-from")
+                                  f"{option('epochs')} other than 1, nor {option('lr')}, nor {option('init_from')}")
         else:
-            check_range("--lr", config.lr, 0, 1, low_open=True)
-        check_range("--weight-decay", config.weight_decay, 0)
-        check_range("grad_clip", config.grad_clip, 0, low_open=True)
-        check_range("val_fraction", config.val_fraction, 0, 0.5, low_open=True)
-        check_range("memory_budget_gb", config.memory_budget_gb, 0)
-        precision_dtype(config.score_precision, "score_precision")
-        check_range("holdout_real_fraction", config.holdout_real_fraction, 0, 1, low_open=True)
+            check_range(option("lr"), config.lr, 0, 1, low_open=True)
+        check_range(option("weight_decay"), config.weight_decay, 0)
+        check_range(option("grad_clip"), config.grad_clip, 0, low_open=True)
+        check_range(option("val_fraction"), config.val_fraction, 0, 0.5, low_open=True)
+        check_range(option("memory_budget_gb"), config.memory_budget_gb, 0)
+        precision_dtype(config.score_precision, option("score_precision"))
+        check_range(option("holdout_real_fraction"), config.holdout_real_fraction, 0, 1, low_open=True)
         if config.early_stopping is not None:
-            check_range("--early-stopping", config.early_stopping, 1)
+            check_range(option("early_stopping"), config.early_stopping, 1)
         return config
+
+    @staticmethod
+    def field_problem(name: str, value) -> str | None:
+        """What is wrong with `value` (from JSON or TOML) as field `name`, or None: an unknown field,
+        or a value of the wrong kind (e.g. "epochs": "three", "ood": 5)."""
+        hints = typing.get_type_hints(TrainConfig)
+        if name not in hints:
+            return f"unknown field(s) {name!r}; valid: {', '.join(sorted(hints))}"
+        if not _fits(value, hints[name]):
+            shown = json.dumps(value, default=str)
+            return f"field {name!r} is {shown[:60] + '...' * (len(shown) > 60)}; expected {_kind(hints[name])}"
+        return None
+
+
+# Fields that are `dfdetect train` options of another spelling; the rest are --config fields only.
+_CLI_FIELDS = {"arch", "train", "val", "test", "ood", "epochs", "batch_size", "lr", "weight_decay", "seed", "device",
+               "early_stopping", "init_from"}
+
+
+def cli_option(field_name: str) -> str:
+    """How `dfdetect train` spells a TrainConfig field (--batch-size), or the --config field itself."""
+    return "--" + field_name.replace("_", "-") if field_name in _CLI_FIELDS else field_name
+
+
+_KINDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string", dict: "an object",
+          tuple: "a list", type(None): "null"}
+
+
+def _fits(value, hint) -> bool:
+    """Whether a JSON/TOML value can be a field of type `hint` (int, float, str, bool, dict,
+    tuple[str, ...], X | None); a type outside these is not checked here."""
+    origin, args = typing.get_origin(hint) or hint, typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, a) for a in args)
+    if origin is tuple:
+        return isinstance(value, list) and all(_fits(v, args[0]) for v in value) if args else isinstance(value, list)
+    if origin is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if origin is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin in _KINDS:
+        return isinstance(value, origin)
+    return True
+
+
+def _kind(hint) -> str:
+    origin, args = typing.get_origin(hint) or hint, typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_kind(a) for a in args)
+    if origin is tuple and args:
+        return f"a list of {_kind(args[0]).removeprefix('a ').removeprefix('an ')}s"
+    return _KINDS.get(origin, str(hint))
 
 
 # -- checks before anything expensive ----------------------------------------------------------------
@@ -188,15 +245,20 @@ def prepare_run(folder: RunFolder, config: TrainConfig, resume: bool, force: boo
         if folder.is_empty():
             raise TrainError(f"nothing to resume in {folder.path}")
         if not folder.can_resume:
-            raise TrainError(f"{folder.path} has no state.json to resume from; start it with --force instead")
-        saved = TrainConfig(**folder.read_config()["config"]).resolved()
+            raise TrainError(f"{folder.path} has no state.json to resume from; start it with --force instead"
+                             if folder.is_created_run() else f"--out {folder.not_a_run_message()}")
+        saved = TrainConfig(**folder.read_config().train_config).resolved()
         if dataclasses.replace(saved, epochs=config.epochs) != config:   # only --epochs may grow
             raise TrainError(f"--resume with a different config than {folder.config_file}; only --epochs may change")
         state = folder.read_state()    # the commit point: what a kill left after it is undone
         folder.roll_back(state["epoch"], state.get("best_epoch"))
         return
-    if not folder.is_empty() and not force:
-        raise TrainError(f"{folder.path} already holds a run; use --resume to continue it or --force to overwrite it")
+    if not folder.is_empty():
+        if not folder.is_created_run():   # --force or not: dfdetect removes only its own runs
+            raise TrainError(f"--out {folder.not_a_run_message()}")
+        if not force:
+            raise TrainError(f"{folder.path} already holds a run; use --resume to continue it or --force to "
+                             "overwrite it")
     folder.create()
 
 
@@ -246,22 +308,19 @@ def load_state(folder: RunFolder, model, optimizer, scaler, device: torch.device
     return meta
 
 
-def write_scores(folder: Path, data: DataSet, rows: np.ndarray, scores: np.ndarray) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
+def write_scores(folder: RunFolder, which: str, data: DataSet, rows: np.ndarray, scores: np.ndarray) -> None:
+    """The set's per-clip scores of the "best" or "last" epoch (RunFolder owns the table)."""
     meta = data.store.meta
-    with open(folder / f"{data.name.replace(':', '_')}.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["clip_id", "label", "score", "generator", "split", "store_row"])  # score = P(fake)
-        for r, s in zip(rows, scores):
-            w.writerow([csv_cell(meta["clip_id"][r]), int(meta["label"][r]), f"{s:.6f}", csv_cell(meta["generator"][r]),
-                        csv_cell(meta["split"][r]), int(r)])
+    folder.write_score_table(which, data.name, {
+        "clip_id": meta["clip_id"][rows], "label": meta["label"][rows], "score": scores,
+        "generator": meta["generator"][rows], "split": meta["split"][rows], "store_row": rows})
 
 
 # -- the loop -----------------------------------------------------------------------------------------
 @contextlib.contextmanager
 def torch_settings(device: torch.device, config: TrainConfig):
     """The run's seed, (CUDA) TF32 as config.tf32 says (matmuls and convolutions alike: the flags
-    evaluate and score use with this run, devices.run_tf32) and deterministic cuDNN for the
+    evaluate and score use with this run, RunConfig.tf32) and deterministic cuDNN for the
     duration of training; the caller's RNG state and flags are given back after, so `train()`
     changes nothing process-wide. cuDNN's autotuner picks kernels by timing, and some pick
     non-deterministic ones, so --resume could not equal an uninterrupted run on a GPU without
@@ -383,11 +442,11 @@ def evaluate_sets(model, sets: dict[str, DataSet], loaders: dict[str, FeatureLoa
     return results, predictions
 
 
-def save_epoch(folder: RunFolder, record: dict, model, sets, predictions, progress: dict) -> bool:
+def save_epoch(folder: RunFolder, record: EpochRecord, model, sets, predictions, progress: dict) -> bool:
     """The epoch's checkpoint, score tables and record (last: a record means its checkpoint is
     there); updates `progress` and says whether this epoch is the new best (RunFolder's rule:
     lowest validation EER). The state save after it commits the epoch for --resume."""
-    epoch, val_eer = record["epoch"], record["sets"]["val"]["eer"]
+    epoch, val_eer = record.epoch, record.val_eer
     best = is_better(val_eer, progress["best_val_eer"])
     folder.save_checkpoint(model, epoch, best=best)
     if best:
@@ -396,7 +455,7 @@ def save_epoch(folder: RunFolder, record: dict, model, sets, predictions, progre
         progress["epochs_since_best"] += 1
     for which in ("best", "last") if best else ("last",):
         for name, (rows, scores) in predictions.items():
-            write_scores(folder.scores(which), sets[name], rows, scores)
+            write_scores(folder, which, sets[name], rows, scores)
     folder.append_record(record)
     return best
 
@@ -416,51 +475,68 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, force: boo
                                    seed=config.seed, memory_budget=budget) for name, s in sets.items()}
     with torch_settings(device, config):
         model, optimizer, scaler = build_head(config, sets["train"], device)   # checks --init-from
-        prepare_run(folder, config, resume, force)   # the folder is touched once everything is checked
-        if resume:
-            progress = load_state(folder, model, optimizer, scaler, device)
-        else:
-            progress = {"epoch": 0, "best_epoch": None, "best_val_eer": None, "epochs_since_best": 0}
-            folder.write_config({
-                "config": asdict(config), "model": config_to_dict(model.config),
-                "parameters": count_parameters(model), "sets": {n: s.describe() for n, s in sets.items()},
-                # what scoring raw audio needs to reproduce the features this head was trained on
-                "frontend": sets["train"].store.config["frontend"], "wavlm": sets["train"].store.config.get("wavlm")})
-        folder.write_run_info({
-            "dfdetect_version": __version__, "git_commit": git_commit(), "torch": torch.__version__,
-            "device": str(device), "threads": torch.get_num_threads(),
-            "loaders": {n: "in memory" if l.in_memory else "streaming" for n, l in loaders.items()}})
-
-        record = {}
-        for epoch in range(progress["epoch"] + 1, config.epochs + 1):
-            t0, loaders["train"].seconds = time.perf_counter(), 0.0
-            if arch.fitted:
-                train_metrics = fit_epoch(model, loaders["train"], device, config, console)
+        with run_lock(folder):   # one writer per run: a second train (--resume, --force) is refused
+            prepare_run(folder, config, resume, force)   # the folder is touched once everything is checked
+            if resume:
+                progress = load_state(folder, model, optimizer, scaler, device)
             else:
-                train_metrics = train_one_epoch(model, loaders["train"], optimizer, scaler, device, config, epoch,
-                                                console)
-            t1 = time.perf_counter()
-            results, predictions = evaluate_sets(model, sets, loaders, device, config.score_precision)
-            record = {"epoch": epoch, "train": train_metrics, "sets": results,
-                      "seconds": {"train": t1 - t0, "eval": time.perf_counter() - t1,
-                                  "loader": loaders["train"].seconds}}
-            save_epoch(folder, record, model, sets, predictions, progress)
-            save_state(folder, epoch, model, optimizer, scaler, progress, device)
-            console.print(epoch_line(record, config.epochs), highlight=False)
-            if config.early_stopping and progress["epochs_since_best"] >= config.early_stopping:
-                console.print(f"early stopping: validation EER has not improved for {config.early_stopping} epochs")
-                break
+                progress = {"epoch": 0, "best_epoch": None, "best_val_eer": None, "epochs_since_best": 0}
+                folder.write_config({
+                    "config": asdict(config), "model": config_to_dict(model.config),
+                    "parameters": count_parameters(model), "sets": {n: s.describe() for n, s in sets.items()},
+                    # what scoring raw audio needs to reproduce the features this head was trained on
+                    "frontend": sets["train"].store.config["frontend"],
+                    "wavlm": sets["train"].store.config.get("wavlm")})
+            folder.write_run_info({
+                "dfdetect_version": __version__, "git_commit": git_commit(), "torch": torch.__version__,
+                "device": str(device), "threads": torch.get_num_threads(),
+                "loaders": {n: "in memory" if l.in_memory else "streaming" for n, l in loaders.items()}})
+            return train_epochs(folder, config, model, (optimizer, scaler), sets, loaders, progress, device,
+                                console)
+
+
+def run_lock(folder: RunFolder) -> ExclusiveLock:
+    """The lock of one run folder (`NAME.lock` beside it, gone when training ends)."""
+    def busy(holder: str) -> TrainError:
+        return TrainError(f"--out {folder.path} is being trained by {holder}; wait for that training to "
+                          "finish (or stop it) before training this run again (--resume or --force)")
+    return ExclusiveLock(str(folder.path), busy, remove=True)
+
+
+def train_epochs(folder: RunFolder, config: TrainConfig, model, steppers, sets, loaders, progress: dict,
+                 device, console) -> dict:
+    """The epochs after `progress["epoch"]`, each committed by its state save; returns the last
+    record ({} when there was nothing left to train)."""
+    arch, (optimizer, scaler) = get_architecture(config.arch), steppers
+    record = {}
+    for epoch in range(progress["epoch"] + 1, config.epochs + 1):
+        t0, loaders["train"].seconds = time.perf_counter(), 0.0
+        if arch.fitted:
+            train_metrics = fit_epoch(model, loaders["train"], device, config, console)
+        else:
+            train_metrics = train_one_epoch(model, loaders["train"], optimizer, scaler, device, config, epoch,
+                                            console)
+        t1 = time.perf_counter()
+        results, predictions = evaluate_sets(model, sets, loaders, device, config.score_precision)
+        record = EpochRecord(epoch=epoch, train=train_metrics, sets=results,
+                             seconds={"train": t1 - t0, "eval": time.perf_counter() - t1,
+                                      "loader": loaders["train"].seconds})
+        save_epoch(folder, record, model, sets, predictions, progress)
+        save_state(folder, epoch, model, optimizer, scaler, progress, device)
+        console.print(epoch_line(record, config.epochs), highlight=False)
+        if config.early_stopping and progress["epochs_since_best"] >= config.early_stopping:
+            console.print(f"early stopping: validation EER has not improved for {config.early_stopping} epochs")
+            break
     return record
 
 
-def epoch_line(record: dict, epochs: int) -> str:
+def epoch_line(record: EpochRecord, epochs: int) -> str:
     """One line per epoch: test and OOD side by side, the reference study's central comparison."""
-    parts = [f"epoch {record['epoch']:>3}/{epochs}", f"loss {record['train']['loss']:.4f}",
-             f"acc {record['train']['accuracy']:.2%}"]
-    for name, m in record["sets"].items():
-        acc = m["at_0.5"]["accuracy"]
-        parts.append(f"| {name} acc {acc:.2%} EER {m['eer']:.4f}")
-    seconds = record["seconds"]
+    parts = [f"epoch {record.epoch:>3}/{epochs}", f"loss {record.train['loss']:.4f}",
+             f"acc {record.train['accuracy']:.2%}"]
+    for name in record.sets:
+        parts.append(f"| {name} acc {record.metric(name, 'accuracy'):.2%} EER {record.metric(name, 'eer'):.4f}")
+    seconds = record.seconds
     parts.append(f"| {seconds['train'] + seconds['eval']:.1f} s")
     if "loader" in seconds and seconds["train"] > 0:   # waiting for batches, of the training pass
         parts.append(f"(loader {seconds['loader'] / seconds['train']:.0%} of training)")
