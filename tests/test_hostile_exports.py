@@ -144,8 +144,9 @@ def _resave(folder, weights):
 
     save_file(weights, str(folder / "model.safetensors"))
     config = json.loads((folder / "config.json").read_text())
-    config["files"]["model.safetensors"]["sha256"] = hashlib.sha256(
-        (folder / "model.safetensors").read_bytes()).hexdigest()
+    if "files" in config:
+        config["files"]["model.safetensors"]["sha256"] = hashlib.sha256(
+            (folder / "model.safetensors").read_bytes()).hexdigest()
     (folder / "config.json").write_text(json.dumps(config))
 
 

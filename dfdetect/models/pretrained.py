@@ -301,6 +301,8 @@ def _wavlm(config_file: Path, arch: str, info):
         if not isinstance(layers, list) or not 1 <= len(layers) <= MAX_WAVLM_LAYER + 1 or not all(
                 isinstance(i, int) and not isinstance(i, bool) and 0 <= i <= MAX_WAVLM_LAYER for i in layers):
             raise ConfigError(f"wavlm.layers must be a list of hidden-state indices 0-{MAX_WAVLM_LAYER}")
+        if not isinstance(info.get("normalize"), (bool, type(None))):
+            raise ConfigError("wavlm.normalize must be true, false or null")
         WavLMConfig(model=info["model"], revision=info.get("revision"), layers=tuple(layers),
                     normalize=info.get("normalize"), storage=wavlm_storage_of(info))
     except (ConfigError, TypeError, ValueError) as e:
