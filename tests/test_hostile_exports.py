@@ -160,6 +160,22 @@ def test_weights_of_the_wrong_dtype_are_refused_not_cast(exported, tmp_path):
     assert "model.safetensors" in str(error.value) and "I8" in str(error.value) and "F32" in str(error.value)
 
 
+def test_a_head_that_cannot_take_its_frontends_features_is_refused_at_load(exported, tmp_path):
+    """A consistent head and weights that score would feed features of another shape (a traceback,
+    exit 3, in score before)."""
+    from dfdetect.models.registry import build_model
+
+    folder = forge(exported, tmp_path / "three", setter("model_config", "in_channels", 3))
+    _resave(folder, {k: v.contiguous() for k, v in build_model("mel_cnn", in_channels=3).state_dict().items()})
+    with pytest.raises(RunError, match="does not take the features"):
+        Detector.from_pretrained(folder)
+    wav = tmp_path / "c.wav"
+    wav.write_bytes(encode(synthesize("real", np.random.default_rng(0), 2), 16000, "wav"))
+    result = runner.invoke(app, ["score", str(wav), "--model", str(folder), "--out", str(tmp_path / "s.csv"),
+                                 "--workers", "0"])
+    one_line(result, "config.json", "does not take the features")
+
+
 def test_weights_not_written_with_the_config_are_refused(exported, tmp_path):
     folder = tmp_path / "mixed"
     shutil.copytree(exported, folder)

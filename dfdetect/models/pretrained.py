@@ -58,6 +58,7 @@ ZERO_ALLOWED = ("min_seconds", "silence_peak", "f_min")   # the other floats mus
 MAX_FEATURE_VALUES = 1 << 20
 RESAMPLE_QUALITIES = ("QQ", "LQ", "MQ", "HQ", "VHQ")     # soxr's
 MAX_WAVLM_LAYER = 64
+WAVLM_RECEPTIVE, WAVLM_STRIDE = 400, 320   # WavLM's conv feature encoder: 25 ms windows every 20 ms at 16 kHz
 SAFETENSORS_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64",
                       torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8",
                       torch.uint8: "U8", torch.bool: "BOOL"}
@@ -178,6 +179,7 @@ def load_pretrained(path: str | Path) -> LoadedRun:
                        f"{', '.join(PRECISIONS)}; export the run again")
     _check_files(weights, config.get("files"))
     model = _load_head(config_file, weights, arch, options)
+    _check_inputs(config_file, model, arch, frontend, wavlm)
     source = config.get("source") if isinstance(config.get("source"), dict) else {}
     epoch = source.get("epoch") if isinstance(source.get("epoch"), int) else 0
     # The run-folder shape LoadedRun reads: the trainer's config keys scoring uses, and one record
@@ -187,6 +189,23 @@ def load_pretrained(path: str | Path) -> LoadedRun:
                   "sets": {"train": {"frontend_hash": config["frontend_hash"]}}, "wavlm": wavlm}
     records = [{"epoch": epoch, "sets": {"val": {"eer_threshold": threshold}}}]
     return LoadedRun(path, arch, epoch, model, run_config, records)
+
+
+def _check_inputs(config_file: Path, model: torch.nn.Module, arch: str, frontend: FrontendConfig, wavlm) -> None:
+    """The head runs on one window of the features scoring will give it (zeros of the frontend's
+    shapes; WavLM's hidden states as the config names them), so a head that cannot take them is
+    refused here, not a traceback in score."""
+    batch = {k: torch.zeros(1, *frontend.feature_shape(k)) for k in get_architecture(arch).inputs if k != "wavlm"}
+    if wavlm:
+        frames = max(1, (frontend.clip_samples - WAVLM_RECEPTIVE) // WAVLM_STRIDE + 1)
+        batch["wavlm"] = torch.zeros(1, len(wavlm["layers"]), frames, model.config.hidden_size)
+    try:
+        with torch.inference_mode():
+            model(batch)
+    except Exception as e:  # noqa: BLE001  (shape errors of any kind: the folder's, not dfdetect's)
+        raise RunError(f"{config_file}: the {arch} head does not take the features its frontend and WavLM "
+                       f"make ({type(e).__name__}: {printable((str(e).splitlines() or [''])[0])[:200]}); "
+                       "export the run again") from None
 
 
 def _read_config(config_file: Path) -> dict:
