@@ -60,10 +60,11 @@ def check_onnx_target(path: Path, force: bool, export_folder: str | Path | None 
     for folder in where.parents:
         if RunFolder(folder).is_run:
             raise ConfigError(f"--onnx {path} lies inside the run folder {folder}; write it elsewhere")
-    if export_folder is not None and where.parent == Path(export_folder).resolve() and where.name in {
-            name + suffix for name in (CONFIG, WEIGHTS, CARD) for suffix in ("", ".tmp")}:
-        raise ConfigError(f"--onnx {path} is a file of the export --out {export_folder}; name another file "
-                          "(e.g. model.onnx)")
+    export = None if export_folder is None else Path(export_folder).resolve()
+    if export is not None and (where == export or where.parent == export and where.name in {
+            name + suffix for name in (CONFIG, WEIGHTS, CARD) for suffix in ("", ".tmp")}):
+        raise ConfigError(f"--onnx {path} is the export --out {export_folder} or one of its files; name another "
+                          "file (e.g. model.onnx)")
     if path.exists() and not force:
         raise ConfigError(f"--onnx {path} exists; pass --force to replace it, or name another file")
 
