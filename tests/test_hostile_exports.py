@@ -245,6 +245,20 @@ def test_an_export_never_replaces_a_run_or_lands_in_a_folder_holding_one(run_dir
         assert not (folder / "config.json").exists()
 
 
+def test_a_folder_of_someone_elses_model_is_not_taken_for_an_export(run_dir, tmp_path):
+    """A Hugging Face model folder (config.json, model.safetensors, README.md) is not an export to
+    replace: without --force it is refused and untouched."""
+    hub = tmp_path / "wavlm-large"
+    hub.mkdir()
+    for name, text in (("config.json", '{"model_type": "wavlm"}'), ("model.safetensors", "weights"),
+                       ("README.md", "their card")):
+        (hub / name).write_text(text)
+    result = runner.invoke(app, ["export", str(run_dir), "--out", str(hub)])
+    one_line(result, "--out", "not an exported dfdetect model", "--force")
+    assert (hub / "config.json").read_text() == '{"model_type": "wavlm"}' and (hub / "README.md").read_text() \
+        == "their card"
+
+
 # -- a kill at any step of replacing an export -----------------------------------------------------------
 class Killed(BaseException):
     """What kill -9 looks like to the code after it: nothing more runs (not an Exception: no handler

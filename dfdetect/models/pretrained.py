@@ -99,13 +99,22 @@ def check_export_target(out: Path, force: bool) -> None:
     if held:
         raise ConfigError(f"--out {out} holds {'a run' if RunFolder(held[0]).is_run else 'a store'} "
                           f"({printable(str(held[0]))}); export to a folder of its own")
-    if any(out.iterdir()) and not (is_pretrained(out) or _only_ours(out) or force):
+    if any(out.iterdir()) and not (_holds_export(out) or force):
         raise ConfigError(f"--out {out} exists and is not an exported dfdetect model; choose an empty folder "
                           "or pass --force")
 
 
-def _only_ours(out: Path) -> bool:
-    """Whether `out` holds nothing but an export's files and the temporary files of a cut-off one."""
+def _holds_export(out: Path) -> bool:
+    """Whether `out` holds an export dfdetect wrote (its config.json is ours: a Hugging Face folder's
+    config.json and model.safetensors are not), or what a cut-off one leaves (an export's file names
+    only, config.json not yet there)."""
+    config = out / CONFIG
+    if config.is_file():
+        try:
+            return config.stat().st_size <= MAX_CONFIG_BYTES and \
+                json.loads(config.read_text(encoding="utf-8")).get("format") == FORMAT
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError, ValueError, AttributeError):
+            return False
     ours = {name + suffix for name in (CONFIG, WEIGHTS, CARD) for suffix in ("", ".tmp")}
     return all(p.name in ours for p in out.iterdir())
 
@@ -125,6 +134,8 @@ def write_pretrained(run: LoadedRun, out: str | Path, card: str, force: bool = F
     weights = {k: v.detach().cpu().contiguous() for k, v in run.model.state_dict().items()}
     staged = {name: out / (name + ".tmp") for name in (WEIGHTS, CARD, CONFIG)}
     save_file(weights, str(staged[WEIGHTS]), metadata={"format": "pt"})
+    with open(staged[WEIGHTS], "rb+") as f:
+        os.fsync(f.fileno())
     _write_synced(staged[CARD], card)
     config = {**export_config(run), "files": {WEIGHTS: {"sha256": _sha256(staged[WEIGHTS])}}}
     _write_synced(staged[CONFIG], json.dumps(config, indent=2))
