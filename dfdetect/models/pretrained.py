@@ -181,7 +181,8 @@ def load_pretrained(path: str | Path) -> LoadedRun:
     try:
         get_architecture(arch)
     except ConfigError as e:
-        raise RunError(f"{config_file}: {printable(str(e))[:300]}; this dfdetect cannot build the exported head") from None
+        raise RunError(f"{config_file}: {printable(str(e))[:300]}; this dfdetect cannot build the exported "
+                       "head") from None
     threshold, frontend = _threshold(config_file, config["threshold"]), _frontend(config_file, config)
     wavlm = _wavlm(config_file, arch, config.get("wavlm"))
     precision = config.get("score_precision", "float32")
@@ -313,7 +314,8 @@ def _fields(cls: type, values, where: str) -> dict:
             low, high = FRONTEND_LIMITS[key.removeprefix("frontend.")]
             whole = isinstance(default, int)
             if isinstance(value, bool) or not isinstance(value, int if whole else (int, float)):
-                raise ConfigError(f"{key} {printable(repr(value))[:40]}: must be {'an integer' if whole else 'a number'}")
+                kind = "an integer" if whole else "a number"
+                raise ConfigError(f"{key} {printable(repr(value))[:40]}: must be {kind}")
             check_range(key, value, low, high, low_open=low == 0 and not whole and name not in ZERO_ALLOWED)
             checked[name] = value
     return checked
