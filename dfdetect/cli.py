@@ -528,7 +528,8 @@ def export_command(
                               "Python (dfdetect.featurize.frontend). Checked against PyTorch on the same windows "
                               "(max abs diff printed). Needs pip install 'dfdetect[onnx]'."),
     epoch: str = typer.Option("best", help="best (by validation EER) | last | N"),
-    force: bool = typer.Option(False, "--force", help="Write into a non-empty folder that is not an export."),
+    force: bool = typer.Option(False, "--force", help="Write into a non-empty folder that is not an export, and "
+                               "replace an existing --onnx FILE (never a run's or the export's own files)."),
 ):
     """A shareable, Hugging Face-style folder of the run's head: config.json (architecture, frontend,
     WavLM identity, threshold, precision), model.safetensors (no pickle) and a README.md model card
@@ -542,7 +543,8 @@ def export_command(
                       highlight=False)
     if "onnx" in done:
         o = done["onnx"]
-        console.print(f"wrote {o['path']}: ONNX Runtime vs PyTorch on {o['windows']} windows, max abs diff of "
+        console.print(f"wrote {o['path']} (one file, weights embedded): ONNX Runtime vs PyTorch on {o['windows']} "
+                      f"windows, max abs diff of "
                       f"P(fake) {o['max_abs_diff']:.3g}", soft_wrap=True, highlight=False)
 
 

@@ -2,22 +2,54 @@
 its README.md model card, generated from the run: training data, epochs, every set's metrics at the
 exported epoch (OOD included), the reference study's failure warnings (report.find_warnings, the
 report's own checks), intended use and limits. The card is rendered by the report's Page, so names
-from the run (sets, stores) are escaped the way the report escapes them."""
+from the run (sets, stores) are escaped the way the report escapes them, and defanged: the hubs render
+a card as GitHub-flavoured Markdown, which makes links of bare www.x.y, scheme://x.y and user@x.y."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from dfdetect.errors import ConfigError
 from dfdetect.evaluate.evaluation import HEADER, fmt
 from dfdetect.evaluate.report import Page, find_warnings, read_run
-from dfdetect.models.onnx_export import export_onnx
-from dfdetect.models.pretrained import write_pretrained
+from dfdetect.models.onnx_export import check_onnx_target, export_onnx
+from dfdetect.models.pretrained import check_export_target, write_pretrained
 from dfdetect.models.registry import get_architecture
 from dfdetect.models.runs import LoadedRun, load_run
 
 # Hugging Face reads this front matter; nothing in it comes from the run.
 FRONT_MATTER = "---\nlibrary_name: dfdetect\ntags:\n- audio-deepfake-detection\n- anti-spoofing\n---\n\n"
+
+# What GFM's autolink extension links in plain text: www., a scheme before // (http, https, ftp...),
+# mailto: / xmpp:, and any user@domain.
+_LINKING = re.compile(r"(?i)\b(www)\.|\b([a-z][a-z0-9+.-]*):(?=//)|\b(mailto|xmpp):|@")
+
+
+def defang(text: str) -> str:
+    """`text` with nothing GFM would link, as security advisories write it: www[.]x.y, https[:]//x.y,
+    user[@]x.y (still readable; Page escapes the brackets, so they print as brackets)."""
+    return _LINKING.sub(lambda m: "[@]" if m.group() == "@" else f"{m.group(1) or m.group(2) or m.group(3)}"
+                        + ("[.]" if m.group(1) else "[:]"), text)
+
+
+class _CardPage(Page):
+    """The report's Page, every text from the run defanged (the card's own text links nothing)."""
+
+    def __init__(self, title: str):
+        super().__init__(defang(title))
+
+    def heading(self, text: str) -> None:
+        super().heading(defang(text))
+
+    def text(self, text: str) -> None:
+        super().text(defang(text))
+
+    def warning(self, text: str) -> None:
+        super().warning(defang(text))
+
+    def table(self, headers: list[str], rows: list[list[str]]) -> None:
+        super().table(headers, [[defang(str(cell)) for cell in row] for row in rows])
 
 
 def model_card(run: LoadedRun) -> str:
@@ -25,7 +57,7 @@ def model_card(run: LoadedRun) -> str:
     arch = get_architecture(run.arch)
     info = read_run(run.path)
     train = run.config["sets"]["train"]
-    page = Page(f"{run.path.name}: {arch.title} audio deepfake detector (dfdetect)")
+    page = _CardPage(f"{run.path.name}: {arch.title} audio deepfake detector (dfdetect)")
     page.text(HEADER)
     page.heading("Model")
     page.text(f"{arch.title} ({run.arch}, {info.parameters:,} parameters; from the {arch.source}). Exported "
@@ -48,8 +80,8 @@ def model_card(run: LoadedRun) -> str:
         rows.append([name, kind, str(m.get("n", "")), fmt(m.get("eer")), fmt(m.get("auc")), fmt(m.get("min_dcf")),
                      fmt(at.get("accuracy"), "accuracy"), fmt(at.get("recall"), "recall"),
                      fmt(at.get("specificity"), "specificity")])
-    page.table(["set", "kind", "clips", "EER", "AUC", "minDCF", "accuracy@0.5", "recall@0.5", "specificity@0.5"],
-               rows)
+    page.table(["set", "kind", "clips", "EER", "AUC", "minDCF", "accuracy at 0.5", "recall at 0.5",
+                "specificity at 0.5"], rows)
     page.heading("Warnings")
     found = find_warnings(info)
     for w in found:
@@ -73,10 +105,14 @@ def export_run(run_path: str | Path, out: str | Path | None = None, epoch: str |
     and/or its head as ONNX to `onnx` (models/onnx_export.py: the check against PyTorch included)."""
     if out is None and onnx is None:
         raise ConfigError("give --out DIR (the shareable folder), --onnx FILE (the mel head as ONNX), or both")
+    if out is not None:     # both targets checked before any work
+        check_export_target(Path(out), force)
+    if onnx is not None:
+        check_onnx_target(Path(onnx), force, export_folder=out)
     run = load_run(run_path, epoch)
     done = {}
     if out is not None:
         done["folder"] = write_pretrained(run, out, model_card(run), force=force)
     if onnx is not None:
-        done["onnx"] = export_onnx(run, onnx)
+        done["onnx"] = export_onnx(run, onnx, force=force, export_folder=out)
     return done

@@ -14,6 +14,7 @@ holds AASIST and AASIST-L) with its config at the top; this module only names th
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,24 +87,62 @@ def get_architecture(arch: str) -> Architecture:
     return ARCHITECTURES[arch]
 
 
-def _tuples(value):
-    """JSON lists back to the config's (possibly nested) tuples."""
-    return tuple(_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
+# Every value of a head's config (from `train --config` or an exported folder's config.json) is
+# checked by the type of its default before anything is built, so a config of a few bytes cannot ask
+# for gigabytes or a head that fails later: sizes are integers in [1, MAX_SIZE] (SIZE_LIMITS by
+# name), tuples hold 1..MAX_ITEMS values, dropouts are in [0, 1), other floats in (0, MAX_FLOAT].
+MAX_SIZE = 65_536
+SIZE_LIMITS = {"max_frames": 10_000_000, "max_iter": 100_000, "sample_rate": 192_000,
+               "sinc_filters": 1_024, "sinc_kernel": 4_096}   # the sinc bank is built in numpy, not lazily
+MAX_ITEMS = 32
+MAX_FLOAT = 1e6
+MAX_TEXT = 100
+
+
+def _checked(default, value, name: str, where: str):
+    """`value` for the field `name` whose default is `default` (tuples as tuples), or a ConfigError."""
+    def bad(must: str):
+        shown = repr(value)
+        return ConfigError(f"{where}.{name} {shown[:60] + '...' if len(shown) > 60 else shown}: must be {must}")
+
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise bad("true or false")
+    elif isinstance(default, int):
+        high = SIZE_LIMITS.get(name, MAX_SIZE)
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= high:
+            raise bad(f"an integer from 1 to {high:,}")
+    elif isinstance(default, float):
+        low_open, high = ("dropout" not in name), (1.0 if "dropout" in name or name == "pool_ratios" else MAX_FLOAT)
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
+            and (value > 0 if low_open else value >= 0) and (value < high if "dropout" in name else value <= high)
+        if not ok:
+            raise bad("a number in [0, 1)" if "dropout" in name else f"a number > 0 and <= {high:g}")
+    elif isinstance(default, str):
+        if not isinstance(value, str) or len(value) > MAX_TEXT:
+            raise bad(f"text of at most {MAX_TEXT} characters")
+    elif isinstance(default, tuple) and default:
+        if not isinstance(value, (list, tuple)) or not 1 <= len(value) <= MAX_ITEMS:
+            raise bad(f"a list of 1 to {MAX_ITEMS} values")
+        return tuple(_checked(default[0], v, name, where) for v in value)
+    return value
 
 
 def _make(config_cls: type, overrides: dict[str, Any], where: str):
+    if not isinstance(overrides, dict):
+        raise ConfigError(f"{where}: the options must be a JSON object, not {type(overrides).__name__}")
     fields = {f.name: f for f in dataclasses.fields(config_cls)}
     unknown = sorted(set(overrides) - set(fields))
     if unknown:
-        raise ConfigError(f"unknown {where} option(s) {', '.join(map(repr, unknown))}; "
+        raise ConfigError(f"unknown {where} option(s) {', '.join(repr(u)[:60] for u in unknown[:10])}; "
                          f"valid: {', '.join(fields)}")
     values = {}
     for name, value in overrides.items():
         default = getattr(config_cls(), name)
-        if dataclasses.is_dataclass(default) and isinstance(value, dict):
+        if dataclasses.is_dataclass(default):
             value = _make(type(default), value, f"{where}.{name}")
-        elif isinstance(default, tuple) and isinstance(value, list):
-            value = _tuples(value)
+        else:
+            value = _checked(default, value, name, where)
         values[name] = value
     return config_cls(**values)
 
