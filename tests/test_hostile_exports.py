@@ -24,7 +24,7 @@ from dfdetect.errors import DfdetectError
 from dfdetect.featurize.audio import encode
 from dfdetect.featurize.frontend import FrontendConfig
 from dfdetect.models.pretrained import load_model, write_pretrained
-from dfdetect.models.runs import RunError, load_run
+from dfdetect.models.runs import EpochRecord, RunError, load_run
 from tests.conftest import one_line
 
 runner = CliRunner()
@@ -297,7 +297,7 @@ def test_a_kill_at_any_step_of_replacing_an_export_never_loads_a_mix(run_dir, tm
     with torch.no_grad():
         for v in new_run.model.parameters():
             v.add_(0.25)
-    new_run.records = [{**r, "sets": {**r["sets"], "val": {**r["sets"].get("val", {}), "eer_threshold": 0.123}}}
+    new_run.records = [EpochRecord({**r, "sets": {**r.sets, "val": {**r.sets.get("val", {}), "eer_threshold": 0.123}}})
                        for r in new_run.records]
     out = tmp_path / "model"
     write_pretrained(old_run, out, "old card")
