@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import torch
+from common import make_clips
 from rich.console import Console
 from rich.table import Table
 
@@ -28,8 +29,6 @@ from dfdetect.featurize.pipeline import featurize
 from dfdetect.models.registry import model_summary
 from dfdetect.score.scoring import ScoreOptions, score
 from dfdetect.train.trainer import TrainConfig, train
-
-from common import make_clips
 
 ARCHS = ("mel_aasist", "lfcc_gmm", "lfcc_lcnn", "aasist", "aasist_l")
 

@@ -30,12 +30,11 @@ import tempfile
 from pathlib import Path
 
 
-
 def main() -> None:
     import torch
+    from common import FORMATS, make_clips, reference, time_it
     from rich.console import Console
 
-    from common import FORMATS, make_clips, reference, time_it
     from dfdetect.featurize.audio import decode
     from dfdetect.featurize.pipeline import dask_client, featurize
     from dfdetect.store import open_store

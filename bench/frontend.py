@@ -16,11 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import FORMATS, make_clips, reference, time_it
 
 from dfdetect.featurize.audio import decode
 from dfdetect.featurize.frontend import Frontend
-
-from common import FORMATS, make_clips, reference, time_it
 
 
 def main() -> None:

@@ -74,7 +74,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import transformers
+from common import make_clips
 from rich.console import Console
+from train import LAYERS, Trainer, cpu_name
+from wavlm import clock, peak_memory
+from wavlm import run as wavlm_run
 
 import dfdetect.featurize.pipeline as pipeline
 from dfdetect.demo.random_wavlm import save_random_wavlm
@@ -83,10 +87,6 @@ from dfdetect.featurize.wavlm import WavLMConfig, clear_wavlm_cache, compute_inf
 from dfdetect.models.registry import ARCHITECTURES, get_architecture
 from dfdetect.store import open_store
 from dfdetect.train.data import DataSet, FeatureLoader, row_bytes
-
-from common import make_clips
-from train import LAYERS, Trainer, cpu_name
-from wavlm import clock, peak_memory, run as wavlm_run
 
 FEATURES = ("mel", "lfcc", "wave", "wavlm")
 TARGET_CLIPS_S, TARGET_BUSY, TARGET_RATIO = 2000.0, 80.0, 1.5

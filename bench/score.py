@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import torch
+from common import make_clips
 from distributed import LocalCluster
 from rich.console import Console
 from rich.table import Table
@@ -43,11 +44,9 @@ from dfdetect.demo.corpus import CorpusSpec, synthesize, write_corpus
 from dfdetect.featurize.pipeline import featurize
 from dfdetect.models.runs import load_run
 from dfdetect.score.scoring import ScoreOptions, Scorer, score
-from dfdetect.score.windows import WindowConfig, lane_pieces
 from dfdetect.score.sources import expand
+from dfdetect.score.windows import WindowConfig, lane_pieces
 from dfdetect.train.trainer import TrainConfig, train
-
-from common import make_clips
 
 quiet = Console(quiet=True)
 

@@ -46,7 +46,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import make_clips
 from rich.console import Console
+from wavlm import clock, peak_memory
 
 from dfdetect.demo.random_wavlm import save_random_wavlm
 from dfdetect.devices import resolve_device
@@ -57,9 +59,6 @@ from dfdetect.models.registry import build_model, get_architecture
 from dfdetect.store import open_store
 from dfdetect.train.data import DataSet, FeatureLoader, row_bytes
 from dfdetect.train.trainer import TrainConfig, torch_settings
-
-from common import make_clips
-from wavlm import clock, peak_memory
 
 LAYERS = {"large": (6, 12, 24), "tiny": (0, 1, 2)}   # tiny has 3 hidden states
 LOADER_FEATURES = ("mel", "lfcc", "wavlm")

@@ -23,17 +23,17 @@ import dataclasses
 import numbers
 import os
 import tempfile
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import numpy as np
 
-from dfdetect.evaluate.evaluation import evaluate_run as evaluate
 from dfdetect.errors import ConfigError
-from dfdetect.featurize.config import FeaturizeConfig
-from dfdetect.featurize.pipeline import featurize   # keyword options over FeaturizeConfig's defaults
+from dfdetect.evaluate.evaluation import evaluate_run as evaluate
 from dfdetect.featurize.audio import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
+from dfdetect.featurize.config import FeaturizeConfig
+from dfdetect.featurize.pipeline import featurize  # keyword options over FeaturizeConfig's defaults
 from dfdetect.models.pretrained import load_model, load_pretrained
 from dfdetect.names import printable
 from dfdetect.score.options import ScoreOptions
@@ -41,8 +41,7 @@ from dfdetect.score.per_file import SCORE_DIGITS, FileOutcome, FileRule, FileWin
 from dfdetect.score.scoring import Scorer, score_piece, window_config
 from dfdetect.score.sources import expand
 from dfdetect.score.windows import lane_pieces
-from dfdetect.store import parse_store_spec
-from dfdetect.store import schema
+from dfdetect.store import parse_store_spec, schema
 from dfdetect.store.inspect import store_info
 from dfdetect.train.trainer import TrainConfig, train
 
@@ -78,12 +77,12 @@ class Detector:
         self._scorer: Scorer | None = None
 
     @classmethod
-    def from_run(cls, path: str | Path, epoch: str | int = "best", device: str = "auto") -> "Detector":
+    def from_run(cls, path: str | Path, epoch: str | int = "best", device: str = "auto") -> Detector:
         """The head of the run folder at `path` at `epoch` (best | last | N)."""
         return cls(load_model(path, epoch), ScoreOptions(workers=0, device=device))
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, device: str = "auto") -> "Detector":
+    def from_pretrained(cls, path: str | Path, device: str = "auto") -> Detector:
         """The head of a folder `dfdetect export` wrote."""
         return cls(load_pretrained(path), ScoreOptions(workers=0, device=device))
 

@@ -201,7 +201,7 @@ def featurize(
     blocks that failed (rerun the same command to retry them)."""
     from dfdetect.datasets import parse_options
     from dfdetect.featurize.config import FeaturizeConfig
-    from dfdetect.featurize.pipeline import featurize as run   # what dfdetect.api.featurize is (it imports every stage)
+    from dfdetect.featurize.pipeline import featurize as run  # what dfdetect.api.featurize is (it imports every stage)
     from dfdetect.featurize.wavlm import WavLMUnavailableError
 
     config = FeaturizeConfig.from_options(
@@ -414,8 +414,6 @@ app.add_typer(experiment_app, name="experiment")
 _SET_HELP = "Override a value of the file: KEY.PATH=VALUE (e.g. runs.mel_aasist.epochs=2); repeat."
 
 
-
-
 @experiment_app.command("run")
 def experiment_run(
     file: Path = typer.Argument(..., help="The experiment file (see experiments/)."),
@@ -516,7 +514,6 @@ def report_command(
                       highlight=False)
     console.print(f"wrote {report.html} and {report.markdown} ({len(report.runs)} runs, "
                   f"{len(report.warnings)} warnings)")
-
 
 
 @app.command("export")

@@ -13,7 +13,7 @@ import datetime as _dt
 import fcntl
 import os
 import socket
-from typing import Callable
+from collections.abc import Callable
 
 from dfdetect.errors import DfdetectError
 
@@ -28,7 +28,7 @@ class ExclusiveLock:
         self._busy, self._remove = busy, remove
         self._fd: int | None = None
 
-    def __enter__(self) -> "ExclusiveLock":
+    def __enter__(self) -> ExclusiveLock:
         if self.path is None:
             return self
         os.makedirs(os.path.dirname(self.path), exist_ok=True)

@@ -10,16 +10,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import train_tiny
 from safetensors import safe_open
 from sklearn.mixture import GaussianMixture
 from typer.testing import CliRunner
 
 from dfdetect.cli import app
+from dfdetect.demo.corpus import synthesize
 from dfdetect.errors import ConfigError
 from dfdetect.evaluate.evaluation import evaluate_run
 from dfdetect.evaluate.report import build_report, read_run
 from dfdetect.evaluate.score_files import read_scores
-from dfdetect.demo.corpus import synthesize
 from dfdetect.featurize.audio import encode
 from dfdetect.featurize.frontend import Frontend, FrontendConfig
 from dfdetect.featurize.pipeline import featurize
@@ -28,8 +29,6 @@ from dfdetect.models.runs import RunFolder, load_run
 from dfdetect.store import open_store
 from dfdetect.train.data import open_set, stratified_split
 from dfdetect.train.trainer import TrainConfig, TrainError, train
-
-from conftest import train_tiny
 
 runner = CliRunner()
 GMM = {"n_components": 4}

@@ -7,13 +7,12 @@ import json
 
 import pytest
 import torch
+from conftest import train_tiny
 
 from dfdetect.models.runs import RunFolder, is_better, load_run
 from dfdetect.store import open_store
 from dfdetect.store.schema import WAVLM_IDENTITY, wavlm_differences
 from dfdetect.train.trainer import TrainConfig, train
-
-from conftest import train_tiny
 
 
 def test_fit_problems_names_each_mismatch(mel_store):

@@ -10,7 +10,6 @@ from typer.testing import CliRunner
 from dfdetect.cli import app
 from dfdetect.demo.corpus import CorpusSpec, synthesize, write_corpus
 from dfdetect.featurize.audio import decode, decoder_messages, encode
-from dfdetect.featurize.pipeline import featurize
 from dfdetect.store import open_store
 
 LIBRARY_LINES = ("libmpg123", "Illegal Audio-MPEG-Header", "resync", "Xing stream", "dequantization")

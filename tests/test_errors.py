@@ -7,6 +7,7 @@ import json
 import shutil
 
 import pytest
+from conftest import train_tiny
 from typer.testing import CliRunner
 
 import dfdetect.cli as cli
@@ -22,8 +23,6 @@ from dfdetect.score.sources import SourceError
 from dfdetect.store import StoreError
 from dfdetect.studies.experiment import ExperimentError
 from dfdetect.train.trainer import TrainError
-
-from conftest import train_tiny
 
 runner = CliRunner()
 

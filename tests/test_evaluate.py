@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import train_tiny
 from sklearn.metrics import (
     accuracy_score,
     confusion_matrix,
@@ -30,8 +31,6 @@ from dfdetect.models.runs import RunError, load_run
 from dfdetect.store import open_store
 from dfdetect.train.data import FeatureLoader, open_set
 from dfdetect.train.trainer import predict
-
-from conftest import train_tiny
 
 
 # -- independent reference implementations ---------------------------------------------------------------

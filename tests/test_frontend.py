@@ -8,10 +8,10 @@ import torch
 
 pytest.importorskip("librosa")
 
+import librosa_reference as reference
+
 from dfdetect.featurize.audio import Audio, AudioError, encode
 from dfdetect.featurize.frontend import FEATURE_CHUNK, Frontend, FrontendConfig, MelConfig
-
-import librosa_reference as reference
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import one_line, train_tiny
 
 from dfdetect import devices
 from dfdetect.demo.corpus import CorpusSpec, write_corpus
@@ -35,8 +36,6 @@ from dfdetect.store import StoreError, open_store
 from dfdetect.store.schema import version_config, version_name, wavlm_differences
 from dfdetect.train.data import FeatureLoader, open_set
 from dfdetect.train.trainer import TrainConfig, predict, torch_settings
-
-from conftest import one_line, train_tiny
 
 
 @pytest.fixture(scope="module")

@@ -10,15 +10,13 @@ import tarfile
 
 import numpy as np
 import pytest
+from conftest import one_line
 from typer.testing import CliRunner
 
 from dfdetect.cli import app
 from dfdetect.demo.corpus import synthesize
 from dfdetect.featurize.audio import encode
 from dfdetect.names import csv_cell, csv_value, printable, terminal_text
-
-from conftest import one_line
-
 
 runner = CliRunner()
 

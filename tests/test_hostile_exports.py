@@ -20,9 +20,7 @@ from typer.testing import CliRunner
 from dfdetect.api import Detector
 from dfdetect.cli import app
 from dfdetect.demo.corpus import synthesize
-from dfdetect.errors import DfdetectError
 from dfdetect.featurize.audio import encode
-from dfdetect.featurize.frontend import FrontendConfig
 from dfdetect.models.pretrained import load_model, write_pretrained
 from dfdetect.models.runs import EpochRecord, RunError, load_run
 from tests.conftest import one_line

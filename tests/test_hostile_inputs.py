@@ -13,7 +13,6 @@ import zipfile
 import zlib
 
 import pytest
-
 from conftest import one_line
 
 
@@ -291,7 +290,6 @@ def test_two_scores_on_one_table_the_second_is_refused(run_dir, tmp_path):
     from dfdetect.locks import ExclusiveLock
     from dfdetect.score.options import ScoreError
 
-
     (tmp_path / "a.wav").write_bytes(_wav())
     out = tmp_path / "s.csv"
     (tmp_path / "link.csv").symlink_to(out)
@@ -318,7 +316,6 @@ def test_a_full_disk_is_one_line_and_keeps_what_was_written(run_dir, tmp_path, m
     import dfdetect.score.tables as tables
     from dfdetect.cli import app
 
-
     runner = CliRunner()
     for name in ("a.wav", "b.wav", "c.wav"):
         (tmp_path / name).write_bytes(_wav())
@@ -341,7 +338,6 @@ def test_a_full_disk_is_one_line_and_keeps_what_was_written(run_dir, tmp_path, m
     assert result.exit_code == 0, result.output
     assert sorted(os.path.basename(r["path"]) for r in csv.DictReader(out.open(newline=""))) == \
         ["a.wav", "b.wav", "c.wav"]
-
 
 
 # -- one line naming the option, before any work -------------------------------------------------------
@@ -377,7 +373,6 @@ def test_score_outputs_it_cannot_continue_are_one_line(run_dir, tmp_path, case):
 
     from dfdetect.cli import app
 
-
     make, fragments = SCORE_OUTPUTS[case]
     (tmp_path / "a.wav").write_bytes(_wav())
     before = {p: p.stat().st_mtime_ns for p in tmp_path.iterdir() if p.is_file()}
@@ -400,7 +395,6 @@ def test_featurize_outputs_and_sizes_it_cannot_use_are_one_line(tmp_path, case):
 
     from dfdetect.cli import app
 
-
     make, fragments = FEATURIZE_OPTIONS[case]
     one_line(CliRunner().invoke(app, ["featurize", "--dataset", "folder", "--root", str(tmp_path), "--features",
                                       "mel", "--workers", "0", *make(tmp_path)]), *fragments)
@@ -412,7 +406,6 @@ def test_featurize_to_a_url_without_its_filesystem_is_one_line(tmp_path):
     from typer.testing import CliRunner
 
     from dfdetect.cli import app
-
 
     if importlib.util.find_spec("s3fs") is not None:
         pytest.skip("s3fs is installed here: s3:// can be written")

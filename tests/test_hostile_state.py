@@ -8,6 +8,7 @@ import json
 
 import pytest
 import torch
+from conftest import one_line
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
@@ -16,8 +17,6 @@ import dfdetect.train.trainer as trainer
 from dfdetect.cli import app
 from dfdetect.models.runs import RunFolder, load_run
 from dfdetect.train.trainer import TrainConfig, train
-
-from conftest import one_line
 
 runner = CliRunner()
 

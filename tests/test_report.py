@@ -7,14 +7,13 @@ import re
 import shutil
 
 import pytest
+from conftest import train_tiny
 from scipy.stats import pearsonr, spearmanr
 from typer.testing import CliRunner
 
 from dfdetect.cli import app
 from dfdetect.evaluate.report import ReportError, build_report, find_warnings, read_run
 from dfdetect.models.runs import RunError
-
-from conftest import train_tiny
 
 
 @pytest.fixture(scope="module")

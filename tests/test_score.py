@@ -37,7 +37,6 @@ from dfdetect.store import open_store
 from dfdetect.train.data import FeatureLoader, open_set
 from dfdetect.train.trainer import TrainConfig, predict, train
 
-
 runner = CliRunner()
 
 
@@ -518,6 +517,7 @@ def test_a_wavlm_head_reads_features_from_a_store_of_the_same_files(tmp_path):
         result = score(["--model", root / "run", extra, "--out", refused, "--workers", 0, "--features-from", spec])
         assert result.exit_code == 2 and message in " ".join(result.output.split()), result.output
         assert not refused.exists()
+
 
 # -- streaming decode -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("fmt,rate,channels", [("wav", 16000, 1), ("flac", 44100, 2), ("m4a", 22050, 1)])

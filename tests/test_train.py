@@ -272,7 +272,6 @@ def test_direct_shard_reads_equal_zarr_and_catch_damage(stores, tmp_path):
         open_store(str(store)).read_rows(["wavlm"], [0])
 
 
-
 def test_train_command(stores, tmp_path):
     runner = CliRunner()
     s = stores["full"]

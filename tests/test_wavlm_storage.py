@@ -73,6 +73,7 @@ def test_uint8_codes_shards_are_zarrs_bytes(tmp_path):
     for start in (0, 32):
         arrays[0][start:start + 32] = x[start:start + 32]
         assert ShardFiles.of(arrays[1]).write_shard(start, x[start:start + 32])
+
     def files(name):
         folder = tmp_path / f"{name}.zarr" / "x" / "c"
         return {os.path.relpath(os.path.join(d, f), folder): open(os.path.join(d, f), "rb").read()

@@ -105,7 +105,7 @@ def read_records(path: Path, fmt: str, id_field: int | None = None) -> tuple[str
     past Python's recursion limit or a number of over 4,300 digits) is an EvaluationError naming it."""
     try:
         return _read_records(path, fmt, id_field)
-    except UnicodeDecodeError as e:
+    except UnicodeDecodeError:
         raise EvaluationError(f"{path}: not a text file (not UTF-8); score and protocol files are CSV, TSV, "
                               f"JSONL, Parquet or ASVspoof text ({fmt} was read: --scores-format chooses)") from None
 

@@ -96,7 +96,7 @@ class FrontendConfig:
         return {"frontend_version": FRONTEND_VERSION, **asdict(self)}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "FrontendConfig":
+    def from_dict(cls, d: dict) -> FrontendConfig:
         d = {k: v for k, v in d.items() if k != "frontend_version"}
         return cls(**{**d, "mel": MelConfig(**d["mel"]), "lfcc": LfccConfig(**d["lfcc"])})
 

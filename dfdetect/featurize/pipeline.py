@@ -56,8 +56,7 @@ from dfdetect.store.schema import (
     version_config,
     wavlm_precision_of,
 )
-from dfdetect.store.writer import (StoreLock, check_writable, create_version, mark_complete,
-                                   pending_blocks, write_block)
+from dfdetect.store.writer import StoreLock, check_writable, create_version, mark_complete, pending_blocks, write_block
 
 DECODE = {"DECODE": 1}   # the dask resource of a worker that decodes (every CPU worker of a local cluster)
 # Blocks a GPU's WavLM process runs at once: while one block's forward runs on the device, another's

@@ -46,7 +46,7 @@ class Variant:
     seed: int = 0
 
     @classmethod
-    def parse(cls, codec: str | None = None, corrupt: str | None = None, seed: int = 0) -> "Variant | None":
+    def parse(cls, codec: str | None = None, corrupt: str | None = None, seed: int = 0) -> Variant | None:
         """From the CLI's `--codec mp3:32k` / `--corrupt noise,reverb|default`; None when neither."""
         name = bitrate = None
         if codec:

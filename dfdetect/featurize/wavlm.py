@@ -104,7 +104,7 @@ class WavLMConfig:
         return {**asdict(self), "layers": list(self.layers)}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "WavLMConfig":
+    def from_dict(cls, d: dict) -> WavLMConfig:
         return cls(**{**d, "layers": tuple(d["layers"])})
 
 

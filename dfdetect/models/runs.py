@@ -42,7 +42,6 @@ from dfdetect.models.registry import build_model, get_architecture
 from dfdetect.names import csv_cell
 from dfdetect.store.schema import wavlm_storage_of
 
-
 STATE_KEY = "dfdetect_state"   # the progress, in state.safetensors' header
 # A run folder's layout: what `RunFolder.create` may remove (with the ".tmp" of a replace cut off).
 LAYOUT_FILES = {"config.json", "metrics.jsonl", "run.json", "state.json", "state.safetensors"}

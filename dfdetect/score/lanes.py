@@ -7,8 +7,8 @@ import itertools
 import math
 import time
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 from dfdetect.score.sources import ERROR, Item
 from dfdetect.score.windows import FileResult, Lane, Piece, WindowConfig, lane_pieces

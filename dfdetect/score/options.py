@@ -33,7 +33,7 @@ class ScoreOptions:
     features_from: str | None = None   # STORE[@VERSION]: score its rows' features for files it holds
     format: str = "table"         # table (by --out's extension) | asvspoof5 | asvspoof2019
 
-    def checked(self) -> "ScoreOptions":
+    def checked(self) -> ScoreOptions:
         """These options, or a ScoreError/ConfigError naming the first that scoring cannot run with.
         Every number is checked before any work: NaN would switch a limit off, a hop of 0 samples
         loop forever."""

@@ -79,7 +79,7 @@ class FileRule:
     top_k: int = 3
 
     @classmethod
-    def of(cls, run, options) -> "FileRule":
+    def of(cls, run, options) -> FileRule:
         """The rule of `run` (its threshold) under ScoreOptions `options`."""
         return cls(run.threshold, options.aggregate, options.top_k)
 

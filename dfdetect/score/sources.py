@@ -28,6 +28,7 @@ per input; a worker later opens each item as a read-only stream.
 
 from __future__ import annotations
 
+import bz2
 import csv
 import io
 import lzma
@@ -37,13 +38,13 @@ import struct
 import sys
 import tarfile
 import zipfile
-import bz2
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 
-from dfdetect.datasets.refs import MAX_RATIO, RATIO_GRACE   # inflated:compressed bytes, checked beyond the grace
+from dfdetect.datasets.refs import MAX_RATIO, RATIO_GRACE  # inflated:compressed bytes, checked beyond the grace
 from dfdetect.errors import DfdetectError
 from dfdetect.featurize.audio import NUL_IN_PATH, SPECIAL_FILE, AudioError, is_special
 from dfdetect.names import printable

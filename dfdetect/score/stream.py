@@ -13,15 +13,24 @@ or failed mid-stream), "too_long" and "unsupported_codec".
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import BinaryIO, Iterable, Iterator
+from typing import BinaryIO
 
 import numpy as np
 import soundfile as sf
 import soxr
 
-from dfdetect.featurize.audio import (HEADER_BYTES, SOUNDFILE_CONTAINERS, AudioError, check_complete,
-                                      check_sample_rate, container_of, decoder_messages, header_frames)
+from dfdetect.featurize.audio import (
+    HEADER_BYTES,
+    SOUNDFILE_CONTAINERS,
+    AudioError,
+    check_complete,
+    check_sample_rate,
+    container_of,
+    decoder_messages,
+    header_frames,
+)
 from dfdetect.featurize.frontend import FrontendConfig
 
 BLOCK_FRAMES = 1 << 16   # source frames per block: ~1.4 s at 48 kHz, 64 channels would be 16 MiB

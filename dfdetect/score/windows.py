@@ -4,8 +4,8 @@ Every input ends as one `FileResult`, whatever is wrong with its bytes."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -60,7 +60,7 @@ class Piece:
     last: bool = False
 
     @classmethod
-    def of_results(cls, finished: list[FileResult]) -> "Piece":
+    def of_results(cls, finished: list[FileResult]) -> Piece:
         """A piece without windows that only reports finished files."""
         empty = np.zeros(0, np.int64)
         return cls(empty, empty, empty / 1.0, empty / 1.0, empty.astype(bool), {}, finished)

@@ -124,7 +124,7 @@ def create_version(path: str, version: str, config: dict, clips: list[Clip], sha
         group.attrs.update({   # last, in one write (zarr renames it into place): the version now exists
             "config": config, "config_hash": version, "clip_table_hash": table_hash, "n_clips": n,
             "block_size": block_size, "complete": False, "dfdetect_version": __version__,
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         })
         return group
 

@@ -41,7 +41,8 @@ from pathlib import Path
 
 from dfdetect.datasets import ADAPTERS
 from dfdetect.errors import ConfigError, DfdetectError
-from dfdetect.evaluate.report import build_report, check_outputs as check_report_outputs
+from dfdetect.evaluate.report import build_report
+from dfdetect.evaluate.report import check_outputs as check_report_outputs
 from dfdetect.featurize.config import FeaturizeConfig
 from dfdetect.featurize.pipeline import featurize
 from dfdetect.models.registry import make_config

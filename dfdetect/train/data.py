@@ -230,4 +230,3 @@ class FeatureLoader:
         return np.concatenate([carry["row"], step["rows"]])[order]
 
     __iter__ = epoch
-

@@ -26,9 +26,9 @@ import subprocess
 import time
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -43,6 +43,7 @@ from dfdetect.models.registry import build_model, config_to_dict, count_paramete
 from dfdetect.models.runs import EpochRecord, RunFolder, is_better
 from dfdetect.store import parse_store_spec
 from dfdetect.train.data import DataSet, FeatureLoader, open_set, stratified_split
+
 
 class TrainError(DfdetectError):
     """A run that cannot start or continue as asked; the message says what to do."""
@@ -76,7 +77,7 @@ class TrainConfig:
     model: dict = field(default_factory=dict)   # head config overrides
     memory_budget_gb: float = 4.0       # load sets into RAM when they fit, else stream chunks
 
-    def resolved(self, option: Callable[[str], str] | None = None) -> "TrainConfig":
+    def resolved(self, option: Callable[[str], str] | None = None) -> TrainConfig:
         """Defaults filled in, every number checked (ConfigError naming the option: `option(field)`,
         by default the field's `dfdetect train` option, e.g. --batch-size; a study names the key)."""
         option = option or cli_option
