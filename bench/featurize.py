@@ -112,7 +112,8 @@ def main() -> None:
     ref = times["librosa per-file loop"]
     for name in list(times)[2:]:
         print(f"ratio {name} / librosa loop: {ref / times[name]:.2f}x")
-    print(f"steady state (cluster up) / librosa loop: {ref / times[f'dfdetect featurize, dask x{args.workers}, cluster up']:.2f}x"
+    steady = times[f"dfdetect featurize, dask x{args.workers}, cluster up"]
+    print(f"steady state (cluster up) / librosa loop: {ref / steady:.2f}x"
           f" (target >= 1.6x); end to end (cluster start included): "
           f"{ref / times[f'dfdetect featurize, dask x{args.workers}']:.2f}x (target >= 1.2x)")
     for name, (raw, stored) in sizes.items():

@@ -393,7 +393,8 @@ def featurize_phase(args, tmp: Path, device: torch.device, where: str, wavlm: Wa
     say(f"  start to first block {fmt(marks[0][0] - t0 if marks else None)} s (cluster start, WavLM load); "
         f"steady state: the blocks after the first quarter of the clips; {result.ok} ok rows of "
         f"{args.clips}; wavlm stored as {list(shape)} {store.array('wavlm').dtype}; GPU busy from "
-        f"{busy.source} ({len(busy.samples)} samples)" + ("; CUT SHORT at --featurize-seconds/--max-seconds" if cut else ""))
+        f"{busy.source} ({len(busy.samples)} samples)"
+        + ("; CUT SHORT at --featurize-seconds/--max-seconds" if cut else ""))
     if args.size == "large":
         say("  WavLM alone: " + ", ".join(f"batch {b} {c['rate'] * LARGE_GFLOP_PER_CLIP / 1e3:,.0f} TFLOP/s"
                                           for b, c in ceiling.items())
@@ -443,7 +444,7 @@ def training_phase(args, data: DataSet, device: torch.device, where: str, heads:
             trainer.step({k: warm[k] for k in a.inputs}, warm["label"])
             clips, seconds, loader_s, cut = run_epochs(
                 loader, args.epochs, min(deadline, clock() + args.phase_seconds),
-                lambda b: trainer.step({k: b[k] for k in a.inputs}, b["label"]))
+                lambda b, t=trainer, inputs=a.inputs: t.step({k: b[k] for k in inputs}, b["label"]))
         trained[arch] = {"clips": clips, "step": rate(clips, seconds - loader_s), "epoch": rate(clips, seconds),
                          "loader": rate(clips, loader_s), "cut": cut, "load_s": load_s, "key": key,
                          "precision": trainer.precision, "memory": peak_memory(device)}

@@ -176,7 +176,7 @@ def loader_epochs(make, epochs: int) -> list[float]:
     times = []
     for e in range(1, epochs + 1):
         t0 = clock()
-        for batch in make(e):
+        for _batch in make(e):
             pass
         times.append(clock() - t0)
     return times
@@ -317,7 +317,7 @@ def main() -> None:
         arrays = {f: np.ascontiguousarray(store.array(f)[:][data.rows]) for f in LOADER_FEATURES}
         labels = store.meta["label"][data.rows].astype(np.float32)
         loader_s["numpy"] = statistics.median(loader_epochs(
-            lambda e: numpy_batches(arrays, labels, LOADER_BATCH, e), args.loader_epochs))
+            lambda e, arrays=arrays: numpy_batches(arrays, labels, LOADER_BATCH, e), args.loader_epochs))
         del arrays
         say(f"loader ({'+'.join(LOADER_FEATURES)}, {clip_bytes / 1e6:.2f} MB/clip, batch {LOADER_BATCH}, "
             f"shuffled, median of {args.loader_epochs} epochs); in-memory load (once): {load_s:.2f} s, "

@@ -176,7 +176,8 @@ def featurize(
     root: Path = typer.Option(..., "--root", help="The dataset's folder (a CSV file for `manifest`)."),
     out: str = typer.Option(None, "--out", help="Store path (default: stores/DATASET.zarr)."),
     features: str = typer.Option(None, help="Comma-separated subset of mel,lfcc,wave,wavlm (wave: the prepared "
-                                 f"16 kHz clip, which aasist and aasist_l read). Default: {','.join(DEFAULT_FEATURES)}."),
+                                 "16 kHz clip, which aasist and aasist_l read). "
+                                 f"Default: {','.join(DEFAULT_FEATURES)}."),
     wavlm: str = typer.Option(None, "--wavlm", help=f"WavLM hub id or local directory. Default: {WAVLM_MODEL}."),
     wavlm_layers: str = typer.Option(None, help="Hidden states to store (0 = CNN output, 24 = last of Large). "
                                      f"Default: {','.join(map(str, WAVLM_LAYERS))}."),
@@ -185,11 +186,17 @@ def featurize(
                                       f"Default: {WAVLM_STORAGE}."),
     device: str = typer.Option("auto", help="Where WavLM runs: " + DEVICE_HELP),
     scheduler: str = typer.Option(None, help="tcp://HOST:PORT of an existing dask.distributed scheduler."),
-    workers: int = typer.Option(None, help="Local worker processes (default: one per core; 0: in this process, no dask)."),
-    block_size: int = typer.Option(None, help=f"Clips per block = rows per shard (the unit of writing). Default: {BLOCK_SIZE}."),
-    codec: str = typer.Option(None, help="Variant: round-trip every clip through flac | mp3[:BITRATE] | opus[:BITRATE] | aac[:BITRATE]."),
-    corrupt: str = typer.Option(None, help="Variant: seeded corruptions, comma-separated from noise,reverb,clip,bandlimit,resample,packetloss, or 'default' for all."),
-    variant_seed: int = typer.Option(None, help="Seed of the corruptions (each clip's draw also depends on its id). Default: 0."),
+    workers: int = typer.Option(
+        None, help="Local worker processes (default: one per core; 0: in this process, no dask)."),
+    block_size: int = typer.Option(
+        None, help=f"Clips per block = rows per shard (the unit of writing). Default: {BLOCK_SIZE}."),
+    codec: str = typer.Option(
+        None, help="Variant: round-trip every clip through flac | mp3[:BITRATE] | opus[:BITRATE] | aac[:BITRATE]."),
+    corrupt: str = typer.Option(
+        None, help="Variant: seeded corruptions, comma-separated from noise,reverb,clip,bandlimit,resample,"
+                   "packetloss, or 'default' for all."),
+    variant_seed: int = typer.Option(
+        None, help="Seed of the corruptions (each clip's draw also depends on its id). Default: 0."),
     option: list[str] = typer.Option(None, "--option", "-o", help=OPTION_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout (progress and notices "
                                  "go to stderr)."),
@@ -360,8 +367,8 @@ def train_command(
     val: str = typer.Option(None, help="Validation set (default: a seeded, stratified 5% of --train)."),
     test: str = typer.Option(None, help="In-distribution test set."),
     ood: list[str] = typer.Option([], help="Out-of-distribution set [NAME=]STORE[:SPLIT]; repeat for several."),
-    epochs: int = typer.Option(None, help="Default: the architecture's (`dfdetect models`): the reference study's 50 for "
-                               "mel heads, 15 for WavLM heads; 1 for lfcc_gmm, which is fitted once."),
+    epochs: int = typer.Option(None, help="Default: the architecture's (`dfdetect models`): the reference study's "
+                               "50 for mel heads, 15 for WavLM heads; 1 for lfcc_gmm, which is fitted once."),
     batch_size: int = typer.Option(None, help="Default: the architecture's (`dfdetect models`): 128 for mel heads, "
                                    "64 for WavLM heads."),
     lr: float = typer.Option(None, help="Default: the architecture's: 5e-5 for the reference study's heads, the "
@@ -370,10 +377,14 @@ def train_command(
     seed: int = typer.Option(0, help="Seeds the initial weights, the batch order, the default validation split "
                              "and --holdout-generator's share of reals."),
     device: str = typer.Option("auto", help=DEVICE_HELP),
-    early_stopping: int = typer.Option(None, help="Stop after N epochs without a better validation EER (default: never)."),
+    early_stopping: int = typer.Option(
+        None, help="Stop after N epochs without a better validation EER (default: never)."),
     init_from: Path = typer.Option(None, help="Start from another run's best weights (fine-tuning)."),
-    holdout_generator: list[str] = typer.Option([], help="Leave-one-generator-out: hold these generators' fakes (and 20% of the reals) out of --train as the OOD set ood:holdout; repeat for several."),
-    config_file: Path = typer.Option(None, "--config", help="JSON file of TrainConfig fields; flags given here override it."),
+    holdout_generator: list[str] = typer.Option(
+        [], help="Leave-one-generator-out: hold these generators' fakes (and 20% of the reals) out of --train "
+                 "as the OOD set ood:holdout; repeat for several."),
+    config_file: Path = typer.Option(
+        None, "--config", help="JSON file of TrainConfig fields; flags given here override it."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out where it stopped."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing run in --out."),
 ):
@@ -463,7 +474,8 @@ def evaluate_command(
     label_col: str = typer.Option(None, help="Label column (default: label, key, cm-label, ...); any spelling."),
     id_col: str = typer.Option(None, help="Clip id column, to join --labels (default: clip_id, filename, file, ...)."),
     higher_is: str = typer.Option("fake", help="fake: scores are P(fake); real: higher = more bona fide (flipped)."),
-    labels: Path = typer.Option(None, "--labels", help="Protocol/key file giving the labels by clip id (ASVspoof protocol, meta.csv)."),
+    labels: Path = typer.Option(
+        None, "--labels", help="Protocol/key file giving the labels by clip id (ASVspoof protocol, meta.csv)."),
     drop_bad: bool = typer.Option(False, "--drop-bad", help="Leave out bad rows (named in a note) instead of failing."),
     batch_size: int = typer.Option(None, help="Default: the architecture's."),
     device: str = typer.Option("auto", help=DEVICE_HELP),
@@ -673,7 +685,8 @@ def _print_store_info(info: dict) -> None:
     state = ("[green]complete[/]" if info["complete"] else
              f"[yellow]incomplete: {info['blocks_done']}/{info['blocks']} blocks done[/]")
     console.print(f"[bold]{escape(printable(info['store']))}@{info['version']}[/]  dataset "
-                  f"{escape(printable(str(info['dataset'])))} ({escape(printable(str(info['dataset_root'])))}): {info['n_clips']} clips, blocks of {info['block_size']}, "
+                  f"{escape(printable(str(info['dataset'])))} ({escape(printable(str(info['dataset_root'])))}): "
+                  f"{info['n_clips']} clips, blocks of {info['block_size']}, "
                   f"{state}; created {info['created']} by dfdetect {info['dfdetect_version']}",
                   soft_wrap=True)
     if len(info["versions"]) > 1:

@@ -23,12 +23,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.pop("COLUMNS", None)
 os.environ.pop("LINES", None)
 
-import numpy as np
-import pytest
+import numpy as np  # noqa: E402 (after the environment above)
+import pytest  # noqa: E402 (after the environment above)
 
-from dfdetect.demo.corpus import CorpusSpec, synthesize, write_corpus
-from dfdetect.featurize.pipeline import featurize
-from dfdetect.train.trainer import TrainConfig, train
+from dfdetect.demo.corpus import CorpusSpec, synthesize, write_corpus  # noqa: E402 (after the environment above)
+from dfdetect.featurize.pipeline import featurize  # noqa: E402 (after the environment above)
+from dfdetect.train.trainer import TrainConfig, train  # noqa: E402 (after the environment above)
 
 
 @pytest.fixture(scope="session")

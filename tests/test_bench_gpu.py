@@ -55,7 +55,7 @@ def test_gpu_bench_tiny_on_cpu(tmp_path):
     feat = {r[0]: r for r in section(out, "1. featurize")}
     assert set(feat) == {"WavLM only, batch 16 (ceiling)", "WavLM only, batch 64", "featurize end to end",
                          "featurize steady state"}
-    for what, r in feat.items():
+    for r in feat.values():
         rate = number(r[3])
         assert math.isfinite(rate) and rate > 0, r
     assert feat["featurize end to end"][1] == "40"        # every clip featurized
@@ -86,7 +86,7 @@ def test_gpu_bench_tiny_on_cpu(tmp_path):
 
 # What a CUDA error in the WavLM process looks like to featurize: block 1's WavLM task raises. With
 # --workers 0 featurize runs its blocks in the bench's process, where this replaces the task.
-FAIL_BLOCK_1 = """
+FAIL_BLOCK_1 = f"""
 import runpy, sys
 import dfdetect.featurize.pipeline as pipeline
 wavlm_block = pipeline.wavlm_block
@@ -95,8 +95,8 @@ def failing(job, prepared):
         raise RuntimeError("CUDA error: an illegal memory access was encountered (injected)")
     return wavlm_block(job, prepared)
 pipeline.wavlm_block = failing
-sys.path.insert(0, %r)
-""" % str(BENCH.parent)
+sys.path.insert(0, {str(BENCH.parent)!r})
+"""
 
 
 @pytest.mark.slow

@@ -104,6 +104,21 @@ def test_every_device_option_defaults_to_auto():
     assert set(devices.values()) == {"auto"}, devices
 
 
+def test_every_api_device_argument_defaults_to_auto_as_the_cli():
+    import dataclasses
+    import inspect
+
+    from dfdetect import api
+    from dfdetect.featurize.config import FeaturizeConfig
+
+    functions = [api.evaluate, api.featurize, api.Detector.from_run, api.Detector.from_pretrained]
+    defaults = {f.__qualname__: inspect.signature(f).parameters["device"].default for f in functions}
+    if defaults["featurize"] is None:          # None: FeaturizeConfig's default, which the CLI uses too
+        defaults["featurize"] = FeaturizeConfig().device
+    defaults["TrainConfig"] = {f.name: f.default for f in dataclasses.fields(api.TrainConfig)}["device"]
+    assert set(defaults.values()) == {"auto"}, defaults
+
+
 def test_switches_are_one_flag_off_by_default():
     flags = [(path, option) for path, option in _options() if option.is_flag and option.name != "help"]
     assert any(path == "train" and "--force" in option.opts for path, option in flags)

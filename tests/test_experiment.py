@@ -124,11 +124,17 @@ def test_an_interrupted_study_resumes_without_redoing_finished_runs(data, tmp_pa
 
 
 @pytest.mark.parametrize("edit,message", [
-    (lambda t: t.replace("epochs = 1\n", "epochs = 1\nlearning_rate = 0.1\n", 1), r"study.toml:\d+: \[runs.first\] learning_rate: unknown key"),
-    (lambda t: t.replace('root = "', 'root = "/nonexistent', 1), r"study.toml:8: \[datasets.demo\] root: dataset root /nonexistent"),
-    (lambda t: t.replace('train = "demo:train"', 'train = "other:train"', 1), r"study.toml:\d+: \[runs.first\] train: unknown store 'other'"),
-    (lambda t: t + '\n[runs.third]\narch = "mel_cnn"\ntrain = "demo:train"\nout = "runs/first"\n', r"\[runs.third\] out: writes to .* as run 'first' does"),
-    (lambda t: t.replace("[runs.first]", "[runs.first]\ninit_from = \"second\"").replace("[runs.second]", "[runs.second]\ninit_from = \"first\""), "cycle"),
+    (lambda t: t.replace("epochs = 1\n", "epochs = 1\nlearning_rate = 0.1\n", 1),
+     r"study.toml:\d+: \[runs.first\] learning_rate: unknown key"),
+    (lambda t: t.replace('root = "', 'root = "/nonexistent', 1),
+     r"study.toml:8: \[datasets.demo\] root: dataset root /nonexistent"),
+    (lambda t: t.replace('train = "demo:train"', 'train = "other:train"', 1),
+     r"study.toml:\d+: \[runs.first\] train: unknown store 'other'"),
+    (lambda t: t + '\n[runs.third]\narch = "mel_cnn"\ntrain = "demo:train"\nout = "runs/first"\n',
+     r"\[runs.third\] out: writes to .* as run 'first' does"),
+    (lambda t: t.replace("[runs.first]", "[runs.first]\ninit_from = \"second\"")
+                .replace("[runs.second]", "[runs.second]\ninit_from = \"first\""),
+     "cycle"),
     (lambda t: t.replace("[report]", "") + "\n[reports]\nout = 'x'\n", r"unknown section \[reports\]"),
 ])
 def test_errors_name_the_line_before_anything_runs(data, tmp_path, edit, message):
@@ -141,7 +147,8 @@ def test_errors_name_the_line_before_anything_runs(data, tmp_path, edit, message
 def test_a_store_version_that_does_not_exist(data, tmp_path):
     text = STUDY.format(root=data["corpus"])
     pinned = _write(tmp_path, text.replace('test = "demo:test"', 'test = "demo@v-000000000000:test"'))
-    with pytest.raises(ExperimentError, match=r"study.toml:\d+: \[runs.first\] test: pins version v-000000000000 .* not been featurized"):
+    missing = r"study.toml:\d+: \[runs.first\] test: pins version v-000000000000 .* not been featurized"
+    with pytest.raises(ExperimentError, match=missing):
         load_experiment(pinned)
     assert runner.invoke(app, ["experiment", "run", str(_write(tmp_path, text)), "--workers", "0"]).exit_code == 0
     pinned = _write(tmp_path, text.replace('test = "demo:test"', 'test = "demo@v-000000000000:test"'))
@@ -151,8 +158,10 @@ def test_a_store_version_that_does_not_exist(data, tmp_path):
 
 @pytest.mark.parametrize("edit,sets,fragments", [
     (None, ["runs.first.lr=nan"], ["--set runs.first.lr=nan: [runs.first] lr: lr nan: must be a positive"]),
-    (lambda t: t.replace("epochs = 1\n", "epochs = nan\n", 1), [], ["study.toml:19: [runs.first] epochs: field 'epochs' is NaN; expected an integer"]),
-    (lambda t: t.replace("epochs = 1\n", "epochs = 0\nearly_stopping = 0\n", 1), [], ["study.toml:20: [runs.first] early_stopping: early_stopping 0: must be"]),
+    (lambda t: t.replace("epochs = 1\n", "epochs = nan\n", 1),
+     [], ["study.toml:19: [runs.first] epochs: field 'epochs' is NaN; expected an integer"]),
+    (lambda t: t.replace("epochs = 1\n", "epochs = 0\nearly_stopping = 0\n", 1),
+     [], ["study.toml:20: [runs.first] early_stopping: early_stopping 0: must be"]),
     (None, ['runs.first.epochs="three"'], ["[runs.first] epochs:", "is \"three\"; expected an integer"]),
     (None, ["runs.second.batch_size=1"], ["--set runs.second.batch_size=1: [runs.second] batch_size: batch_size 1"]),
     (None, ["runs=5"], ["--set runs=5: [runs]: 5 is a value; [runs] is a table"]),
@@ -162,18 +171,21 @@ def test_a_store_version_that_does_not_exist(data, tmp_path):
     (None, ["runs.first.arch=\"big\""], ["[runs.first] arch: unknown architecture 'big'"]),
     (lambda t: t + "\n[report]\nout = 5\n", [], ["study.toml:30: [report] out: 5 is not a string"]),
     (lambda t: t + "\n[report]\nout = \"report.txt\"\n", [], ["[report] out: report.out", "is an HTML page"]),
-    (lambda t: t + "\n[report]\nood = \"dfeval\"\n", [], ["[report] ood: no run has an OOD set 'dfeval'; they have: heldout"]),
+    (lambda t: t + "\n[report]\nood = \"dfeval\"\n",
+     [], ["[report] ood: no run has an OOD set 'dfeval'; they have: heldout"]),
     (None, ['stores.demo.features=["mel", "bogus"]'], ["[stores.demo]: unknown feature(s) bogus; features takes"]),
     (None, ["stores.demo.block_size=0"], ["[stores.demo]: block_size 0: must be"]),
     (lambda t: t.replace('root = "', "root = 5 #", 1), [], ["study.toml:8: [datasets.demo] root: 5 is not a string"]),
-    (lambda t: t.replace('runs_dir = "runs"', "runs_dir = ['runs']"), [], ["study.toml:4: [experiment] runs_dir: ['runs'] is not a string"]),
+    (lambda t: t.replace('runs_dir = "runs"', "runs_dir = ['runs']"),
+     [], ["study.toml:4: [experiment] runs_dir: ['runs'] is not a string"]),
 ])
 def test_the_whole_file_is_checked_before_any_work_naming_file_or_set_and_key(data, tmp_path, edit, sets, fragments):
     from conftest import one_line
 
     text = STUDY.format(root=data["corpus"])
     file = _write(tmp_path, edit(text) if edit else text)
-    result = runner.invoke(app, ["experiment", "run", str(file), "--workers", "0", *[a for s in sets for a in ("--set", s)]])
+    set_options = [a for s in sets for a in ("--set", s)]
+    result = runner.invoke(app, ["experiment", "run", str(file), "--workers", "0", *set_options])
     message = one_line(result, *fragments)
     assert "--epochs" not in message and "--batch-size" not in message   # options the user never typed
     assert not (tmp_path / "stores").exists() and not (tmp_path / "runs").exists()
@@ -183,6 +195,7 @@ def test_a_file_that_is_not_utf8_is_one_line(data, tmp_path):
     from conftest import one_line
 
     file = tmp_path / "study.toml"
-    file.write_bytes(STUDY.format(root=data["corpus"]).replace("[runs.first]", "# caf\xe9\n[runs.first]").encode("latin-1"))
+    latin1 = STUDY.format(root=data["corpus"]).replace("[runs.first]", "# caf\xe9\n[runs.first]").encode("latin-1")
+    file.write_bytes(latin1)
     one_line(runner.invoke(app, ["experiment", "run", str(file)]), "study.toml: not UTF-8 text", "save it as UTF-8")
     one_line(runner.invoke(app, ["experiment", "status", str(file)]), "study.toml: not UTF-8 text")

@@ -203,7 +203,8 @@ def test_codec_and_corruption_variants_are_their_own_versions(corpus, tmp_path):
     assert not np.allclose(mels[corrupt.version][ok], mels[clean.version][ok])
     featurize("folder", corpus, str(tmp_path / "again.zarr"), features=("mel",), workers=0,
                       block_size=16, variant=Variant.parse(None, "default", seed=1))
-    np.testing.assert_array_equal(open_store(str(tmp_path / "again.zarr")).array("mel")[:], mels[corrupt.version].astype(np.float16))
+    again = open_store(str(tmp_path / "again.zarr")).array("mel")[:]
+    np.testing.assert_array_equal(again, mels[corrupt.version].astype(np.float16))
 
 
 def test_local_workers_keep_clip_buffers_off_mmap():
@@ -225,8 +226,8 @@ def test_local_workers_keep_clip_buffers_off_mmap():
         import ctypes
 
         class MallInfo2(ctypes.Structure):
-            _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd",
-                                                               "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+            _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                               "fsmblks", "uordblks", "fordblks", "keepcost")]
         libc = ctypes.CDLL("libc.so.6")
         libc.mallinfo2.restype = MallInfo2
         before = libc.mallinfo2().hblkhd

@@ -66,7 +66,8 @@ def test_challenge_files_round_trip_through_evaluate(run_dir, tmp_path):
         assert "broken" not in written and "E_0001" in written and "E\\x200005" in written
         assert "we\\x09ird\\x0aname\\x20\\x231" in written and "\\x3dcmd|x" in written
         # higher = bona fide: 1 - P(fake), the status table's score
-        by_stem = {r["path"].rsplit("/", 1)[-1].rsplit(".", 1)[0]: float(r["score"]) for r in rows if r["status"] == "ok"}
+        by_stem = {r["path"].rsplit("/", 1)[-1].rsplit(".", 1)[0]: float(r["score"])
+                   for r in rows if r["status"] == "ok"}
         assert sorted(float(v) for v in written.values()) == sorted(round(1 - p, 6) for p in by_stem.values())
         # the labels as an ASVspoof protocol (speaker, trial, -, -, key), then evaluate reads the file back
         protocol = tmp_path / fmt / "keys.txt"

@@ -379,7 +379,9 @@ def test_scorer_halves_the_head_batch_and_one_oom_costs_only_those_rows(bf16_run
     paths = sorted(str(p) for p in Path(store.meta["path"][0]).parent.glob("*.*"))[:3]
     original = Scorer._head
 
-    def fails_on_second(self, inputs, calls=[]):
+    calls = []
+
+    def fails_on_second(self, inputs):
         calls.append(1)
         if len(calls) == 2:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")

@@ -196,7 +196,8 @@ def test_hf_own_values_and_bad_rows_are_problems(folder_corpus, tmp_path):
     index = datasets.prepare("hf", root, label_column="verdict", fake_values="cloned", real_values="human")
     assert [c.label for c in index.clips] == [0, 1]
     assert [p.where.rsplit(" ", 1)[1] for p in index.problems] == ["2", "3", "4"]
-    assert "unknown label '???'" in index.problems[0].message and "neither bytes nor a path" in index.problems[2].message
+    assert "unknown label '???'" in index.problems[0].message
+    assert "neither bytes nor a path" in index.problems[2].message
     missing = datasets.prepare("hf", root)          # no known label column: one problem per file
     assert missing.clips == [] and "label_column" in missing.problems[0].message
     with pytest.raises(ValueError, match="takes only"):
@@ -235,7 +236,7 @@ def test_hf_parquet_shards_and_hub_repo_layout(folder_corpus, tmp_path):
     assert index.problems == []
     assert [c.split for c in index.clips] == ["test", "train", "train", "train", "train"]
     by_name = {c.clip_id: c for c in index.clips}
-    for i, (name, y, _, seconds, freq) in enumerate(CLIPS):
+    for i, (name, y, *_) in enumerate(CLIPS):
         shard = {0: "train-00000", 1: "train-00000", 2: "train-00000", 3: "train-00001", 4: "test-00000"}[i]
         row = {0: 0, 1: 1, 2: 2, 3: 0, 4: 0}[i]
         clip = by_name[f"data/{shard}-of-0000{2 if shard.startswith('train') else 1}.parquet:{row}"]

@@ -120,7 +120,8 @@ def test_weights_that_give_nan_make_error_rows_not_ok_rows_without_a_score(run_d
     results = list(Detector.from_pretrained(exported).score_many(clips))
     for clip, r in zip(clips, results):
         row = rows[str(clip)]
-        assert (row["status"], row["error_kind"], row["score"], row["decision"]) == ("error", "non_finite_score", "", "")
+        row_fields = (row["status"], row["error_kind"], row["score"], row["decision"])
+        assert row_fields == ("error", "non_finite_score", "", "")
         assert (r.status, r.error_kind, r.score, r.decision) == ("error", "non_finite_score", None, None)
         assert "non-finite" in row["error"] and "non-finite" in r.error
 

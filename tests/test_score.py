@@ -71,7 +71,8 @@ def folder(tmp_path_factory):
         "stereo.wav": encode(np.stack([speech(2, 22050), 0.5 * speech(2, 22050, seed=1)]), 22050, "wav"),
         "short.wav": encode(speech(0.5), 16000, "wav"),
         # 3 s, 6 s of digital silence, 3 s: windows at 3, 4.5 and 6 s are silent
-        "gap.wav": encode(np.concatenate([speech(3), np.zeros(6 * 16000, np.float32), speech(3, seed=2)]), 16000, "wav"),
+        "gap.wav": encode(np.concatenate([speech(3), np.zeros(6 * 16000, np.float32), speech(3, seed=2)]),
+                          16000, "wav"),
         "long.flac": encode(np.tile(speech(20, seed=3), 9), 16000, "flac"),  # 3 minutes
         "corrupt.wav": b"RIFF\x24\x00\x00\x00WAVEfmt " + bytes(range(256)) * 4,
         "truncated.flac": encode(speech(6, 44100), 44100, "flac")[:40_000],
@@ -201,7 +202,8 @@ def archives(tmp_path_factory, folder):
         z.writestr("a.wav", good)
     members = [("good one.wav", good), ("dir/ünï 声.flac", encode(speech(2.5, 44100), 44100, "flac")),
                ("dir/long.flac", (folder / "long.flac").read_bytes()),
-               ("m.m4a", encode(speech(2, 44100), 44100, "m4a")), ("corrupt.wav", (folder / "corrupt.wav").read_bytes()),
+               ("m.m4a", encode(speech(2, 44100), 44100, "m4a")),
+               ("corrupt.wav", (folder / "corrupt.wav").read_bytes()),
                ("empty.wav", b""), ("notes.mp3", b"not audio at all"), ("../evil.wav", good), ("/etc/abs.wav", good),
                ("inner.zip", inner.getvalue()), ("._good one.wav", b"\x00\x05\x16\x07 macOS metadata")]
     for suffix, mode in ((".tar", "w"), (".tar.gz", "w:gz"), (".tgz", "w:gz")):

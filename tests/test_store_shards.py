@@ -29,7 +29,8 @@ def test_written_shards_are_zarrs_bytes(tmp_path, n, shape, rows, block):
     x = rng.standard_normal((n, *shape)).astype(np.float16)
     x[16:32] = np.nan   # a whole chunk of failed clips: zarr leaves it out of the shard
     x[40] = np.nan      # one failed clip inside a chunk
-    by_zarr, direct = _array(tmp_path / "zarr.zarr", n, shape, rows, block), _array(tmp_path / "d.zarr", n, shape, rows, block)
+    by_zarr = _array(tmp_path / "zarr.zarr", n, shape, rows, block)
+    direct = _array(tmp_path / "d.zarr", n, shape, rows, block)
     writer = ShardFiles.of(direct)
     for start in range(0, n, block):   # the last block is short: its chunk is padded with the fill
         by_zarr[start:start + block] = x[start:start + block]

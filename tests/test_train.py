@@ -74,7 +74,8 @@ def test_every_set_every_epoch_and_the_run_folder(stores, tmp_path):
     assert config["sets"]["train"]["rows"] + config["sets"]["val"]["rows"] == 24  # 12 real + 3 x 4 seen fakes
     assert config["sets"]["val"]["fake"] >= 1 and config["sets"]["val"]["real"] >= 1
     assert config["sets"]["ood:unseen"]["version"] == config["sets"]["train"]["version"]
-    assert {p.name for p in (run / "checkpoints").iterdir()} == {"epoch_001.safetensors", "epoch_002.safetensors", "best.safetensors"}
+    assert ({p.name for p in (run / "checkpoints").iterdir()}
+            == {"epoch_001.safetensors", "epoch_002.safetensors", "best.safetensors"})
     for which in ("best", "last"):
         assert {p.name for p in (run / "scores" / which).iterdir()} == {"val.csv", "test.csv", "ood_unseen.csv"}
     assert json.loads((run / "run.json").read_text())["loaders"]["train"] == "in memory"

@@ -100,7 +100,8 @@ def test_a_uint8_store_holds_codes_and_reads_back_what_live_wavlm_gives(stores):
     assert store_info(stores["float16"])["wavlm_storage"] == "float16"
 
     rows = np.arange(codes.n_clips)
-    got, ref = codes.read_rows(["wavlm", "mel", "wavlm_stats"], rows), half.read_rows(["wavlm", "mel", "wavlm_stats"], rows)
+    names = ["wavlm", "mel", "wavlm_stats"]
+    got, ref = codes.read_rows(names, rows), half.read_rows(names, rows)
     ok = codes.meta["status"] == "ok"
     assert (~ok).sum() == 1 and np.isnan(got["wavlm"][~ok]).all()           # the broken file: NaN, as float16
     for name in ("mel", "wavlm_stats"):                                      # nothing else changes
@@ -120,7 +121,8 @@ def test_a_uint8_store_holds_codes_and_reads_back_what_live_wavlm_gives(stores):
     off = np.abs(live["codes"][0].astype(int) - stored[0][first].numpy())
     assert off.max() <= 1 and (off > 0).mean() < 0.02
     np.testing.assert_allclose(live["scale"][0], stored[1][first].numpy(), rtol=1e-3, atol=1e-4)
-    np.testing.assert_array_equal(live["layers"][0], dequantize(*map(torch.from_numpy, (live["codes"][0], live["scale"][0]))))
+    codes_0, scale_0 = (torch.from_numpy(live[k][0]) for k in ("codes", "scale"))
+    np.testing.assert_array_equal(live["layers"][0], dequantize(codes_0, scale_0))
     # featurize asks for only what it stores: the same values, and no dequantized layers made
     extractor = load_wavlm(WavLMConfig(model=str(stores["model"]), layers=(1, 2), storage="uint8"), "cpu")
     asked = extractor(Frontend().load(str(codes.meta["path"][first]))[None], keys=("codes", "scale", "stats"))
@@ -205,8 +207,8 @@ def test_a_head_only_meets_the_storage_it_was_trained_on(stores, tmp_path):
 
 
 def test_an_unknown_storage_is_one_line(stores, tmp_path):
-    result = CliRunner().invoke(app, ["featurize", "--dataset", "folder", "--root", str(stores["root"] / "corpus"), "--out",
-                                      str(tmp_path / "x.zarr"), "--features", "wavlm", "--wavlm",
+    result = CliRunner().invoke(app, ["featurize", "--dataset", "folder", "--root", str(stores["root"] / "corpus"),
+                                      "--out", str(tmp_path / "x.zarr"), "--features", "wavlm", "--wavlm",
                                       str(stores["model"]), "--wavlm-storage", "int4"])
     one_line(result, "WavLM storage 'int4' (--wavlm-storage): choose float16 or uint8")
     assert not (tmp_path / "x.zarr").exists()

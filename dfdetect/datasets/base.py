@@ -377,8 +377,9 @@ def index_protocol_splits(b: IndexBuilder, root: Path, found, columns: tuple[str
 
 def csv_records(b: IndexBuilder, path: Path, required: tuple[str, ...], layout: str):
     """Yield (where, line, row) for every good record of a CSV metadata file with a header; `row`
-    maps lower-cased header names to stripped cells (`required` is matched case-insensitively). Unreadable records and wrong column counts
-    become problems; missing required columns raise DatasetLayoutError naming the ones found."""
+    maps lower-cased header names to stripped cells (`required` is matched case-insensitively).
+    Unreadable records and wrong column counts become problems; missing required columns raise
+    DatasetLayoutError naming the ones found."""
     text, problem = read_text(path)
     if problem:
         b.index.problems.append(problem)

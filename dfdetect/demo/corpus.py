@@ -18,8 +18,8 @@ behaviour. The families:
                  above 1.5 kHz replaced by noise (meant as the held-out, unseen family)
 
 Every family gets room reverb and background noise at random (80% of reals, 50% of fakes), so the
-recording conditions are not a shortcut. Files are written in the `folder` dataset layout with a split level, in mixed formats and sample
-rates chosen independently of the label (so the container tells a model nothing):
+recording conditions are not a shortcut. Files are written in the `folder` dataset layout with a split
+level, in mixed formats and sample rates chosen independently of the label (so the container tells a model nothing):
 
     train/real, train/fake/{vocoder,bandlimited,griffinlim}   the seen generators
     test/real,  test/fake/{...}                               same generators, held-out clips

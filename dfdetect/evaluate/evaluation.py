@@ -93,7 +93,7 @@ def _result(source: dict, labels, scores, columns: dict, thresholds: dict, notes
 
 # -- a run's checkpoint on a store ----------------------------------------------------------------------
 def evaluate_run(run: str | Path, on: str, epoch: str | int = "best", batch_size: int | None = None,
-                 device: str = "cpu") -> dict:
+                 device: str = "auto") -> dict:
     """Score the set `on` (STORE[@V][:SPLIT]) with the run's checkpoint at `epoch`, then measure it at
     0.5, at its own EER threshold and at the run's validation EER threshold."""
     # torch-heavy: loaded only when a run is evaluated (score files need none of it)

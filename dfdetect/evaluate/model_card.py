@@ -63,12 +63,13 @@ def model_card(run: LoadedRun) -> str:
     page.text(f"{arch.title} ({run.arch}, {info.parameters:,} parameters; from the {arch.source}). Exported "
               f"epoch {run.epoch} of {len(run.records)} trained (best validation epoch: {info.best_epoch}). "
               f"Decision threshold {run.threshold:.6f} on P(fake): the validation-EER threshold of this epoch.")
+    wavlm = run.wavlm_info
+    needs = (f"Needs the frozen WavLM {wavlm.get('model')} (revision {wavlm.get('revision')}, layers "
+             f"{wavlm.get('layers')}) to score audio; it is not in this folder." if wavlm else
+             "No WavLM: the folder is the whole detector.")
     page.text(f"Frontend {run.frontend_hash}: 16 kHz mono, {run.frontend_config.clip_seconds:g} s clips "
               "(centre crop / zero pad), peak normalisation; long files are scored in windows and their "
-              "window scores averaged. " + (f"Needs the frozen WavLM {run.wavlm_info.get('model')} (revision "
-                                             f"{run.wavlm_info.get('revision')}, layers {run.wavlm_info.get('layers')}) "
-                                             "to score audio; it is not in this folder."
-                                             if run.wavlm_info else "No WavLM: the folder is the whole detector."))
+              "window scores averaged. " + needs)
     page.heading("Training data")
     page.text(f"Trained on {train.get('spec')} ({train.get('rows', 0):,} clips, store version "
               f"{train.get('version')}); the other sets below were measured every epoch.")
@@ -76,7 +77,8 @@ def model_card(run: LoadedRun) -> str:
     rows = []
     for name, m in run.record["sets"].items():
         at = m.get("at_0.5", {})
-        kind = "out of distribution" if name.startswith("ood:") else "validation" if name == "val" else "in distribution"
+        kind = ("out of distribution" if name.startswith("ood:") else
+                "validation" if name == "val" else "in distribution")
         rows.append([name, kind, str(m.get("n", "")), fmt(m.get("eer")), fmt(m.get("auc")), fmt(m.get("min_dcf")),
                      fmt(at.get("accuracy"), "accuracy"), fmt(at.get("recall"), "recall"),
                      fmt(at.get("specificity"), "specificity")])

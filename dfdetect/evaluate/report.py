@@ -509,8 +509,8 @@ def correlation_text(runs: list[RunInfo], ood: str | None) -> str:
         warnings.simplefilter("ignore", ConstantInputWarning)
         pearson, spearman = pearsonr(test, out).statistic, spearmanr(test, out).statistic
     return (f"{what}, over {len(pairs)} runs: Pearson {fmt(float(pearson))}, Spearman {fmt(float(spearman))} "
-            "(undefined when one of them is the same for every run). The reference study found it near zero: test accuracy "
-            "did not predict real-world accuracy.")
+            "(undefined when one of them is the same for every run). The reference study found it near zero: "
+            "test accuracy did not predict real-world accuracy.")
 
 
 def size_table(page: Page, runs: list[RunInfo], ood: str | None) -> None:

@@ -9,9 +9,10 @@ Tabular files name their columns: the score is `--score-col` or the first of SCO
 label `--label-col` or the first of LABEL_COLUMNS (any spelling parse_label knows: fake/spoof/1,
 real/bonafide/bona-fide/genuine/0, ...), the clip id `--id-col` or the first of ID_COLUMNS.
 `asvspoof` is whitespace-separated (`#` starts a comment; a first line naming a score column, as
-ASVspoof 5's `filename<TAB>cm-score`, is its header), as the ASVspoof packages write: `FILE SCORE` (2021), `FILE ATTACK KEY SCORE` (2019 CM), `SPK FILE SCORE KEY`
-(ASVspoof 5 README). Column rule: the score is the last field that is a number, the key the last
-non-numeric field that spells a label (bonafide/spoof, ...), the attack a field like A07.
+ASVspoof 5's `filename<TAB>cm-score`, is its header), as the ASVspoof packages write: `FILE SCORE`
+(2021), `FILE ATTACK KEY SCORE` (2019 CM), `SPK FILE SCORE KEY` (ASVspoof 5 README). Column rule:
+the score is the last field that is a number, the key the last non-numeric field that spells a label
+(bonafide/spoof, ...), the attack a field like A07.
 `protocol` (e.g. an ASVspoof protocol, or In-the-Wild's meta.csv) supplies labels by clip id: in a
 whitespace protocol the clip is the second field (true of ASVspoof 2019 LA, 2021 and 5), the key the
 last label word and the attack a field like A07; a tabular one uses ID_COLUMNS / LABEL_COLUMNS. A

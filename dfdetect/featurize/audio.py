@@ -21,7 +21,7 @@ import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Union
+from typing import BinaryIO
 
 import numpy as np
 import soundfile as sf
@@ -29,7 +29,7 @@ import soundfile as sf
 from dfdetect.datasets import refs
 from dfdetect.errors import ConfigError, DfdetectError
 
-Source = Union[str, os.PathLike, bytes, BinaryIO]
+Source = str | os.PathLike | bytes | BinaryIO
 
 # Magic bytes -> container name. Order matters only for overlapping prefixes.
 _SIGNATURES: list[tuple[int, bytes, str]] = [
@@ -131,7 +131,7 @@ def _wav_frames(head: bytes) -> int | None:
 
 
 def _aiff_frames(head: bytes) -> int | None:
-    for chunk, body, size in _chunks(head, "big"):
+    for chunk, body, _size in _chunks(head, "big"):
         if chunk == b"COMM" and len(head) >= body + 6:
             return int.from_bytes(head[body + 2:body + 6], "big") or None
     return None

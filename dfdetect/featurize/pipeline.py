@@ -433,7 +433,8 @@ def check_resume_precision(out: str, version: str, wavlm: dict) -> None:
     recorded = list_versions(out).get(version, {}).get("config", {}).get("wavlm")
     if recorded and wavlm_precision_of(recorded) != wavlm["precision"]:
         raise StoreError(f"{out}@{version} holds WavLM features computed at {wavlm_precision_of(recorded)} (on "
-                         f"{recorded.get('device', '?')}); this run computes {wavlm['precision']} (on {wavlm['device']}): "
+                         f"{recorded.get('device', '?')}); this run computes {wavlm['precision']} "
+                         f"(on {wavlm['device']}): "
                          "resume it with the --device it was started on, or write to a new --out")
 
 
@@ -478,7 +479,8 @@ def featurize(dataset: str, root: str | Path, out: str | None = None, features=N
     check_writable(out)
     index = prepare(dataset, root, **(dataset_options or {}))
     if not index.clips:
-        raise StoreError(f"{dataset} at {root}: no clips found; check it with `dfdetect datasets show {dataset} --root {root}`")
+        raise StoreError(f"{dataset} at {root}: no clips found; "
+                         f"check it with `dfdetect datasets show {dataset} --root {root}`")
     _print_problems(index, dataset, root, console)
 
     wavlm = config.wavlm if "wavlm" in features else None

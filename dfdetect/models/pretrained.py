@@ -234,7 +234,8 @@ def _read_config(config_file: Path) -> dict:
         config["threshold"]   # noqa: B018 (a KeyError when missing)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError, KeyError, TypeError, ValueError) as e:
         raise RunError(f"{config_file}: not the config.json of an exported dfdetect model (format {FORMAT} "
-                       f"v{FORMAT_VERSION}; {type(e).__name__} {printable(str(e))[:100]}); export the run again") from None
+                       f"v{FORMAT_VERSION}; {type(e).__name__} {printable(str(e))[:100]}); "
+                       "export the run again") from None
     return config
 
 

@@ -7,8 +7,9 @@
 Two families: the reference study's four heads (mel_cnn, mel_aasist, wavlm_cnn, wavlm_aasist) and
 the field's reference systems (`baseline=True`: lfcc_gmm, lfcc_lcnn, aasist, aasist_l), which the
 report shows as reference rows that every head has to beat. Each lives in its own file (aasist.py
-holds AASIST and AASIST-L) with its config at the top; this module only names them. A config round-trips through JSON with
-`config_to_dict` and `build_model(arch, **dict)` (lists become tuples, nested ones too; a dict becomes a nested config).
+holds AASIST and AASIST-L) with its config at the top; this module only names them. A config
+round-trips through JSON with `config_to_dict` and `build_model(arch, **dict)` (lists become tuples,
+nested ones too; a dict becomes a nested config).
 """
 
 from __future__ import annotations

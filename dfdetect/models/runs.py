@@ -257,8 +257,7 @@ class RunFolder:
         for entry in sorted(self.path.iterdir()):
             yield entry
             if entry.name in LAYOUT_DIRS and entry.is_dir() and not entry.is_symlink():
-                for inner in sorted(entry.rglob("*")):
-                    yield inner
+                yield from sorted(entry.rglob("*"))
 
     def is_created_run(self) -> bool:
         """Whether the folder is one dfdetect created as a run (so `create` may replace it): only

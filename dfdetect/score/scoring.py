@@ -224,7 +224,8 @@ class ScoreSummary:
     def lines(self) -> list[str]:
         done = self.scored + self.failed + self.skipped
         wall = max(self.seconds, 1e-9)
-        lines = [f"{self.out}: {self.scored} scored" + (f" ({self.from_store} from the store)" if self.from_store else "")
+        from_store = f" ({self.from_store} from the store)" if self.from_store else ""
+        lines = [f"{self.out}: {self.scored} scored" + from_store
                  + f", {self.failed} failed, {self.skipped} skipped"
                  + (f" (+{self.resumed} rows from before, resumed)" if self.resumed else ""),
                  f"{_duration(self.audio_seconds)} of audio, {self.windows} windows ({self.silent_windows} silent, "

@@ -222,7 +222,8 @@ def _archive_members(path: str) -> Iterator[Item]:
             yield item
     except (tarfile.TarError, zipfile.BadZipFile, OSError, EOFError, zlib.error, lzma.LZMAError, ValueError) as e:
         where = f"after {count} members (they have their own rows)" if count else "at the start"
-        yield Item(path, status=ERROR, error_kind="bad_archive", error=f"{path}: unreadable {kind} archive {where}: {e}")
+        yield Item(path, status=ERROR, error_kind="bad_archive",
+                   error=f"{path}: unreadable {kind} archive {where}: {e}")
 
 
 class _Members:

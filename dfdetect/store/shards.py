@@ -100,7 +100,8 @@ class ShardFiles:
             return True
         raw_index = index.tobytes()
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        partial = f"{path}.{uuid.uuid4().hex}.partial"   # zarr's own name: a killed writer's litter is removed the same way
+        # zarr's own name: a killed writer's litter is removed the same way
+        partial = f"{path}.{uuid.uuid4().hex}.partial"
         try:
             with open(partial, "wb") as f:
                 f.writelines([*pieces, raw_index, google_crc32c.value(raw_index).to_bytes(4, "little")])

@@ -186,9 +186,11 @@ def open_sets(config: TrainConfig) -> dict[str, DataSet]:
     # rule evaluate and score use too): same frontend, same WavLM, every array the head reads.
     reference = sets["train"].store.config
     for name, s in sets.items():
-        problems = s.store.fit_problems(arch.inputs, reference.get("frontend_hash"), reference.get("wavlm"), config.arch)
+        problems = s.store.fit_problems(arch.inputs, reference.get("frontend_hash"), reference.get("wavlm"),
+                                        config.arch)
         if problems:
-            raise TrainError(f"the {name} set {s.spec} does not fit the train set {config.train}: " + "; ".join(problems))
+            raise TrainError(f"the {name} set {s.spec} does not fit the train set {config.train}: "
+                             + "; ".join(problems))
         labels = s.labels
         if name in ("train", "val") and len(np.unique(labels)) < 2:
             raise TrainError(f"the {name} set {s.spec} has only {'fake' if labels[0] else 'real'} clips; "
@@ -491,7 +493,7 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, force: boo
             folder.write_run_info({
                 "dfdetect_version": __version__, "git_commit": git_commit(), "torch": torch.__version__,
                 "device": str(device), "threads": torch.get_num_threads(),
-                "loaders": {n: "in memory" if l.in_memory else "streaming" for n, l in loaders.items()}})
+                "loaders": {n: "in memory" if loader.in_memory else "streaming" for n, loader in loaders.items()}})
             return train_epochs(folder, config, model, (optimizer, scaler), sets, loaders, progress, device,
                                 console)
 
