@@ -37,12 +37,12 @@ def section(out: str, title: str) -> list[list[str]]:
 def run_bench(tmp_path, *args: str, driver: str | None = None) -> subprocess.CompletedProcess:
     """bench/gpu.py on the CPU at tiny size (`driver`: Python run first, in the bench's process)."""
     argv = ["--size", "tiny", "--unique-clips", "16", "--block-size", "8", "--device", "cpu", "--epochs", "1",
-            "--ceiling-blocks", "1", "--phase-seconds", "1", "--train-rows", "8", "--max-seconds", "120", *args]
+            "--ceiling-blocks", "1", "--phase-seconds", "1", "--train-rows", "8", "--max-seconds", "240", *args]
     command = [sys.executable, str(BENCH), *argv] if driver is None else \
         [sys.executable, "-c", driver + f"\nsys.argv = {[str(BENCH), *argv]!r}\nrunpy.run_path(sys.argv[0], "
          "run_name='__main__')"]
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "TMPDIR": str(tmp_path)}
-    return subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    return subprocess.run(command, capture_output=True, text=True, timeout=420, env=env)
 
 
 @pytest.mark.slow

@@ -56,7 +56,7 @@ def model_card(run: LoadedRun) -> str:
     """The model card of `run` at its loaded epoch, as Markdown."""
     arch = get_architecture(run.arch)
     info = read_run(run.path)
-    train = run.config["sets"]["train"]
+    train = run.config.train_set
     page = _CardPage(f"{run.path.name}: {arch.title} audio deepfake detector (dfdetect)")
     page.text(HEADER)
     page.heading("Model")
@@ -75,7 +75,7 @@ def model_card(run: LoadedRun) -> str:
               f"{train.get('version')}); the other sets below were measured every epoch.")
     page.heading(f"Metrics at epoch {run.epoch}")
     rows = []
-    for name, m in run.record["sets"].items():
+    for name, m in run.record.sets.items():
         at = m.get("at_0.5", {})
         kind = ("out of distribution" if name.startswith("ood:") else
                 "validation" if name == "val" else "in distribution")
