@@ -188,7 +188,9 @@ def featurize(
     workers: int = typer.Option(None, help="Local worker processes (default: one per core; 0: in this process, no dask)."),
     block_size: int = typer.Option(None, help=f"Clips per block = rows per shard (the unit of writing). Default: {BLOCK_SIZE}."),
     codec: str = typer.Option(None, help="Variant: round-trip every clip through flac | mp3[:BITRATE] | opus[:BITRATE] | aac[:BITRATE]."),
-    corrupt: str = typer.Option(None, help="Variant: seeded corruptions, comma-separated from noise,reverb,clip,bandlimit,resample,packetloss, or 'default' for all."),
+    corrupt: str = typer.Option(None, help="Variant: seeded corruptions, comma-separated from noise,reverb,clip,"
+                                "bandlimit,resample,packetloss, rawboost[:1|2|3|1+2|...] (RawBoost's algorithms, "
+                                "in series; default 1+2), or 'default' for the first six."),
     variant_seed: int = typer.Option(None, help="Seed of the corruptions (each clip's draw also depends on its id). Default: 0."),
     option: list[str] = typer.Option(None, "--option", "-o", help=OPTION_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout (progress and notices "

@@ -51,6 +51,8 @@ def test_corruptions_are_seeded_and_reproducible(noise):
 @pytest.mark.parametrize("codec,corrupt,message", [
     ("wav", None, "unknown codec"), ("flac:128k", None, "lossless"), ("mp3:fast", None, "bad bitrate"),
     (None, "noise,thunder", "unknown corruption"),
+    (None, "rawboost:4", "--corrupt rawboost:4: unknown RawBoost algorithm '4'"),
+    (None, "rawboost:1+", "unknown RawBoost algorithm ''"),
 ])
 def test_bad_variant_specs(codec, corrupt, message):
     with pytest.raises(ValueError, match=message):
@@ -60,3 +62,55 @@ def test_bad_variant_specs(codec, corrupt, message):
 def test_no_variant():
     assert Variant.parse(None, None) is None
     assert Variant.parse("mp3").bitrate == 64000
+
+
+# -- RawBoost (rawboost.py) ----------------------------------------------------------------------
+@pytest.fixture
+def speech4(speech):
+    return speech[:48000].astype(np.float32)
+
+
+def test_rawboost_specs_are_canonical_and_its_parameters_name_the_version():
+    from dfdetect.featurize import rawboost
+
+    assert Variant.parse(None, "rawboost").corruptions == ("rawboost:1+2",)   # the reference's default series
+    assert Variant.parse(None, "noise, rawboost:3+1").corruptions == ("noise", "rawboost:1+3")
+    described = Variant.parse(None, "rawboost:2").to_dict()
+    assert described["rawboost"] == rawboost.PARAMETERS
+    assert described["rawboost"]["convolutive"]["N_f"] == 5 and described["rawboost"]["stationary"]["SNRmin"] == 10
+    # variants without RawBoost record what they always did (their versions keep their names)
+    assert Variant.parse(None, "noise").to_dict() == {"codec": None, "bitrate": None, "corruptions": ["noise"],
+                                                     "seed": 0}
+
+
+@pytest.mark.parametrize("spec", ["rawboost:1", "rawboost:2", "rawboost:3", "rawboost:1+2", "rawboost:1+2+3"])
+def test_rawboost_is_seeded_per_clip_and_changes_the_clip(speech4, spec):
+    v = Variant.parse(None, spec, seed=5)
+    a = v.apply(speech4, "clip-1")
+    np.testing.assert_array_equal(a, Variant.parse(None, spec, seed=5).apply(speech4, "clip-1"))
+    assert len(a) == len(speech4) and np.isfinite(a).all() and not np.allclose(a, speech4, atol=1e-4)
+    assert not np.array_equal(a, v.apply(speech4, "clip-2"))
+
+
+def test_rawboost_notch_filters_have_the_drawn_peak_gain_and_stop_bands():
+    from scipy import signal
+
+    from dfdetect.featurize.rawboost import PARAMETERS, notch_filter
+
+    taps = notch_filter(np.random.default_rng(0), 16000, PARAMETERS["convolutive"], -12, -12)
+    _, h = signal.freqz(taps, 1, worN=4096, fs=16000)
+    assert 20 * np.log10(np.abs(h).max()) == pytest.approx(-12, abs=0.1)
+    assert 20 * np.log10(np.abs(h).min()) < -12 - 20          # at least one real notch
+
+
+def test_rawboost_additive_noises_stay_in_their_published_ranges(speech4):
+    from dfdetect.featurize import rawboost
+
+    x = speech4.astype(np.float64)
+    for seed in range(5):
+        y = rawboost.stationary_noise(np.random.default_rng(seed), x, 16000)
+        snr = 10 * np.log10(np.sum(x ** 2) / np.sum((y - x) ** 2))
+        assert 10 - 1e-6 <= snr <= 40 + 1e-6
+        quiet = x * 0.3 / np.abs(x).max()   # peak 0.3: impulses of at most 3x stay below 1 (no rescaling)
+        changed = np.mean(rawboost.impulsive_noise(np.random.default_rng(seed), quiet, 16000) != quiet)
+        assert 0 < changed <= 0.10

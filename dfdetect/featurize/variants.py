@@ -20,6 +20,10 @@ same on every run and machine:
     bandlimit   low-pass at 2-5 kHz (telephone / cheap microphones)
     resample    down to 8 or 11.025 kHz and back (lost high band, resampler artifacts)
     packetloss  20 ms frames zeroed with probability 2-10%
+
+RawBoost (`rawboost[:ALGORITHMS]`, e.g. `rawboost:1+2`; rawboost.py) is a kind too, with the published
+algorithms and default parameter ranges; it is not in `default`, whose stores keep their versions.
+A version using it records RawBoost's parameters in its variant, so they name the version.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import numpy as np
 import soxr
 
 from dfdetect.errors import ConfigError
+from dfdetect.featurize import rawboost
 from dfdetect.featurize.audio import decode, encode
 
 CODECS = {"flac": None, "mp3": 64_000, "opus": 32_000, "aac": 64_000}   # codec -> default bitrate
@@ -59,19 +64,17 @@ class Variant:
                 bitrate = int(float(rate.rstrip("k")) * 1000) if rate else CODECS[name]
             except ValueError:
                 raise ConfigError(f"bad bitrate in {codec!r}; write e.g. mp3:64k") from None
-        kinds: tuple[str, ...] = ()
-        if corrupt:
-            kinds = CORRUPTIONS if corrupt.strip() == "default" else tuple(k.strip() for k in corrupt.split(","))
-            unknown = [k for k in kinds if k not in CORRUPTIONS]
-            if unknown:
-                raise ConfigError(f"unknown corruption(s) {', '.join(unknown)}; choose from "
-                                 f"{', '.join(CORRUPTIONS)} or 'default' for all")
+        kinds = parse_corruptions(corrupt) if corrupt else ()
         if name is None and not kinds:
             return None
         return cls(name, bitrate, kinds, seed)
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "corruptions": list(self.corruptions)}
+        """What the store version records (and hashes into its name)."""
+        described = {**asdict(self), "corruptions": list(self.corruptions)}
+        if any(k.startswith("rawboost") for k in self.corruptions):
+            described["rawboost"] = rawboost.PARAMETERS
+        return described
 
     def apply(self, wave: np.ndarray, key: str) -> np.ndarray:
         """The variant of one clip's 16 kHz mono waveform; `key` (the clip id) seeds it."""
@@ -79,10 +82,31 @@ class Variant:
             digest = hashlib.sha256(f"{self.seed}:{key}".encode()).digest()
             rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
             kind = self.corruptions[rng.integers(len(self.corruptions))]
-            wave = CORRUPT[kind](rng, wave.astype(np.float64)).astype(np.float32)
+            wave = corruption(kind)(rng, wave.astype(np.float64)).astype(np.float32)
         if self.codec:
             wave = codec_round_trip(wave, self.codec, self.bitrate)
         return wave
+
+
+def parse_corruptions(corrupt: str) -> tuple[str, ...]:
+    """`noise,rawboost:2+1` -> ("noise", "rawboost:1+2"): known kinds, RawBoost spelt canonically."""
+    if corrupt.strip() == "default":
+        return CORRUPTIONS
+    kinds = [k.strip() for k in corrupt.split(",")]
+    kinds = [rawboost.name(rawboost.parse(k)) if k.split(":")[0] == "rawboost" else k for k in kinds]
+    unknown = [k for k in kinds if k not in CORRUPTIONS and not k.startswith("rawboost:")]
+    if unknown:
+        raise ConfigError(f"--corrupt: unknown corruption(s) {', '.join(unknown)}; choose from "
+                          f"{', '.join(CORRUPTIONS)}, rawboost[:1|2|3|1+2|...], or 'default' for the first six")
+    return tuple(kinds)
+
+
+def corruption(kind: str):
+    """The function (rng, float64 wave) -> wave of one kind of `Variant.corruptions`."""
+    if kind.startswith("rawboost:"):
+        algorithms = rawboost.parse(kind)
+        return lambda rng, x: rawboost.apply(rng, x, algorithms, RATE)
+    return CORRUPT[kind]
 
 
 def codec_round_trip(wave: np.ndarray, codec: str, bitrate: int | None) -> np.ndarray:
