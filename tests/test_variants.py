@@ -51,6 +51,7 @@ def test_corruptions_are_seeded_and_reproducible(noise):
 @pytest.mark.parametrize("codec,corrupt,message", [
     ("wav", None, "unknown codec"), ("flac:128k", None, "lossless"), ("mp3:fast", None, "bad bitrate"),
     (None, "noise,thunder", "unknown corruption"),
+    ("random:64k", None, "random draws each clip's bitrate"),
     (None, "rawboost:4", "--corrupt rawboost:4: unknown RawBoost algorithm '4'"),
     (None, "rawboost:1+", "unknown RawBoost algorithm ''"),
 ])
@@ -114,3 +115,88 @@ def test_rawboost_additive_noises_stay_in_their_published_ranges(speech4):
         quiet = x * 0.3 / np.abs(x).max()   # peak 0.3: impulses of at most 3x stay below 1 (no rescaling)
         changed = np.mean(rawboost.impulsive_noise(np.random.default_rng(seed), quiet, 16000) != quiet)
         assert 0 < changed <= 0.10
+
+
+# -- codecs: vorbis, random ---------------------------------------------------------------------
+def test_vorbis_round_trips_at_the_nominal_bitrate_asked(noise):
+    from dfdetect.featurize.audio import encode, vorbis_nominal_bitrate
+
+    for kbps in (24, 48, 96):
+        assert vorbis_nominal_bitrate(encode(noise, 16000, "ogg", bitrate=kbps * 1000)) == pytest.approx(
+            kbps * 1000, rel=0.05)
+    y = codec_round_trip(noise, "vorbis", 32000)
+    assert len(y) == len(noise) and np.isfinite(y).all() and not np.allclose(y, noise)
+    assert np.corrcoef(noise[2000:-2000], y[2000:-2000])[0, 1] > 0.5                  # aligned
+    assert Variant.parse("vorbis").bitrate == 64000
+
+
+def test_random_codec_draws_every_codec_and_bitrate_in_range_seeded_per_clip():
+    from dfdetect.featurize.variants import RANDOM_CODECS, codec_label
+
+    v = Variant.parse("random", seed=1)
+    draws = [v.codec_of(f"clip-{i}") for i in range(400)]
+    assert {c for c, _ in draws} == {"mp3", "aac", "opus", "vorbis"}
+    assert all(16000 <= b <= 128000 and b // 1000 in RANDOM_CODECS[c] for c, b in draws)
+    assert len(set(draws)) > 15
+    assert draws == [Variant.parse("random", seed=1).codec_of(f"clip-{i}") for i in range(400)]
+    assert draws != [Variant.parse("random", seed=2).codec_of(f"clip-{i}") for i in range(400)]
+    assert codec_label(v, "clip-0") == f"{draws[0][0]}:{draws[0][1] // 1000}k"
+    assert codec_label(Variant.parse("flac"), "x") == "flac" and codec_label(None, "x") == ""
+    assert v.to_dict()["random_codecs"] == {k: list(r) for k, r in RANDOM_CODECS.items()}
+
+
+def test_random_codec_round_trips_the_drawn_codec(noise):
+    v = Variant.parse("random", seed=0)
+    codec, bitrate = v.codec_of("k")
+    np.testing.assert_array_equal(v.apply(noise, "k"), codec_round_trip(noise, codec, bitrate))
+
+
+# -- vocoders (vocoders.py) ----------------------------------------------------------------------
+def _envelope(y, frame=400):
+    return np.sqrt(np.mean(y[:len(y) // frame * frame].reshape(-1, frame) ** 2, axis=1))
+
+
+@pytest.mark.parametrize("name", ["world", "griffinlim"])
+def test_vocoders_resynthesise_the_clip_seeded_per_clip(speech4, name):
+    v = Variant.parse(vocode=name, seed=1)
+    key = "a" + "~vocoded:" + name
+    y = v.apply(speech4, key)
+    assert len(y) == len(speech4) and np.isfinite(y).all() and y.dtype == np.float32
+    np.testing.assert_array_equal(y, Variant.parse(vocode=name, seed=1).apply(speech4, key))
+    assert np.corrcoef(_envelope(speech4), _envelope(y))[0, 1] > 0.8       # the same utterance ...
+    assert np.abs(np.corrcoef(speech4, y)[0, 1]) < 0.9                      # ... resynthesised
+    np.testing.assert_array_equal(v.apply(speech4, "a"), speech4)          # a real clip is left as it is
+
+
+def test_griffinlim_draws_its_initial_phase_from_the_clip_and_leaves_torch_alone(speech4):
+    import torch
+
+    v = Variant.parse(vocode="griffinlim")
+    torch.manual_seed(0)
+    before = torch.rand(1)
+    torch.manual_seed(0)
+    a = v.apply(speech4, "a~vocoded:griffinlim")
+    assert torch.rand(1) == before                                          # the global generator untouched
+    assert not np.array_equal(a, v.apply(speech4, "b~vocoded:griffinlim"))
+
+
+def test_the_vocoder_registry_names_the_version_and_takes_new_vocoders(speech4):
+    from dfdetect.featurize import vocoders
+
+    described = Variant.parse(vocode="world", keep_real=True).to_dict()
+    assert described["vocoder"] == {"name": "world", "parameters": vocoders.WORLD, "keep_real": True}
+    vocoders.register("silence-test", lambda audio, sr, rng: np.zeros(len(audio) // 2), {"kind": "test"})
+    try:
+        y = Variant.parse(vocode="silence-test").apply(speech4, "x~vocoded:silence-test")
+        assert len(y) == len(speech4) and not y.any()
+    finally:
+        del vocoders.VOCODERS["silence-test"]
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"vocode": "hifigan"}, "--vocode hifigan: unknown vocoder; choose one of world, griffinlim"),
+    ({"keep_real": True}, "--vocode-keep-real"),
+])
+def test_bad_vocoder_options(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        Variant.parse(**kwargs)
