@@ -200,3 +200,21 @@ def test_the_vocoder_registry_names_the_version_and_takes_new_vocoders(speech4):
 def test_bad_vocoder_options(kwargs, message):
     with pytest.raises(ValueError, match=message):
         Variant.parse(**kwargs)
+
+
+def test_vocoded_index_needs_real_clips_and_free_ids():
+    from dfdetect.datasets.base import Clip, DatasetIndex
+    from dfdetect.featurize.variants import vocoded_index
+
+    fake = Clip("f1", "/x/f1.wav", 1, "train", generator="tts")
+    real = Clip("r1", "/x/r1.wav", 0, "train", speaker="s1")
+    world = Variant.parse(vocode="world")
+    index = vocoded_index(DatasetIndex("d", "/x", [fake, real]), world)
+    assert [(c.clip_id, c.label, c.generator, c.speaker) for c in index.clips] == [
+        ("r1~vocoded:world", 1, "vocoded:world", "s1")]
+    assert vocoded_index(DatasetIndex("d", "/x", [fake, real]), None).clips == [fake, real]
+    with pytest.raises(ValueError, match="--vocode world: d at /x has no real clips to vocode"):
+        vocoded_index(DatasetIndex("d", "/x", [fake]), world)
+    odd = Clip("r0~vocoded:x", "/x/r0.wav", 0, "train")
+    with pytest.raises(ValueError, match="clip id 'r0~vocoded:x' of d already holds"):
+        vocoded_index(DatasetIndex("d", "/x", [real, odd]), world)
