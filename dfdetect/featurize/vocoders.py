@@ -7,7 +7,9 @@ A vocoder is a function (16 kHz mono float64 audio, sample rate, numpy Generator
 -> audio (any length; the caller fits it to the input's), registered with the parameters that
 determine its output: they are recorded in the store version's variant, so changing them names a
 new version. A neural vocoder (HiFi-GAN style, loaded from a local folder like WavLM) would be one
-more `register` call with its folder and revision among the parameters.
+more `register` call with its folder and revision among the parameters, made when this module is
+imported (featurize's dask workers import it; a registration made only in the coordinator at run
+time does not reach them).
 
     world       WORLD (Morise et al. 2016) through pyworld: F0 by DIO refined by StoneMask,
                 spectral envelope by CheapTrick, aperiodicity by D4C, 5 ms frames; resynthesised
