@@ -190,13 +190,18 @@ def featurize(
         None, help="Local worker processes (default: one per core; 0: in this process, no dask)."),
     block_size: int = typer.Option(
         None, help=f"Clips per block = rows per shard (the unit of writing). Default: {BLOCK_SIZE}."),
-    codec: str = typer.Option(
-        None, help="Variant: round-trip every clip through flac | mp3[:BITRATE] | opus[:BITRATE] | aac[:BITRATE]."),
-    corrupt: str = typer.Option(
-        None, help="Variant: seeded corruptions, comma-separated from noise,reverb,clip,bandlimit,resample,"
-                   "packetloss, or 'default' for all."),
-    variant_seed: int = typer.Option(
-        None, help="Seed of the corruptions (each clip's draw also depends on its id). Default: 0."),
+    codec: str = typer.Option(None, help="Variant: round-trip every clip through flac | mp3[:BITRATE] | "
+                              "opus[:BITRATE] | aac[:BITRATE] | vorbis[:BITRATE], or random (one codec and bitrate "
+                              "drawn per clip, recorded in the clip table's variant_codec)."),
+    corrupt: str = typer.Option(None, help="Variant: seeded corruptions, comma-separated from noise,reverb,clip,"
+                                "bandlimit,resample,packetloss, rawboost[:1|2|3|1+2|...] (RawBoost's algorithms, "
+                                "in series; default 1+2), or 'default' for the first six."),
+    variant_seed: int = typer.Option(None, help="Seed of the corruptions and random codecs (each clip's draw also "
+                                     "depends on its id). Default: 0."),
+    vocode: str = typer.Option(None, help="Variant: from every real clip a fake (generator vocoded:NAME) through "
+                               "the vocoder world | griffinlim; the dataset's own fakes are left out."),
+    vocode_keep_real: bool = typer.Option(False, "--vocode-keep-real", help="With --vocode: keep the real clips "
+                                          "too (default: only the vocoded fakes, to train beside the clean store)."),
     option: list[str] = typer.Option(None, "--option", "-o", help=OPTION_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout (progress and notices "
                                  "go to stderr)."),
@@ -214,6 +219,7 @@ def featurize(
     config = FeaturizeConfig.from_options(
         features=features, wavlm=wavlm, wavlm_storage=wavlm_storage, codec=codec, corrupt=corrupt,
         variant_seed=variant_seed, device=device, scheduler=scheduler, workers=workers, block_size=block_size,
+        vocode=vocode, vocode_keep_real=vocode_keep_real,
         wavlm_layers=_int_list(wavlm_layers, "--wavlm-layers") if wavlm_layers is not None else None)
     # under --json, stdout holds the JSON alone: the progress bar and notices go to stderr
     said = Console(stderr=True) if as_json else console

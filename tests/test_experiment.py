@@ -175,6 +175,7 @@ def test_a_store_version_that_does_not_exist(data, tmp_path):
      [], ["[report] ood: no run has an OOD set 'dfeval'; they have: heldout"]),
     (None, ['stores.demo.features=["mel", "bogus"]'], ["[stores.demo]: unknown feature(s) bogus; features takes"]),
     (None, ["stores.demo.block_size=0"], ["[stores.demo]: block_size 0: must be"]),
+    (None, ['stores.demo.vocode="hifigan"'], ["[stores.demo]: --vocode hifigan: unknown vocoder"]),
     (lambda t: t.replace('root = "', "root = 5 #", 1), [], ["study.toml:8: [datasets.demo] root: 5 is not a string"]),
     (lambda t: t.replace('runs_dir = "runs"', "runs_dir = ['runs']"),
      [], ["study.toml:4: [experiment] runs_dir: ['runs'] is not a string"]),

@@ -19,6 +19,7 @@ from dfdetect.demo.corpus import CorpusSpec, write_corpus
 from dfdetect.featurize.pipeline import featurize
 from dfdetect.store import open_store
 from dfdetect.store.inspect import export_hdf5, find_stores, store_info, verify_store
+from dfdetect.store.schema import CLIP_COLUMNS, OPTIONAL_COLUMNS, OUTCOME_COLUMNS
 
 runner = CliRunner()
 UNICODE_NAME = "größe_語音 clip.wav"
@@ -184,10 +185,10 @@ def test_verify_passes_on_the_good_store(built):
     assert line.startswith(f"OK: {built['store']}@{built['version']}: 26 clips") and "\n" not in line
     report = verify_store(str(built["store"]))
     assert report["ok"] and report["n_problems"] == 0
-    # mel + lfcc: 4 shards of one chunk each; 20 meta columns (17 + size, mtime_ns, warning) of 4
-    # chunks; block_done 4 chunks
-    assert report["arrays"] == 2 + 20 + 1
-    assert report["chunks_read"] == 4 + 4 + 20 * 4 + 4
+    # mel + lfcc: 4 shards of one chunk each; the meta columns (schema's) of 4 chunks; block_done 4 chunks
+    columns = len(CLIP_COLUMNS) + len(OUTCOME_COLUMNS) + len(OPTIONAL_COLUMNS)
+    assert report["arrays"] == 2 + columns + 1
+    assert report["chunks_read"] == 4 + 4 + columns * 4 + 4
     assert report["bytes_read"] >= 26 * (2 * 128 * 301 + 60 * 301) * 2
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import io
 import os
 import stat
@@ -425,7 +426,9 @@ _SOUNDFILE_WRITERS = {
     "opus": ("OGG", "OPUS"),
 }
 # name -> (FFmpeg container, codec). MP3 and Opus go through FFmpeg too when a bitrate is asked
-# for (libsndfile has no bitrate setting).
+# for (libsndfile has no bitrate setting). Vorbis ("ogg") never does: FFmpeg's own Vorbis encoder
+# is experimental (stereo only, deaf to bit_rate); libvorbis, through libsndfile, takes a quality
+# level instead, chosen for the bitrate asked (`_vorbis_level`).
 _FFMPEG_WRITERS = {"m4a": ("ipod", "aac"), "mp4": ("mp4", "aac"), "aac": ("adts", "aac"),
                    "mp3": ("mp3", "libmp3lame"), "opus": ("ogg", "libopus")}
 ENCODINGS = tuple(dict.fromkeys((*_SOUNDFILE_WRITERS, *_FFMPEG_WRITERS)))
@@ -442,8 +445,9 @@ def encode(samples: np.ndarray, sample_rate: int, fmt: str, bitrate: int | None 
         if fmt == "opus" and sample_rate not in OPUS_RATES:
             raise ConfigError(f"opus needs a sample rate in {OPUS_RATES}, got {sample_rate}")
         container, subtype = _SOUNDFILE_WRITERS[fmt]
+        level = {"compression_level": _vorbis_level(sample_rate, len(x), bitrate)} if fmt == "ogg" and bitrate else {}
         buf = io.BytesIO()
-        sf.write(buf, x.T, sample_rate, format=container, subtype=subtype)
+        sf.write(buf, x.T, sample_rate, format=container, subtype=subtype, **level)
         return buf.getvalue()
     if fmt not in _FFMPEG_WRITERS:
         raise ConfigError(f"unknown encoding {fmt!r}; choose one of {', '.join(ENCODINGS)}")
@@ -464,3 +468,32 @@ def encode(samples: np.ndarray, sample_rate: int, fmt: str, bitrate: int | None 
         for packet in stream.encode(None):
             out.mux(packet)
     return buf.getvalue()
+
+
+def vorbis_nominal_bitrate(data: bytes) -> int:
+    """The nominal bitrate (bit/s) a Vorbis stream's identification header declares."""
+    at = data.find(b"\x01vorbis")
+    if at < 0:
+        raise ValueError("no Vorbis identification header")
+    return int.from_bytes(data[at + 20:at + 24], "little", signed=True)
+
+
+@functools.lru_cache(maxsize=16)
+def _vorbis_levels(sample_rate: int, channels: int) -> tuple[np.ndarray, np.ndarray]:
+    """(nominal bitrates ascending, libsndfile compression levels): libvorbis's quality scale at
+    this rate and channel count, read from the headers of tiny encodes (its range depends on both:
+    24-100 kbit/s for 16 kHz mono)."""
+    levels = np.linspace(0, 1, 21)
+    rates = []
+    for level in levels:
+        buf = io.BytesIO()
+        sf.write(buf, np.zeros((sample_rate // 10, channels), np.float32), sample_rate, format="OGG",
+                 subtype="VORBIS", compression_level=float(level))
+        rates.append(vorbis_nominal_bitrate(buf.getvalue()))
+    return np.array(rates[::-1], float), levels[::-1]
+
+
+def _vorbis_level(sample_rate: int, channels: int, bitrate: int) -> float:
+    """The compression level whose nominal bitrate is `bitrate` (clamped to libvorbis's range)."""
+    rates, levels = _vorbis_levels(sample_rate, channels)
+    return float(np.interp(bitrate, rates, levels))

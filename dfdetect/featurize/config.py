@@ -72,7 +72,8 @@ class FeaturizeConfig:
     @classmethod
     def from_options(cls, features: str | tuple | list | None = None, wavlm: str | None = None,
                      wavlm_layers=None, wavlm_storage: str | None = None, codec: str | None = None,
-                     corrupt: str | None = None, variant_seed: int | None = None, **rest) -> FeaturizeConfig:
+                     corrupt: str | None = None, variant_seed: int | None = None, vocode: str | None = None,
+                     vocode_keep_real: bool | None = None, **rest) -> FeaturizeConfig:
         """From the flat options the CLI and study files spell (None: the default)."""
         from dfdetect.featurize.variants import Variant
 
@@ -82,7 +83,8 @@ class FeaturizeConfig:
         wavlm_config = dataclasses.replace(
             config.wavlm, **{k: v for k, v in (("model", wavlm), ("layers", wavlm_layers),
                                                ("storage", wavlm_storage)) if v is not None})
-        variant = Variant.parse(codec, corrupt, 0 if variant_seed is None else variant_seed)
+        variant = Variant.parse(codec, corrupt, 0 if variant_seed is None else variant_seed, vocode,
+                                bool(vocode_keep_real))
         return config.replace(features=tuple(features) if features is not None else None,
                               wavlm=wavlm_config, variant=variant)
 

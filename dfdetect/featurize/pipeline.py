@@ -42,16 +42,16 @@ from dfdetect.errors import ConfigError
 from dfdetect.featurize.audio import AudioError, decode
 from dfdetect.featurize.config import FeaturizeConfig, default_out
 from dfdetect.featurize.frontend import FRONTEND_FEATURES, Frontend, FrontendConfig
-from dfdetect.featurize.variants import Variant
+from dfdetect.featurize.variants import Variant, clip_stamp, codec_label, vocoded_index
 from dfdetect.featurize.wavlm import compute_info, load_wavlm
 from dfdetect.store.schema import (
     ERROR,
     FILE_COLUMNS,
     OK,
+    VARIANT_CODEC_COLUMN,
     WARNING_COLUMN,
     StoreError,
     arrays_of,
-    file_stamp,
     list_versions,
     version_config,
     wavlm_precision_of,
@@ -155,15 +155,18 @@ def frontend_block(job: BlockJob) -> dict:
     n = len(job.paths)
     waves = np.zeros((n, job.frontend.clip_samples), np.float32)
     outcomes = {k: [] for k in ("status", "error_kind", "error", "duration", "sample_rate", "channels", "container",
-                                WARNING_COLUMN, *FILE_COLUMNS)}
+                                WARNING_COLUMN, VARIANT_CODEC_COLUMN, *FILE_COLUMNS)}
     ok = np.zeros(n, bool)
     for i, path in enumerate(job.paths):
         audio = None
-        for name, value in zip(FILE_COLUMNS, file_stamp(path)):   # before reading: a later change shows
+        key = job.clip_ids[i] if job.clip_ids else path
+        # before reading: a later change shows (a vocoded fake records none: its features are not its file's)
+        for name, value in zip(FILE_COLUMNS, clip_stamp(job.variant, path, key)):
             outcomes[name].append(value)
+        outcomes[VARIANT_CODEC_COLUMN].append(codec_label(job.variant, key))
         try:
             audio = decode(path)
-            waves[i] = prepare_waveform(frontend, audio, path, job.variant, job.clip_ids[i] if job.clip_ids else path)
+            waves[i] = prepare_waveform(frontend, audio, path, job.variant, key)
             ok[i] = True
             status, kind, message = OK, "", ""
         except AudioError as e:
@@ -482,6 +485,7 @@ def featurize(dataset: str, root: str | Path, out: str | None = None, features=N
         raise StoreError(f"{dataset} at {root}: no clips found; "
                          f"check it with `dfdetect datasets show {dataset} --root {root}`")
     _print_problems(index, dataset, root, console)
+    index = vocoded_index(index, variant)
 
     wavlm = config.wavlm if "wavlm" in features else None
     spec = wavlm_spec(wavlm, frontend.clip_samples) if wavlm else None

@@ -72,8 +72,11 @@ OK, ERROR = "ok", "error"
 FILE_COLUMNS = {"size": np.int64, "mtime_ns": np.int64}
 # What the decoder library said about damage it decoded past ("" when nothing; Audio.warnings).
 WARNING_COLUMN = "warning"
+# The codec round trip a variant gave the clip ("opus:24k"; "" for none): `featurize --codec random`
+# draws one per clip (featurize/variants.py).
+VARIANT_CODEC_COLUMN = "variant_codec"
 # Columns newer than the format: created with every version, written where present.
-OPTIONAL_COLUMNS = {**FILE_COLUMNS, WARNING_COLUMN: str}
+OPTIONAL_COLUMNS = {**FILE_COLUMNS, WARNING_COLUMN: str, VARIANT_CODEC_COLUMN: str}
 NO_STAMP = (0, 0)   # not a plain file (a datasets/refs.py path, a missing file), or not recorded
 
 

@@ -55,7 +55,7 @@ SECTIONS = {"experiment": {"name", "stores_dir", "runs_dir", "description"},
             "datasets": None, "stores": None, "runs": None, "report": {"out", "ood"}}
 DATASET_KEYS = {"dataset", "root"}
 STORE_KEYS = {"data", "features", "codec", "corrupt", "variant_seed", "wavlm", "wavlm_layers", "wavlm_storage",
-              "block_size"}
+              "block_size", "vocode", "vocode_keep_real"}
 RUN_KEYS = {f.name for f in dataclasses.fields(TrainConfig)} | {"out"}
 SET_KEYS = ("train", "val", "test")
 
