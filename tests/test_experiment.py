@@ -201,7 +201,7 @@ def test_a_store_version_that_does_not_exist(data, tmp_path):
     (None, ["runs=5"], ["--set runs=5: [runs]: 5 is a value; [runs] is a table"]),
     (None, ["runs.first.arch.size=1"], ["--set 'runs.first.arch.size=1': runs.first.arch is a value, not a table"]),
     (None, ["runs.first.model.bogus=1"], ["[runs.first] model: unknown mel_cnn option(s) 'bogus'"]),
-    (None, ['runs.first.train=["demo:train"]'], ["[runs.first] train:", "expected a string"]),
+    (None, ['runs.first.val=["demo:train"]'], ["[runs.first] val:", "expected a string"]),   # train may be a list
     (None, ["runs.first.arch=\"big\""], ["[runs.first] arch: unknown architecture 'big'"]),
     (lambda t: t + "\n[report]\nout = 5\n", [], ["study.toml:30: [report] out: 5 is not a string"]),
     (lambda t: t + "\n[report]\nout = \"report.txt\"\n", [], ["[report] out: report.out", "is an HTML page"]),

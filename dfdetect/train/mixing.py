@@ -152,6 +152,7 @@ class Augmentation:
     variants: list[Variant]
     p: float
     seed: int
+    block: int = 1     # rows that share one draw (1: every clip its own)
 
     @property
     def names(self) -> list[str]:
@@ -161,10 +162,11 @@ class Augmentation:
         rows = np.asarray(rows, np.int64)
         holds = np.stack([v.holds(rows) for v in self.variants])
         count = holds.sum(axis=0)
-        pick = np.floor(clip_uniform(self.seed, epoch, 2, rows) * count).astype(np.int64)
+        keys = rows // self.block
+        pick = np.floor(clip_uniform(self.seed, epoch, 2, keys) * count).astype(np.int64)
         # the pick-th variant that holds the row: the first whose running count of holders exceeds pick
         chosen = np.argmax(np.cumsum(holds, axis=0) > pick, axis=0) + 1
-        augmented = (clip_uniform(self.seed, epoch, 1, rows) < self.p) & (count > 0)
+        augmented = (clip_uniform(self.seed, epoch, 1, keys) < self.p) & (count > 0)
         return np.where(augmented, chosen, 0).astype(np.int16)
 
 
