@@ -379,6 +379,9 @@ def train_command(
                                       "clean version or one variant; repeat for several."),
     augment_p: float = typer.Option(None, help="Probability that a clip is read from a variant in an epoch "
                                     "(seeded by seed, epoch, clip). Default: 0.5."),
+    augment_unit: str = typer.Option(None, help="clip: each clip drawn on its own (default); chunk: the clips of "
+                                     "one read unit (16-64 neighbouring rows) share a draw, so a streaming loader "
+                                     "reads each chunk from one version only (full speed)."),
     balance: str = typer.Option(None, help="none | corpus | generator | label: draw each epoch's clips with "
                                 "replacement so each corpus / generator / label gets an equal share. Default: none."),
     config_file: Path = typer.Option(None, "--config", help="JSON file of TrainConfig fields; flags given here override it."),
@@ -395,7 +398,8 @@ def train_command(
              "epochs": epochs, "batch_size": batch_size, "seed": seed, "device": device,
              "early_stopping": early_stopping, "init_from": str(init_from) if init_from else None,
              "lr": lr, "weight_decay": weight_decay, "holdout_generators": tuple(holdout_generator) or None,
-             "augment": tuple(augment) or None, "augment_p": augment_p, "balance": balance}
+             "augment": tuple(augment) or None, "augment_p": augment_p, "augment_unit": augment_unit,
+             "balance": balance}
     fields.update({k: v for k, v in given.items() if v is not None})
     train(TrainConfig(**fields), out, resume=resume, force=force, console=console)
 

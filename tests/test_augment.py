@@ -12,7 +12,7 @@ from dfdetect.cli import app
 from dfdetect.demo.corpus import CorpusSpec, write_corpus
 from dfdetect.featurize.pipeline import featurize
 from dfdetect.featurize.variants import Variant
-from dfdetect.store import open_store
+from dfdetect.store import FeatureStore, open_store
 from dfdetect.train.data import FeatureLoader, open_set
 from dfdetect.train.mixing import Augmentation, Balance, CorpusStack, balance_weights
 from dfdetect.train.mixing import Variant as AugmentVariant
@@ -50,13 +50,14 @@ def _without_timings(records):
     return [{k: v for k, v in r.items() if k != "seconds"} for r in records]
 
 
-@pytest.mark.parametrize("budget_gb", [4.0, 0.0], ids=["in-memory", "streaming"])
-def test_augmented_resume_equals_an_uninterrupted_run(stores, tmp_path, budget_gb):
+@pytest.mark.parametrize("budget_gb,unit", [(4.0, "clip"), (0.0, "clip"), (0.0, "chunk")],
+                         ids=["in-memory", "streaming", "streaming-per-chunk"])
+def test_augmented_resume_equals_an_uninterrupted_run(stores, tmp_path, budget_gb, unit):
     """1 + 1 epochs with --augment, resumed, equal 2 epochs: loss, metrics and draws per epoch."""
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    train(_config(stores, memory_budget_gb=budget_gb), straight)
-    train(_config(stores, epochs=1, memory_budget_gb=budget_gb), resumed)
-    train(_config(stores, memory_budget_gb=budget_gb), resumed, resume=True)
+    train(_config(stores, memory_budget_gb=budget_gb, augment_unit=unit), straight)
+    train(_config(stores, epochs=1, memory_budget_gb=budget_gb, augment_unit=unit), resumed)
+    train(_config(stores, memory_budget_gb=budget_gb, augment_unit=unit), resumed, resume=True)
     a, b = _without_timings(_records(straight)), _without_timings(_records(resumed))
     assert a == b
     draws = [r["train"]["draws"] for r in a]
@@ -85,16 +86,25 @@ def test_draws_are_per_clip_seeded_and_differ_between_epochs(stores):
     assert abs(many.mean() - 0.3) < 0.02                     # the probability asked for
 
 
+@pytest.mark.parametrize("block", [1, 16], ids=["per-clip", "per-chunk"])
 @pytest.mark.parametrize("budget_gb", [4.0, 0.0], ids=["in-memory", "streaming"])
-def test_loader_reads_each_row_from_the_version_drawn(stores, budget_gb):
+def test_loader_reads_each_row_from_the_version_drawn(stores, budget_gb, block, monkeypatch):
     data = open_set(f"{stores['clean']}:train", "train")
     noisy = open_set(f"{stores['noise']}:train", "noise")
-    aug = Augmentation([AugmentVariant(stores["noise"], noisy.store, 0, noisy.store.meta["status"] == "ok")], 0.5, 5)
+    aug = Augmentation([AugmentVariant(stores["noise"], noisy.store, 0, noisy.store.meta["status"] == "ok")], 0.5, 5,
+                       block)
     loader = FeatureLoader(data, ("mel",), 8, shuffle=True, seed=1, memory_budget=int(budget_gb * (1 << 30)),
                            buffer_units=1, augmentation=aug)
     clean_mel, noisy_mel = data.store.read_rows(["mel"], np.arange(data.store.n_clips))["mel"], \
         noisy.store.read_rows(["mel"], np.arange(data.store.n_clips))["mel"]
     assert not np.array_equal(clean_mel[data.rows], noisy_mel[data.rows])
+    reads = []
+    read_chunk = FeatureStore._read_chunk
+
+    def recorded(self, name, start, out):
+        reads.append((self.version, start))
+        return read_chunk(self, name, start, out)
+    monkeypatch.setattr(FeatureStore, "_read_chunk", recorded)
     rows = []
     for batch in loader.epoch(4):
         src = aug.sources(4, batch["row"])
@@ -103,6 +113,13 @@ def test_loader_reads_each_row_from_the_version_drawn(stores, budget_gb):
         rows.append(batch["row"])
     assert sorted(np.concatenate(rows)) == sorted(data.rows)
     assert loader.counts["draws"]["clean"] + loader.counts["draws"][stores["noise"]] == len(data.rows)
+    if block > 1:    # the clips of a chunk share their draw
+        drawn = aug.sources(4, data.rows)
+        assert all(len(set(drawn[data.rows // 16 == c])) == 1 for c in np.unique(data.rows // 16))
+    if budget_gb == 0:   # streaming: each chunk read once from each version it has drawn rows of
+        chunks = {start for _, start in reads}
+        assert len(reads) == len(set(reads))
+        assert (len(reads) == len(chunks)) == (block > 1)   # per chunk: one version each; per clip: both
 
 
 def test_p_zero_equals_clean_training(stores, tmp_path):

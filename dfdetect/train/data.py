@@ -105,8 +105,7 @@ class FeatureLoader:
         # carried rows): together within the budget.
         unit_bytes = self.unit * row_bytes(data.store, self.features)
         self.buffer_units = buffer_units or max(1, memory_budget // (unit_bytes * (self.readers + 2)))
-        self._cache = self._read_units(self._units) if self.in_memory else None
-        self._variant_caches = [self._read_variant(v) for v in self._variants()] if self.in_memory else []
+        self._cache = self._read_in_memory() if self.in_memory else None
 
     def _by_unit(self, rows: np.ndarray) -> tuple[np.ndarray, dict]:
         units = rows // self.unit
@@ -118,12 +117,26 @@ class FeatureLoader:
     def _variant_rows(self, variant) -> np.ndarray:
         return self.data.rows[variant.holds(self.data.rows)]
 
-    def _read_variant(self, variant) -> dict[str, np.ndarray]:
-        """A variant's values of the set's rows it holds (in memory: read once, like the clean rows)."""
-        rows = self._variant_rows(variant)
-        out = variant.store.read_rows(self.features, rows)
-        self._check_finite(rows, out, every_value=True)
-        out["row"] = rows
+    def _read_in_memory(self) -> dict[str, np.ndarray]:
+        """Every row an epoch may read, read once into one buffer per feature: the set's rows in unit
+        order, then each --augment variant's rows that it holds (`self._parts`: where each source's
+        rows start, and which rows they are), so a batch is one gather whatever versions it draws."""
+        clean = self._read_units(self._units)
+        if not self.augmentation:
+            self._parts = [(0, clean["row"])]
+            return clean
+        rows = [clean["row"], *(self._variant_rows(v) for v in self._variants())]
+        starts = np.cumsum([0, *map(len, rows)])
+        self._parts = list(zip(starts[:-1].tolist(), rows))
+        out = {}
+        for f in self.features:
+            shape, dtype = self.data.store.row_format(f)
+            out[f] = np.empty((int(starts[-1]), *shape), dtype)
+            out[f][:len(rows[0])] = clean.pop(f)
+            for v, (start, mine) in zip(self._variants(), self._parts[1:]):
+                v.store.read_rows_into(f, mine, list(out[f][start:start + len(mine)]))
+        self._check_finite(np.concatenate(rows), out, every_value=True)
+        out["row"] = rows[0]
         return out
 
     def __len__(self) -> int:
@@ -227,23 +240,23 @@ class FeatureLoader:
                   else np.searchsorted(cached, self.balance.epoch_rows(epoch)))
         n = len(places)
         order = rng.permutation(n) if self.shuffle else np.arange(n)
-        sources = self.augmentation.sources(epoch, cached) if self.augmentation else None
+        where = self._drawn_places(epoch, cached)
         bounds = self._bounds(n)
         for start, stop in zip(bounds[:-1], bounds[1:]):
             take = places[order[start:stop]]      # one copy per batch, from the rows in RAM
-            values = {f: self._cache[f].take(take, axis=0) for f in self.features}
-            if sources is not None:
-                self._swap_in_variants(values, cached[take], sources[take])
+            values = {f: self._cache[f].take(where[take], axis=0) for f in self.features}
             yield from self._batches(values, cached[take], [0, len(take)])
 
-    def _swap_in_variants(self, values: dict, rows: np.ndarray, sources: np.ndarray) -> None:
-        """The batch rows drawn from a variant, replaced by that variant's values (in memory)."""
-        for i, cache in enumerate(self._variant_caches, start=1):
-            mine = np.flatnonzero(sources == i)
-            if mine.size:
-                at = np.searchsorted(cache["row"], rows[mine])
-                for f in self.features:
-                    values[f][mine] = cache[f][at]
+    def _drawn_places(self, epoch: int, cached: np.ndarray) -> np.ndarray:
+        """Where in the cache each of the set's rows is read from this epoch: its clean place, or
+        (--augment) its place among the rows of the version drawn for it."""
+        where = np.arange(len(cached))
+        if self.augmentation:
+            sources = self.augmentation.sources(epoch, cached)
+            for i, (start, rows) in enumerate(self._parts[1:], start=1):
+                mine = np.flatnonzero(sources == i)
+                where[mine] = start + np.searchsorted(rows, cached[mine])
+        return where
 
     def _plan(self, rng, epoch: int) -> list[dict]:
         """Each buffer of a streaming epoch: its rows, and where each goes. A buffer's rows, behind

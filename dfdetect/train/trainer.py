@@ -28,6 +28,7 @@ import types
 import typing
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from math import lcm
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +52,7 @@ from dfdetect.train.mixing import (
     Shifted,
     Variant,
     balance_weights,
+    chunk_rows,
     same_clips,
 )
 
@@ -88,6 +90,7 @@ class TrainConfig:
     memory_budget_gb: float = 4.0       # load sets into RAM when they fit, else stream chunks
     augment: tuple[str, ...] = ()       # variant versions of the train store(s): each epoch, each clip
     augment_p: float = 0.5              # is read from one of them with this probability (mixing.py)
+    augment_unit: str = "clip"          # clip: a draw per clip; chunk: per read unit (streams at full speed)
     balance: str = "none"               # none | corpus | generator | label: weighted sampling per epoch
 
     def resolved(self, option: Callable[[str], str] | None = None) -> TrainConfig:
@@ -133,7 +136,7 @@ class TrainConfig:
 
 # Fields that are `dfdetect train` options of another spelling; the rest are --config fields only.
 _CLI_FIELDS = {"arch", "train", "val", "test", "ood", "epochs", "batch_size", "lr", "weight_decay", "seed", "device",
-               "early_stopping", "init_from", "augment", "augment_p", "balance"}
+               "early_stopping", "init_from", "augment", "augment_p", "augment_unit", "balance"}
 
 
 def cli_option(field_name: str) -> str:
@@ -261,6 +264,8 @@ def train_specs(train) -> str | tuple[str, ...]:
 
 def check_mixing(config: TrainConfig, option: Callable[[str], str]) -> None:
     check_range(option("augment_p"), config.augment_p, 0, 1)
+    if config.augment_unit not in ("clip", "chunk"):
+        raise ConfigError(f"{option('augment_unit')} {config.augment_unit!r}: choose clip or chunk")
     if config.balance not in BALANCES:
         raise ConfigError(f"{option('balance')} {config.balance!r}: choose one of {', '.join(BALANCES)}")
     specs = [config.train] if isinstance(config.train, str) else list(config.train)
@@ -320,7 +325,10 @@ def open_mixing(config: TrainConfig, train: DataSet) -> tuple[Augmentation | Non
             if problems:
                 raise TrainError(f"--augment {spec} does not fit the train set {train.spec}: " + "; ".join(problems))
             variants.append(variant_of(spec, store, stores, train.store))
-        augmentation = Augmentation(variants, config.augment_p, config.seed)
+        # "chunk": the clips of one read unit (whole chunks of every array the head reads) share a
+        # draw, so streaming reads each chunk from one version only (docs/benchmarks.md)
+        block = lcm(*(chunk_rows(train.store, f) for f in arch.inputs)) if config.augment_unit == "chunk" else 1
+        augmentation = Augmentation(variants, config.augment_p, config.seed, block)
     balance = None
     if config.balance != "none":
         meta = train.store.meta
@@ -363,7 +371,8 @@ def mixing_record(config: TrainConfig, train: DataSet, augmentation, balance) ->
                  "version": (v.store.store if isinstance(v.store, Shifted) else v.store).version,
                  "rows": int(v.holds(train.rows).sum())} for v in (augmentation.variants if augmentation else [])]
     return {"corpora": corpora, "balance": config.balance, "augment": variants,
-            "augment_p": config.augment_p if augmentation else None}
+            "augment_p": config.augment_p if augmentation else None,
+            "augment_unit": config.augment_unit if augmentation else None}
 
 
 def make_loaders(config: TrainConfig, sets: dict[str, DataSet], mixing: tuple) -> dict[str, FeatureLoader]:
