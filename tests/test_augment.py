@@ -13,7 +13,7 @@ from dfdetect.demo.corpus import CorpusSpec, write_corpus
 from dfdetect.featurize.pipeline import featurize
 from dfdetect.featurize.variants import Variant
 from dfdetect.store import FeatureStore, open_store
-from dfdetect.train.data import FeatureLoader, open_set
+from dfdetect.train.data import DataSet, FeatureLoader, open_set
 from dfdetect.train.mixing import Augmentation, Balance, CorpusStack, balance_weights
 from dfdetect.train.mixing import Variant as AugmentVariant
 from dfdetect.train.trainer import TrainConfig, TrainError, train
@@ -200,3 +200,30 @@ def test_train_command_takes_several_train_sets_augment_and_balance(stores, tmp_
     bad = CliRunner().invoke(app, ["train", "--arch", "mel_cnn", "--train", stores["clean"], "--balance", "speaker",
                                    "--out", str(tmp_path / "bad")])
     assert bad.exit_code == 2 and "--balance 'speaker'" in bad.output
+
+
+@pytest.mark.parametrize("budget", [4 << 30, 0], ids=["in-memory", "streaming"])
+def test_a_stack_of_corpora_reads_each_row_from_its_store_and_the_variant_of_its_corpus(stores, budget):
+    """Two corpora as one numbering, corpus A's noise variant read in it, balanced draws: every row
+    delivered holds the values of its own store (or of the variant drawn for it)."""
+    clean, other, noisy = open_store(stores["clean"]), open_store(stores["b"]), open_store(stores["noise"])
+    stack = CorpusStack([clean, other])
+    assert stack.offsets[1] % 16 == 0 and stack.offsets[1] >= clean.n_clips
+    rows = stack.rows("train")
+    data = DataSet("train", "a + b", stack, rows)
+    offset = int(stack.offsets[1])
+    aug = Augmentation([AugmentVariant("noise", noisy, 0, noisy.meta["status"] == "ok")], 0.5, 2)
+    weights = balance_weights("corpus", data.labels, stack.meta["generator"][rows], stack.corpus_of(rows))
+    loader = FeatureLoader(data, ("mel",), 8, shuffle=True, seed=0, memory_budget=budget, buffer_units=1,
+                           augmentation=aug, balance=Balance(rows, weights, 0))
+    mels = [s.read_rows(["mel"], np.arange(s.n_clips))["mel"] for s in (clean, other, noisy)]
+    seen = []
+    for batch in loader.epoch(1):
+        src = aug.sources(1, batch["row"])
+        for row, value, s in zip(batch["row"], batch["mel"].numpy(), src):
+            want = mels[1][row - offset] if row >= offset else mels[2 if s else 0][row]
+            np.testing.assert_array_equal(value, want)
+            assert s == 0 or row < offset        # the variant holds corpus A's clips only
+        seen.append(batch["row"])
+    np.testing.assert_array_equal(np.sort(np.concatenate(seen)), loader.balance.epoch_rows(1))
+    assert loader.counts["corpora"] == np.bincount(stack.corpus_of(np.concatenate(seen))).tolist()
