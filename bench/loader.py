@@ -22,6 +22,13 @@ and cuts shuffled batches of `--batch`, as training sees them. Measured, median 
 
 Prints MB/s, clips/s and each streaming figure as a share of the in-memory loader's MB/s (target
 >= 50%). CPU timings are only meaningful on an otherwise idle machine.
+
+    python bench/loader.py --augment 2 [--gb 1] ...
+
+instead measures `train --augment`: the same store with `--augment` variant versions beside the
+clean one (same clips, other values), streamed with each clip drawn per epoch from the clean
+version or a variant (p = `--augment-p`, the draws `train` makes), against streaming the clean
+version alone, each in memory too. MB/s counts the rows delivered (as above), not the bytes read.
 """
 
 from __future__ import annotations
@@ -46,20 +53,20 @@ SHAPES = {"mel": (2, 128, 301), "lfcc": (60, 301), "wavlm": (3, 149, 1024)}
 BLOCK = 256
 
 
-def write_store(path: Path, n: int, codecs=None, wavlm_storage: str = "float16") -> None:
+def write_store(path: Path, n: int, codecs=None, wavlm_storage: str = "float16", version: str = "v-bench") -> None:
     """n clips of random features through the store writer; with `codecs`, the feature arrays are
     made again with those codecs (same shape, chunks and shards); with uint8 storage, WavLM's
     layers are stored as codes with their scale (store/quantize.py)."""
     clips = [Clip(f"c{i:06d}", f"/none/c{i:06d}.wav", i % 2, "train") for i in range(n)]
     shapes = {**SHAPES, **({"wavlm_scale": (3, 2, 1024)} if wavlm_storage == "uint8" else {})}
-    config = {"bench": True, "wavlm": {"storage": wavlm_storage}}
-    group = create_version(str(path), "v-bench", config, clips, shapes, BLOCK, "bench", "/none")
+    config = {"bench": version, "wavlm": {"storage": wavlm_storage}}
+    group = create_version(str(path), version, config, clips, shapes, BLOCK, "bench", "/none")
     for name in SHAPES if codecs else ():
         made = group[name]
         del group[name]
         group.create_array(name, shape=made.shape, dtype=made.dtype, chunks=made.chunks, shards=made.shards,
                            fill_value=np.nan, compressors=codecs)
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(list(version.encode()))
     for block in range(-(-n // BLOCK)):
         rows = min(BLOCK, n - block * BLOCK)
         features = {name: rng.standard_normal((rows, *shape), dtype=np.float32).astype(np.float16)
@@ -90,7 +97,12 @@ def main() -> None:
     parser.add_argument("--budget-ratio", type=float, default=4.0, help="store size / memory budget")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--augment", type=int, default=0, help="measure train --augment with this many variants")
+    parser.add_argument("--augment-p", type=float, default=0.5)
     args = parser.parse_args()
+    if args.augment:
+        augment_bench(args)
+        return
     clip_bytes = sum(int(np.prod(s)) * 2 for s in SHAPES.values())
     n = int(args.gb * 1e9 / clip_bytes)
     features = tuple(SHAPES)
@@ -141,6 +153,46 @@ def main() -> None:
     print(f"\n| loader ({n} clips, {clip_bytes / 1e6:.2f} MB/clip) | MB/s | clips/s | share of in-memory |")
     print("|---|---:|---:|---:|")
     for name, seconds in results.items():
+        print(f"| {name} | {store_bytes / seconds / 1e6:,.0f} | {n / seconds:,.0f} | {reference / seconds:.0%} |")
+
+
+def augment_bench(args) -> None:
+    """Streaming (and in-memory) MB/s of the clean version alone vs with `args.augment` variants drawn
+    per clip per epoch (mixing.Augmentation, as `train --augment` builds it)."""
+    from dfdetect.train.mixing import Augmentation, Variant
+
+    clip_bytes = sum(int(np.prod(s)) * 2 for s in SHAPES.values())
+    n, features = int(args.gb * 1e9 / clip_bytes), tuple(SHAPES)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "store.zarr"
+        versions = ["v-clean", *(f"v-variant{i}" for i in range(1, args.augment + 1))]
+        for version in versions:
+            write_store(path, n, version=version)
+        clean = open_store(f"{path}@v-clean")
+        data = DataSet("train", str(path), clean, clean.rows())
+        store_bytes = n * row_bytes(clean, features)
+        budget = int(store_bytes / args.budget_ratio)
+        variants = [Variant(f"{path}@{v}", open_store(f"{path}@{v}"), 0, np.ones(n, bool)) for v in versions[1:]]
+        augmentation = Augmentation(variants, args.augment_p, seed=0)
+        per_unit = Augmentation(variants, args.augment_p, seed=0, block=64)   # one draw per read unit
+        print(f"{n} clips ({store_bytes / 1e9:.2f} GB a version), {args.augment} variant(s), p = {args.augment_p}; "
+              f"streaming budget {budget / 1e9:.2f} GB; batch {args.batch}, median of {args.epochs} epochs", flush=True)
+        results = {}
+        everything = 4 * store_bytes * len(versions)
+        for name, aug, memory in (("in memory, clean", None, everything),
+                                  (f"in memory, --augment x{args.augment}", augmentation, everything),
+                                  ("streaming, clean", None, budget),
+                                  (f"streaming, --augment x{args.augment}", augmentation, budget),
+                                  (f"streaming, --augment x{args.augment} per unit", per_unit, budget)):
+            loader = FeatureLoader(data, features, args.batch, shuffle=True, seed=0, memory_budget=memory,
+                                   augmentation=aug)
+            results[name] = epoch_seconds(loader, args.epochs)
+            print(f"  {name}: {store_bytes / results[name] / 1e6:.0f} MB/s", flush=True)
+            del loader
+    print(f"\n| loader ({n} clips, {clip_bytes / 1e6:.2f} MB/clip) | MB/s | clips/s | vs clean |")
+    print("|---|---:|---:|---:|")
+    for name, seconds in results.items():
+        reference = results[name.replace(f"--augment x{args.augment}", "clean").replace(" per unit", "")]
         print(f"| {name} | {store_bytes / seconds / 1e6:,.0f} | {n / seconds:,.0f} | {reference / seconds:.0%} |")
 
 

@@ -368,7 +368,8 @@ def models(as_json: bool = typer.Option(False, "--json", help="Print JSON instea
 def train_command(
     arch: str = typer.Option(..., help="mel_cnn | mel_aasist | wavlm_cnn | wavlm_aasist, or a reference system: "
                              "lfcc_gmm | lfcc_lcnn | aasist | aasist_l (`dfdetect models` lists them)."),
-    train_set: str = typer.Option(..., "--train", help="STORE[@VERSION][:SPLIT] to train on."),
+    train_set: list[str] = typer.Option(..., "--train", help="STORE[@VERSION][:SPLIT] to train on; repeat to train "
+                                        "on several corpora at once (validation split from each)."),
     out: Path = typer.Option(..., "--out", help="Run folder, e.g. runs/mel_aasist."),
     val: str = typer.Option(None, help="Validation set (default: a seeded, stratified 5% of --train)."),
     test: str = typer.Option(None, help="In-distribution test set."),
@@ -389,6 +390,16 @@ def train_command(
     holdout_generator: list[str] = typer.Option(
         [], help="Leave-one-generator-out: hold these generators' fakes (and 20% of the reals) out of --train "
                  "as the OOD set ood:holdout; repeat for several."),
+    augment: list[str] = typer.Option([], help="A variant version of the train store (same clips, featurized with "
+                                      "--codec or --corrupt), STORE@VERSION; each epoch each clip is read from the "
+                                      "clean version or one variant; repeat for several."),
+    augment_p: float = typer.Option(None, help="Probability that a clip is read from a variant in an epoch "
+                                    "(seeded by seed, epoch, clip). Default: 0.5."),
+    augment_unit: str = typer.Option(None, help="clip: each clip drawn on its own (default); chunk: the clips of "
+                                     "one read unit (16-64 neighbouring rows) share a draw, so a streaming loader "
+                                     "reads each chunk from one version only (full speed)."),
+    balance: str = typer.Option(None, help="none | corpus | generator | label: draw each epoch's clips with "
+                                "replacement so each corpus / generator / label gets an equal share. Default: none."),
     config_file: Path = typer.Option(
         None, "--config", help="JSON file of TrainConfig fields; flags given here override it."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out where it stopped."),
@@ -400,10 +411,12 @@ def train_command(
     from dfdetect.api import TrainConfig, train
 
     fields = _read_config_file(config_file, TrainConfig) if config_file else {}
-    given = {"arch": arch, "train": train_set, "val": val, "test": test, "ood": tuple(ood) or None,
+    given = {"arch": arch, "train": tuple(train_set), "val": val, "test": test, "ood": tuple(ood) or None,
              "epochs": epochs, "batch_size": batch_size, "seed": seed, "device": device,
              "early_stopping": early_stopping, "init_from": str(init_from) if init_from else None,
-             "lr": lr, "weight_decay": weight_decay, "holdout_generators": tuple(holdout_generator) or None}
+             "lr": lr, "weight_decay": weight_decay, "holdout_generators": tuple(holdout_generator) or None,
+             "augment": tuple(augment) or None, "augment_p": augment_p, "augment_unit": augment_unit,
+             "balance": balance}
     fields.update({k: v for k, v in given.items() if v is not None})
     train(TrainConfig(**fields), out, resume=resume, force=force, console=console)
 

@@ -3,6 +3,7 @@ before anything expensive starts; an interrupted study resumes without redoing f
 
 import json
 import shutil
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -11,8 +12,10 @@ from typer.testing import CliRunner
 from dfdetect.cli import app
 from dfdetect.demo.corpus import CorpusSpec, write_corpus
 from dfdetect.demo.random_wavlm import save_random_wavlm
+from dfdetect.errors import ConfigError
+from dfdetect.featurize.variants import Variant
 from dfdetect.models.registry import ARCHITECTURES
-from dfdetect.studies.experiment import ExperimentError, load_experiment
+from dfdetect.studies.experiment import STORE_KEYS, ExperimentError, load_experiment
 
 EXPERIMENTS = Path(__file__).parent.parent / "experiments"
 runner = CliRunner()
@@ -55,9 +58,49 @@ def scaled_down(file: Path, data: dict, out: Path) -> list[str]:
     return sets
 
 
+def missing_featurize_options(text: str) -> list[str]:
+    """The stores' featurize options a study names that this checkout's featurize does not have yet
+    (generalization.toml's RawBoost, random codec and WORLD vocoder come with issue 34's featurize side)."""
+    missing = []
+    for name, store in tomllib.loads(text).get("stores", {}).items():
+        missing += [f"stores.{name}.{k}" for k in store if k not in STORE_KEYS]
+        try:
+            Variant.parse(store.get("codec"), store.get("corrupt"))
+        except ConfigError as e:
+            missing.append(f"stores.{name}: {e}")
+    return missing
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("file", sorted(EXPERIMENTS.glob("*.toml")), ids=lambda p: p.stem)
 def test_every_shipped_study_runs_scaled_down(file, data, tmp_path):
+    missing = missing_featurize_options(file.read_text())
+    if missing:
+        pytest.skip(f"featurize lacks what {file.name} names ({'; '.join(missing)}); "
+                    "test_generalization_study_with_this_checkouts_variants runs it with stand-ins")
+    run_scaled_down(file, data, tmp_path)
+
+
+@pytest.mark.slow
+def test_generalization_study_with_this_checkouts_variants(data, tmp_path):
+    """generalization.toml with stand-ins for the variants featurize may not have: noise for RawBoost,
+    MP3 for the random codec, a plain copy for the WORLD-vocoded corpus. Its runs augment from variant
+    stores and train on two corpora at once, as the shipped file says."""
+    text = (EXPERIMENTS / "generalization.toml").read_text()
+    text = text.replace('corrupt = "rawboost"', 'corrupt = "noise"').replace('codec = "random"', 'codec = "mp3"')
+    text = text.replace('vocode = "world"\n', "")
+    copy = _write(tmp_path, text)
+    assert not missing_featurize_options(text)
+    run_scaled_down(copy, data, tmp_path / "out")
+    experiment = load_experiment(copy, scaled_down(copy, data, tmp_path / "out"))
+    mixing = {n: json.loads((experiment.run_dirs[n] / "config.json").read_text())["mixing"] for n in experiment.runs}
+    assert [len(mixing[n]["augment"]) for n in ("clean", "rawboost", "codec", "vocoded", "all")] == [0, 1, 1, 0, 2]
+    assert [len(mixing[n]["corpora"]) for n in ("clean", "rawboost", "codec", "vocoded", "all")] == [1, 1, 1, 2, 2]
+    record = json.loads((experiment.run_dirs["all"] / "metrics.jsonl").read_text().splitlines()[0])
+    assert sum(record["train"]["draws"].values()) == sum(record["train"]["corpora"]) == record["train"]["clips"]
+
+
+def run_scaled_down(file: Path, data: dict, tmp_path: Path) -> None:
     sets = scaled_down(file, data, tmp_path)
     args = ["experiment", "run", str(file), "--workers", "0"] + [a for s in sets for a in ("--set", s)]
     result = runner.invoke(app, args)
@@ -167,7 +210,7 @@ def test_a_store_version_that_does_not_exist(data, tmp_path):
     (None, ["runs=5"], ["--set runs=5: [runs]: 5 is a value; [runs] is a table"]),
     (None, ["runs.first.arch.size=1"], ["--set 'runs.first.arch.size=1': runs.first.arch is a value, not a table"]),
     (None, ["runs.first.model.bogus=1"], ["[runs.first] model: unknown mel_cnn option(s) 'bogus'"]),
-    (None, ['runs.first.train=["demo:train"]'], ["[runs.first] train:", "expected a string"]),
+    (None, ['runs.first.val=["demo:train"]'], ["[runs.first] val:", "expected a string"]),   # train may be a list
     (None, ["runs.first.arch=\"big\""], ["[runs.first] arch: unknown architecture 'big'"]),
     (lambda t: t + "\n[report]\nout = 5\n", [], ["study.toml:30: [report] out: 5 is not a string"]),
     (lambda t: t + "\n[report]\nout = \"report.txt\"\n", [], ["[report] out: report.out", "is an HTML page"]),

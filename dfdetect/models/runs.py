@@ -2,8 +2,10 @@
 
     runs/NAME/
       config.json        the exact TrainConfig, the head's config, the sets (store, version,
-                         frontend hash, rows), the frontend and WavLM the features came from
-      metrics.jsonl      one line per epoch: train loss/accuracy, every set's metrics, timings
+                         frontend hash, rows), the frontend and WavLM the features came from, the
+                         mixing (each training corpus's rows and share, --balance, --augment's versions)
+      metrics.jsonl      one line per epoch: train loss/accuracy (and what the epoch drew: clips per
+                         --augment source, per corpus), every set's metrics, timings
       checkpoints/epoch_NNN.safetensors, best.safetensors (model weights only)
       state.safetensors + state.json   optimizer, RNG and progress, for --resume
       scores/{best,last}/SET.csv       per-clip scores (P(fake)) of the best and the last epoch
@@ -60,7 +62,7 @@ class RunError(DfdetectError):
 
 class RunConfig(dict):
     """config.json as the trainer wrote it: {"config": TrainConfig fields, "model": the head's
-    config, "parameters", "sets": {NAME: the set's description}, "frontend", "wavlm"}."""
+    config, "parameters", "sets": {NAME: the set's description}, "frontend", "wavlm", "mixing"}."""
 
     @property
     def train_config(self) -> dict:
@@ -100,6 +102,12 @@ class RunConfig(dict):
         and score run so too."""
         return bool(self.train_config.get("tf32", True))
 
+    @property
+    def mixing(self) -> dict:
+        """{"corpora": [{spec, store, version, rows, share}], "balance", "augment": [{spec, store,
+        version, rows}], "augment_p"}; runs written before it was recorded: {}."""
+        return self.get("mixing") or {}
+
 
 class EpochRecord(dict):
     """One epoch of metrics.jsonl as the trainer wrote it: {"epoch", "train": loss, accuracy...,
@@ -117,6 +125,11 @@ class EpochRecord(dict):
     @property
     def sets(self) -> dict[str, dict]:
         return self["sets"]
+
+    @property
+    def draws(self) -> dict[str, int]:
+        """Training clips read per source this epoch ("clean", then each --augment spec); {} without."""
+        return self["train"].get("draws", {})
 
     @property
     def seconds(self) -> dict:

@@ -14,8 +14,8 @@
     features = ["mel", "lfcc"]
 
     [runs.mel_aasist]                # any `dfdetect train` option; sets name stores as STORE[:SPLIT],
-    arch = "mel_aasist"              # OOD sets as [NAME=]STORE[:SPLIT], init_from a run of this file
-    train = "asv5_mel:train"
+    arch = "mel_aasist"              # OOD sets as [NAME=]STORE[:SPLIT], init_from a run of this file;
+    train = "asv5_mel:train"         # train may be a list (several corpora), augment a list of stores
     ood = ["dfeval=dfeval_mel"]
     epochs = 50
 
@@ -319,8 +319,11 @@ def _read_runs(f: _File, tables: dict, stores: dict, stores_dir: Path, runs_dir:
                 f.fail(table, key, problem)
         fields = {k: v for k, v in r.items() if k != "out"}
         for key in SET_KEYS:
-            if key in fields and fields[key]:
+            if isinstance(fields.get(key), list):     # several training corpora: train = ["a:train", "b:train"]
+                fields[key] = tuple(resolve_set(table, key, ref) for ref in fields[key])
+            elif key in fields and fields[key]:
                 fields[key] = resolve_set(table, key, fields[key])
+        fields["augment"] = tuple(resolve_set(table, "augment", ref) for ref in fields.get("augment", ()))
         fields["ood"] = tuple(resolve_set(table, "ood", o) for o in fields.get("ood", ()))
         if "holdout_generators" in fields:
             fields["holdout_generators"] = tuple(fields["holdout_generators"])

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from dfdetect.store import FeatureStore, StoreError, open_store, parse_store_spec
+from dfdetect.train.mixing import CorpusStack, chunk_rows
 
 
 @dataclass
@@ -83,25 +84,60 @@ class FeatureLoader:
 
     def __init__(self, data: DataSet, features: tuple[str, ...], batch_size: int, shuffle: bool,
                  seed: int = 0, memory_budget: int = 4 << 30, buffer_units: int | None = None,
-                 readers: int | None = None):
+                 readers: int | None = None, augmentation=None, balance=None):
         self.data, self.features, self.batch_size = data, tuple(features), batch_size
         self.shuffle, self.seed = shuffle, seed
+        # mixing.Augmentation (the source of each row, per epoch) and mixing.Balance (each epoch's
+        # rows, drawn by weight); both None: every row once, from data.store
+        self.augmentation, self.balance = augmentation, balance
+        self._sources = [data.store, *(v.store for v in augmentation.variants)] if augmentation else [data.store]
+        self.counts: dict = {}
         # Reader threads beside the training step: one per spare core, 2 to 4 (bench/loader.py: on
         # 2 idle cores two readers stream at 63% of the in-memory loader, one at 52%).
         self.readers = readers or max(2, min(4, (os.cpu_count() or 2) - 1))
         self.seconds = 0.0
-        arrays = [data.store.array(f) for f in self.features]
-        self.unit = lcm(*(a.chunks[0] for a in arrays))
+        self.unit = lcm(*(chunk_rows(data.store, f) for f in self.features))
         self._labels = data.store.meta["label"].astype(np.float32)
-        units = data.rows // self.unit
-        self._units = np.unique(units)
-        self._rows_by_unit = {int(u): data.rows[units == u] for u in self._units}
-        self.in_memory = len(data.rows) * row_bytes(data.store, self.features) <= memory_budget
+        self._units, self._rows_by_unit = self._by_unit(data.rows)
+        held = len(data.rows) + sum(len(self._variant_rows(v)) for v in self._variants())
+        self.in_memory = held * row_bytes(data.store, self.features) <= memory_budget
         # Streaming holds one buffer per reader, the one being cut and the one before it (its
         # carried rows): together within the budget.
         unit_bytes = self.unit * row_bytes(data.store, self.features)
         self.buffer_units = buffer_units or max(1, memory_budget // (unit_bytes * (self.readers + 2)))
-        self._cache = self._read_units(self._units) if self.in_memory else None
+        self._cache = self._read_in_memory() if self.in_memory else None
+
+    def _by_unit(self, rows: np.ndarray) -> tuple[np.ndarray, dict]:
+        units = rows // self.unit
+        return np.unique(units), {int(u): rows[units == u] for u in np.unique(units)}
+
+    def _variants(self) -> list:
+        return self.augmentation.variants if self.augmentation else []
+
+    def _variant_rows(self, variant) -> np.ndarray:
+        return self.data.rows[variant.holds(self.data.rows)]
+
+    def _read_in_memory(self) -> dict[str, np.ndarray]:
+        """Every row an epoch may read, read once into one buffer per feature: the set's rows in unit
+        order, then each --augment variant's rows that it holds (`self._parts`: where each source's
+        rows start, and which rows they are), so a batch is one gather whatever versions it draws."""
+        clean = self._read_units(self._units)
+        if not self.augmentation:
+            self._parts = [(0, clean["row"])]
+            return clean
+        rows = [clean["row"], *(self._variant_rows(v) for v in self._variants())]
+        starts = np.cumsum([0, *map(len, rows)])
+        self._parts = list(zip(starts[:-1].tolist(), rows))
+        out = {}
+        for f in self.features:
+            shape, dtype = self.data.store.row_format(f)
+            out[f] = np.empty((int(starts[-1]), *shape), dtype)
+            out[f][:len(rows[0])] = clean.pop(f)
+            for v, (start, mine) in zip(self._variants(), self._parts[1:]):
+                v.store.read_rows_into(f, mine, list(out[f][start:start + len(mine)]))
+        self._check_finite(np.concatenate(rows), out, every_value=True)
+        out["row"] = rows[0]
+        return out
 
     def __len__(self) -> int:
         full, rest = divmod(len(self.data.rows), self.batch_size)
@@ -148,8 +184,9 @@ class FeatureLoader:
     def epoch(self, epoch: int = 0):
         """The batches of one epoch, in an order seeded by (seed, epoch). The time spent getting
         each batch (waiting for reads, cutting it) adds up in `self.seconds`: the loader's share of
-        a training epoch."""
+        a training epoch; what the epoch drew (sources, corpora) is in `self.counts` after it."""
         batches = self._epoch(epoch)
+        self.counts = {}
         while True:
             t0 = time.perf_counter()
             try:
@@ -158,44 +195,82 @@ class FeatureLoader:
                 return
             finally:
                 self.seconds += time.perf_counter() - t0
+            self._count(epoch, batch["row"])
             yield batch
+
+    def _count(self, epoch: int, rows: np.ndarray) -> None:
+        """Clips delivered per source (with --augment) and per corpus (with several)."""
+        if self.augmentation:
+            names = self.augmentation.names
+            drawn = np.bincount(self.augmentation.sources(epoch, rows), minlength=len(names))
+            draws = self.counts.setdefault("draws", dict.fromkeys(names, 0))
+            for name, n in zip(names, drawn):
+                draws[name] += int(n)
+        if isinstance(self.data.store, CorpusStack):
+            stores = self.data.store.stores
+            drawn = np.bincount(self.data.store.corpus_of(rows), minlength=len(stores))
+            corpora = self.counts.setdefault("corpora", [0] * len(stores))
+            for i, n in enumerate(drawn):
+                corpora[i] += int(n)
 
     def _epoch(self, epoch: int):
         rng = np.random.default_rng([self.seed, epoch])
         if self.in_memory:
-            n = len(self._cache["row"])
-            order = rng.permutation(n) if self.shuffle else np.arange(n)
-            bounds = self._bounds(n)
-            for start, stop in zip(bounds[:-1], bounds[1:]):
-                take = order[start:stop]      # one copy per batch, from the rows in RAM
-                values = {f: self._cache[f].take(take, axis=0) for f in self.features}
-                yield from self._batches(values, self._cache["row"][take], [0, len(take)])
+            yield from self._epoch_in_memory(epoch, rng)
             return
-        plan = self._plan(rng)
+        plan = self._plan(rng, epoch)
         # Read ahead: `readers` threads each fill a later buffer's batches while this one's are
         # consumed (the reads and their checksums release the GIL).
         with ThreadPoolExecutor(max_workers=self.readers) as pool:
-            pending = deque(pool.submit(self._fill, step) for step in plan[:self.readers])
+            pending = deque(pool.submit(self._fill, step, epoch) for step in plan[:self.readers])
             carry = None
             for i, step in enumerate(plan):
                 values = pending.popleft().result()
                 if i + self.readers < len(plan):
-                    pending.append(pool.submit(self._fill, plan[i + self.readers]))
+                    pending.append(pool.submit(self._fill, plan[i + self.readers], epoch))
                 rows = self._place_carry(step, values, carry)
                 self._check_finite(rows, values, every_value=False)
                 yield from self._batches(values, rows[:step["full"]], self._bounds(step["full"]))
                 carry = {k: v[step["full"]:] for k, v in {**values, "row": rows}.items()}
 
-    def _plan(self, rng) -> list[dict]:
+    def _epoch_in_memory(self, epoch: int, rng):
+        cached = self._cache["row"]
+        # places in the cache of this epoch's rows: each once, or (--balance) as drawn
+        places = (np.arange(len(cached)) if self.balance is None
+                  else np.searchsorted(cached, self.balance.epoch_rows(epoch)))
+        n = len(places)
+        order = rng.permutation(n) if self.shuffle else np.arange(n)
+        where = self._drawn_places(epoch, cached)
+        bounds = self._bounds(n)
+        for start, stop in zip(bounds[:-1], bounds[1:]):
+            take = places[order[start:stop]]      # one copy per batch, from the rows in RAM
+            values = {f: self._cache[f].take(where[take], axis=0) for f in self.features}
+            yield from self._batches(values, cached[take], [0, len(take)])
+
+    def _drawn_places(self, epoch: int, cached: np.ndarray) -> np.ndarray:
+        """Where in the cache each of the set's rows is read from this epoch: its clean place, or
+        (--augment) its place among the rows of the version drawn for it."""
+        where = np.arange(len(cached))
+        if self.augmentation:
+            sources = self.augmentation.sources(epoch, cached)
+            for i, (start, rows) in enumerate(self._parts[1:], start=1):
+                mine = np.flatnonzero(sources == i)
+                where[mine] = start + np.searchsorted(rows, cached[mine])
+        return where
+
+    def _plan(self, rng, epoch: int) -> list[dict]:
         """Each buffer of a streaming epoch: its rows, and where each goes. A buffer's rows, behind
         the rows carried over from the one before (fewer than a batch), are shuffled together; the
         first `full` of that order are cut into batches and the rest carried into the next buffer.
         Drawn up front (the same draws, in the same order, as reading first and shuffling after),
-        so the readers can put every row straight into its batch."""
-        units = rng.permutation(self._units) if self.shuffle else self._units
+        so the readers can put every row straight into its batch. With --balance the epoch's drawn
+        rows (a row drawn twice is in its unit twice) take the place of the set's."""
+        all_units, rows_by_unit = ((self._units, self._rows_by_unit) if self.balance is None
+                                   else self._by_unit(self.balance.epoch_rows(epoch)))
+        units = rng.permutation(all_units) if self.shuffle else all_units
         plan, c = [], 0
         for s in range(0, len(units), self.buffer_units):
-            rows = np.concatenate([self._rows_by_unit[int(u)] for u in units[s:s + self.buffer_units]])
+            rows = np.concatenate([rows_by_unit[int(u)] for u in units[s:s + self.buffer_units]])
             n = c + len(rows)
             order = rng.permutation(n) if self.shuffle else np.arange(n)
             last = s + self.buffer_units >= len(units)
@@ -204,19 +279,24 @@ class FeatureLoader:
             c = n - full
         return plan
 
-    def _fill(self, step: dict) -> dict[str, np.ndarray]:
+    def _fill(self, step: dict, epoch: int = 0) -> dict[str, np.ndarray]:
         """A buffer's rows of every feature read straight into their places: positions of this
-        buffer's batch order (the batches and the rows carried on), carried-in rows left for later."""
+        buffer's batch order (the batches and the rows carried on), carried-in rows left for later.
+        With --augment each row is read from the version drawn for it (whole chunks of each)."""
         n, c = len(step["order"]), step["carried"]
         position = np.empty(n, np.int64)
         position[step["order"]] = np.arange(n)
         mine = position[c:]                      # where each of this buffer's own rows goes
+        rows = step["rows"]
+        sources = self.augmentation.sources(epoch, rows) if self.augmentation else np.zeros(len(rows), np.int16)
         values = {}
         for f in self.features:
             shape, dtype = self.data.store.row_format(f)
             values[f] = np.empty((n, *shape), dtype)
             slots = list(values[f])
-            self.data.store.read_rows_into(f, step["rows"], [slots[k] for k in mine])
+            for i in np.unique(sources):
+                take = np.flatnonzero(sources == i)
+                self._sources[i].read_rows_into(f, rows[take], [slots[k] for k in mine[take]])
         return values
 
     def _place_carry(self, step: dict, values: dict, carry: dict | None) -> np.ndarray:

@@ -28,6 +28,7 @@ import types
 import typing
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from math import lcm
 from pathlib import Path
 
 import numpy as np
@@ -41,8 +42,19 @@ from dfdetect.locks import ExclusiveLock
 from dfdetect.metrics import evaluate_scores
 from dfdetect.models.registry import build_model, config_to_dict, count_parameters, get_architecture
 from dfdetect.models.runs import EpochRecord, RunFolder, is_better
-from dfdetect.store import parse_store_spec
+from dfdetect.store import open_store, parse_store_spec
 from dfdetect.train.data import DataSet, FeatureLoader, open_set, stratified_split
+from dfdetect.train.mixing import (
+    BALANCES,
+    Augmentation,
+    Balance,
+    CorpusStack,
+    Shifted,
+    Variant,
+    balance_weights,
+    chunk_rows,
+    same_clips,
+)
 
 
 class TrainError(DfdetectError):
@@ -52,7 +64,7 @@ class TrainError(DfdetectError):
 @dataclass
 class TrainConfig:
     arch: str
-    train: str                          # STORE[@VERSION][:SPLIT]
+    train: str | tuple[str, ...]        # STORE[@VERSION][:SPLIT], or several (one training set of them all)
     val: str | None = None              # default: a seeded, stratified 5% of train
     test: str | None = None
     ood: tuple[str, ...] = ()
@@ -76,6 +88,10 @@ class TrainConfig:
     holdout_real_fraction: float = 0.2        # the reals) leave --train and form "ood:holdout"
     model: dict = field(default_factory=dict)   # head config overrides
     memory_budget_gb: float = 4.0       # load sets into RAM when they fit, else stream chunks
+    augment: tuple[str, ...] = ()       # variant versions of the train store(s): each epoch, each clip
+    augment_p: float = 0.5              # is read from one of them with this probability (mixing.py)
+    augment_unit: str = "clip"          # clip: a draw per clip; chunk: per read unit (streams at full speed)
+    balance: str = "none"               # none | corpus | generator | label: weighted sampling per epoch
 
     def resolved(self, option: Callable[[str], str] | None = None) -> TrainConfig:
         """Defaults filled in, every number checked (ConfigError naming the option: `option(field)`,
@@ -83,6 +99,7 @@ class TrainConfig:
         option = option or cli_option
         arch = get_architecture(self.arch)
         config = dataclasses.replace(self, ood=tuple(self.ood), holdout_generators=tuple(self.holdout_generators),
+                                     train=train_specs(self.train), augment=tuple(self.augment),
                                      epochs=self.epochs or arch.epochs, batch_size=self.batch_size or arch.batch_size,
                                      lr=self.lr if self.lr is not None else arch.lr)
         check_range(option("epochs"), config.epochs, 1)
@@ -101,6 +118,7 @@ class TrainConfig:
         check_range(option("holdout_real_fraction"), config.holdout_real_fraction, 0, 1, low_open=True)
         if config.early_stopping is not None:
             check_range(option("early_stopping"), config.early_stopping, 1)
+        check_mixing(config, option)
         return config
 
     @staticmethod
@@ -118,7 +136,7 @@ class TrainConfig:
 
 # Fields that are `dfdetect train` options of another spelling; the rest are --config fields only.
 _CLI_FIELDS = {"arch", "train", "val", "test", "ood", "epochs", "batch_size", "lr", "weight_decay", "seed", "device",
-               "early_stopping", "init_from"}
+               "early_stopping", "init_from", "augment", "augment_p", "augment_unit", "balance"}
 
 
 def cli_option(field_name: str) -> str:
@@ -160,19 +178,14 @@ def _kind(hint) -> str:
 def open_sets(config: TrainConfig) -> dict[str, DataSet]:
     """Train, val, test and OOD sets, checked against each other and the architecture."""
     arch = get_architecture(config.arch)
-    train = open_set(config.train, "train")
+    train = open_train(config)
     holdout = None
     if config.holdout_generators:
         train, holdout = hold_out_generators(train, config)
     if config.val:
         sets = {"train": train, "val": open_set(config.val, "val")}
     else:
-        labels = train.labels
-        if min((labels == 0).sum(), (labels == 1).sum()) < 2:
-            raise TrainError(f"train set {config.train} needs at least 2 clips of each label to split off validation")
-        rows, val_rows = stratified_split(train.rows, labels, config.val_fraction, config.seed)
-        sets = {"train": DataSet("train", train.spec, train.store, rows),
-                "val": DataSet("val", f"{train.spec} (seeded {config.val_fraction:.0%} split)", train.store, val_rows)}
+        sets = split_validation(train, config)
     if config.test:
         sets["test"] = open_set(config.test, "test")
     if holdout is not None:
@@ -189,7 +202,7 @@ def open_sets(config: TrainConfig) -> dict[str, DataSet]:
         problems = s.store.fit_problems(arch.inputs, reference.get("frontend_hash"), reference.get("wavlm"),
                                         config.arch)
         if problems:
-            raise TrainError(f"the {name} set {s.spec} does not fit the train set {config.train}: "
+            raise TrainError(f"the {name} set {s.spec} does not fit the train set {sets['train'].spec}: "
                              + "; ".join(problems))
         labels = s.labels
         if name in ("train", "val") and len(np.unique(labels)) < 2:
@@ -207,7 +220,7 @@ def hold_out_generators(train: DataSet, config: TrainConfig) -> tuple[DataSet, D
     present = set(generators[labels == 1])
     missing = [g for g in config.holdout_generators if g not in present]
     if missing:
-        raise TrainError(f"--holdout-generator {', '.join(missing)}: not among the fakes of {config.train} "
+        raise TrainError(f"--holdout-generator {', '.join(missing)}: not among the fakes of {train.spec} "
                          f"(generators: {', '.join(sorted(present)) or 'none recorded'})")
     held_fakes = (labels == 1) & np.isin(generators, config.holdout_generators)
     reals = np.flatnonzero(labels == 0)
@@ -217,9 +230,9 @@ def hold_out_generators(train: DataSet, config: TrainConfig) -> tuple[DataSet, D
     held[held_reals] = True
     if held_fakes.all() or (labels[~held] == 1).sum() == 0:
         raise TrainError("holding out every generator leaves no fakes to train on")
-    spec = f"{config.train} (generators {', '.join(config.holdout_generators)} held out)"
+    spec = f"{train.spec} (generators {', '.join(config.holdout_generators)} held out)"
     return (DataSet("train", spec, train.store, train.rows[~held]),
-            DataSet("ood:holdout", f"{config.train} (held-out generators {', '.join(config.holdout_generators)} "
+            DataSet("ood:holdout", f"{train.spec} (held-out generators {', '.join(config.holdout_generators)} "
                     f"+ {config.holdout_real_fraction:.0%} of the reals)", train.store, train.rows[held]))
 
 
@@ -239,6 +252,137 @@ def model_overrides(config: TrainConfig, train: DataSet) -> dict:
         overrides.setdefault("hidden_size", hidden)
         overrides.setdefault("num_layers", layers)
     return overrides
+
+
+# -- several corpora, augmentation, balance (mixing.py draws them) ---------------------------------------
+def train_specs(train) -> str | tuple[str, ...]:
+    """--train as the config keeps it: one spec as a string, several as a tuple (a list read back
+    from config.json or a study file included), so a resumed run compares equal."""
+    if isinstance(train, (list, tuple)):
+        return train[0] if len(train) == 1 else tuple(train)
+    return train
+
+
+def check_mixing(config: TrainConfig, option: Callable[[str], str]) -> None:
+    check_range(option("augment_p"), config.augment_p, 0, 1)
+    if config.augment_unit not in ("clip", "chunk"):
+        raise ConfigError(f"{option('augment_unit')} {config.augment_unit!r}: choose clip or chunk")
+    if config.balance not in BALANCES:
+        raise ConfigError(f"{option('balance')} {config.balance!r}: choose one of {', '.join(BALANCES)}")
+    specs = [config.train] if isinstance(config.train, str) else list(config.train)
+    if len(set(specs)) < len(specs) or not specs:
+        raise ConfigError(f"{option('train')}: give each training set once (given: {', '.join(specs) or 'none'})")
+
+
+def open_train(config: TrainConfig) -> DataSet:
+    """The training set: one STORE[:SPLIT], or several stacked (CorpusStack), each checked against
+    the first by the compatibility rule (FeatureStore.fit_problems)."""
+    if isinstance(config.train, str):
+        return open_set(config.train, "train")
+    parts = [open_set(spec, "train") for spec in config.train]
+    first, arch = parts[0].store.config, get_architecture(config.arch)
+    for part in parts[1:]:
+        problems = part.store.fit_problems(arch.inputs, first.get("frontend_hash"), first.get("wavlm"), config.arch)
+        if problems:
+            raise TrainError(f"--train {part.spec} does not fit --train {parts[0].spec}: " + "; ".join(problems))
+    stack = CorpusStack([p.store for p in parts])
+    rows = np.concatenate([p.rows + o for p, o in zip(parts, stack.offsets)])
+    return DataSet("train", " + ".join(config.train), stack, rows)
+
+
+def split_validation(train: DataSet, config: TrainConfig) -> dict[str, DataSet]:
+    """Train and a seeded, stratified `val_fraction` of it as validation: of each corpus on its own
+    when there are several, so every corpus is validated in its proportion."""
+    corpora = train.store.corpus_of(train.rows) if isinstance(train.store, CorpusStack) else np.zeros(len(train.rows))
+    labels = train.labels
+    if min((labels == 0).sum(), (labels == 1).sum()) < 2:
+        raise TrainError(f"train set {train.spec} needs at least 2 clips of each label to split off validation")
+    kept, held = [], []
+    for c in np.unique(corpora):
+        mine = corpora == c
+        if (np.bincount(labels[mine]) == 1).any():
+            raise TrainError(f"train set {train.spec}: corpus {int(c) + 1} has a label with a single clip; "
+                             "validation is split per corpus and needs 2 or more of each label it has")
+        rows, val_rows = stratified_split(train.rows[mine], labels[mine], config.val_fraction, config.seed)
+        kept.append(rows)
+        held.append(val_rows)
+    return {"train": DataSet("train", train.spec, train.store, np.sort(np.concatenate(kept))),
+            "val": DataSet("val", f"{train.spec} (seeded {config.val_fraction:.0%} split)", train.store,
+                           np.sort(np.concatenate(held)))}
+
+
+def open_mixing(config: TrainConfig, train: DataSet) -> tuple[Augmentation | None, Balance | None]:
+    """--augment's variants (each checked: the train store's clip table, and the compatibility
+    rule against the train features) and --balance's weights; None for what is not asked."""
+    augmentation = None
+    if config.augment:
+        arch, reference = get_architecture(config.arch), train.store.config
+        stores = train.store.stores if isinstance(train.store, CorpusStack) else [train.store]
+        variants = []
+        for spec in config.augment:
+            store = open_store(spec)
+            problems = store.fit_problems(arch.inputs, reference.get("frontend_hash"), reference.get("wavlm"),
+                                          config.arch)
+            if problems:
+                raise TrainError(f"--augment {spec} does not fit the train set {train.spec}: " + "; ".join(problems))
+            variants.append(variant_of(spec, store, stores, train.store))
+        # "chunk": the clips of one read unit (whole chunks of every array the head reads) share a
+        # draw, so streaming reads each chunk from one version only (docs/benchmarks.md)
+        block = lcm(*(chunk_rows(train.store, f) for f in arch.inputs)) if config.augment_unit == "chunk" else 1
+        augmentation = Augmentation(variants, config.augment_p, config.seed, block)
+    balance = None
+    if config.balance != "none":
+        meta = train.store.meta
+        balance = Balance(train.rows, balance_weights(config.balance, train.labels, meta["generator"][train.rows],
+                                                      corpus_index(train)), config.seed)
+    return augmentation, balance
+
+
+def variant_of(spec: str, store, stores: list, clean) -> Variant:
+    """The Variant of the train corpus whose clip table `store` has (read in the train set's rows)."""
+    for corpus in stores:
+        if store.path == corpus.path and store.version == corpus.version:
+            raise TrainError(f"--augment {spec} is the train store's own version; give a variant "
+                             "(featurized with --codec or --corrupt)")
+    for i, corpus in enumerate(stores):
+        if same_clips(store, corpus):
+            ok = store.meta["status"] == "ok"
+            if not isinstance(clean, CorpusStack):
+                return Variant(spec, store, 0, ok)
+            return Variant(spec, Shifted(store, int(clean.offsets[i])), int(clean.offsets[i]), ok)
+    raise TrainError(f"--augment {spec}: its clip table is not the train store's ("
+                     f"{', '.join(f'{s.path}@{s.version}' for s in stores)}); an augmentation must be a variant "
+                     "featurized from the same dataset (featurize --codec / --corrupt)")
+
+
+def corpus_index(train: DataSet) -> np.ndarray:
+    return train.store.corpus_of(train.rows) if isinstance(train.store, CorpusStack) else np.zeros(len(train.rows), int)
+
+
+def mixing_record(config: TrainConfig, train: DataSet, augmentation, balance) -> dict:
+    """What config.json records of the mixing: the corpora (each one's rows and share of the
+    training draws, as the weights say), the augmentation versions and p."""
+    stores = train.store.stores if isinstance(train.store, CorpusStack) else [train.store]
+    specs = [config.train] if isinstance(config.train, str) else list(config.train)
+    corpus = corpus_index(train)
+    weights = balance.weights if balance else np.full(len(train.rows), 1 / len(train.rows))
+    corpora = [{"spec": spec, "store": s.path, "version": s.version, "rows": int((corpus == i).sum()),
+                "share": float(weights[corpus == i].sum())} for i, (spec, s) in enumerate(zip(specs, stores))]
+    variants = [{"spec": v.spec, "store": v.store.store.path if isinstance(v.store, Shifted) else v.store.path,
+                 "version": (v.store.store if isinstance(v.store, Shifted) else v.store).version,
+                 "rows": int(v.holds(train.rows).sum())} for v in (augmentation.variants if augmentation else [])]
+    return {"corpora": corpora, "balance": config.balance, "augment": variants,
+            "augment_p": config.augment_p if augmentation else None,
+            "augment_unit": config.augment_unit if augmentation else None}
+
+
+def make_loaders(config: TrainConfig, sets: dict[str, DataSet], mixing: tuple) -> dict[str, FeatureLoader]:
+    """One loader per set; the train set's with the augmentation and balance."""
+    arch, budget = get_architecture(config.arch), int(config.memory_budget_gb * (1 << 30))
+    augmentation, balance = mixing
+    return {name: FeatureLoader(s, arch.inputs, config.batch_size, shuffle=name == "train", seed=config.seed,
+                                memory_budget=budget, augmentation=augmentation if name == "train" else None,
+                                balance=balance if name == "train" else None) for name, s in sets.items()}
 
 
 # -- the run folder's state (RunFolder owns the layout) -------------------------------------------------
@@ -472,10 +616,9 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, force: boo
     folder, config = RunFolder(out), config.resolved()
     check_output("--out", folder.path, folder=True)
     sets = open_sets(config)                                      # all checks before any work
-    arch, device = get_architecture(config.arch), resolve_device(config.device)
-    budget = int(config.memory_budget_gb * (1 << 30))
-    loaders = {name: FeatureLoader(s, arch.inputs, config.batch_size, shuffle=name == "train",
-                                   seed=config.seed, memory_budget=budget) for name, s in sets.items()}
+    device = resolve_device(config.device)
+    mixing = open_mixing(config, sets["train"])
+    loaders = make_loaders(config, sets, mixing)
     with torch_settings(device, config):
         model, optimizer, scaler = build_head(config, sets["train"], device)   # checks --init-from
         with run_lock(folder):   # one writer per run: a second train (--resume, --force) is refused
@@ -489,7 +632,8 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, force: boo
                     "parameters": count_parameters(model), "sets": {n: s.describe() for n, s in sets.items()},
                     # what scoring raw audio needs to reproduce the features this head was trained on
                     "frontend": sets["train"].store.config["frontend"],
-                    "wavlm": sets["train"].store.config.get("wavlm")})
+                    "wavlm": sets["train"].store.config.get("wavlm"),
+                    "mixing": mixing_record(config, sets["train"], *mixing)})
             folder.write_run_info({
                 "dfdetect_version": __version__, "git_commit": git_commit(), "torch": torch.__version__,
                 "device": str(device), "threads": torch.get_num_threads(),
@@ -519,6 +663,7 @@ def train_epochs(folder: RunFolder, config: TrainConfig, model, steppers, sets, 
         else:
             train_metrics = train_one_epoch(model, loaders["train"], optimizer, scaler, device, config, epoch,
                                             console)
+        train_metrics.update(loaders["train"].counts)   # --augment's draws, each corpus's clips
         t1 = time.perf_counter()
         results, predictions = evaluate_sets(model, sets, loaders, device, config.score_precision)
         record = EpochRecord(epoch=epoch, train=train_metrics, sets=results,
