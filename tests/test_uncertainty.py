@@ -9,7 +9,14 @@ from sklearn.metrics import roc_auc_score
 
 from dfdetect import uncertainty
 from dfdetect.metrics import at_threshold, eer, min_dcf
-from dfdetect.uncertainty import Bootstrap, SetMetrics, metric_intervals, resample_weights, resampled_clips
+from dfdetect.uncertainty import (
+    THRESHOLD_METRICS,
+    Bootstrap,
+    SetMetrics,
+    metric_intervals,
+    resample_weights,
+    resampled_clips,
+)
 
 
 def _set(rng, n=300, rounding=None):
@@ -101,3 +108,75 @@ def test_undefined_resamples_are_left_out():
     out = metric_intervals(labels, scores, thresholds={"high": 0.9}, boot=Bootstrap(n=50))
     assert np.isnan(out["at_high"]["precision_ci"]).all()   # nothing called fake in any resample
     assert out["at_high"]["recall_ci"] == [0.0, 0.0]
+
+
+# -- evaluate: intervals beside every metric -------------------------------------------------------------
+def _score_file(path, n=400, speakers=True):
+    rng = np.random.default_rng(0)
+    labels = rng.permutation(np.repeat([0, 1], n // 2))
+    scores = 1 / (1 + np.exp(-rng.normal(labels * 2 - 1, 1.2)))
+    head = "clip_id,score,label" + (",speaker" if speakers else "")
+    path.write_text(head + "\n" + "".join(f"c{i},{s:.6f},{'fake' if y else 'real'}" + (f",s{i % 20}" if speakers else "")
+                                          + "\n" for i, (s, y) in enumerate(zip(scores, labels))))
+    return path
+
+
+def test_evaluate_json_gives_an_interval_beside_every_metric(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from dfdetect.cli import app
+
+    path = _score_file(tmp_path / "s.csv")
+    out = CliRunner().invoke(app, ["evaluate", "--scores", str(path), "--json", "--bootstrap", "300"])
+    assert out.exit_code == 0, out.output
+    result = json.loads(out.output)
+    m = result["metrics"]
+    keys = list(m)
+    for name in ("eer", "auc", "min_dcf"):
+        assert keys.index(f"{name}_ci") == keys.index(name) + 1
+        assert m[f"{name}_ci"][0] <= m[name] <= m[f"{name}_ci"][1]
+    for at in ("at_0.5", "at_eer"):
+        for name in THRESHOLD_METRICS:
+            assert m[at][f"{name}_ci"][0] <= m[at][name] <= m[at][f"{name}_ci"][1]
+    assert result["intervals"]["groups"] == "speaker" and result["intervals"]["units"] == 40   # 20 per label
+    assert result["intervals"]["resamples"] == 300 and result["intervals"]["level"] == 0.95
+    by_clip = json.loads(CliRunner().invoke(app, ["evaluate", "--scores", str(path), "--json", "--bootstrap", "300",
+                                                  "--ci-groups", "clip", "--ci-level", "0.9"]).output)
+    assert by_clip["intervals"]["groups"] == "clip" and by_clip["intervals"]["units"] == 400
+    assert by_clip["metrics"]["eer_ci"] != m["eer_ci"]
+    none = json.loads(CliRunner().invoke(app, ["evaluate", "--scores", str(path), "--json", "--bootstrap", "0"]).output)
+    assert "eer_ci" not in none["metrics"] and none["intervals"] is None
+
+
+def test_evaluate_prints_each_metric_with_its_interval(tmp_path):
+    import re
+
+    from typer.testing import CliRunner
+
+    from dfdetect.cli import app
+
+    path = _score_file(tmp_path / "s.csv", speakers=False)
+    out = CliRunner().invoke(app, ["evaluate", "--scores", str(path), "--bootstrap", "200"])
+    assert out.exit_code == 0, out.output
+    assert re.search(r"EER 0\.\d{4} \[0\.\d{4}, 0\.\d{4}\]", out.output), out.output
+    assert re.search(r"accuracy\W+\d+\.\d\d% \[\d+\.\d\d%, \d+\.\d\d%\]", out.output), out.output
+    assert "[low, high]: 95% interval, 200 bootstrap resamples of the 400 clips" in out.output
+    assert "not how it would do on another corpus" in out.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--ci-groups", "speaker"], "--ci-groups speaker: this set names no speaker"),
+    (["--ci-groups", "day"], "--ci-groups 'day': must be one of speaker, generator, source, clip"),
+    (["--ci-level", "1.5"], "--ci-level 1.5"),
+    (["--bootstrap", "-3"], "--bootstrap -3"),
+])
+def test_evaluate_refuses_bad_interval_options_in_one_line(tmp_path, args, message):
+    from typer.testing import CliRunner
+
+    from dfdetect.cli import app
+
+    path = _score_file(tmp_path / "s.csv", n=40, speakers=False)
+    out = CliRunner().invoke(app, ["evaluate", "--scores", str(path), *args])
+    assert out.exit_code == 2 and message in out.output, out.output

@@ -43,6 +43,7 @@ from dfdetect.models.registry import build_model, config_to_dict, count_paramete
 from dfdetect.models.runs import EpochRecord, RunFolder, is_better
 from dfdetect.store import parse_store_spec
 from dfdetect.train.data import DataSet, FeatureLoader, open_set, stratified_split
+from dfdetect.uncertainty import headline_intervals
 
 
 class TrainError(DfdetectError):
@@ -438,6 +439,7 @@ def evaluate_sets(model, sets: dict[str, DataSet], loaders: dict[str, FeatureLoa
     for name, (rows, scores) in predictions.items():
         extra = {"val": val_threshold} if name != "val" and val_threshold is not None else None
         results[name] = evaluate_scores(sets[name].store.meta["label"][rows], scores, extra)
+        results[name].update(headline_intervals(sets[name].store.meta["label"][rows], scores))  # curve bands
         if name == "val":
             val_threshold = results["val"]["eer_threshold"]
     return results, predictions
