@@ -524,6 +524,54 @@ def report_command(
                   f"{len(report.warnings)} warnings)")
 
 
+@app.command("compare")
+def compare_command(
+    runs: list[Path] = typer.Argument(None, help="Two run folders, scored on --on."),
+    on: str = typer.Option(None, "--on", help="STORE[@VERSION][:SPLIT] both runs score."),
+    epoch: str = typer.Option("best", help="best (by validation EER) | last | N, for both runs"),
+    scores: list[Path] = typer.Option(None, "--scores", help="Compare two score files instead: --scores A --scores B."),
+    fmt: str = typer.Option(None, "--scores-format", help="Format of both --scores (as evaluate)."),
+    score_col: str = typer.Option(None, help="Score column of both files (as evaluate)."),
+    label_col: str = typer.Option(None, help="Label column (as evaluate)."),
+    id_col: str = typer.Option(None, help="Clip id column: clips are joined by it (as evaluate)."),
+    higher_is: str = typer.Option("fake", help="fake | real, for both files (as evaluate)."),
+    labels: Path = typer.Option(None, "--labels", help="Protocol/key file giving the labels by clip id."),
+    drop_bad: bool = typer.Option(False, "--drop-bad", help="Leave out bad rows instead of failing."),
+    ci_level: float = typer.Option(0.95, "--ci-level", help="Level of the intervals; significance at 1 - level."),
+    bootstrap: int = typer.Option(1000, "--bootstrap", help="Paired bootstrap resamples."),
+    ci_groups: str = typer.Option(None, "--ci-groups", help="speaker | generator | source | clip (as evaluate)."),
+    batch_size: int = typer.Option(None, help="Default: the architecture's."),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON: delta_eer, delta_eer_ci, p_value, ..."),
+):
+    """Two systems on the same clips: A - B of EER, minDCF and AUC with a paired bootstrap interval and
+    p-value, McNemar's exact test on the decisions, and one line saying which is better and whether
+    the difference is distinguishable from chance. Clips are joined by id; a clip on one side only
+    is an error. The intervals cover clip sampling from this set, not another corpus."""
+    from dfdetect.evaluate.compare import compare, print_comparison, system_from_run, system_from_table
+    from dfdetect.evaluate.evaluation import EvaluationError, check_bootstrap
+    from dfdetect.evaluate.score_files import read_scores
+    from dfdetect.metrics import json_safe
+
+    boot = check_bootstrap(ci_level, bootstrap, ci_groups)
+    if boot is None:
+        raise EvaluationError("--bootstrap 0: compare needs resamples (the default is 1000)")
+    if bool(runs) == bool(scores) or len(runs or scores) != 2:
+        raise EvaluationError("give two runs and --on STORE[:SPLIT], or --scores A --scores B")
+    if runs:
+        if on is None:
+            raise EvaluationError("two runs need --on STORE[@VERSION][:SPLIT], the set both score")
+        a, b = (system_from_run(r, on, epoch, batch_size, device) for r in runs)
+    else:
+        a, b = (system_from_table(read_scores(f, fmt, score_col, label_col, id_col, higher_is, labels, drop_bad))
+                for f in scores)
+    result = compare(a, b, boot, ci_groups)
+    if as_json:
+        print(json.dumps(json_safe(result), indent=2))
+    else:
+        print_comparison(result, console)
+
+
 @app.command("export")
 def export_command(
     run: Path = typer.Argument(..., help="Run folder (runs/NAME) to export."),

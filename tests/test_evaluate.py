@@ -377,3 +377,16 @@ def test_every_epoch_record_keeps_intervals_of_the_headline_metrics(run):
         for name, m in record["sets"].items():
             for metric in ("eer", "min_dcf"):
                 assert m[f"{metric}_ci"][0] <= m[metric] <= m[f"{metric}_ci"][1], (name, metric)
+
+
+def test_compare_two_runs_on_one_store(run):
+    out = CliRunner().invoke(app, ["compare", str(run["run"]), str(run["run"]), "--on", f"{run['store']}:test",
+                                   "--json", "--bootstrap", "100"])
+    assert out.exit_code == 0, out.output
+    result = json.loads(out.output)
+    assert result["delta_eer"] == 0 and result["p_value"] == 1.0 and result["clips"] > 0
+    best = min(run["records"], key=lambda r: (r["sets"]["val"]["eer"], r["epoch"]))
+    assert result["mcnemar"]["threshold_a"] == pytest.approx(best["sets"]["val"]["eer_threshold"])   # its own
+    assert "not distinguishable" in result["verdict"]
+    out = CliRunner().invoke(app, ["compare", str(run["run"]), str(run["run"])])
+    assert out.exit_code == 2 and "--on" in out.output

@@ -116,8 +116,9 @@ def _score_file(path, n=400, speakers=True):
     labels = rng.permutation(np.repeat([0, 1], n // 2))
     scores = 1 / (1 + np.exp(-rng.normal(labels * 2 - 1, 1.2)))
     head = "clip_id,score,label" + (",speaker" if speakers else "")
-    path.write_text(head + "\n" + "".join(f"c{i},{s:.6f},{'fake' if y else 'real'}" + (f",s{i % 20}" if speakers else "")
-                                          + "\n" for i, (s, y) in enumerate(zip(scores, labels))))
+    rows = [f"c{i},{s:.6f},{'fake' if y else 'real'}" + (f",s{i % 20}" if speakers else "")
+            for i, (s, y) in enumerate(zip(scores, labels))]
+    path.write_text(head + "\n" + "".join(row + "\n" for row in rows))
     return path
 
 
