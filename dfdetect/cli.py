@@ -374,6 +374,8 @@ def train_command(
     init_from: Path = typer.Option(None, help="Start from another run's best weights (fine-tuning)."),
     holdout_generator: list[str] = typer.Option([], help="Leave-one-generator-out: hold these generators' fakes (and 20% of the reals) out of --train as the OOD set ood:holdout; repeat for several."),
     config_file: Path = typer.Option(None, "--config", help="JSON file of TrainConfig fields; flags given here override it."),
+    seeds: str = typer.Option(None, "--seeds", help="Train once per seed, e.g. 0,1,2: one run folder each, "
+                              "OUT/seed-0 ... (the report gives their mean +- sd); replaces --seed."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out where it stopped."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing run in --out."),
 ):
@@ -388,7 +390,17 @@ def train_command(
              "early_stopping": early_stopping, "init_from": str(init_from) if init_from else None,
              "lr": lr, "weight_decay": weight_decay, "holdout_generators": tuple(holdout_generator) or None}
     fields.update({k: v for k, v in given.items() if v is not None})
-    train(TrainConfig(**fields), out, resume=resume, force=force, console=console)
+    if seeds is None:
+        train(TrainConfig(**fields), out, resume=resume, force=force, console=console)
+        return
+    from dfdetect.models.runs import seed_folder
+
+    chosen = _int_list(seeds, "--seeds")
+    if not chosen or len(set(chosen)) < len(chosen) or min(chosen) < 0:
+        raise ConfigError(f"--seeds {seeds!r}: give distinct seeds >= 0, e.g. 0,1,2")
+    for one in chosen:
+        console.rule(f"seed {one}: {seed_folder(out, one)}")
+        train(TrainConfig(**{**fields, "seed": one}), seed_folder(out, one), resume=resume, force=force, console=console)
 
 
 def _read_config_file(path: Path, config_class) -> dict:
