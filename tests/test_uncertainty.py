@@ -181,3 +181,24 @@ def test_evaluate_refuses_bad_interval_options_in_one_line(tmp_path, args, messa
     path = _score_file(tmp_path / "s.csv", n=40, speakers=False)
     out = CliRunner().invoke(app, ["evaluate", "--scores", str(path), *args])
     assert out.exit_code == 2 and message in out.output, out.output
+
+
+def test_breakdown_groups_get_intervals_on_the_clips_they_are_measured_on(tmp_path):
+    from dfdetect.evaluate.evaluation import evaluate_score_file
+    from dfdetect.evaluate.score_files import read_scores
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1], 200)
+    generators = np.where(labels == 1, np.where(np.arange(400) % 2, "A01", "A02"), "")
+    scores = 1 / (1 + np.exp(-rng.normal(labels * 2 - 1 + (generators == "A02"), 1.0)))
+    path = tmp_path / "s.csv"
+    path.write_text("clip_id,score,label,generator\n" + "".join(
+        f"c{i},{s:.6f},{'fake' if y else 'real'},{g}\n" for i, (s, y, g) in enumerate(zip(scores, labels, generators))))
+    result = evaluate_score_file(read_scores(path), Bootstrap(n=200))
+    a01 = result["breakdowns"]["generator"]["A01"]
+    against_reals = (generators == "A01") | (labels == 0)
+    expected = metric_intervals(labels[against_reals], scores[against_reals], boot=Bootstrap(n=200),
+                                thresholds={"0.5": 0.5})
+    assert a01["eer_ci"] == expected["eer_ci"]
+    assert set(a01["at_0.5"]) == {"threshold", "recall", "recall_ci"}   # a fakes-only group: its recall alone
+    assert a01["at_0.5"]["recall_ci"][0] <= a01["at_0.5"]["recall"] <= a01["at_0.5"]["recall_ci"][1]

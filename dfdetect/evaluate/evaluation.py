@@ -91,8 +91,11 @@ def _result(source: dict, labels, scores, columns: dict, thresholds: dict, notes
     group_thresholds = dict(thresholds)   # a group is also measured at the whole set's EER threshold
     if not math.isnan(metrics["eer"]):
         group_thresholds["set_eer"] = metrics["eer_threshold"]
+    groups = breakdowns(labels, scores, columns, group_thresholds)
+    if ci is not None:
+        groups = breakdown_intervals(groups, labels, scores, columns, boot, group_columns, grouping)
     return {"header": HEADER, "source": source, "thresholds": thresholds, "metrics": metrics, "intervals": ci,
-            "breakdowns": breakdowns(labels, scores, columns, group_thresholds), "notes": notes}
+            "breakdowns": groups, "notes": notes}
 
 
 # -- a run's checkpoint on a store ----------------------------------------------------------------------
@@ -200,6 +203,29 @@ def with_intervals(metrics: dict, labels, scores, boot: Bootstrap | None, column
     return beside(metrics, cis), about
 
 
+def breakdown_intervals(groups: dict, labels, scores, columns: dict, boot: Bootstrap, group_columns: dict,
+                        grouping: str | None) -> dict:
+    """Each breakdown group's metrics with their intervals, on the clips `group_metrics` measured
+    (a one-label group: with every clip of the other label), resampled as the whole set is."""
+    units, grouping = interval_groups(group_columns, grouping)
+    out = {}
+    for column, by_value in groups.items():
+        values = np.asarray([str(v) for v in columns[column]])
+        out[column] = {}
+        for value, m in by_value.items():
+            clips = values == value
+            if m.get("one_label"):
+                clips |= labels == (0 if m["one_label"] == "fake" else 1)
+            thresholds = {k[len("at_"):]: v["threshold"] for k, v in m.items() if k.startswith("at_")}
+            cis = metric_intervals(labels[clips], scores[clips], None if units is None else units[clips],
+                                   thresholds, boot)
+            if m.get("one_label"):   # only the kept rate of the group's label is its own
+                cis = {k: ({n: c for n, c in v.items() if n[:-3] in m[k]} if isinstance(v, dict) else v)
+                       for k, v in cis.items()}
+            out[column][value] = beside(m, cis)
+    return out
+
+
 def beside(metrics: dict, cis: dict) -> dict:
     """A copy of `metrics` with each `<name>_ci` right after `<name>` (nested dicts alike)."""
     out = {}
@@ -293,7 +319,7 @@ def breakdown_table(column: str, groups: dict):
         table.add_column(header, overflow="fold")
     for value, g in groups.items():
         star = "*" if g.get("one_label") else ""
-        table.add_row(escape(printable(value) or "(none)"), f"{g['n_fake']}/{g['n_real']}", fmt(g["eer"]) + star,
-                      fmt(g["auc"]) + star, fmt(g["min_dcf"]) + star,
-                      *(fmt(g[at].get(name), name) for name in ("recall", "specificity")))
+        table.add_row(escape(printable(value) or "(none)"), f"{g['n_fake']}/{g['n_real']}", fmt_ci(g, "eer") + star,
+                      fmt_ci(g, "auc") + star, fmt_ci(g, "min_dcf") + star,
+                      *(fmt_ci(g[at], name) if name in g[at] else fmt(None) for name in ("recall", "specificity")))
     return table
