@@ -78,6 +78,10 @@ def test_a_study_with_three_seeds_trains_three_runs_and_reports_mean_and_sd(tmp_
     assert "| cnn/seed-0 |" in markdown                  # seed runs keep their own rows, named by seed
     html = experiment.report_path.read_text()
     assert "cnn: 3 seeds" in html and "EER per epoch over 3 seeds" in html
+    # `dfdetect report` given the folder holding the seeds reads the three runs
+    again = runner.invoke(app, ["report", str(tmp_path / "runs" / "cnn"), "--out", str(tmp_path / "cnn.html")])
+    assert again.exit_code == 0 and "(3 runs," in again.output, again.output
+    assert "| 1 | cnn | Mel-CNN | 3 seeds |" in (tmp_path / "cnn.md").read_text()
 
 
 def test_a_report_of_single_runs_says_n_1_seed(tmp_path, mel_store):

@@ -47,7 +47,7 @@ from dfdetect.models.registry import (
     count_parameters,
     get_architecture,
 )
-from dfdetect.models.runs import EpochRecord, RunFolder, load_run, seeded_name
+from dfdetect.models.runs import SEED_FOLDER, EpochRecord, RunFolder, load_run, seeded_name
 from dfdetect.names import printable
 
 # (a) The 100%-accuracy trap (the reference study, Part 3: test accuracy 100% while validation EER sat at 0.50):
@@ -547,6 +547,18 @@ def _interval_band(ax, run: RunInfo, epochs: list[int], name: str, key: str, col
         ax.fill_between(epochs, low, high, color=color, alpha=0.15, linewidth=0)
 
 
+def seed_runs(paths: list[str | Path]) -> list[Path]:
+    """The run folders to read: a folder that is not a run itself but holds seed-N runs (what
+    train --seeds and a study's `seeds` write) stands for those runs."""
+    out = []
+    for path in map(Path, paths):
+        seeds = [] if not path.is_dir() or (path / "config.json").exists() else \
+            sorted((c for c in path.iterdir() if c.is_dir() and SEED_FOLDER.match(c.name)),
+                   key=lambda c: int(SEED_FOLDER.match(c.name).group(1)))
+        out += seeds or [path]
+    return out
+
+
 def seed_groups(runs: list[RunInfo]) -> dict[str, list[RunInfo]]:
     """Runs by what they repeat: NAME/seed-N folders grouped under NAME, any other run alone."""
     groups: dict[str, list[RunInfo]] = {}
@@ -682,7 +694,7 @@ def build_report(runs: list[str | Path], out: str | Path = "report.html", ood: s
     if not runs:
         raise ReportError("give at least one run folder")
     check_outputs(Path(out), force)
-    infos = [read_run(Path(p)) for p in runs]
+    infos = [read_run(p) for p in seed_runs(runs)]
     if len({r.name for r in infos}) < len(infos):
         for r in infos:
             r.name = str(r.path)

@@ -18,6 +18,7 @@
     train = "asv5_mel:train"
     ood = ["dfeval=dfeval_mel"]
     epochs = 50
+    seeds = [0, 1, 2]                # optional: one run per seed, runs_dir/mel_aasist/seed-N (report: mean +- sd)
 
     [report]
     out = "report.html"              # relative to runs_dir
