@@ -400,7 +400,8 @@ def train_command(
         raise ConfigError(f"--seeds {seeds!r}: give distinct seeds >= 0, e.g. 0,1,2")
     for one in chosen:
         console.rule(f"seed {one}: {seed_folder(out, one)}")
-        train(TrainConfig(**{**fields, "seed": one}), seed_folder(out, one), resume=resume, force=force, console=console)
+        train(TrainConfig(**{**fields, "seed": one}), seed_folder(out, one), resume=resume, force=force,
+              console=console)
 
 
 def _read_config_file(path: Path, config_class) -> dict:
