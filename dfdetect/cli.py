@@ -402,6 +402,8 @@ def train_command(
                                 "replacement so each corpus / generator / label gets an equal share. Default: none."),
     config_file: Path = typer.Option(
         None, "--config", help="JSON file of TrainConfig fields; flags given here override it."),
+    seeds: str = typer.Option(None, "--seeds", help="Train once per seed, e.g. 0,1,2: one run folder each, "
+                              "OUT/seed-0 ... (the report gives their mean +- sd); replaces --seed."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out where it stopped."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing run in --out."),
 ):
@@ -418,7 +420,18 @@ def train_command(
              "augment": tuple(augment) or None, "augment_p": augment_p, "augment_unit": augment_unit,
              "balance": balance}
     fields.update({k: v for k, v in given.items() if v is not None})
-    train(TrainConfig(**fields), out, resume=resume, force=force, console=console)
+    if seeds is None:
+        train(TrainConfig(**fields), out, resume=resume, force=force, console=console)
+        return
+    from dfdetect.models.runs import seed_folder
+
+    chosen = _int_list(seeds, "--seeds")
+    if not chosen or len(set(chosen)) < len(chosen) or min(chosen) < 0:
+        raise ConfigError(f"--seeds {seeds!r}: give distinct seeds >= 0, e.g. 0,1,2")
+    for one in chosen:
+        console.rule(f"seed {one}: {seed_folder(out, one)}")
+        train(TrainConfig(**{**fields, "seed": one}), seed_folder(out, one), resume=resume, force=force,
+              console=console)
 
 
 def _read_config_file(path: Path, config_class) -> dict:
@@ -499,27 +512,35 @@ def evaluate_command(
     batch_size: int = typer.Option(None, help="Default: the architecture's."),
     device: str = typer.Option("auto", help=DEVICE_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print JSON (undefined metrics are null)."),
+    ci_level: float = typer.Option(0.95, "--ci-level", help="Confidence level of the bootstrap intervals."),
+    bootstrap: int = typer.Option(1000, "--bootstrap", help="Bootstrap resamples per interval (0: no intervals)."),
+    ci_groups: str = typer.Option(None, "--ci-groups", help="Resample whole groups: speaker | generator | source | "
+                                  "clip (default: speaker when the set names speakers, else clip)."),
 ):
     """Every metric at threshold 0.5, at the EER threshold and at the run's validation threshold, with
-    breakdowns per generator/attack, codec, language and source.
+    breakdowns per generator/attack, codec, language and source, and a bootstrap interval for each
+    (`0.176 [0.159, 0.194]`; --json: `<metric>_ci`). The intervals cover drawing the clips again from
+    the same population, not another corpus.
 
     Labels: 1 = fake (spoof), 0 = real (bona fide). Scores: P(fake), higher = more likely fake; use
     --higher-is real for systems that score bona fide high (ASVspoof's convention). EER: the ASVspoof
     convention. Formats and the ASVspoof column rule: see dfdetect/evaluate/score_files.py."""
     from dfdetect.api import evaluate as evaluate_run
-    from dfdetect.evaluate.evaluation import EvaluationError, evaluate_score_file, print_evaluation
+    from dfdetect.evaluate.evaluation import EvaluationError, check_bootstrap, evaluate_score_file, print_evaluation
     from dfdetect.evaluate.score_files import read_scores
     from dfdetect.metrics import json_safe
 
+    boot = check_bootstrap(ci_level, bootstrap, ci_groups)
     if (run is None) == (scores is None):
         raise EvaluationError("give either RUN --on STORE[:SPLIT] or --scores FILE")
     if run is not None:
         if on is None:
             raise EvaluationError("RUN needs --on STORE[@VERSION][:SPLIT], the set to score")
-        result = evaluate_run(run, on, epoch=epoch, batch_size=batch_size, device=device)
+        result = evaluate_run(run, on, epoch=epoch, batch_size=batch_size, device=device, boot=boot,
+                              ci_groups=ci_groups)
     else:
         result = evaluate_score_file(read_scores(scores, fmt, score_col, label_col, id_col, higher_is,
-                                                 labels, drop_bad))
+                                                 labels, drop_bad), boot, ci_groups)
     if as_json:
         print(json.dumps(json_safe(result), indent=2))
     else:
@@ -545,6 +566,54 @@ def report_command(
                       highlight=False)
     console.print(f"wrote {report.html} and {report.markdown} ({len(report.runs)} runs, "
                   f"{len(report.warnings)} warnings)")
+
+
+@app.command("compare")
+def compare_command(
+    runs: list[Path] = typer.Argument(None, help="Two run folders, scored on --on."),
+    on: str = typer.Option(None, "--on", help="STORE[@VERSION][:SPLIT] both runs score."),
+    epoch: str = typer.Option("best", help="best (by validation EER) | last | N, for both runs"),
+    scores: list[Path] = typer.Option(None, "--scores", help="Compare two score files instead: --scores A --scores B."),
+    fmt: str = typer.Option(None, "--scores-format", help="Format of both --scores (as evaluate)."),
+    score_col: str = typer.Option(None, help="Score column of both files (as evaluate)."),
+    label_col: str = typer.Option(None, help="Label column (as evaluate)."),
+    id_col: str = typer.Option(None, help="Clip id column: clips are joined by it (as evaluate)."),
+    higher_is: str = typer.Option("fake", help="fake | real, for both files (as evaluate)."),
+    labels: Path = typer.Option(None, "--labels", help="Protocol/key file giving the labels by clip id."),
+    drop_bad: bool = typer.Option(False, "--drop-bad", help="Leave out bad rows instead of failing."),
+    ci_level: float = typer.Option(0.95, "--ci-level", help="Level of the intervals; significance at 1 - level."),
+    bootstrap: int = typer.Option(1000, "--bootstrap", help="Paired bootstrap resamples."),
+    ci_groups: str = typer.Option(None, "--ci-groups", help="speaker | generator | source | clip (as evaluate)."),
+    batch_size: int = typer.Option(None, help="Default: the architecture's."),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON: delta_eer, delta_eer_ci, p_value, ..."),
+):
+    """Two systems on the same clips: A - B of EER, minDCF and AUC with a paired bootstrap interval and
+    p-value, McNemar's exact test on the decisions, and one line saying which is better and whether
+    the difference is distinguishable from chance. Clips are joined by id; a clip on one side only
+    is an error. The intervals cover clip sampling from this set, not another corpus."""
+    from dfdetect.evaluate.compare import compare, print_comparison, system_from_run, system_from_table
+    from dfdetect.evaluate.evaluation import EvaluationError, check_bootstrap
+    from dfdetect.evaluate.score_files import read_scores
+    from dfdetect.metrics import json_safe
+
+    boot = check_bootstrap(ci_level, bootstrap, ci_groups)
+    if boot is None:
+        raise EvaluationError("--bootstrap 0: compare needs resamples (the default is 1000)")
+    if bool(runs) == bool(scores) or len(runs or scores) != 2:
+        raise EvaluationError("give two runs and --on STORE[:SPLIT], or --scores A --scores B")
+    if runs:
+        if on is None:
+            raise EvaluationError("two runs need --on STORE[@VERSION][:SPLIT], the set both score")
+        a, b = (system_from_run(r, on, epoch, batch_size, device) for r in runs)
+    else:
+        a, b = (system_from_table(read_scores(f, fmt, score_col, label_col, id_col, higher_is, labels, drop_bad))
+                for f in scores)
+    result = compare(a, b, boot, ci_groups)
+    if as_json:
+        print(json.dumps(json_safe(result), indent=2))
+    else:
+        print_comparison(result, console)
 
 
 @app.command("export")

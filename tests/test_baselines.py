@@ -176,6 +176,8 @@ def test_every_baseline_is_a_run_like_any_head(wave_store, gmm_run, tmp_path):
         assert f"{name}: {base.title} ({base.name}) {base_eer:.2%}" in gaps
         row = next(line for line in gaps.splitlines() if line.startswith("| mel_cnn |"))
         assert f"{(head_eer - base_eer) * 100:+.2f} pts" in row
+        low, high = head.record(head.best_epoch).sets[name]["eer_ci"]
+        assert f"{head_eer:.2%} \\[{low:.2%}, {high:.2%}\\]" in row   # with its interval (Markdown-escaped)
         if name == "ood:unseen":
             warned = [w for w in report.warnings if w.signature == "below_baseline"]
             assert [w.run for w in warned] == (["mel_cnn"] if head_eer >= base_eer else [])

@@ -178,7 +178,7 @@ def test_csv_tsv_and_jsonl_give_the_same_metrics(tmp_path):
     expected = _expected()
     for table in (read_scores(tmp_path / "s.csv"), read_scores(tmp_path / "s.tsv"),
                   read_scores(tmp_path / "s.jsonl", score_col="prob", label_col="truth")):
-        result = evaluate_score_file(table)
+        result = evaluate_score_file(table, boot=None)   # the point estimates (intervals: test_uncertainty.py)
         assert result["metrics"] == expected
         assert table.lines.tolist() == [2, 3, 4, 5, 6, 7] if table.fmt != "jsonl" else [1, 2, 3, 4, 5, 6]
     result = evaluate_score_file(read_scores(tmp_path / "s.csv"))
@@ -277,7 +277,7 @@ def test_parquet_reads_with_pyarrow_or_says_what_is_missing(tmp_path):
             read_scores(tmp_path / "s.parquet")
         return
     pq.write_table(pa.table({"score": SCORES, "label": LABELS}), tmp_path / "s.parquet")
-    assert evaluate_score_file(read_scores(tmp_path / "s.parquet"))["metrics"] == _expected()
+    assert evaluate_score_file(read_scores(tmp_path / "s.parquet"), boot=None)["metrics"] == _expected()
 
 
 def test_cli_errors_exit_2_with_the_message(tmp_path):
@@ -357,3 +357,36 @@ def test_evaluate_run_refuses_what_it_cannot_score(run, tmp_path):
         evaluate_run(broken, f"{run['store']}:test")
     result = CliRunner().invoke(app, ["evaluate", str(broken), "--on", f"{run['store']}:test"])
     assert result.exit_code == 2 and "checkpoint" in result.output
+
+
+def test_evaluate_run_gives_intervals_resampled_by_the_groups_asked(run):
+    by_clip = evaluate_run(run["run"], f"{run['store']}:test", epoch=1)
+    assert by_clip["intervals"]["groups"] == "clip"   # the demo corpus names no speakers
+    m = by_clip["metrics"]
+    assert m["eer_ci"][0] <= m["eer"] <= m["eer_ci"][1] and "accuracy_ci" in m["at_val"]
+    by_generator = evaluate_run(run["run"], f"{run['store']}:test", epoch=1, ci_groups="generator")
+    assert by_generator["intervals"]["groups"] == "generator"
+    assert by_generator["intervals"]["units"] < by_clip["intervals"]["units"] == m["n"]
+    with pytest.raises(EvaluationError, match="--ci-groups speaker: this set names no speaker"):
+        evaluate_run(run["run"], f"{run['store']}:test", epoch=1, ci_groups="speaker")
+
+
+def test_every_epoch_record_keeps_intervals_of_the_headline_metrics(run):
+    for record in run["records"]:
+        assert {"val", "test"} < set(record["sets"])
+        for name, m in record["sets"].items():
+            for metric in ("eer", "min_dcf"):
+                assert m[f"{metric}_ci"][0] <= m[metric] <= m[f"{metric}_ci"][1], (name, metric)
+
+
+def test_compare_two_runs_on_one_store(run):
+    out = CliRunner().invoke(app, ["compare", str(run["run"]), str(run["run"]), "--on", f"{run['store']}:test",
+                                   "--json", "--bootstrap", "100"])
+    assert out.exit_code == 0, out.output
+    result = json.loads(out.output)
+    assert result["delta_eer"] == 0 and result["p_value"] == 1.0 and result["clips"] > 0
+    best = min(run["records"], key=lambda r: (r["sets"]["val"]["eer"], r["epoch"]))
+    assert result["mcnemar"]["threshold_a"] == pytest.approx(best["sets"]["val"]["eer_threshold"])   # its own
+    assert "not distinguishable" in result["verdict"]
+    out = CliRunner().invoke(app, ["compare", str(run["run"]), str(run["run"])])
+    assert out.exit_code == 2 and "--on" in out.output

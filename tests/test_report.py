@@ -60,7 +60,8 @@ def test_report_from_real_runs_is_self_contained_with_the_tables(runs, tmp_path)
     # self-contained: every image inline, nothing fetched or linked
     sources = re.findall(r"src=['\"]([^'\"]*)", page)
     assert len(sources) == 2 * len(runs) and all(s.startswith("data:image/png;base64,") for s in sources)
-    assert "http" not in page.replace("data:image", "") and "href" not in page and "<link" not in page
+    text = re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]*", "", page)   # base64 can spell anything
+    assert "http" not in text and "href" not in text and "<link" not in text
     for text in ("Rank", "Test Acc", "unseen Acc", "unseen F1", "unseen EER", "Checkpoint MB", "Acc/MB", "<table>"):
         assert text in page, text
     # the ranking: by OOD accuracy at the best-validation epoch, as metrics.jsonl records it

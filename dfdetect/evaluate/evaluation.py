@@ -26,8 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-from dfdetect.errors import DfdetectError
+from dfdetect.errors import DfdetectError, check_range
 from dfdetect.metrics import evaluate_scores
+from dfdetect.uncertainty import GROUPINGS, Bootstrap, metric_intervals, resampling_units
 
 HEADER = ("labels: 1 = fake (spoof), 0 = real (bona fide); scores: P(fake), higher = more likely fake; "
           "a clip is called fake when score >= threshold. EER: ASVspoof convention (stable sort, argmin "
@@ -82,20 +83,27 @@ def breakdowns(labels: np.ndarray, scores: np.ndarray, columns: dict[str, np.nda
     return out
 
 
-def _result(source: dict, labels, scores, columns: dict, thresholds: dict, notes: list[str]) -> dict:
+def _result(source: dict, labels, scores, columns: dict, thresholds: dict, notes: list[str],
+            intervals: tuple[Bootstrap | None, dict, str | None] = (None, {}, None)) -> dict:
     metrics = evaluate_scores(labels, scores, thresholds)
+    boot, group_columns, grouping = intervals
+    metrics, ci = with_intervals(metrics, labels, scores, boot, group_columns, grouping)
     group_thresholds = dict(thresholds)   # a group is also measured at the whole set's EER threshold
     if not math.isnan(metrics["eer"]):
         group_thresholds["set_eer"] = metrics["eer_threshold"]
-    return {"header": HEADER, "source": source, "thresholds": thresholds, "metrics": metrics,
-            "breakdowns": breakdowns(labels, scores, columns, group_thresholds), "notes": notes}
+    groups = breakdowns(labels, scores, columns, group_thresholds)
+    if ci is not None:
+        groups = breakdown_intervals(groups, labels, scores, columns, boot, group_columns, grouping)
+    return {"header": HEADER, "source": source, "thresholds": thresholds, "metrics": metrics, "intervals": ci,
+            "breakdowns": groups, "notes": notes}
 
 
 # -- a run's checkpoint on a store ----------------------------------------------------------------------
 def evaluate_run(run: str | Path, on: str, epoch: str | int = "best", batch_size: int | None = None,
-                 device: str = "auto") -> dict:
+                 device: str = "auto", boot: Bootstrap | None = Bootstrap(), ci_groups: str | None = None) -> dict:
     """Score the set `on` (STORE[@V][:SPLIT]) with the run's checkpoint at `epoch`, then measure it at
-    0.5, at its own EER threshold and at the run's validation EER threshold."""
+    0.5, at its own EER threshold and at the run's validation EER threshold, each metric with its
+    bootstrap interval (`boot`, None for none; resampled by `ci_groups`, see `interval_groups`)."""
     # torch-heavy: loaded only when a run is evaluated (score files need none of it)
     from dfdetect.devices import resolve_device, tf32
     from dfdetect.models.registry import get_architecture
@@ -121,7 +129,9 @@ def evaluate_run(run: str | Path, on: str, epoch: str | int = "best", batch_size
     source = {"run": str(loaded.path), "arch": loaded.arch, "epoch": loaded.epoch, "set": on,
               "store": data.store.path, "version": data.store.version, "clips": int(len(rows))}
     columns = {c: meta[c][rows] for c in BREAKDOWN_COLUMNS if c in meta}
-    return _result(source, meta["label"][rows].astype(int), scores, columns, thresholds, notes)
+    group_columns = {c: meta[c][rows] for c in GROUPINGS if c in meta}
+    return _result(source, meta["label"][rows].astype(int), scores, columns, thresholds, notes,
+                   (boot, group_columns, ci_groups))
 
 
 def check_compatible(loaded, data) -> None:
@@ -133,10 +143,97 @@ def check_compatible(loaded, data) -> None:
         raise EvaluationError(f"{data.spec} cannot be scored by the run {loaded.path}: " + "; ".join(problems))
 
 
-def evaluate_score_file(table) -> dict:
-    """Every metric of a score file at 0.5 and at its EER threshold, with breakdowns."""
+def evaluate_score_file(table, boot: Bootstrap | None = Bootstrap(), ci_groups: str | None = None) -> dict:
+    """Every metric of a score file at 0.5 and at its EER threshold, with breakdowns and intervals."""
     source = {"scores": table.path, "format": table.fmt, "clips": int(table.labels.size)}
-    return _result(source, table.labels, table.scores, table.columns, {}, list(table.notes))
+    group_columns = {**table.columns, **({"speaker": table.speakers} if table.speakers is not None else {})}
+    return _result(source, table.labels, table.scores, table.columns, {}, list(table.notes),
+                   (boot, group_columns, ci_groups))
+
+
+# -- confidence intervals -----------------------------------------------------------------------------
+INTERVALS_NOTE = ("bootstrap percentile intervals: how far each metric would move if the clips were drawn "
+                  "again from the same population (same corpus, generators, conditions); not how it would "
+                  "do on another corpus")
+
+
+def check_bootstrap(level: float, resamples: int, grouping: str | None) -> Bootstrap | None:
+    """The --ci-level / --bootstrap / --ci-groups options checked; None when --bootstrap is 0."""
+    check_range("--ci-level", level, 0, 1, low_open=True)
+    if level >= 1:
+        raise EvaluationError(f"--ci-level {level!r}: must be below 1 (0.95 for 95% intervals)")
+    check_range("--bootstrap", resamples, 0, 1_000_000)
+    if grouping is not None and grouping not in GROUPINGS:
+        raise EvaluationError(f"--ci-groups {grouping!r}: must be one of {', '.join(GROUPINGS)}")
+    return Bootstrap(n=int(resamples), level=level) if resamples else None
+
+
+def interval_groups(columns: dict[str, np.ndarray], grouping: str | None) -> tuple[np.ndarray | None, str]:
+    """(one group per clip or None for clips, the grouping used): `grouping`, or speaker when the
+    set names speakers, else clip. Clips without a value are each their own group."""
+    def named(values):
+        return values is not None and any(str(v) for v in values)
+
+    if grouping is None:
+        grouping = "speaker" if named(columns.get("speaker")) else "clip"
+    if grouping == "clip":
+        return None, "clip"
+    values = columns.get(grouping)
+    if not named(values):
+        known = ", ".join(g for g in GROUPINGS if g == "clip" or named(columns.get(g)))
+        raise EvaluationError(f"--ci-groups {grouping}: this set names no {grouping} for its clips; use one of {known}")
+    values = np.asarray([str(v) for v in values], dtype=object)
+    lone = values == ""
+    values[lone] = [f"\x00clip {i}" for i in np.flatnonzero(lone)]
+    return values.astype(str), grouping
+
+
+def with_intervals(metrics: dict, labels, scores, boot: Bootstrap | None, columns: dict,
+                   grouping: str | None) -> tuple[dict, dict | None]:
+    """`metrics` with `<metric>_ci: [low, high]` beside each metric (the rates at each threshold too),
+    and what the intervals are; (metrics, None) without `boot`."""
+    if boot is None or labels.min() == labels.max():
+        return metrics, None
+    groups, grouping = interval_groups(columns, grouping)
+    thresholds = {k[len("at_"):]: v["threshold"] for k, v in metrics.items() if k.startswith("at_")}
+    cis = metric_intervals(labels, scores, groups, thresholds, boot)
+    about = {"level": boot.level, "resamples": boot.n, "seed": boot.seed, "groups": grouping,
+             "units": int(resampling_units(labels, groups)[0].max()) + 1,
+             "note": INTERVALS_NOTE}
+    return beside(metrics, cis), about
+
+
+def breakdown_intervals(groups: dict, labels, scores, columns: dict, boot: Bootstrap, group_columns: dict,
+                        grouping: str | None) -> dict:
+    """Each breakdown group's metrics with their intervals, on the clips `group_metrics` measured
+    (a one-label group: with every clip of the other label), resampled as the whole set is."""
+    units, grouping = interval_groups(group_columns, grouping)
+    out = {}
+    for column, by_value in groups.items():
+        values = np.asarray([str(v) for v in columns[column]])
+        out[column] = {}
+        for value, m in by_value.items():
+            clips = values == value
+            if m.get("one_label"):
+                clips |= labels == (0 if m["one_label"] == "fake" else 1)
+            thresholds = {k[len("at_"):]: v["threshold"] for k, v in m.items() if k.startswith("at_")}
+            cis = metric_intervals(labels[clips], scores[clips], None if units is None else units[clips],
+                                   thresholds, boot)
+            if m.get("one_label"):   # only the kept rate of the group's label is its own
+                cis = {k: ({n: c for n, c in v.items() if n[:-3] in m[k]} if isinstance(v, dict) else v)
+                       for k, v in cis.items()}
+            out[column][value] = beside(m, cis)
+    return out
+
+
+def beside(metrics: dict, cis: dict) -> dict:
+    """A copy of `metrics` with each `<name>_ci` right after `<name>` (nested dicts alike)."""
+    out = {}
+    for key, value in metrics.items():
+        out[key] = beside(value, cis[key]) if isinstance(value, dict) and key in cis else value
+        if f"{key}_ci" in cis:
+            out[f"{key}_ci"] = cis[f"{key}_ci"]
+    return out
 
 
 # -- printing -----------------------------------------------------------------------------------------
@@ -150,6 +247,22 @@ def fmt(value, name: str = "") -> str:
     if isinstance(value, int):
         return str(value)
     return f"{value:.2%}" if name in PERCENT else f"{value:.4f}"
+
+
+def fmt_ci(metrics: dict, name: str) -> str:
+    """A metric with its interval when it has one: `0.1760 [0.1590, 0.1940]`."""
+    ci = metrics.get(f"{name}_ci")
+    text = fmt(metrics[name], name)
+    if ci is None or text == "undefined" or any(v is None or math.isnan(v) for v in ci):
+        return text
+    return f"{text} [{fmt(ci[0], name)}, {fmt(ci[1], name)}]"
+
+
+def intervals_line(about: dict) -> str:
+    """What the [low, high] after each metric is."""
+    unit = "clips" if about["groups"] == "clip" else f"({about['groups']}, label) groups"
+    return (f"[low, high]: {about['level']:.0%} interval, {about['resamples']} bootstrap resamples of the "
+            f"{about['units']} {unit} within each label (seed {about['seed']}); {about['note']}")
 
 
 def print_evaluation(result: dict, console) -> None:
@@ -168,15 +281,17 @@ def print_evaluation(result: dict, console) -> None:
         console.print(f"[yellow]note:[/] {escape(note)}", soft_wrap=True)
     console.print(f"{m['n']} clips: {m['n_fake']} fake, {m['n_real']} real; {m['tied_scores']} tied scores "
                   f"({m['mixed_ties']} clips tie with a clip of the other label)")
-    console.print(f"EER {fmt(m['eer'])} (threshold {fmt(m['eer_threshold'])})   AUC {fmt(m['auc'])}   "
-                  f"minDCF {fmt(m['min_dcf'])} (threshold {fmt(m['min_dcf_threshold'])})")
+    console.print(f"EER {fmt_ci(m, 'eer')} (threshold {fmt(m['eer_threshold'])})   AUC {fmt_ci(m, 'auc')}   "
+                  f"minDCF {fmt_ci(m, 'min_dcf')} (threshold {fmt(m['min_dcf_threshold'])})")
+    if result.get("intervals"):
+        console.print(escape(intervals_line(result["intervals"])), style="dim", soft_wrap=True)
     columns = [(k, title if k == "at_0.5" else f"{title} {fmt(m[k]['threshold'])}")
                for k, title in (("at_0.5", "at 0.5"), ("at_eer", "at EER threshold"),
                                 ("at_val", "at validation threshold")) if k in m]
     table = Table("metric", *(title for _, title in columns), title="decisions: fake when score >= threshold")
     for name in ("accuracy", "precision", "recall", "f1", "mcc", "specificity", "tp", "fp", "tn", "fn"):
         label = {"recall": "recall (sensitivity)"}.get(name, name)
-        table.add_row(label, *(fmt(m[k][name], name) for k, _ in columns))
+        table.add_row(label, *(fmt_ci(m[k], name) for k, _ in columns))
     console.print(table)
     for column, groups in result["breakdowns"].items():
         console.print(breakdown_table(column, groups))
@@ -204,7 +319,7 @@ def breakdown_table(column: str, groups: dict):
         table.add_column(header, overflow="fold")
     for value, g in groups.items():
         star = "*" if g.get("one_label") else ""
-        table.add_row(escape(printable(value) or "(none)"), f"{g['n_fake']}/{g['n_real']}", fmt(g["eer"]) + star,
-                      fmt(g["auc"]) + star, fmt(g["min_dcf"]) + star,
-                      *(fmt(g[at].get(name), name) for name in ("recall", "specificity")))
+        table.add_row(escape(printable(value) or "(none)"), f"{g['n_fake']}/{g['n_real']}", fmt_ci(g, "eer") + star,
+                      fmt_ci(g, "auc") + star, fmt_ci(g, "min_dcf") + star,
+                      *(fmt_ci(g[at], name) if name in g[at] else fmt(None) for name in ("recall", "specificity")))
     return table

@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from dfdetect.errors import DfdetectError, check_output
-from dfdetect.evaluate.evaluation import HEADER, fmt
+from dfdetect.evaluate.evaluation import HEADER, fmt, fmt_ci
 from dfdetect.evaluate.score_files import read_scores
 from dfdetect.metrics import det_curve, eer
 from dfdetect.models.registry import (
@@ -47,7 +47,7 @@ from dfdetect.models.registry import (
     count_parameters,
     get_architecture,
 )
-from dfdetect.models.runs import EpochRecord, RunFolder, load_run
+from dfdetect.models.runs import SEED_FOLDER, EpochRecord, RunFolder, load_run, seeded_name
 from dfdetect.names import printable
 
 # (a) The 100%-accuracy trap (the reference study, Part 3: test accuracy 100% while validation EER sat at 0.50):
@@ -140,7 +140,7 @@ def read_run(path: Path) -> RunInfo:
     arch = get_architecture(run.arch)
     wavlm = (run.config.wavlm or {}).get("model") if arch.uses_wavlm else None
     checkpoint = RunFolder(path).checkpoint(run.epoch)
-    return RunInfo(path, path.name, arch.title, f"{data} ({train['rows']:,} clips)", wavlm,
+    return RunInfo(path, seeded_name(path)[0], arch.title, f"{data} ({train['rows']:,} clips)", wavlm,
                    count_parameters(run.model), checkpoint.stat().st_size, run.epoch, run.records, arch.baseline)
 
 
@@ -288,10 +288,11 @@ def curves_figure(run: RunInfo) -> bytes:
     shown = [n for n in run.set_names if n != "val"]
     for ax, key, title in ((axes[1, 0], "accuracy", "accuracy at 0.5"), (axes[1, 1], "eer", "EER")):
         for name in shown:
-            ax.plot(epochs, [run.metric(e, name, key) for e in epochs], marker=".", label=_mathtext_safe(name))
+            line, = ax.plot(epochs, [run.metric(e, name, key) for e in epochs], marker=".", label=_mathtext_safe(name))
+            _interval_band(ax, run, epochs, name, key, line.get_color())
         ax.set_title(title)
         if shown:   # a run with neither test nor OOD sets has nothing to label
-            ax.legend(fontsize=8)
+            ax.legend(fontsize=8, loc="upper right")   # "best" is slow past the interval bands
     for ax in axes.flat:
         ax.axvline(run.best_epoch, color="grey", linestyle=":")
         ax.set_xlabel("epoch")
@@ -439,7 +440,8 @@ def _mathtext_safe(text: str) -> str:
 
 def _cell(run: RunInfo, epoch: int, name: str | None, key: str) -> str:
     value = None if name is None else run.metric(epoch, name, key)
-    return "n/a" if value is None else fmt(value, key)
+    ci = None if value is None else run.record(epoch).sets[name].get(f"{key}_ci")   # the per-epoch interval
+    return "n/a" if value is None else fmt_ci({key: value, f"{key}_ci": ci}, key)
 
 
 def _sort_key(run: RunInfo, epoch: int, ood: str | None):
@@ -488,7 +490,7 @@ def baseline_table(page: Page, runs: list[RunInfo], oods: list[str]) -> None:
         for name, (_, base_eer) in best.items():
             value = run.metric(run.best_epoch, name, "eer")
             row += (["n/a", "n/a"] if value is None else ["undefined", "undefined"] if _missing(value)
-                    else [f"{value:.2%}", f"{(value - base_eer) * 100:+.2f} pts"])
+                    else [_percent_ci(run, name, value), f"{(value - base_eer) * 100:+.2f} pts"])
         rows.append(row)
     page.table(headers, rows)
 
@@ -532,6 +534,135 @@ def size_table(page: Page, runs: list[RunInfo], ood: str | None) -> None:
                       f"{WAVLM_LARGE_BYTES / 1e6:,.0f} MB as float32).")
 
 
+# -- intervals and seeds -----------------------------------------------------------------------------------
+SEED_ALPHA = 0.05   # neighbours in the seed ranking are "not different" when the pooled paired test's p >= this
+SEED_RESAMPLES = 1000
+
+
+def _interval_band(ax, run: RunInfo, epochs: list[int], name: str, key: str, color) -> None:
+    """The per-epoch bootstrap interval of `key` (EER, minDCF: the trainer records them) as a band."""
+    cis = [run.record(e).sets.get(name, {}).get(f"{key}_ci") for e in epochs]
+    if all(ci and None not in ci for ci in cis):
+        low, high = np.array(cis, dtype=float).T
+        ax.fill_between(epochs, low, high, color=color, alpha=0.15, linewidth=0)
+
+
+def _percent_ci(run: RunInfo, name: str, value: float) -> str:
+    """An EER in % with the interval the trainer recorded at the best epoch: `17.60% [15.90%, 19.40%]`."""
+    ci = run.record(run.best_epoch).sets[name].get("eer_ci")
+    return f"{value:.2%}" + (f" [{ci[0]:.2%}, {ci[1]:.2%}]" if ci and None not in ci else "")
+
+
+def seed_runs(paths: list[str | Path]) -> list[Path]:
+    """The run folders to read: a folder that is not a run itself but holds seed-N runs (what
+    train --seeds and a study's `seeds` write) stands for those runs."""
+    out = []
+    for path in map(Path, paths):
+        seeds = [] if not path.is_dir() or (path / "config.json").exists() else \
+            sorted((c for c in path.iterdir() if c.is_dir() and SEED_FOLDER.match(c.name)),
+                   key=lambda c: int(SEED_FOLDER.match(c.name).group(1)))
+        out += seeds or [path]
+    return out
+
+
+def seed_groups(runs: list[RunInfo]) -> dict[str, list[RunInfo]]:
+    """Runs by what they repeat: NAME/seed-N folders grouped under NAME, any other run alone."""
+    groups: dict[str, list[RunInfo]] = {}
+    for run in runs:
+        base, seed = seeded_name(run.path)
+        groups.setdefault(base.rsplit("/", 1)[0] if seed is not None else run.name, []).append(run)
+    return groups
+
+
+def mean_sd(values: list[float], key: str) -> str:
+    """`0.1760 +- 0.0120` over the seeds that have the metric; one value alone says n = 1."""
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    if not values:
+        return "n/a"
+    if len(values) == 1:
+        return f"{fmt(values[0], key)} (n = 1)"
+    return f"{fmt(float(np.mean(values)), key)} ± {fmt(float(np.std(values, ddof=1)), key)}"
+
+
+def pooled_difference_p(a: list[RunInfo], b: list[RunInfo], set_name: str) -> float | None:
+    """Two-sided p of mean-over-seeds EER(a) - mean-over-seeds EER(b) on the set's clips, by a paired
+    bootstrap of the clips (the same resampled clips for every seed of both); None without scores."""
+    from dfdetect.evaluate.compare import System, join, paired_p_value
+    from dfdetect.uncertainty import Bootstrap, SetMetrics, bootstrap_values
+
+    systems = []
+    for run in a + b:
+        path = RunFolder(run.path).score_table("best", set_name)
+        if not path.is_file():
+            return None
+        table = read_scores(path)
+        systems.append(System(run.name, table.ids, table.labels, table.scores))
+    try:
+        systems = [systems[0]] + [join(systems[0], other)[1] for other in systems[1:]]
+    except DfdetectError:   # not the same clips: nothing to pair
+        return None
+    values = bootstrap_values([SetMetrics(s.labels, s.scores, ("eer",)) for s in systems], None,
+                              Bootstrap(n=SEED_RESAMPLES))
+    eers = np.array([v["eer"] for v in values])
+    return paired_p_value(eers[:len(a)].mean(axis=0) - eers[len(a):].mean(axis=0))
+
+
+def seeds_table(page: Page, runs: list[RunInfo], oods: list[str], ood: str | None) -> None:
+    """Runs repeated over seeds: mean +- sd of EER and minDCF per set at each seed's best-validation
+    epoch, ranked by the mean EER on the chosen set, each row with its seed count, and whether it is
+    distinguishable from the next row (pooled paired bootstrap)."""
+    groups = seed_groups(runs)
+    if all(len(g) == 1 for g in groups.values()):
+        page.text("Every run here stands on n = 1 seed: a difference between two runs mixes what the recipe does "
+                  "with what one seed happened to do. `seeds = [0, 1, 2]` in a study file (or train --seeds 0,1,2) "
+                  "gives the mean ± sd over seeds here.")
+        return
+    key_set = ood or "test"
+
+    def mean_eer(group):
+        values = [r.metric(r.best_epoch, key_set, "eer") for r in group]
+        values = [v for v in values if v is not None and not math.isnan(v)]
+        return np.mean(values) if values else math.inf
+    ranked = sorted(groups.items(), key=lambda item: (mean_eer(item[1]), item[0]))
+    sets = [n for n in ["test", *oods] if any(r.metric(r.best_epoch, n, "eer") is not None for r in runs)]
+    headers = ["Rank", "Run", "Model", "Seeds"]
+    for name in sets:
+        label = name[4:] if name.startswith("ood:") else name
+        headers += [f"{label} EER", f"{label} minDCF"]
+    rows = []
+    for rank, (name, group) in enumerate(ranked, 1):
+        row = [str(rank), name, group[0].title, f"{len(group)} seed{'s' if len(group) > 1 else ''}"]
+        for set_name in sets:
+            row += [mean_sd([r.metric(r.best_epoch, set_name, k) for r in group], k) for k in ("eer", "min_dcf")]
+        following = ranked[rank][1] if rank < len(ranked) else None
+        p = None if following is None else pooled_difference_p(group, following, key_set)
+        row.append("" if following is None else "no scores to pair" if p is None else
+                   f"p = {p:.3g}" + (" (not different)" if p >= SEED_ALPHA else ""))
+        rows.append(row)
+    page.table(headers + [f"vs next ({key_set} EER)"], rows)
+
+
+def seed_curves_figure(name: str, group: list[RunInfo]) -> bytes:
+    """EER per epoch of each set: the mean over seeds, and the band from the lowest to the highest seed."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    fig = Figure(figsize=(7, 4), layout="constrained")
+    ax = fig.subplots()
+    epochs = sorted(set.intersection(*({r.epoch for r in run.records} for run in group)))
+    for set_name in [n for n in group[0].set_names if n != "val"]:
+        values = np.array([[run.metric(e, set_name, "eer") for e in epochs] for run in group], dtype=float)
+        line, = ax.plot(epochs, np.nanmean(values, axis=0), marker=".", label=_mathtext_safe(set_name))
+        ax.fill_between(epochs, np.nanmin(values, axis=0), np.nanmax(values, axis=0), color=line.get_color(),
+                        alpha=0.2, linewidth=0)
+    ax.set_title(_mathtext_safe(f"{name}: EER per epoch, mean of {len(group)} seeds (band: lowest to highest)"))
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper right")
+    return _png(fig)
+
+
 TITLE = "dfdetect report"
 MARKDOWN_HEAD = f"# {TITLE}\n".encode()
 
@@ -569,7 +700,7 @@ def build_report(runs: list[str | Path], out: str | Path = "report.html", ood: s
     if not runs:
         raise ReportError("give at least one run folder")
     check_outputs(Path(out), force)
-    infos = [read_run(Path(p)) for p in runs]
+    infos = [read_run(p) for p in seed_runs(runs)]
     if len({r.name for r in infos}) < len(infos):
         for r in infos:
             r.name = str(r.path)
@@ -583,10 +714,14 @@ def build_report(runs: list[str | Path], out: str | Path = "report.html", ood: s
               "epoch (lowest validation EER: the epoch chosen without looking at test or OOD). Accuracy and F1 at "
               "threshold 0.5, EER by the ASVspoof convention. Epochs: trained; Epoch: the one shown. n/a: the run has "
               "no such set.")
+    page.text("Each row is one training run: n = 1 seed. EER [low, high]: its 95% bootstrap interval over the set's "
+              "clips (drawing the clips again, not another corpus).")
     ranking_table(page, infos, oods, chosen, "best")
     page.text("The same at each run's last epoch (OOD performance can keep moving after validation stops improving):")
     ranking_table(page, infos, oods, chosen, "last")
     page.text(correlation_text(infos, chosen))
+    page.heading("Across seeds")
+    seeds_table(page, infos, oods, chosen)
     page.heading("Against the reference systems")
     baseline_table(page, infos, oods)
     page.heading("Warnings")
@@ -601,6 +736,10 @@ def build_report(runs: list[str | Path], out: str | Path = "report.html", ood: s
         page.text("None of the runs shows the reference study's failure signatures.")
     page.heading("Model size")
     size_table(page, infos, chosen)
+    for name, group in seed_groups(infos).items():
+        if len(group) > 1:
+            page.heading(f"{name}: {len(group)} seeds")
+            page.figure(seed_curves_figure(name, group), f"{name}: EER per epoch over {len(group)} seeds")
     for run in infos:
         page.heading(f"{run.name}: training curves and scores")
         page.figure(curves_figure(run), f"{run.name}: train loss, validation EER, accuracy and EER per epoch "

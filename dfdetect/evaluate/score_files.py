@@ -43,6 +43,7 @@ from dfdetect.evaluate.evaluation import BREAKDOWN_COLUMNS, EvaluationError
 
 SCORE_COLUMNS = ("score", "cm-score", "cm_score", "p_fake", "prob_fake", "fake_prob", "prediction")
 LABEL_COLUMNS = ("label", "key", "cm-label", "cm_label", "ground_truth", "ground truth", "truth")
+SPEAKER_COLUMNS = ("speaker", "speaker_id", "spk")
 ID_COLUMNS = ("clip_id", "filename", "file", "path", "utt_id", "utt", "trial", "id")
 FORMATS = ("csv", "tsv", "jsonl", "parquet", "asvspoof")
 ATTACK = re.compile(r"^A\d\d$")
@@ -59,6 +60,8 @@ class ScoreTable:
     lines: np.ndarray
     columns: dict[str, np.ndarray] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    ids: np.ndarray | None = None        # clip ids, when the file names its clips (compare joins by them)
+    speakers: np.ndarray | None = None   # a speaker column, when there is one (bootstrap groups)
 
 
 def guess_format(path: Path) -> str:
@@ -278,7 +281,11 @@ def read_scores(path: str | Path, fmt: str | None = None, score_col: str | None 
                      f"{'specificity' if labels[0] else 'recall'} are undefined")
     lines = np.asarray([records[i][0] for i in keep])
     columns = {name: np.asarray([str(records[i][1].get(col) or "") for i in keep]) for name, col in groups.items()}
-    return ScoreTable(str(path), fmt, labels, scores, lines, columns, notes)
+    clip_key = "_clip" if fmt == "asvspoof" else id_key
+    speaker_key = None if fmt == "asvspoof" else _column(records, None, SPEAKER_COLUMNS, "speaker", path, False)
+    ids, speakers = ([_text(records[i][1].get(key)) for i in keep] if key else None for key in (clip_key, speaker_key))
+    return ScoreTable(str(path), fmt, labels, scores, lines, columns, notes,
+                      None if ids is None else np.asarray(ids), None if speakers is None else np.asarray(speakers))
 
 
 def _one_row_per_clip(records: list[tuple[int, dict]], id_key: str | None, score_key: str, label_key: str,

@@ -518,3 +518,21 @@ def load_run(path: str | Path, epoch: str | int = "best") -> LoadedRun:
                        f"{str(e).splitlines()[0][:300]}); retrain the run or restore the file") from None
     model.eval()
     return LoadedRun(path, arch, number, model, config, records)
+
+
+# -- seeds: one run folder per training seed, NAME/seed-N -------------------------------------------------
+SEED_FOLDER = re.compile(r"^seed-(\d+)$")
+
+
+def seed_folder(out: str | Path, seed: int) -> Path:
+    """Where the run of `seed` goes when a run is trained with several seeds."""
+    return Path(out) / f"seed-{seed}"
+
+
+def seeded_name(path: str | Path) -> tuple[str, int | None]:
+    """("NAME/seed-N", N) for a seed's folder, else (the folder's name, None)."""
+    path = Path(path)
+    found = SEED_FOLDER.match(path.name)
+    if found is None:
+        return path.name, None
+    return f"{path.resolve().parent.name}/{path.name}", int(found.group(1))

@@ -18,6 +18,7 @@
     train = "asv5_mel:train"         # train may be a list (several corpora), augment a list of stores
     ood = ["dfeval=dfeval_mel"]
     epochs = 50
+    seeds = [0, 1, 2]                # optional: one run per seed, runs_dir/mel_aasist/seed-N (report: mean +- sd)
 
     [report]
     out = "report.html"              # relative to runs_dir
@@ -46,7 +47,7 @@ from dfdetect.evaluate.report import check_outputs as check_report_outputs
 from dfdetect.featurize.config import FeaturizeConfig
 from dfdetect.featurize.pipeline import featurize
 from dfdetect.models.registry import make_config
-from dfdetect.models.runs import RunFolder
+from dfdetect.models.runs import RunFolder, seed_folder
 from dfdetect.store import StoreError, open_store
 from dfdetect.store.schema import list_versions
 from dfdetect.train.trainer import TrainConfig, ood_name, train
@@ -56,7 +57,7 @@ SECTIONS = {"experiment": {"name", "stores_dir", "runs_dir", "description"},
 DATASET_KEYS = {"dataset", "root"}
 STORE_KEYS = {"data", "features", "codec", "corrupt", "variant_seed", "wavlm", "wavlm_layers", "wavlm_storage",
               "block_size", "vocode", "vocode_keep_real"}
-RUN_KEYS = {f.name for f in dataclasses.fields(TrainConfig)} | {"out"}
+RUN_KEYS = {f.name for f in dataclasses.fields(TrainConfig)} | {"out", "seeds"}
 SET_KEYS = ("train", "val", "test")
 
 
@@ -230,7 +231,7 @@ def load_experiment(path: str | Path, overrides: list[str] = ()) -> Experiment:
 def _check_run_settings(f: _File, experiment: Experiment, name: str) -> None:
     """The run's settings as `train` checks them (numbers, precision, the head's options), named
     by their keys in the file."""
-    table = f"runs.{name}"
+    table = f"runs.{name.split('/')[0]}"   # a seed's run NAME/seed-N comes from [runs.NAME]
     try:
         config = train_config(experiment, name).resolved(option=lambda key: key)
     except ConfigError as e:
@@ -314,10 +315,10 @@ def _read_runs(f: _File, tables: dict, stores: dict, stores_dir: Path, runs_dir:
             f.fail(table, None, "needs arch and train")
         f.check_strings(table, r, ("out",))
         for key, value in r.items():
-            problem = None if key == "out" else TrainConfig.field_problem(key, value)
+            problem = None if key in ("out", "seeds") else TrainConfig.field_problem(key, value)
             if problem:
                 f.fail(table, key, problem)
-        fields = {k: v for k, v in r.items() if k != "out"}
+        fields = {k: v for k, v in r.items() if k not in ("out", "seeds")}
         for key in SET_KEYS:
             if isinstance(fields.get(key), list):     # several training corpora: train = ["a:train", "b:train"]
                 fields[key] = tuple(resolve_set(table, key, ref) for ref in fields[key])
@@ -331,17 +332,33 @@ def _read_runs(f: _File, tables: dict, stores: dict, stores_dir: Path, runs_dir:
         clash = [other for other, d in run_dirs.items() if d.resolve() == out.resolve()]
         if clash:
             f.fail(table, "out" if "out" in r else None, f"writes to {out}, as run {clash[0]!r} does")
-        folder = RunFolder(out)
-        if out.exists() and not out.is_dir():
-            f.fail(table, "out" if "out" in r else None, f"{out} is a file; a run writes a folder")
-        if not folder.is_empty() and not folder.can_resume and not folder.is_created_run():
-            f.fail(table, "out" if "out" in r else None, folder.not_a_run_message())
-        runs[name], run_dirs[name] = fields, out
+        for name_, fields_, out_ in _per_seed(f, table, name, fields, out, r.get("seeds")):
+            folder = RunFolder(out_)
+            if out_.exists() and not out_.is_dir():
+                f.fail(table, "out" if "out" in r else None, f"{out_} is a file; a run writes a folder")
+            if not folder.is_empty() and not folder.can_resume and not folder.is_created_run():
+                f.fail(table, "out" if "out" in r else None, folder.not_a_run_message())
+            runs[name_], run_dirs[name_] = fields_, out_
     for name, fields in runs.items():
         parent = fields.get("init_from")
+        if parent is not None and parent not in runs and f"{parent}/seed-{fields.get('seed', 0)}" in runs:
+            fields["init_from"] = parent = f"{parent}/seed-{fields.get('seed', 0)}"   # the same seed's parent
         if parent is not None and parent not in runs:
-            f.fail(f"runs.{name}", "init_from", f"unknown run {parent!r}; declared: {', '.join(runs)}")
+            f.fail(f"runs.{name.split('/')[0]}", "init_from", f"unknown run {parent!r}; declared: {', '.join(runs)}")
     return runs, run_dirs
+
+
+def _per_seed(f: _File, table: str, name: str, fields: dict, out: Path, seeds) -> list[tuple[str, dict, Path]]:
+    """[(name, fields, folder)]: the run itself, or with `seeds = [0, 1, 2]` one run per seed,
+    NAME/seed-N in OUT/seed-N (models.runs.seed_folder), each trained as `seed = N`."""
+    if seeds is None:
+        return [(name, fields, out)]
+    if (not isinstance(seeds, list) or not seeds or len(set(map(str, seeds))) < len(seeds)
+            or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)):
+        f.fail(table, "seeds", f"{seeds!r}: give a list of distinct seeds >= 0, e.g. seeds = [0, 1, 2]")
+    if "seed" in fields:
+        f.fail(table, "seed", "give seed or seeds, not both")
+    return [(f"{name}/seed-{s}", {**fields, "seed": s}, seed_folder(out, s)) for s in seeds]
 
 
 def _run_order(f: _File, runs: dict) -> list[str]:
@@ -352,7 +369,7 @@ def _run_order(f: _File, runs: dict) -> list[str]:
         if name in order:
             return
         if name in visiting:
-            f.fail(f"runs.{name}", "init_from", "init_from forms a cycle")
+            f.fail(f"runs.{name.split('/')[0]}", "init_from", "init_from forms a cycle")
         visiting.add(name)
         parent = runs[name].get("init_from")
         if parent:

@@ -55,6 +55,7 @@ from dfdetect.train.mixing import (
     chunk_rows,
     same_clips,
 )
+from dfdetect.uncertainty import headline_intervals
 
 
 class TrainError(DfdetectError):
@@ -584,6 +585,7 @@ def evaluate_sets(model, sets: dict[str, DataSet], loaders: dict[str, FeatureLoa
     for name, (rows, scores) in predictions.items():
         extra = {"val": val_threshold} if name != "val" and val_threshold is not None else None
         results[name] = evaluate_scores(sets[name].store.meta["label"][rows], scores, extra)
+        results[name].update(headline_intervals(sets[name].store.meta["label"][rows], scores))  # curve bands
         if name == "val":
             val_threshold = results["val"]["eer_threshold"]
     return results, predictions
