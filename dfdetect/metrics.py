@@ -93,6 +93,70 @@ def min_dcf(labels: np.ndarray, scores: np.ndarray, p_spoof: float = ASVSPOOF5_P
     return float(cost[i] / min(c_miss * (1 - p_spoof), c_fa * p_spoof)), float(-thresholds[i])
 
 
+# -- decisions and calibration (ASVspoof 5's `compute_actDCF` and `calculate_CLLR`) ---------------------------
+# These three take LLRs, not P(fake): `llrs` are natural-log likelihood ratios fake vs real,
+#     llr = ln p(x | fake) - ln p(x | real),   higher = more likely fake (every dfdetect score's direction).
+# The ASVspoof package takes the bona fide LLR, ln p(x | bona fide) - ln p(x | spoof) = -llr, so each
+# formula below is the package's with its bona fide score written as -llr.
+
+
+def bayes_threshold(p_spoof: float = ASVSPOOF5_P_SPOOF, c_miss: float = ASVSPOOF5_C_MISS,
+                    c_fa: float = ASVSPOOF5_C_FA) -> float:
+    """The Bayes decision threshold on the bona fide LLR, -ln(Cmiss (1 - Pspoof) / (Cfa Pspoof)):
+    accept as bona fide when -llr >= it, i.e. call fake when llr > -bayes_threshold() (ln 1.9 = 0.642
+    for the defaults: a clip is called fake once it is 1.9 times likelier fake than real)."""
+    return float(-np.log(c_miss * (1 - p_spoof) / (c_fa * p_spoof)))
+
+
+def act_dcf(labels: np.ndarray, llrs: np.ndarray, p_spoof: float = ASVSPOOF5_P_SPOOF,
+            c_miss: float = ASVSPOOF5_C_MISS, c_fa: float = ASVSPOOF5_C_FA) -> float:
+    """Normalised actual DCF of the decisions `llrs` make at the Bayes threshold t = bayes_threshold():
+        actDCF = (Cmiss (1 - Pspoof) Pmiss + Cfa Pspoof Pfa) / min(Cfa Pspoof, Cmiss (1 - Pspoof))
+    with Pmiss = share of bona fide clips whose bona fide LLR -llr < t (rejected), Pfa = share of
+    spoofs with -llr >= t (accepted). 1.0 = no better than always deciding the cheaper way; it is
+    minDCF only when the LLRs are calibrated. nan with one class."""
+    labels, llrs = np.asarray(labels), np.asarray(llrs, dtype=np.float64)
+    bona, spoof = -llrs[labels == 0], -llrs[labels == 1]
+    if bona.size == 0 or spoof.size == 0:
+        return NAN
+    t = bayes_threshold(p_spoof, c_miss, c_fa)
+    p_miss, p_fa = np.mean(bona < t), np.mean(spoof >= t)
+    cost = c_miss * (1 - p_spoof) * p_miss + c_fa * p_spoof * p_fa
+    return float(cost / min(c_fa * p_spoof, c_miss * (1 - p_spoof)))
+
+
+def cllr(labels: np.ndarray, llrs: np.ndarray) -> float:
+    """Cllr in bits: the log-loss of the LLRs read as evidence at prior 0.5,
+        Cllr = (mean_bona log2(1 + e^(llr)) + mean_spoof log2(1 + e^(-llr))) / 2
+    (the package's 0.5 (mean_tar log(1 + e^-s) + mean_non log(1 + e^s)) / ln 2 on s = -llr),
+    log(1 + e^x) taken as logaddexp(0, x) so |llr| > 700 stays finite. 0 = perfect, 1 = no
+    information (llr = 0 everywhere); above 1 the LLRs mislead. nan with one class."""
+    labels, llrs = np.asarray(labels), np.asarray(llrs, dtype=np.float64)
+    real, fake = llrs[labels == 0], llrs[labels == 1]
+    if real.size == 0 or fake.size == 0:
+        return NAN
+    return float((np.mean(np.logaddexp(0, real)) + np.mean(np.logaddexp(0, -fake))) / 2 / np.log(2))
+
+
+def min_cllr(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Cllr after the best monotone recalibration of `scores` (any scores, higher = more likely fake):
+    PAV (isotonic regression of the labels on the scores; tied scores share one value) gives the
+    posterior P(fake | score) at the set's own class proportions, and its log-odds minus the empirical
+    prior log-odds ln(n_fake / n_real) are the optimal LLRs:
+        min_cllr = cllr(labels, logit(PAV(scores)) - ln(n_fake / n_real))
+    Cllr - min_cllr is the calibration loss; min_cllr itself is the ranking's. nan with one class."""
+    from sklearn.isotonic import IsotonicRegression
+
+    labels, scores = np.asarray(labels).astype(np.float64), np.asarray(scores, dtype=np.float64)
+    n_fake, n_real = int(labels.sum()), int((labels == 0).sum())
+    if n_fake == 0 or n_real == 0:
+        return NAN
+    posterior = IsotonicRegression(y_min=0.0, y_max=1.0).fit_transform(scores, labels)
+    with np.errstate(divide="ignore"):   # 0 and 1 are +-inf LLRs, which cllr's logaddexp takes exactly
+        llrs = np.log(posterior) - np.log1p(-posterior) - np.log(n_fake / n_real)
+    return cllr(labels, llrs)
+
+
 def mixed_ties(labels: np.ndarray, scores: np.ndarray) -> int:
     """Clips whose score equals the score of a clip of the other label: the ties whose order in the
     stable sort decides the EER."""
