@@ -157,6 +157,18 @@ def min_cllr(labels: np.ndarray, scores: np.ndarray) -> float:
     return cllr(labels, llrs)
 
 
+def llr_metrics(labels: np.ndarray, llrs: np.ndarray, p_spoof: float = ASVSPOOF5_P_SPOOF,
+                c_miss: float = ASVSPOOF5_C_MISS, c_fa: float = ASVSPOOF5_C_FA) -> dict:
+    """What calibrated LLRs add to a set's metrics: act_dcf, cllr, and the decisions at the Bayes
+    threshold ("at_bayes", its threshold on the LLR: fake when llr > -bayes_threshold(), as act_dcf)."""
+    llrs = np.asarray(llrs, dtype=np.float64)
+    bayes = -bayes_threshold(p_spoof, c_miss, c_fa)
+    decisions = at_threshold(labels, llrs, float(np.nextafter(bayes, np.inf)))   # >= the next float: > bayes
+    decisions.update(threshold=bayes, threshold_on="llr")
+    return {"act_dcf": act_dcf(labels, llrs, p_spoof, c_miss, c_fa), "cllr": cllr(labels, llrs),
+            "at_bayes": decisions}
+
+
 def mixed_ties(labels: np.ndarray, scores: np.ndarray) -> int:
     """Clips whose score equals the score of a clip of the other label: the ties whose order in the
     stable sort decides the EER."""
@@ -190,10 +202,11 @@ def at_threshold(labels: np.ndarray, scores: np.ndarray, threshold: float) -> di
         }
 
 
-def evaluate_scores(labels, scores, thresholds: dict[str, float] | None = None) -> dict:
-    """Every metric for one set: AUC, EER and minDCF (+ their thresholds), tie counts, and the
-    classification metrics at 0.5, at the EER threshold and at any extra named thresholds (e.g. one
-    chosen on validation)."""
+def evaluate_scores(labels, scores, thresholds: dict[str, float] | None = None, llrs=None) -> dict:
+    """Every metric for one set: AUC, EER, minDCF (+ their thresholds) and minCllr, tie counts, and
+    the classification metrics at 0.5, at the EER threshold and at any extra named thresholds (e.g.
+    one chosen on validation); with the scores' calibrated `llrs`, also act_dcf, cllr and the
+    decisions at the Bayes threshold (`llr_metrics`)."""
     labels = np.asarray(labels).astype(int)
     scores = np.asarray(scores, dtype=np.float64)
     if labels.shape != scores.shape or labels.ndim != 1:
@@ -208,7 +221,7 @@ def evaluate_scores(labels, scores, thresholds: dict[str, float] | None = None) 
         "n": int(labels.size), "n_fake": int(labels.sum()), "n_real": int((labels == 0).sum()),
         "auc": float(roc_auc_score(labels, scores)) if two_classes else NAN,
         "eer": value, "eer_threshold": eer_threshold,
-        "min_dcf": dcf, "min_dcf_threshold": dcf_threshold,
+        "min_dcf": dcf, "min_dcf_threshold": dcf_threshold, "min_cllr": min_cllr(labels, scores),
         "tied_scores": int(labels.size - np.unique(scores).size),
         "mixed_ties": mixed_ties(labels, scores),
         "at_0.5": at_threshold(labels, scores, 0.5),
@@ -217,6 +230,8 @@ def evaluate_scores(labels, scores, thresholds: dict[str, float] | None = None) 
         result["at_eer"] = at_threshold(labels, scores, eer_threshold)
     for name, t in (thresholds or {}).items():
         result[f"at_{name}"] = at_threshold(labels, scores, t)
+    if llrs is not None:
+        result.update(llr_metrics(labels, llrs))
     return result
 
 

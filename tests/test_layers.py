@@ -11,7 +11,7 @@ PACKAGE = Path(dfdetect.__file__).parent
 
 # Lowest first. A module may import its own layer's modules and any lower layer, never a higher one.
 LAYERS = [
-    {"dfdetect", "errors", "devices", "names", "locks", "metrics", "datasets"},  # the ground: corpora, metrics, errors, devices, locks
+    {"dfdetect", "errors", "devices", "names", "locks", "metrics", "calibration", "datasets"},  # the ground: corpora, metrics, errors, devices, locks
     {"store"},
     {"featurize"},
     {"models"},

@@ -1,0 +1,144 @@
+"""Calibration: P(fake) -> LLR maps, fitted at the end of training and by `dfdetect calibrate`."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+from conftest import train_tiny  # noqa: F401  (the suite's tiny-run helper lives there)
+
+from dfdetect.calibration import Calibration, CalibrationError, effective_prior, fit_calibration
+from dfdetect.demo.corpus import synthesize
+from dfdetect.featurize.pipeline import featurize
+from dfdetect.metrics import act_dcf, cllr, min_dcf
+from dfdetect.models.runs import RunFolder, load_run
+from dfdetect.train.trainer import TrainConfig, train
+
+SPLITS = {"train": 80, "dev": 40, "test": 50}   # clips per class
+
+
+def overlapping_corpus(root, seed: int = 3) -> None:
+    """Speech-like reals; fakes the same voice with a 4 kHz tone whose level is drawn from 0 up, so
+    the quietest fakes are indistinguishable from reals: the classes overlap."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(16000) / 16000
+    for split, n in SPLITS.items():
+        for kind in ("real", "fake"):
+            folder = root / split / kind
+            folder.mkdir(parents=True)
+            for i in range(n):
+                audio = synthesize("real", rng, 1.0)[:16000]
+                if kind == "fake":
+                    level = rng.uniform(0, 0.08) * np.sqrt(np.mean(audio ** 2)) * np.sqrt(2)
+                    audio = audio + level * np.sin(2 * np.pi * 4000 * t[: audio.size] + rng.uniform(0, 6.3))
+                sf.write(folder / f"{kind}_{i:03d}.wav", audio.astype(np.float32), 16000)
+
+
+@pytest.fixture(scope="module")
+def overlap_run(tmp_path_factory):
+    """A Mel-CNN on the overlapping classes, validated (and so calibrated) on the dev split."""
+    base = tmp_path_factory.mktemp("overlap")
+    overlapping_corpus(base / "corpus")
+    store = str(base / "mel.zarr")
+    featurize("folder", base / "corpus", store, features=("mel",), workers=0, block_size=64)
+    config = TrainConfig(arch="mel_cnn", train=f"{store}:train", val=f"{store}:dev", test=f"{store}:test",
+                         epochs=4, batch_size=16, lr=1e-3, seed=0)
+    train(config, base / "run")
+    return base / "run", store
+
+
+def test_a_run_calibrated_on_dev_makes_good_decisions_on_test(overlap_run):
+    """Done means: act_dcf <= 1.3 x min_dcf + 0.05 and Cllr < 1 on the test split."""
+    run, _ = overlap_run
+    record = RunFolder(run).records()[-1]
+    test = record.sets["test"]
+    assert 0 < test["min_dcf"] < 1, test          # the classes overlap, and the head ranks them
+    assert test["act_dcf"] <= 1.3 * test["min_dcf"] + 0.05, test
+    assert test["cllr"] < 1, test
+    assert test["min_cllr"] <= test["cllr"]
+    assert test["at_bayes"]["threshold_on"] == "llr"
+    assert record.calibration["fitted_on"]["set"] == "val" and record.calibration["fitted_on"]["epoch"] == 4
+    # the run's default calibration: the best epoch's, fitted on dev, in calibrations/val.json
+    folder = RunFolder(run)
+    assert folder.calibration_names() == ["val"]
+    saved = folder.read_calibration("val")
+    best = load_run(run, "best")
+    assert saved.fitted_on["epoch"] == best.epoch and saved.fitted_on["n_real"] == SPLITS["dev"]
+    assert best.calibration() == saved
+    assert best.calibration("none") is None
+
+
+def test_the_uncalibrated_probabilities_decide_worse(overlap_run):
+    """What calibration is for: P(fake) read as an LLR (its logit) costs more than the calibrated LLR."""
+    run, _ = overlap_run
+    table = RunFolder(run).score_table("last", "test")
+    rows = np.genfromtxt(table, delimiter=",", names=True, dtype=None, encoding="utf-8")
+    labels, scores = rows["label"], rows["score"]
+    calibration = RunFolder(run).records()[-1].calibration
+    llrs = Calibration.from_dict(calibration).llr(scores)
+    raw = np.log(np.clip(scores, 1e-7, 1 - 1e-7)) - np.log1p(-np.clip(scores, 1e-7, 1 - 1e-7))
+    assert cllr(labels, llrs) < cllr(labels, raw)
+    assert act_dcf(labels, llrs) <= act_dcf(labels, raw) + 1e-12
+    assert min_dcf(labels, llrs)[0] == pytest.approx(min_dcf(labels, scores)[0])   # ranking unchanged
+
+
+def gaussian_scores(n: int, seed: int = 0):
+    """P(fake) whose logit is 3 x + 5 for x ~ N(+-1, 1): the true LLR is 2x, i.e. (logit - 5) * 2/3."""
+    rng = np.random.default_rng(seed)
+    labels = np.r_[np.zeros(n, int), np.ones(n, int)]
+    x = rng.normal(size=2 * n) + np.where(labels == 1, 1, -1)
+    return labels, 1 / (1 + np.exp(-(3 * x + 5)))
+
+
+def test_logistic_calibration_recovers_the_true_llr():
+    labels, scores = gaussian_scores(5000)
+    calibration = fit_calibration(labels, scores)
+    assert calibration.slope == pytest.approx(2 / 3, rel=0.05)
+    assert calibration.offset == pytest.approx(-10 / 3, abs=0.15)
+    assert calibration.prior == pytest.approx(effective_prior()) == pytest.approx(0.5 / 1.45)
+
+
+def test_pav_calibration_is_monotone_and_close_to_optimal():
+    labels, scores = gaussian_scores(2000, seed=1)
+    pav = fit_calibration(labels, scores, method="pav")
+    grid = np.linspace(0.001, 0.999, 500)
+    assert np.all(np.diff(pav.llr(grid)) >= 0)
+    test_labels, test_scores = gaussian_scores(2000, seed=2)
+    assert cllr(test_labels, pav.llr(test_scores)) < 0.6   # the true LLR's Cllr is ~0.5 here
+
+
+def test_separable_data_gives_finite_llrs():
+    labels = np.r_[np.zeros(30, int), np.ones(30, int)]
+    scores = np.where(labels == 1, 0.9, 0.1)
+    for method in ("logistic", "pav"):
+        llrs = fit_calibration(labels, scores, method=method).llr(scores)
+        assert np.isfinite(llrs).all() and (llrs[labels == 1] > llrs[labels == 0].max()).all()
+
+
+def test_json_round_trip_keeps_what_it_was_fitted_on(tmp_path):
+    labels, scores = gaussian_scores(50)
+    for method in ("logistic", "pav"):
+        calibration = fit_calibration(labels, scores, method=method, fitted_on={"set": "dev", "store": "s.zarr"})
+        again = Calibration.from_dict(json.loads(json.dumps(calibration.to_dict())))
+        assert again == calibration
+        np.testing.assert_array_equal(again.llr(scores), calibration.llr(scores))
+        assert again.fitted_on | {} == {"set": "dev", "store": "s.zarr", "n_real": 50, "n_fake": 50,
+                                        "method": method, "prior": calibration.prior}
+
+
+@pytest.mark.parametrize("labels,scores,fragment", [
+    (np.zeros(40, int), np.linspace(0, 1, 40), "only real clips"),
+    (np.r_[np.zeros(30, int), np.ones(19, int)], np.linspace(0, 1, 49), "30 real and 19 fake"),
+    (np.r_[np.zeros(30, int), np.ones(30, int)], np.r_[np.full(59, 0.5), np.nan], "NaN"),
+])
+def test_bad_calibration_data_is_refused(labels, scores, fragment):
+    with pytest.raises(CalibrationError, match=fragment):
+        fit_calibration(labels, scores)
+
+
+def test_a_damaged_calibration_file_is_named(tmp_path):
+    with pytest.raises(CalibrationError, match="not a dfdetect calibration"):
+        Calibration.from_dict({"format": "dfdetect-calibration", "method": "logistic", "prior": 0.3,
+                               "slope": float("nan"), "offset": 0}, "x.json")
