@@ -67,6 +67,7 @@ class Calibration:
     steps: tuple[tuple[float, float], ...] = ()   # pav: (logit(P), llr) at each step
     fitted_on: dict = field(default_factory=dict)  # set, store, split, epoch, n_real, n_fake...
     created_ns: int = 0                  # when it was fitted (the newest is a run's default)
+    name: str = field(default="", compare=False)   # where it was read from (not stored: the file's name)
 
     def llr(self, scores) -> np.ndarray:
         """Natural-log LLRs fake vs real of P(fake) `scores`."""
@@ -79,11 +80,13 @@ class Calibration:
     def describe(self) -> str:
         """One line: the method and what it was fitted on."""
         f = self.fitted_on
-        where = f.get("set") or f.get("store") or "?"
+        where = f.get("spec") or f.get("set") or f.get("store") or "?"
         epoch = f" (epoch {f['epoch']})" if f.get("epoch") is not None else ""
         how = (f"logistic, llr = {self.slope:.4g} * logit(P) + {self.offset:.4g}" if self.method == "logistic"
                else f"pav, {len(self.steps)} steps")
-        return f"{how}; fitted on {where}{epoch}: {f.get('n_real', '?')} real, {f.get('n_fake', '?')} fake clips"
+        named = f"{self.name}: " if self.name else ""
+        return (f"{named}{how}; fitted on {where}{epoch}: {f.get('n_real', '?')} real, {f.get('n_fake', '?')} "
+                "fake clips")
 
     def to_dict(self) -> dict:
         return {"format": FORMAT, "version": 1, "method": self.method, "prior": self.prior, "slope": self.slope,
@@ -124,12 +127,13 @@ def check_fit_data(labels, scores, min_per_class: int = MIN_PER_CLASS, what: str
 
 
 def fit_calibration(labels, scores, method: str = "logistic", prior: float | None = None,
-                    fitted_on: dict | None = None, min_per_class: int = MIN_PER_CLASS) -> Calibration:
+                    fitted_on: dict | None = None, min_per_class: int = MIN_PER_CLASS,
+                    what: str = "the calibration set") -> Calibration:
     """A Calibration of P(fake) `scores` with `labels` (1 = fake), by `method`, weighted to `prior`
     (default: the effective prior of ASVspoof 5's cost model)."""
     if method not in METHODS:
         raise CalibrationError(f"--method {method!r}: choose one of {', '.join(METHODS)}")
-    check_fit_data(labels, scores, min_per_class)
+    check_fit_data(labels, scores, min_per_class, what)
     labels = np.asarray(labels).astype(int)
     prior = effective_prior() if prior is None else float(prior)
     n_real, n_fake = int((labels == 0).sum()), int(labels.sum())

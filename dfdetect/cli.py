@@ -467,6 +467,9 @@ def evaluate_command(
     drop_bad: bool = typer.Option(False, "--drop-bad", help="Leave out bad rows (named in a note) instead of failing."),
     batch_size: int = typer.Option(None, help="Default: the architecture's."),
     device: str = typer.Option("auto", help=DEVICE_HELP),
+    calibration: str = typer.Option(None, "--calibration", help="The run's calibration whose LLRs give actDCF, "
+                                    "Cllr and the Bayes decisions: NAME (dfdetect calibrate --name) | none "
+                                    "(default: the newest fitted on the epoch)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON (undefined metrics are null)."),
 ):
     """Every metric at threshold 0.5, at the EER threshold and at the run's validation threshold, with
@@ -485,7 +488,7 @@ def evaluate_command(
     if run is not None:
         if on is None:
             raise EvaluationError("RUN needs --on STORE[@VERSION][:SPLIT], the set to score")
-        result = evaluate_run(run, on, epoch=epoch, batch_size=batch_size, device=device)
+        result = evaluate_run(run, on, epoch=epoch, batch_size=batch_size, device=device, calibration=calibration)
     else:
         result = evaluate_score_file(read_scores(scores, fmt, score_col, label_col, id_col, higher_is,
                                                  labels, drop_bad))
@@ -493,6 +496,54 @@ def evaluate_command(
         print(json.dumps(json_safe(result), indent=2))
     else:
         print_evaluation(result, console)
+
+
+@app.command("calibrate")
+def calibrate_command(
+    run: Path = typer.Argument(..., help="Run folder (runs/NAME) to calibrate."),
+    on: str = typer.Option(..., "--on", help="STORE[@VERSION][:SPLIT] of labelled clips to fit on (at least 20 of "
+                           "each class; a few hundred of your own domain is the cheapest fix for new data)."),
+    epoch: str = typer.Option("best", help="best (by validation EER) | last | N"),
+    method: str = typer.Option("logistic", help="logistic (affine, prior-weighted: robust) | pav (monotone steps: "
+                               "needs more clips)."),
+    name: str = typer.Option(None, "--name", help="Name to store it under (default: the store's stem and split); "
+                             "evaluate/score/export take it as --calibration NAME."),
+    held_out: str = typer.Option(None, "--held-out", help="STORE[@VERSION][:SPLIT] of other labelled clips: "
+                                 "before/after measured honestly there."),
+    batch_size: int = typer.Option(None, help="Default: the architecture's."),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON (undefined metrics are null)."),
+):
+    """Fit a calibration of the run's scores into LLRs on labelled clips, store it in the run folder
+    (calibrations/NAME.json, the newest is the default of evaluate, score and export), and print
+    actDCF and Cllr before and after."""
+    from dfdetect.evaluate.calibrate import calibrate_run
+    from dfdetect.evaluate.evaluation import fmt
+    from dfdetect.metrics import json_safe
+
+    result = calibrate_run(run, on, epoch=epoch, method=method, name=name, held_out=held_out,
+                           batch_size=batch_size, device=device)
+    if as_json:
+        print(json.dumps(json_safe(result), indent=2))
+        return
+    console.print(f"wrote {escape(result['file'])} ({result['method']}, epoch {result['epoch']})", soft_wrap=True,
+                  highlight=False)
+    if result["before_calibration"]:
+        console.print(f"before: {escape(result['before_calibration'])}", soft_wrap=True, highlight=False)
+    else:
+        console.print("before: no calibration (P(fake) read as an LLR)", highlight=False)
+    for key, what in (("on", "fitted on (optimistic: the calibration has seen these clips)"),
+                      ("held_out", "held out (honest)")):
+        if key in result:
+            r = result[key]
+            console.print(f"{escape(r['set'])} [{what}], {r['n_real']} real / {r['n_fake']} fake: actDCF "
+                          f"{fmt(r['before']['act_dcf'])} -> {fmt(r['after']['act_dcf'])} "
+                          f"(minDCF {fmt(r['min_dcf'])}), "
+                          f"Cllr {fmt(r['before']['cllr'])} -> {fmt(r['after']['cllr'])} bits "
+                          f"(minCllr {fmt(r['min_cllr'])})", soft_wrap=True, highlight=False)
+    if "held_out" not in result:
+        console.print("[yellow]warning:[/] these numbers are measured on the clips the calibration was fitted on, "
+                      "so they are optimistic; give --held-out STORE[:SPLIT] to measure it honestly", soft_wrap=True)
 
 
 @app.command("report")

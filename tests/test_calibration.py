@@ -7,9 +7,11 @@ import json
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import train_tiny  # noqa: F401  (the suite's tiny-run helper lives there)
+from conftest import one_line
+from typer.testing import CliRunner
 
 from dfdetect.calibration import Calibration, CalibrationError, effective_prior, fit_calibration
+from dfdetect.cli import app
 from dfdetect.demo.corpus import synthesize
 from dfdetect.featurize.pipeline import featurize
 from dfdetect.metrics import act_dcf, cllr, min_dcf
@@ -142,3 +144,54 @@ def test_a_damaged_calibration_file_is_named(tmp_path):
     with pytest.raises(CalibrationError, match="not a dfdetect calibration"):
         Calibration.from_dict({"format": "dfdetect-calibration", "method": "logistic", "prior": 0.3,
                                "slope": float("nan"), "offset": 0}, "x.json")
+
+
+def test_calibrate_stores_a_named_calibration_and_measures_it_held_out(overlap_run):
+    run, store = overlap_run
+    result = CliRunner().invoke(app, ["calibrate", str(run), "--on", f"{store}:dev", "--held-out", f"{store}:test",
+                                      "--method", "pav", "--name", "mine", "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    held = summary["held_out"]
+    assert held["set"] == f"{store}:test" and held["n_real"] == held["n_fake"] == SPLITS["test"]
+    assert summary["before_calibration"].startswith("val: logistic")   # the run's own, from training
+    assert {"act_dcf", "cllr"} <= set(held["after"]) and held["min_cllr"] <= held["after"]["cllr"]
+    folder = RunFolder(run)
+    assert folder.calibration_names()[0] == "mine"          # the newest is the default
+    calibration = load_run(run).calibration()
+    assert calibration.name == "mine" and calibration.method == "pav"
+    assert calibration.fitted_on["spec"] == f"{store}:dev" and calibration.fitted_on["n_fake"] == SPLITS["dev"]
+
+    shown = CliRunner().invoke(app, ["calibrate", str(run), "--on", f"{store}:dev", "--name", "again"])
+    assert shown.exit_code == 0, shown.output
+    text = " ".join(shown.output.split())
+    assert "actDCF" in text and "->" in text and "optimistic" in text and "--held-out" in text
+
+    evaluated = CliRunner().invoke(app, ["evaluate", str(run), "--on", f"{store}:test", "--calibration", "mine",
+                                         "--json"])
+    assert evaluated.exit_code == 0, evaluated.output
+    metrics = json.loads(evaluated.stdout)
+    assert metrics["source"]["calibration"]["name"] == "mine"
+    labels = held["n_real"]
+    assert metrics["metrics"]["act_dcf"] == pytest.approx(held["after"]["act_dcf"]) and labels
+    assert metrics["metrics"]["cllr"] == pytest.approx(held["after"]["cllr"])
+    assert metrics["metrics"]["at_bayes"]["threshold_on"] == "llr"
+    bare = CliRunner().invoke(app, ["evaluate", str(run), "--on", f"{store}:test", "--calibration", "none",
+                                    "--json"])
+    assert bare.exit_code == 0, bare.output
+    bare = json.loads(bare.stdout)
+    assert "act_dcf" not in bare["metrics"] and "min_cllr" in bare["metrics"]
+    assert any("no calibration" in note for note in bare["notes"])
+
+
+def test_calibrate_refuses_bad_input_in_one_line(run_dir, mel_store, overlap_run):
+    runner = CliRunner()
+    small = runner.invoke(app, ["calibrate", str(run_dir), "--on", f"{mel_store}:test"])
+    one_line(small, "--on", "needs at least 20 of each")
+    run, store = overlap_run
+    one_line(runner.invoke(app, ["calibrate", str(run), "--on", f"{store}:dev", "--name", "../x"]),
+             "calibration name")
+    one_line(runner.invoke(app, ["evaluate", str(run), "--on", f"{store}:test", "--calibration", "nosuch"]),
+             "no calibration 'nosuch'")
+    one_line(runner.invoke(app, ["calibrate", str(run), "--on", f"{store}:dev", "--method", "platt"]),
+             "--method 'platt'")

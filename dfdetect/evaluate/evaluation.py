@@ -82,8 +82,8 @@ def breakdowns(labels: np.ndarray, scores: np.ndarray, columns: dict[str, np.nda
     return out
 
 
-def _result(source: dict, labels, scores, columns: dict, thresholds: dict, notes: list[str]) -> dict:
-    metrics = evaluate_scores(labels, scores, thresholds)
+def _result(source: dict, labels, scores, columns: dict, thresholds: dict, notes: list[str], llrs=None) -> dict:
+    metrics = evaluate_scores(labels, scores, thresholds, llrs)
     group_thresholds = dict(thresholds)   # a group is also measured at the whole set's EER threshold
     if not math.isnan(metrics["eer"]):
         group_thresholds["set_eer"] = metrics["eer_threshold"]
@@ -93,9 +93,11 @@ def _result(source: dict, labels, scores, columns: dict, thresholds: dict, notes
 
 # -- a run's checkpoint on a store ----------------------------------------------------------------------
 def evaluate_run(run: str | Path, on: str, epoch: str | int = "best", batch_size: int | None = None,
-                 device: str = "cpu") -> dict:
+                 device: str = "cpu", calibration: str | None = None) -> dict:
     """Score the set `on` (STORE[@V][:SPLIT]) with the run's checkpoint at `epoch`, then measure it at
-    0.5, at its own EER threshold and at the run's validation EER threshold."""
+    0.5, at its own EER threshold and at the run's validation EER threshold; with the run's
+    `calibration` (a name, "none", or None: the newest for the epoch) also act_dcf, cllr and the
+    decisions at the Bayes threshold of its LLRs."""
     # torch-heavy: loaded only when a run is evaluated (score files need none of it)
     from dfdetect.devices import resolve_device, tf32
     from dfdetect.models.registry import get_architecture
@@ -121,7 +123,25 @@ def evaluate_run(run: str | Path, on: str, epoch: str | int = "best", batch_size
     source = {"run": str(loaded.path), "arch": loaded.arch, "epoch": loaded.epoch, "set": on,
               "store": data.store.path, "version": data.store.version, "clips": int(len(rows))}
     columns = {c: meta[c][rows] for c in BREAKDOWN_COLUMNS if c in meta}
-    return _result(source, meta["label"][rows].astype(int), scores, columns, thresholds, notes)
+    calibrated = loaded.calibration(calibration)
+    notes += calibration_notes(calibrated, on)
+    if calibrated is not None:
+        source["calibration"] = {"name": calibrated.name, "description": calibrated.describe(),
+                                 **calibrated.to_dict()}
+    llrs = calibrated.llr(scores) if calibrated is not None else None
+    return _result(source, meta["label"][rows].astype(int), scores, columns, thresholds, notes, llrs)
+
+
+def calibration_notes(calibrated, on: str) -> list[str]:
+    """What the reader of act_dcf and cllr must know: none without a calibration, and that they are
+    optimistic on the very set the calibration was fitted on."""
+    if calibrated is None:
+        return ["no calibration (none asked for, or the run has none for this epoch): act_dcf, cllr and the "
+                "Bayes decisions are not given; fit one with `dfdetect calibrate`"]
+    if calibrated.fitted_on.get("spec") == on:
+        return [f"the calibration {calibrated.name!r} was fitted on {on} itself: its act_dcf and cllr are "
+                "optimistic; measure them on held-out clips"]
+    return []
 
 
 def check_compatible(loaded, data) -> None:
@@ -170,9 +190,10 @@ def print_evaluation(result: dict, console) -> None:
                   f"({m['mixed_ties']} clips tie with a clip of the other label)")
     console.print(f"EER {fmt(m['eer'])} (threshold {fmt(m['eer_threshold'])})   AUC {fmt(m['auc'])}   "
                   f"minDCF {fmt(m['min_dcf'])} (threshold {fmt(m['min_dcf_threshold'])})")
+    print_calibration(result, console)
     columns = [(k, title if k == "at_0.5" else f"{title} {fmt(m[k]['threshold'])}")
                for k, title in (("at_0.5", "at 0.5"), ("at_eer", "at EER threshold"),
-                                ("at_val", "at validation threshold")) if k in m]
+                                ("at_val", "at validation threshold"), ("at_bayes", "at Bayes LLR >")) if k in m]
     table = Table("metric", *(title for _, title in columns), title="decisions: fake when score >= threshold")
     for name in ("accuracy", "precision", "recall", "f1", "mcc", "specificity", "tp", "fp", "tn", "fn"):
         label = {"recall": "recall (sensitivity)"}.get(name, name)
@@ -185,6 +206,21 @@ def print_evaluation(result: dict, console) -> None:
                       "within the group only recall (fakes caught) or specificity (reals passed) exists, and "
                       "precision, F1 and MCC are undefined. Every metric at every threshold: --json.",
                       style="dim", soft_wrap=True)
+
+
+def print_calibration(result: dict, console) -> None:
+    """actDCF beside minDCF and Cllr beside minCllr, and the calibration that made the LLRs."""
+    from rich.markup import escape
+
+    m, calibration = result["metrics"], result["source"].get("calibration")
+    line = f"minCllr {fmt(m.get('min_cllr'))}"
+    if "act_dcf" in m:
+        line = f"actDCF {fmt(m['act_dcf'])} (minDCF {fmt(m['min_dcf'])})   Cllr {fmt(m['cllr'])} bits ({line})"
+    elif "act_dcf_undefined" in m:
+        line += f"   actDCF, Cllr: undefined ({m['act_dcf_undefined']})"
+    console.print(line, highlight=False)
+    if calibration:
+        console.print(f"calibration {escape(calibration['description'])}", style="dim", soft_wrap=True)
 
 
 def breakdown_table(column: str, groups: dict):

@@ -24,6 +24,7 @@ epoch with what scoring raw audio needs (the frontend and WavLM it was trained o
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -224,7 +225,7 @@ class RunFolder:
             have = ", ".join(self.calibration_names()) or "none"
             raise RunError(f"{self.path} has no calibration {name!r} (it has: {have}); fit one with "
                            f"`dfdetect calibrate {self.path} --on STORE[:SPLIT] --name {name}`")
-        return Calibration.from_dict(_read_json(file), str(file))
+        return dataclasses.replace(Calibration.from_dict(_read_json(file), str(file)), name=name)
 
     def calibration_names(self) -> list[str]:
         """The run's calibrations, newest first (by when they were fitted)."""
@@ -530,7 +531,10 @@ class LoadedRun:
                 if calibration.fitted_on.get("epoch") == self.epoch:
                     return calibration
         record = self.record.calibration
-        return Calibration.from_dict(record, f"{self.path} epoch {self.epoch}'s record") if record else None
+        if not record:
+            return None
+        calibration = Calibration.from_dict(record, f"{self.path} epoch {self.epoch}'s record")
+        return dataclasses.replace(calibration, name=f"epoch {self.epoch}'s validation")
 
 
 def load_run(path: str | Path, epoch: str | int = "best") -> LoadedRun:
