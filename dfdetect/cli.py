@@ -578,6 +578,8 @@ def export_command(
     epoch: str = typer.Option("best", help="best (by validation EER) | last | N"),
     force: bool = typer.Option(False, "--force", help="Write into a non-empty folder that is not an export, and "
                                "replace an existing --onnx FILE (never a run's or the export's own files)."),
+    calibration: str = typer.Option(None, "--calibration", help="The run's calibration the export ships (its "
+                                    "scores' LLRs): NAME | none (default: the newest fitted on the epoch)."),
 ):
     """A shareable, Hugging Face-style folder of the run's head: config.json (architecture, frontend,
     WavLM identity, threshold, precision), model.safetensors (no pickle) and a README.md model card
@@ -585,7 +587,7 @@ def export_command(
     `dfdetect score --model DIR` scores with it."""
     from dfdetect.evaluate.model_card import export_run
 
-    done = export_run(run, out, epoch=epoch, force=force, onnx=onnx)
+    done = export_run(run, out, epoch=epoch, force=force, onnx=onnx, calibration=calibration)
     if "folder" in done:
         console.print(f"wrote {done['folder']} (config.json, model.safetensors, README.md)", soft_wrap=True,
                       highlight=False)
@@ -608,8 +610,9 @@ def score_command(
                              "asvspoof5 | asvspoof2019, the challenge score file)."),
     fmt: str = typer.Option("table", "--format", help="table (by --out's extension) | asvspoof5 (tab-separated "
                             "'filename<TAB>cm-score' with a header) | asvspoof2019 ('utt score' lines, 2019/2021). "
-                            "Challenge scores are 1 - P(fake) = P(bona fide), higher = bona fide, from the 6-decimal "
-                            "score (not an LLR); filename = the file or member name without folders and "
+                            "Challenge scores are the bona fide LLR (-llr, higher = bona fide) when the run is "
+                            "calibrated, else 1 - P(fake) = P(bona fide) from the 6-decimal score (not an LLR); "
+                            "filename = the file or member name without folders and "
                             "extension. Failed/skipped inputs have no score and are left out; every row, with its "
                             "reason, goes to OUT.status.csv beside it."),
     epoch: str = typer.Option("best", help="best (by validation EER) | last | N"),
@@ -633,6 +636,9 @@ def score_command(
                                       "same files: a plain file that is an ok row of it is scored from its stored "
                                       "features as one centre-clip window (features=store), not decoded; the rest "
                                       "live. Must match the run's frontend, inputs and WavLM."),
+    calibration: str = typer.Option(None, "--calibration", help="The run's calibration giving the llr and "
+                                    "llr_decision columns: NAME (dfdetect calibrate --name) | none (default: the "
+                                    "newest fitted on the epoch; an export's own)."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout (scored, failed and "
                                  "skipped by error kind, audio seconds, rates, the table's path); progress and "
                                  "warnings go to stderr."),
@@ -653,7 +659,8 @@ def score_command(
 
     options = ScoreOptions(window=window, hop=hop, aggregate=aggregate, top_k=top_k, batch_size=batch_size,
                            max_file_mb=max_file_mb, max_hours=max_hours, workers=workers, scheduler=scheduler,
-                           device=device, features_from=features_from, format=fmt).checked()
+                           device=device, features_from=features_from, format=fmt,
+                           calibration=calibration).checked()
     summary = score(model, paths, out, options, windows_out=windows, resume=resume, epoch=epoch,
                     console=errors if as_json else console)   # under --json, stdout holds the JSON only
     if as_json:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -195,3 +197,73 @@ def test_calibrate_refuses_bad_input_in_one_line(run_dir, mel_store, overlap_run
              "no calibration 'nosuch'")
     one_line(runner.invoke(app, ["calibrate", str(run), "--on", f"{store}:dev", "--method", "platt"]),
              "--method 'platt'")
+
+
+def read_challenge(path) -> dict[str, float]:
+    lines = path.read_text().splitlines()
+    assert lines[0] == "filename\tcm-score"
+    return {name: float(value) for name, value in (line.split("\t") for line in lines[1:])}
+
+
+def test_score_tables_carry_llrs_and_the_challenge_file_the_bona_fide_llr(overlap_run, tmp_path):
+    """Done means: the --format asvspoof5 file of the calibrated run, read by the official formulas
+    (bona fide LLR, higher = bona fide), gives dfdetect's act_dcf and cllr, and the decisions hold."""
+    from test_calibration_metrics import ref_act_dcf, ref_cllr
+
+    from dfdetect.api import Detector
+
+    run, store = overlap_run
+    test_audio = Path(store).parent / "corpus" / "test"
+    out = tmp_path / "scores.txt"
+    result = CliRunner().invoke(app, ["score", str(test_audio), "--model", str(run), "--out", str(out),
+                                      "--format", "asvspoof5", "--workers", "0", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(open(tmp_path / "scores.status.csv")))
+    calibration = load_run(run).calibration()
+    assert {r["calibration"] for r in rows} == {"val"}
+    for r in rows:
+        assert float(r["llr"]) == pytest.approx(calibration.llr([float(r["score"])])[0], abs=1e-4)
+        assert r["llr_decision"] == ("fake" if float(r["llr"]) > 0.6418538861723947 else "real")
+    bona_fide = read_challenge(out)
+    labels = {Path(r["path"]).stem: int(Path(r["path"]).parent.name == "fake") for r in rows}
+    assert set(bona_fide) == set(labels)
+    names = sorted(labels)
+    y = np.array([labels[n] for n in names])
+    llrs = np.array([-bona_fide[n] for n in names])
+    bona, spoof = [bona_fide[n] for n in names if not labels[n]], [bona_fide[n] for n in names if labels[n]]
+    assert act_dcf(y, llrs) == pytest.approx(ref_act_dcf(bona, spoof), abs=1e-9)
+    assert cllr(y, llrs) == pytest.approx(ref_cllr(bona, spoof), abs=1e-9)
+    table_llrs = {Path(r["path"]).stem: float(r["llr"]) for r in rows}
+    assert all(bona_fide[n] == pytest.approx(-table_llrs[n], abs=1e-9) for n in names)
+    assert ref_act_dcf(bona, spoof) <= 1.3 * min_dcf(y, llrs)[0] + 0.05 and ref_cllr(bona, spoof) < 1
+
+    detector = Detector.from_run(run)
+    first = next(iter(sorted(test_audio.rglob("*.wav"))))
+    scored = detector.score(first)
+    assert scored.llr == pytest.approx(calibration.llr([scored.score])[0], abs=1e-4)
+    assert scored.llr_decision in ("fake", "real")
+    assert Detector.from_run(run, calibration="none").score(first).llr is None
+
+    bare = tmp_path / "bare.txt"
+    result = CliRunner().invoke(app, ["score", str(test_audio / "real"), "--model", str(run), "--out", str(bare),
+                                      "--format", "asvspoof5", "--workers", "0", "--calibration", "none"])
+    assert result.exit_code == 0, result.output
+    bare_rows = list(csv.DictReader(open(tmp_path / "bare.status.csv")))
+    assert all(r["llr"] == "" and r["calibration"] == "" for r in bare_rows)
+    assert all(0 <= v <= 1 for v in read_challenge(bare).values())     # 1 - P(fake) without a calibration
+
+
+def test_an_export_ships_its_calibration_and_its_card_says_so(overlap_run, tmp_path):
+    from dfdetect.models.pretrained import load_pretrained
+
+    run, _ = overlap_run
+    result = CliRunner().invoke(app, ["export", str(run), "--out", str(tmp_path / "export")])
+    assert result.exit_code == 0, result.output
+    card = (tmp_path / "export" / "README.md").read_text()
+    assert "## Calibration" in card and "Ships the calibration val: logistic" in card and "actDCF" in card
+    loaded = load_pretrained(tmp_path / "export")
+    assert loaded.calibration() == load_run(run).calibration()
+    result = CliRunner().invoke(app, ["export", str(run), "--out", str(tmp_path / "bare"), "--calibration", "none"])
+    assert result.exit_code == 0, result.output
+    assert "No calibration ships" in (tmp_path / "bare" / "README.md").read_text()
+    assert load_pretrained(tmp_path / "bare").calibration() is None
