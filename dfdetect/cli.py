@@ -467,6 +467,11 @@ def evaluate_command(
     drop_bad: bool = typer.Option(False, "--drop-bad", help="Leave out bad rows (named in a note) instead of failing."),
     batch_size: int = typer.Option(None, help="Default: the architecture's."),
     device: str = typer.Option("auto", help=DEVICE_HELP),
+    score_type: str = typer.Option("score", "--score-type", help="What --scores are: llr (natural-log LLRs, "
+                                   "in --higher-is's direction) | probability (P of --higher-is's class) | score "
+                                   "(anything else: actDCF and Cllr undefined)."),
+    train_prior: float = typer.Option(0.5, "--train-prior", help="--score-type probability: the share of fakes "
+                                      "the system was trained at (its probabilities' prior)."),
     calibration: str = typer.Option(None, "--calibration", help="The run's calibration whose LLRs give actDCF, "
                                     "Cllr and the Bayes decisions: NAME (dfdetect calibrate --name) | none "
                                     "(default: the newest fitted on the epoch)."),
@@ -491,7 +496,7 @@ def evaluate_command(
         result = evaluate_run(run, on, epoch=epoch, batch_size=batch_size, device=device, calibration=calibration)
     else:
         result = evaluate_score_file(read_scores(scores, fmt, score_col, label_col, id_col, higher_is,
-                                                 labels, drop_bad))
+                                                 labels, drop_bad), score_type, train_prior)
     if as_json:
         print(json.dumps(json_safe(result), indent=2))
     else:

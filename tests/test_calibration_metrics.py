@@ -137,3 +137,62 @@ def test_uninformative_llrs_cost_one_bit_and_one_class_is_undefined():
     assert act_dcf(labels, np.zeros(40)) == pytest.approx(1.0)   # the cheaper way: accept everything
     for f in (act_dcf, cllr, min_cllr):
         assert math.isnan(f(np.zeros(5, int), np.arange(5.0)))
+
+
+def write_scores(path, labels, values) -> None:
+    path.write_text("clip_id,label,score\n" + "".join(
+        f"c{i},{'spoof' if y else 'bonafide'},{float(v)!r}\n" for i, (y, v) in enumerate(zip(labels, values))))
+
+
+def evaluate_json(*args) -> dict:
+    import json
+
+    from typer.testing import CliRunner
+
+    from dfdetect.cli import app
+
+    result = CliRunner().invoke(app, ["evaluate", *map(str, args), "--json"])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def test_evaluate_reads_other_systems_llrs_and_probabilities(tmp_path):
+    """--score-type llr: the file's bona fide LLRs (--higher-is real) measured by ASVspoof 5's formulas;
+    probability: P(bona fide) turned into an LLR with the training prior; score: undefined, said why."""
+    name, labels, llrs = score_sets()[0]
+    bona_fide = -llrs
+    write_scores(tmp_path / "llr.csv", labels, bona_fide)
+    m = evaluate_json("--scores", tmp_path / "llr.csv", "--higher-is", "real", "--score-type", "llr")["metrics"]
+    bona, spoof = bona_fide[labels == 0].tolist(), bona_fide[labels == 1].tolist()
+    assert m["act_dcf"] == pytest.approx(ref_act_dcf(bona, spoof), abs=1e-9)
+    assert m["cllr"] == pytest.approx(ref_cllr(bona, spoof), abs=1e-9)
+    assert m["min_cllr"] == pytest.approx(ref_min_cllr(labels.tolist(), llrs.tolist()), abs=1e-6)
+
+    prior = 0.8    # a system trained on 80% fakes: its P(fake) is the LLR shifted by logit(0.8)
+    p_bona = 1 / (1 + np.exp(llrs + math.log(prior / (1 - prior))))
+    write_scores(tmp_path / "p.csv", labels, p_bona)
+    m = evaluate_json("--scores", tmp_path / "p.csv", "--higher-is", "real", "--score-type", "probability",
+                      "--train-prior", prior)["metrics"]
+    assert m["act_dcf"] == pytest.approx(ref_act_dcf(bona, spoof), abs=1e-6)
+    assert m["cllr"] == pytest.approx(ref_cllr(bona, spoof), abs=1e-6)
+
+    m = evaluate_json("--scores", tmp_path / "llr.csv", "--higher-is", "real")["metrics"]
+    assert m["act_dcf"] is None and m["cllr"] is None and "calibrate first" in m["act_dcf_undefined"]
+    assert m["min_cllr"] == pytest.approx(ref_min_cllr(labels.tolist(), llrs.tolist()), abs=1e-6)
+    assert m["min_dcf"] is not None and m["eer"] is not None
+
+
+def test_bad_score_types_are_one_line_errors(tmp_path):
+    from conftest import one_line
+    from typer.testing import CliRunner
+
+    from dfdetect.cli import app
+
+    write_scores(tmp_path / "llr.csv", [0, 1, 0, 1], [-3.0, 2.0, 0.5, 4.0])
+    runner = CliRunner()
+    one_line(runner.invoke(app, ["evaluate", "--scores", str(tmp_path / "llr.csv"), "--score-type", "logit"]),
+             "--score-type 'logit'")
+    one_line(runner.invoke(app, ["evaluate", "--scores", str(tmp_path / "llr.csv"), "--score-type", "probability"]),
+             "outside [0, 1]")
+    one_line(runner.invoke(app, ["evaluate", "--scores", str(tmp_path / "llr.csv"), "--score-type", "probability",
+                                 "--train-prior", "1"]), "--train-prior")

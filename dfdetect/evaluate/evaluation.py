@@ -153,10 +153,46 @@ def check_compatible(loaded, data) -> None:
         raise EvaluationError(f"{data.spec} cannot be scored by the run {loaded.path}: " + "; ".join(problems))
 
 
-def evaluate_score_file(table) -> dict:
-    """Every metric of a score file at 0.5 and at its EER threshold, with breakdowns."""
-    source = {"scores": table.path, "format": table.fmt, "clips": int(table.labels.size)}
-    return _result(source, table.labels, table.scores, table.columns, {}, list(table.notes))
+SCORE_TYPES = ("score", "llr", "probability")
+
+
+def evaluate_score_file(table, score_type: str = "score", train_prior: float = 0.5) -> dict:
+    """Every metric of a score file at 0.5 and at its EER threshold, with breakdowns; act_dcf, cllr
+    and the Bayes decisions when its scores are LLRs (`score_type` "llr") or probabilities turned
+    into LLRs with the prior of fakes the system was trained at (`train_prior`); for any other
+    score they are undefined, with the reason."""
+    source = {"scores": table.path, "format": table.fmt, "clips": int(table.labels.size), "score_type": score_type}
+    notes = list(table.notes)
+    llrs = file_llrs(table, score_type, train_prior, notes)
+    result = _result(source, table.labels, table.scores, table.columns, {}, notes, llrs)
+    if llrs is None:
+        result["metrics"].update(act_dcf=math.nan, cllr=math.nan, act_dcf_undefined=(
+            "not LLRs: calibrate first (--score-type llr for natural-log LLRs, probability for probabilities)"))
+    return result
+
+
+def file_llrs(table, score_type: str, train_prior: float, notes: list[str]):
+    """LLRs fake vs real of a score file's scores as read (None for score type "score")."""
+    from dfdetect.calibration import score_logit
+    from dfdetect.errors import check_range
+
+    if score_type not in SCORE_TYPES:
+        raise EvaluationError(f"--score-type {score_type!r}: choose one of {', '.join(SCORE_TYPES)}")
+    check_range("--train-prior", train_prior, 0, 1, low_open=True)
+    if train_prior >= 1:
+        raise EvaluationError("--train-prior must be below 1: the share of fakes in the system's training data")
+    read = table.read if table.read is not None else table.scores
+    flip = table.higher_is == "real"
+    if score_type == "llr":
+        return -read if flip else read
+    if score_type == "probability":
+        if not ((read >= 0) & (read <= 1)).all():
+            raise EvaluationError(f"--score-type probability: {table.path} has scores outside [0, 1] "
+                                  f"({read.min():.4g} .. {read.max():.4g}); use --score-type llr or score")
+        notes.append(f"probabilities read as LLRs: logit(P(fake)) - logit({train_prior:g}) (the training prior), "
+                     "P clipped to [1e-7, 1 - 1e-7]")
+        return score_logit(1.0 - read if flip else read) - math.log(train_prior / (1 - train_prior))
+    return None
 
 
 # -- printing -----------------------------------------------------------------------------------------

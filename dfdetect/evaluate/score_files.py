@@ -58,6 +58,8 @@ class ScoreTable:
     lines: np.ndarray
     columns: dict[str, np.ndarray] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    read: np.ndarray | None = None      # the scores as the file holds them (before any flip)
+    higher_is: str = "fake"             # what the file's higher scores mean
 
 
 def guess_format(path: Path) -> str:
@@ -265,6 +267,7 @@ def read_scores(path: str | Path, fmt: str | None = None, score_col: str | None 
     keep, labels, scores = _usable_rows(records, score_key, label_key, unit, path, drop_bad, notes)
     labels, scores = np.asarray(labels, dtype=int), np.asarray(scores, dtype=np.float64)
     probabilities = bool(((scores >= 0) & (scores <= 1)).all())
+    read = scores
     if higher_is == "real":  # order-reversing: EER, AUC and minDCF are those of the original scores
         scores = 1.0 - scores if probabilities else -scores
         notes.append("--higher-is real: scores flipped to P(fake) = "
@@ -277,7 +280,7 @@ def read_scores(path: str | Path, fmt: str | None = None, score_col: str | None 
                      f"{'specificity' if labels[0] else 'recall'} are undefined")
     lines = np.asarray([records[i][0] for i in keep])
     columns = {name: np.asarray([str(records[i][1].get(col) or "") for i in keep]) for name, col in groups.items()}
-    return ScoreTable(str(path), fmt, labels, scores, lines, columns, notes)
+    return ScoreTable(str(path), fmt, labels, scores, lines, columns, notes, read, higher_is)
 
 
 def _one_row_per_clip(records: list[tuple[int, dict]], id_key: str | None, score_key: str, label_key: str,
