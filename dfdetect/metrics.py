@@ -169,6 +169,30 @@ def llr_metrics(labels: np.ndarray, llrs: np.ndarray, p_spoof: float = ASVSPOOF5
             "at_bayes": decisions}
 
 
+def bayes_error_curves(labels: np.ndarray, llrs: np.ndarray,
+                       prior_log_odds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The normalised Bayes error-rate plot (BOSARIS): at each prior log-odds eta = logit(P(fake))
+    with unit costs, the actual DCF of deciding fake when llr > -eta and the minimum over every
+    threshold, both divided by min(P, 1 - P) (the default: 1). At eta = logit(0.345) they are act_dcf
+    and min_dcf of ASVspoof 5's cost model."""
+    labels, llrs = np.asarray(labels), np.asarray(llrs, dtype=np.float64)
+    real, fake = np.sort(llrs[labels == 0]), np.sort(llrs[labels == 1])
+    if real.size == 0 or fake.size == 0:
+        nan = np.full(len(prior_log_odds), NAN)
+        return nan, nan
+    cuts = np.r_[-np.inf, np.unique(llrs)]           # fake when llr > cut: every distinct decision
+    missed = np.searchsorted(fake, cuts, side="right") / fake.size         # fakes at or below the cut
+    rejected = 1 - np.searchsorted(real, cuts, side="right") / real.size   # reals above it
+    actual, minimum = [], []
+    for eta in np.asarray(prior_log_odds, dtype=np.float64):
+        p = 1 / (1 + np.exp(-eta))
+        norm = min(p, 1 - p)
+        act_missed, act_rejected = np.mean(fake <= -eta), np.mean(real > -eta)
+        actual.append((p * act_missed + (1 - p) * act_rejected) / norm)
+        minimum.append(min(np.min(p * missed + (1 - p) * rejected), norm) / norm)
+    return np.array(actual), np.array(minimum)
+
+
 def mixed_ties(labels: np.ndarray, scores: np.ndarray) -> int:
     """Clips whose score equals the score of a clip of the other label: the ties whose order in the
     stable sort decides the EER."""

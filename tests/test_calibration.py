@@ -267,3 +267,33 @@ def test_an_export_ships_its_calibration_and_its_card_says_so(overlap_run, tmp_p
     assert result.exit_code == 0, result.output
     assert "No calibration ships" in (tmp_path / "bare" / "README.md").read_text()
     assert load_pretrained(tmp_path / "bare").calibration() is None
+
+
+def test_the_report_has_a_calibration_section(overlap_run, tmp_path):
+    from dfdetect.evaluate.report import build_report
+
+    run, _ = overlap_run
+    report = build_report([run], tmp_path / "report.html")
+    markdown = report.markdown.read_text()
+    assert "calibration (actDCF vs minDCF, Cllr vs minCllr)" in markdown
+    test = RunFolder(run).records()[-1].sets["test"]   # epoch 4 is the best here too
+    assert f"| test | {test['act_dcf']:.4f} | {test['min_dcf']:.4f} | {test['cllr']:.4f} |" in markdown
+    assert "normalised Bayes error rate" in report.html.read_text()
+
+
+def test_an_ood_set_whose_decisions_do_not_transfer_is_warned_about():
+    from dfdetect.evaluate.report import RunInfo, find_warnings
+    from dfdetect.models.runs import EpochRecord
+
+    def record(act_dcf):
+        sets = {"val": {"eer": 0.1, "min_dcf": 0.2, "act_dcf": 0.25, "at_0.5": {}},
+                "ood:wild": {"eer": 0.2, "min_dcf": 0.3, "act_dcf": act_dcf, "at_0.5": {}}}
+        return [EpochRecord(epoch=1, train={"loss": 0.1}, sets=sets, seconds={})]
+
+    def run(act_dcf):
+        return RunInfo(Path("r"), "r", "Mel-CNN", "x", None, 1, 1, 1, record(act_dcf))
+
+    warned = [w for w in find_warnings(run(0.95)) if w.signature == "calibration"]
+    assert len(warned) == 1 and "ood:wild: actDCF 0.9500 against minDCF 0.3000" in warned[0].message
+    assert "recalibrate on data like yours" in warned[0].message
+    assert not [w for w in find_warnings(run(0.45)) if w.signature == "calibration"]

@@ -196,3 +196,14 @@ def test_bad_score_types_are_one_line_errors(tmp_path):
              "outside [0, 1]")
     one_line(runner.invoke(app, ["evaluate", "--scores", str(tmp_path / "llr.csv"), "--score-type", "probability",
                                  "--train-prior", "1"]), "--train-prior")
+
+
+def test_the_bayes_error_plot_passes_through_asvspoof5s_operating_point():
+    from dfdetect.metrics import bayes_error_curves
+
+    eta = math.log(0.5 / 0.95)   # the effective prior log-odds of Pspoof 0.05, Cmiss 1, Cfa 10
+    for name, labels, llrs in score_sets()[:5]:
+        actual, minimum = bayes_error_curves(labels, llrs, np.array([eta, -3.0, 3.0]))
+        assert actual[0] == pytest.approx(act_dcf(labels, llrs), abs=1e-12)
+        assert minimum[0] == pytest.approx(min_dcf(labels, llrs)[0], abs=1e-12)
+        assert (minimum <= actual + 1e-12).all() and (minimum <= 1 + 1e-12).all()
