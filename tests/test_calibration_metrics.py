@@ -202,7 +202,7 @@ def test_the_bayes_error_plot_passes_through_asvspoof5s_operating_point():
     from dfdetect.metrics import bayes_error_curves
 
     eta = math.log(0.5 / 0.95)   # the effective prior log-odds of Pspoof 0.05, Cmiss 1, Cfa 10
-    for name, labels, llrs in score_sets()[:5]:
+    for _, labels, llrs in score_sets()[:5]:
         actual, minimum = bayes_error_curves(labels, llrs, np.array([eta, -3.0, 3.0]))
         assert actual[0] == pytest.approx(act_dcf(labels, llrs), abs=1e-12)
         assert minimum[0] == pytest.approx(min_dcf(labels, llrs)[0], abs=1e-12)
