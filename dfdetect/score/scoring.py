@@ -274,10 +274,12 @@ def score(model: str | Path, paths: list[str], out: str | Path, options: ScoreOp
 
     with _locked(out, windows_out):   # one writer per table, as featurize per store
         before, complete = previous_rows(out, resume)
-        other = {(r.get("run_id"), r.get("aggregate")) for r in before if r.get("status") == OK}
-        if other - {(run.run_id, rule.name)}:
-            raise ScoreError(f"{out} holds scores of {sorted(other)} (run id, aggregate); --resume needs the same "
-                             f"--model/--epoch/--aggregate ({run.run_id}, {rule.name}) or a new --out")
+        other = {(r.get("run_id"), r.get("aggregate"), r.get("calibration") or "") for r in before
+                 if r.get("status") == OK}
+        if other - {(run.run_id, rule.name, constants["calibration"])}:
+            raise ScoreError(f"{out} holds scores of {sorted(other)} (run id, aggregate, calibration); --resume needs "
+                             f"the same --model/--epoch/--aggregate/--calibration ({run.run_id}, {rule.name}, "
+                             f"{constants['calibration']!r}) or a new --out")
         done = {(r["path"], r["member"]) for r in before}
         summary = ScoreSummary(str(out), run.run_id, resumed=len(before),
                                not_ok_before=sum(r.get("status") != OK for r in before))

@@ -557,8 +557,12 @@ def save_val_calibration(folder: RunFolder) -> None:
     records = folder.records()
     best = RunFolder.best_epoch(records)
     record = next((r for r in records if r.epoch == best), None)
-    if record is not None and record.calibration:
-        folder.write_calibration("val", Calibration.from_dict(record.calibration))
+    if record is None or not record.calibration:
+        return
+    calibration = Calibration.from_dict(record.calibration)
+    if "val" in folder.calibration_names() and folder.read_calibration("val") == calibration:
+        return   # unchanged (a resume that kept the best epoch): rewriting would make it the newest again
+    folder.write_calibration("val", calibration)
 
 
 def epoch_line(record: EpochRecord, epochs: int) -> str:
