@@ -297,3 +297,20 @@ def test_an_ood_set_whose_decisions_do_not_transfer_is_warned_about():
     assert len(warned) == 1 and "ood:wild: actDCF 0.9500 against minDCF 0.3000" in warned[0].message
     assert "recalibrate on data like yours" in warned[0].message
     assert not [w for w in find_warnings(run(0.45)) if w.signature == "calibration"]
+
+
+def test_a_damaged_or_mismatched_calibration_is_a_one_line_error(overlap_run, tmp_path):
+    import shutil
+
+    run, store = overlap_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    (copy / "calibrations" / "broken.json").write_text("{not json")
+    one_line(CliRunner().invoke(app, ["evaluate", str(copy), "--on", f"{store}:test"]), "broken.json", "not valid JSON")
+    (copy / "calibrations" / "broken.json").unlink()
+    old = fit_calibration(np.r_[np.zeros(20, int), np.ones(20, int)], np.linspace(0.01, 0.99, 40),
+                          fitted_on={"epoch": 1})
+    RunFolder(copy).write_calibration("epoch1", old)
+    one_line(CliRunner().invoke(app, ["evaluate", str(copy), "--on", f"{store}:test", "--calibration", "epoch1"]),
+             "fitted on epoch 1, not 4", "--epoch 1")
+    assert load_run(copy).calibration().name == "val"   # the default skips one of another epoch
