@@ -45,6 +45,8 @@ from sklearn.metrics import (
 )
 
 NAN = float("nan")
+NOT_LLRS = ("the scores are not LLRs: calibrate first (a run: dfdetect calibrate; a score file: --score-type llr "
+            "or probability)")
 
 
 def det_curve(target_scores: np.ndarray, nontarget_scores: np.ndarray):
@@ -256,6 +258,8 @@ def evaluate_scores(labels, scores, thresholds: dict[str, float] | None = None, 
         result[f"at_{name}"] = at_threshold(labels, scores, t)
     if llrs is not None:
         result.update(llr_metrics(labels, llrs))
+    else:   # the keys are there, undefined, with the reason (never a number about something else)
+        result.update(act_dcf=NAN, cllr=NAN, act_dcf_undefined=NOT_LLRS)
     return result
 
 

@@ -182,7 +182,8 @@ def test_calibrate_stores_a_named_calibration_and_measures_it_held_out(overlap_r
                                     "--json"])
     assert bare.exit_code == 0, bare.output
     bare = json.loads(bare.stdout)
-    assert "act_dcf" not in bare["metrics"] and "min_cllr" in bare["metrics"]
+    assert bare["metrics"]["act_dcf"] is None and "calibrate first" in bare["metrics"]["act_dcf_undefined"]
+    assert bare["metrics"]["min_cllr"] is not None
     assert any("no calibration" in note for note in bare["notes"])
 
 

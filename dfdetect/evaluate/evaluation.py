@@ -164,11 +164,7 @@ def evaluate_score_file(table, score_type: str = "score", train_prior: float = 0
     source = {"scores": table.path, "format": table.fmt, "clips": int(table.labels.size), "score_type": score_type}
     notes = list(table.notes)
     llrs = file_llrs(table, score_type, train_prior, notes)
-    result = _result(source, table.labels, table.scores, table.columns, {}, notes, llrs)
-    if llrs is None:
-        result["metrics"].update(act_dcf=math.nan, cllr=math.nan, act_dcf_undefined=(
-            "not LLRs: calibrate first (--score-type llr for natural-log LLRs, probability for probabilities)"))
-    return result
+    return _result(source, table.labels, table.scores, table.columns, {}, notes, llrs)
 
 
 def file_llrs(table, score_type: str, train_prior: float, notes: list[str]):
@@ -250,10 +246,10 @@ def print_calibration(result: dict, console) -> None:
 
     m, calibration = result["metrics"], result["source"].get("calibration")
     line = f"minCllr {fmt(m.get('min_cllr'))}"
-    if "act_dcf" in m:
-        line = f"actDCF {fmt(m['act_dcf'])} (minDCF {fmt(m['min_dcf'])})   Cllr {fmt(m['cllr'])} bits ({line})"
-    elif "act_dcf_undefined" in m:
+    if m.get("act_dcf_undefined"):
         line += f"   actDCF, Cllr: undefined ({m['act_dcf_undefined']})"
+    elif "act_dcf" in m:
+        line = f"actDCF {fmt(m['act_dcf'])} (minDCF {fmt(m['min_dcf'])})   Cllr {fmt(m['cllr'])} bits ({line})"
     console.print(line, highlight=False)
     if calibration:
         console.print(f"calibration {escape(calibration['description'])}", style="dim", soft_wrap=True)

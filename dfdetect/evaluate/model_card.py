@@ -66,7 +66,7 @@ def calibration_section(page, run: LoadedRun, calibration) -> None:
                   "Cfa 10). A calibration holds only for data like the data it was fitted on: on other domains "
                   "recalibrate with `dfdetect calibrate` on a few hundred labelled clips of yours.")
     rows = [[name, fmt(m.get("act_dcf")), fmt(m.get("min_dcf")), fmt(m.get("cllr")), fmt(m.get("min_cllr"))]
-            for name, m in run.record["sets"].items() if "act_dcf" in m]
+            for name, m in run.record["sets"].items() if m.get("act_dcf") is not None]
     if rows:
         page.text(f"Per set at epoch {run.epoch}, LLRs by the calibration fitted on that epoch's validation set "
                   "(validation's own numbers are optimistic):")

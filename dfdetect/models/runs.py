@@ -147,7 +147,7 @@ class EpochRecord(dict):
         """Set `name`'s metric `key`: eer/auc/min_dcf as stored, the rest at threshold 0.5 (None
         when not recorded); KeyError when the epoch has no such set."""
         metrics = self.sets[name]
-        return metrics[key] if key in _TOP_LEVEL_METRICS else metrics["at_0.5"].get(key)
+        return metrics.get(key) if key in _TOP_LEVEL_METRICS else metrics["at_0.5"].get(key)
 
     def at_05(self, name: str) -> dict:
         """Set `name`'s metrics at threshold 0.5 (confusion counts included)."""

@@ -458,6 +458,7 @@ def calibrate_epoch(sets: dict[str, DataSet], predictions: dict, results: dict, 
     except CalibrationError as e:
         return {"calibration": None, "calibration_note": f"no calibration: {e}"}
     for name, (rows, scores) in predictions.items():
+        results[name].pop("act_dcf_undefined", None)
         results[name].update(llr_metrics(sets[name].store.meta["label"][rows], calibration.llr(scores)))
     return {"calibration": calibration.to_dict()}
 
