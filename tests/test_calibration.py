@@ -148,8 +148,11 @@ def test_a_damaged_calibration_file_is_named(tmp_path):
                                "slope": float("nan"), "offset": 0}, "x.json")
 
 
-def test_calibrate_stores_a_named_calibration_and_measures_it_held_out(overlap_run):
+def test_calibrate_stores_a_named_calibration_and_measures_it_held_out(overlap_run, tmp_path):
+    import shutil
+
     run, store = overlap_run
+    run = shutil.copytree(run, tmp_path / "run")    # the shared run keeps only its own calibration
     result = CliRunner().invoke(app, ["calibrate", str(run), "--on", f"{store}:dev", "--held-out", f"{store}:test",
                                       "--method", "pav", "--name", "mine", "--json"])
     assert result.exit_code == 0, result.output
