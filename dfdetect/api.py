@@ -54,7 +54,9 @@ class Result:
     """One input's outcome, its row of `dfdetect score`'s table: `status` ok | error | skipped with
     the table's `error_kind` (out_of_memory and non_finite_score included); `score` is P(fake) to 6
     decimals (None unless ok), `decision` "fake" when the unrounded score >= the run's validation
-    threshold; per non-silent window its start/end (s) and score."""
+    threshold; per non-silent window its start/end (s) and score. With the run's calibration, `llr`
+    is the file's natural-log LLR fake vs real (6 decimals) and `llr_decision` the decision at the
+    Bayes threshold of ASVspoof 5's costs (None without one)."""
     path: str
     member: str
     status: str
@@ -66,6 +68,8 @@ class Result:
     windows: list[float] = field(default_factory=list)
     error_kind: str = ""
     error: str = ""
+    llr: float | None = None
+    llr_decision: str | None = None
 
 
 class Detector:
@@ -77,14 +81,17 @@ class Detector:
         self._scorer: Scorer | None = None
 
     @classmethod
-    def from_run(cls, path: str | Path, epoch: str | int = "best", device: str = "auto") -> Detector:
-        """The head of the run folder at `path` at `epoch` (best | last | N)."""
-        return cls(load_model(path, epoch), ScoreOptions(workers=0, device=device))
+    def from_run(cls, path: str | Path, epoch: str | int = "best", device: str = "auto",
+                 calibration: str | None = None) -> Detector:
+        """The head of the run folder at `path` at `epoch` (best | last | N), its LLRs by the run's
+        `calibration` (a name, "none", or None: the newest fitted on the epoch)."""
+        return cls(load_model(path, epoch), ScoreOptions(workers=0, device=device, calibration=calibration))
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, device: str = "auto") -> Detector:
-        """The head of a folder `dfdetect export` wrote."""
-        return cls(load_pretrained(path), ScoreOptions(workers=0, device=device))
+    def from_pretrained(cls, path: str | Path, device: str = "auto", calibration: str | None = None) -> Detector:
+        """The head of a folder `dfdetect export` wrote (its LLRs by the calibration exported with
+        it; `calibration="none"`: none)."""
+        return cls(load_pretrained(path), ScoreOptions(workers=0, device=device, calibration=calibration))
 
     @property
     def threshold(self) -> float:
@@ -140,7 +147,7 @@ class Detector:
                       [round(s, 4) for s in outcome.start[kept].tolist()],
                       [round(e, 4) for e in outcome.end[kept].tolist()],
                       [rounded(s, SCORE_DIGITS) for s in outcome.scores[kept].tolist()],
-                      outcome.error_kind, outcome.error)
+                      outcome.error_kind, outcome.error, outcome.table_llr, outcome.llr_decision)
 
 
 def _whole(value) -> bool:

@@ -511,6 +511,14 @@ def evaluate_command(
     drop_bad: bool = typer.Option(False, "--drop-bad", help="Leave out bad rows (named in a note) instead of failing."),
     batch_size: int = typer.Option(None, help="Default: the architecture's."),
     device: str = typer.Option("auto", help=DEVICE_HELP),
+    score_type: str = typer.Option("score", "--score-type", help="What --scores are: llr (natural-log LLRs, "
+                                   "in --higher-is's direction) | probability (P of --higher-is's class) | score "
+                                   "(anything else: actDCF and Cllr undefined)."),
+    train_prior: float = typer.Option(0.5, "--train-prior", help="--score-type probability: the share of fakes "
+                                      "the system was trained at (its probabilities' prior)."),
+    calibration: str = typer.Option(None, "--calibration", help="The run's calibration whose LLRs give actDCF, "
+                                    "Cllr and the Bayes decisions: NAME (dfdetect calibrate --name) | none "
+                                    "(default: the newest fitted on the epoch)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON (undefined metrics are null)."),
     ci_level: float = typer.Option(0.95, "--ci-level", help="Confidence level of the bootstrap intervals."),
     bootstrap: int = typer.Option(1000, "--bootstrap", help="Bootstrap resamples per interval (0: no intervals)."),
@@ -537,14 +545,62 @@ def evaluate_command(
         if on is None:
             raise EvaluationError("RUN needs --on STORE[@VERSION][:SPLIT], the set to score")
         result = evaluate_run(run, on, epoch=epoch, batch_size=batch_size, device=device, boot=boot,
-                              ci_groups=ci_groups)
+                              ci_groups=ci_groups, calibration=calibration)
     else:
         result = evaluate_score_file(read_scores(scores, fmt, score_col, label_col, id_col, higher_is,
-                                                 labels, drop_bad), boot, ci_groups)
+                                                 labels, drop_bad), boot, ci_groups, score_type, train_prior)
     if as_json:
         print(json.dumps(json_safe(result), indent=2))
     else:
         print_evaluation(result, console)
+
+
+@app.command("calibrate")
+def calibrate_command(
+    run: Path = typer.Argument(..., help="Run folder (runs/NAME) to calibrate."),
+    on: str = typer.Option(..., "--on", help="STORE[@VERSION][:SPLIT] of labelled clips to fit on (at least 20 of "
+                           "each class; a few hundred of your own domain is the cheapest fix for new data)."),
+    epoch: str = typer.Option("best", help="best (by validation EER) | last | N"),
+    method: str = typer.Option("logistic", help="logistic (affine, prior-weighted: robust) | pav (monotone steps: "
+                               "needs more clips)."),
+    name: str = typer.Option(None, "--name", help="Name to store it under (default: the store's stem and split); "
+                             "evaluate/score/export take it as --calibration NAME."),
+    held_out: str = typer.Option(None, "--held-out", help="STORE[@VERSION][:SPLIT] of other labelled clips: "
+                                 "before/after measured honestly there."),
+    batch_size: int = typer.Option(None, help="Default: the architecture's."),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON (undefined metrics are null)."),
+):
+    """Fit a calibration of the run's scores into LLRs on labelled clips, store it in the run folder
+    (calibrations/NAME.json, the newest is the default of evaluate, score and export), and print
+    actDCF and Cllr before and after."""
+    from dfdetect.evaluate.calibrate import calibrate_run
+    from dfdetect.evaluate.evaluation import fmt
+    from dfdetect.metrics import json_safe
+
+    result = calibrate_run(run, on, epoch=epoch, method=method, name=name, held_out=held_out,
+                           batch_size=batch_size, device=device)
+    if as_json:
+        print(json.dumps(json_safe(result), indent=2))
+        return
+    console.print(f"wrote {escape(result['file'])} ({result['method']}, epoch {result['epoch']})", soft_wrap=True,
+                  highlight=False)
+    if result["before_calibration"]:
+        console.print(f"before: {escape(result['before_calibration'])}", soft_wrap=True, highlight=False)
+    else:
+        console.print("before: no calibration (P(fake) read as an LLR)", highlight=False)
+    for key, what in (("on", "fitted on (optimistic: the calibration has seen these clips)"),
+                      ("held_out", "held out (honest)")):
+        if key in result:
+            r = result[key]
+            console.print(f"{escape(r['set'])} [{what}], {r['n_real']} real / {r['n_fake']} fake: actDCF "
+                          f"{fmt(r['before']['act_dcf'])} -> {fmt(r['after']['act_dcf'])} "
+                          f"(minDCF {fmt(r['min_dcf'])}), "
+                          f"Cllr {fmt(r['before']['cllr'])} -> {fmt(r['after']['cllr'])} bits "
+                          f"(minCllr {fmt(r['min_cllr'])})", soft_wrap=True, highlight=False)
+    if "held_out" not in result:
+        console.print("[yellow]warning:[/] these numbers are measured on the clips the calibration was fitted on, "
+                      "so they are optimistic; give --held-out STORE[:SPLIT] to measure it honestly", soft_wrap=True)
 
 
 @app.command("report")
@@ -627,6 +683,8 @@ def export_command(
     epoch: str = typer.Option("best", help="best (by validation EER) | last | N"),
     force: bool = typer.Option(False, "--force", help="Write into a non-empty folder that is not an export, and "
                                "replace an existing --onnx FILE (never a run's or the export's own files)."),
+    calibration: str = typer.Option(None, "--calibration", help="The run's calibration the export ships (its "
+                                    "scores' LLRs): NAME | none (default: the newest fitted on the epoch)."),
 ):
     """A shareable, Hugging Face-style folder of the run's head: config.json (architecture, frontend,
     WavLM identity, threshold, precision), model.safetensors (no pickle) and a README.md model card
@@ -634,7 +692,7 @@ def export_command(
     `dfdetect score --model DIR` scores with it."""
     from dfdetect.evaluate.model_card import export_run
 
-    done = export_run(run, out, epoch=epoch, force=force, onnx=onnx)
+    done = export_run(run, out, epoch=epoch, force=force, onnx=onnx, calibration=calibration)
     if "folder" in done:
         console.print(f"wrote {done['folder']} (config.json, model.safetensors, README.md)", soft_wrap=True,
                       highlight=False)
@@ -657,8 +715,9 @@ def score_command(
                              "asvspoof5 | asvspoof2019, the challenge score file)."),
     fmt: str = typer.Option("table", "--format", help="table (by --out's extension) | asvspoof5 (tab-separated "
                             "'filename<TAB>cm-score' with a header) | asvspoof2019 ('utt score' lines, 2019/2021). "
-                            "Challenge scores are 1 - P(fake) = P(bona fide), higher = bona fide, from the 6-decimal "
-                            "score (not an LLR); filename = the file or member name without folders and "
+                            "Challenge scores are the bona fide LLR (-llr, higher = bona fide) when the run is "
+                            "calibrated, else 1 - P(fake) = P(bona fide) from the 6-decimal score (not an LLR); "
+                            "filename = the file or member name without folders and "
                             "extension. Failed/skipped inputs have no score and are left out; every row, with its "
                             "reason, goes to OUT.status.csv beside it."),
     epoch: str = typer.Option("best", help="best (by validation EER) | last | N"),
@@ -682,6 +741,9 @@ def score_command(
                                       "same files: a plain file that is an ok row of it is scored from its stored "
                                       "features as one centre-clip window (features=store), not decoded; the rest "
                                       "live. Must match the run's frontend, inputs and WavLM."),
+    calibration: str = typer.Option(None, "--calibration", help="The run's calibration giving the llr and "
+                                    "llr_decision columns: NAME (dfdetect calibrate --name) | none (default: the "
+                                    "newest fitted on the epoch; an export's own)."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout (scored, failed and "
                                  "skipped by error kind, audio seconds, rates, the table's path); progress and "
                                  "warnings go to stderr."),
@@ -702,7 +764,8 @@ def score_command(
 
     options = ScoreOptions(window=window, hop=hop, aggregate=aggregate, top_k=top_k, batch_size=batch_size,
                            max_file_mb=max_file_mb, max_hours=max_hours, workers=workers, scheduler=scheduler,
-                           device=device, features_from=features_from, format=fmt).checked()
+                           device=device, features_from=features_from, format=fmt,
+                           calibration=calibration).checked()
     summary = score(model, paths, out, options, windows_out=windows, resume=resume, epoch=epoch,
                     console=errors if as_json else console)   # under --json, stdout holds the JSON only
     if as_json:

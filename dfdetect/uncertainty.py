@@ -31,6 +31,8 @@ from dfdetect.metrics import (
     ASVSPOOF5_C_FA,
     ASVSPOOF5_C_MISS,
     ASVSPOOF5_P_SPOOF,
+    act_dcf,
+    cllr,
     eer,
     min_dcf,
 )
@@ -50,6 +52,9 @@ METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
     "auc": _auc,
     "min_dcf": lambda labels, scores: min_dcf(labels, scores)[0],
 }
+# The metrics defined only on calibrated LLRs (fake vs real): resampled on a set's LLRs, never on its
+# P(fake) scores, so not among the defaults.
+LLR_METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {"act_dcf": act_dcf, "cllr": cllr}
 # Decisions at a fixed threshold (the keys of `metrics.at_threshold` that are rates).
 THRESHOLD_METRICS = ("accuracy", "precision", "recall", "f1", "mcc", "specificity")
 GROUPINGS = ("speaker", "generator", "source", "clip")
@@ -229,7 +234,7 @@ class SetMetrics:
             if name in FAST:
                 out[name] = FAST[name](self.ranked, cumulated)
             else:
-                f = METRICS[name]
+                f = METRICS[name] if name in METRICS else LLR_METRICS[name]
                 out[name] = np.array([f(self.labels[i], self.scores[i]) for i in map(resampled_clips, weights.T)])
         for label, t in self.thresholds.items():
             rates = decisions(self.labels, self.scores, t, weights)

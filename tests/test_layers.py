@@ -12,7 +12,7 @@ PACKAGE = Path(dfdetect.__file__).parent
 # Lowest first. A module may import its own layer's modules and any lower layer, never a higher one.
 LAYERS = [
     # the ground: corpora, metrics, errors, devices, locks
-    {"dfdetect", "errors", "devices", "names", "locks", "metrics", "uncertainty", "datasets"},
+    {"dfdetect", "errors", "devices", "names", "locks", "metrics", "uncertainty", "calibration", "datasets"},
     {"store"},
     {"featurize"},
     {"models"},

@@ -28,7 +28,7 @@ import numpy as np
 
 from dfdetect.errors import DfdetectError, check_range
 from dfdetect.metrics import evaluate_scores
-from dfdetect.uncertainty import GROUPINGS, Bootstrap, metric_intervals, resampling_units
+from dfdetect.uncertainty import GROUPINGS, LLR_METRICS, Bootstrap, metric_intervals, resampling_units
 
 HEADER = ("labels: 1 = fake (spoof), 0 = real (bona fide); scores: P(fake), higher = more likely fake; "
           "a clip is called fake when score >= threshold. EER: ASVspoof convention (stable sort, argmin "
@@ -83,11 +83,11 @@ def breakdowns(labels: np.ndarray, scores: np.ndarray, columns: dict[str, np.nda
     return out
 
 
-def _result(source: dict, labels, scores, columns: dict, thresholds: dict, notes: list[str],
+def _result(source: dict, labels, scores, columns: dict, thresholds: dict, notes: list[str], llrs=None,
             intervals: tuple[Bootstrap | None, dict, str | None] = (None, {}, None)) -> dict:
-    metrics = evaluate_scores(labels, scores, thresholds)
+    metrics = evaluate_scores(labels, scores, thresholds, llrs)
     boot, group_columns, grouping = intervals
-    metrics, ci = with_intervals(metrics, labels, scores, boot, group_columns, grouping)
+    metrics, ci = with_intervals(metrics, labels, scores, boot, group_columns, grouping, llrs)
     group_thresholds = dict(thresholds)   # a group is also measured at the whole set's EER threshold
     if not math.isnan(metrics["eer"]):
         group_thresholds["set_eer"] = metrics["eer_threshold"]
@@ -100,10 +100,13 @@ def _result(source: dict, labels, scores, columns: dict, thresholds: dict, notes
 
 # -- a run's checkpoint on a store ----------------------------------------------------------------------
 def evaluate_run(run: str | Path, on: str, epoch: str | int = "best", batch_size: int | None = None,
-                 device: str = "auto", boot: Bootstrap | None = Bootstrap(), ci_groups: str | None = None) -> dict:
+                 device: str = "auto", boot: Bootstrap | None = Bootstrap(), ci_groups: str | None = None,
+                 calibration: str | None = None) -> dict:
     """Score the set `on` (STORE[@V][:SPLIT]) with the run's checkpoint at `epoch`, then measure it at
     0.5, at its own EER threshold and at the run's validation EER threshold, each metric with its
-    bootstrap interval (`boot`, None for none; resampled by `ci_groups`, see `interval_groups`)."""
+    bootstrap interval (`boot`, None for none; resampled by `ci_groups`, see `interval_groups`); with
+    the run's `calibration` (a name, "none", or None: the newest for the epoch) also act_dcf, cllr and
+    the decisions at the Bayes threshold of its LLRs."""
     # torch-heavy: loaded only when a run is evaluated (score files need none of it)
     from dfdetect.devices import resolve_device, tf32
     from dfdetect.models.registry import get_architecture
@@ -129,9 +132,27 @@ def evaluate_run(run: str | Path, on: str, epoch: str | int = "best", batch_size
     source = {"run": str(loaded.path), "arch": loaded.arch, "epoch": loaded.epoch, "set": on,
               "store": data.store.path, "version": data.store.version, "clips": int(len(rows))}
     columns = {c: meta[c][rows] for c in BREAKDOWN_COLUMNS if c in meta}
+    calibrated = loaded.calibration(calibration)
+    notes += calibration_notes(calibrated, on)
+    if calibrated is not None:
+        source["calibration"] = {"name": calibrated.name, "description": calibrated.describe(),
+                                 **calibrated.to_dict()}
+    llrs = calibrated.llr(scores) if calibrated is not None else None
     group_columns = {c: meta[c][rows] for c in GROUPINGS if c in meta}
-    return _result(source, meta["label"][rows].astype(int), scores, columns, thresholds, notes,
+    return _result(source, meta["label"][rows].astype(int), scores, columns, thresholds, notes, llrs,
                    (boot, group_columns, ci_groups))
+
+
+def calibration_notes(calibrated, on: str) -> list[str]:
+    """What the reader of act_dcf and cllr must know: none without a calibration, and that they are
+    optimistic on the very set the calibration was fitted on."""
+    if calibrated is None:
+        return ["no calibration (none asked for, or the run has none for this epoch): act_dcf, cllr and the "
+                "Bayes decisions are not given; fit one with `dfdetect calibrate`"]
+    if calibrated.fitted_on.get("spec") == on:
+        return [f"the calibration {calibrated.name!r} was fitted on {on} itself: its act_dcf and cllr are "
+                "optimistic; measure them on held-out clips"]
+    return []
 
 
 def check_compatible(loaded, data) -> None:
@@ -143,12 +164,45 @@ def check_compatible(loaded, data) -> None:
         raise EvaluationError(f"{data.spec} cannot be scored by the run {loaded.path}: " + "; ".join(problems))
 
 
-def evaluate_score_file(table, boot: Bootstrap | None = Bootstrap(), ci_groups: str | None = None) -> dict:
-    """Every metric of a score file at 0.5 and at its EER threshold, with breakdowns and intervals."""
-    source = {"scores": table.path, "format": table.fmt, "clips": int(table.labels.size)}
+SCORE_TYPES = ("score", "llr", "probability")
+
+
+def evaluate_score_file(table, boot: Bootstrap | None = Bootstrap(), ci_groups: str | None = None,
+                        score_type: str = "score", train_prior: float = 0.5) -> dict:
+    """Every metric of a score file at 0.5 and at its EER threshold, with breakdowns; act_dcf, cllr
+    and the Bayes decisions when its scores are LLRs (`score_type` "llr") or probabilities turned
+    into LLRs with the prior of fakes the system was trained at (`train_prior`); for any other
+    score they are undefined, with the reason. Intervals as evaluate_run's."""
+    source = {"scores": table.path, "format": table.fmt, "clips": int(table.labels.size), "score_type": score_type}
+    notes = list(table.notes)
+    llrs = file_llrs(table, score_type, train_prior, notes)
     group_columns = {**table.columns, **({"speaker": table.speakers} if table.speakers is not None else {})}
-    return _result(source, table.labels, table.scores, table.columns, {}, list(table.notes),
+    return _result(source, table.labels, table.scores, table.columns, {}, notes, llrs,
                    (boot, group_columns, ci_groups))
+
+
+def file_llrs(table, score_type: str, train_prior: float, notes: list[str]):
+    """LLRs fake vs real of a score file's scores as read (None for score type "score")."""
+    from dfdetect.calibration import score_logit
+    from dfdetect.errors import check_range
+
+    if score_type not in SCORE_TYPES:
+        raise EvaluationError(f"--score-type {score_type!r}: choose one of {', '.join(SCORE_TYPES)}")
+    check_range("--train-prior", train_prior, 0, 1, low_open=True)
+    if train_prior >= 1:
+        raise EvaluationError("--train-prior must be below 1: the share of fakes in the system's training data")
+    read = table.read if table.read is not None else table.scores
+    flip = table.higher_is == "real"
+    if score_type == "llr":
+        return -read if flip else read
+    if score_type == "probability":
+        if not ((read >= 0) & (read <= 1)).all():
+            raise EvaluationError(f"--score-type probability: {table.path} has scores outside [0, 1] "
+                                  f"({read.min():.4g} .. {read.max():.4g}); use --score-type llr or score")
+        notes.append(f"probabilities read as LLRs: logit(P(fake)) - logit({train_prior:g}) (the training prior), "
+                     "P clipped to [1e-7, 1 - 1e-7]")
+        return score_logit(1.0 - read if flip else read) - math.log(train_prior / (1 - train_prior))
+    return None
 
 
 # -- confidence intervals -----------------------------------------------------------------------------
@@ -189,14 +243,19 @@ def interval_groups(columns: dict[str, np.ndarray], grouping: str | None) -> tup
 
 
 def with_intervals(metrics: dict, labels, scores, boot: Bootstrap | None, columns: dict,
-                   grouping: str | None) -> tuple[dict, dict | None]:
-    """`metrics` with `<metric>_ci: [low, high]` beside each metric (the rates at each threshold too),
-    and what the intervals are; (metrics, None) without `boot`."""
+                   grouping: str | None, llrs=None) -> tuple[dict, dict | None]:
+    """`metrics` with `<metric>_ci: [low, high]` beside each metric (the rates at each threshold too;
+    act_dcf, cllr and the Bayes decisions resampled on the same clips' `llrs`), and what the
+    intervals are; (metrics, None) without `boot`."""
     if boot is None or labels.min() == labels.max():
         return metrics, None
     groups, grouping = interval_groups(columns, grouping)
-    thresholds = {k[len("at_"):]: v["threshold"] for k, v in metrics.items() if k.startswith("at_")}
+    thresholds = {k[len("at_"):]: v["threshold"] for k, v in metrics.items()
+                  if k.startswith("at_") and v.get("threshold_on") != "llr"}
     cis = metric_intervals(labels, scores, groups, thresholds, boot)
+    if llrs is not None:    # the same seed and groups: the same resampled clips as the scores'
+        bayes = float(np.nextafter(metrics["at_bayes"]["threshold"], np.inf))   # fake when llr > threshold
+        cis.update(metric_intervals(labels, llrs, groups, {"bayes": bayes}, boot, metrics=tuple(LLR_METRICS)))
     about = {"level": boot.level, "resamples": boot.n, "seed": boot.seed, "groups": grouping,
              "units": int(resampling_units(labels, groups)[0].max()) + 1,
              "note": INTERVALS_NOTE}
@@ -216,7 +275,8 @@ def breakdown_intervals(groups: dict, labels, scores, columns: dict, boot: Boots
             clips = values == value
             if m.get("one_label"):
                 clips |= labels == (0 if m["one_label"] == "fake" else 1)
-            thresholds = {k[len("at_"):]: v["threshold"] for k, v in m.items() if k.startswith("at_")}
+            thresholds = {k[len("at_"):]: v["threshold"] for k, v in m.items()
+                          if k.startswith("at_") and v.get("threshold_on") != "llr"}
             cis = metric_intervals(labels[clips], scores[clips], None if units is None else units[clips],
                                    thresholds, boot)
             if m.get("one_label"):   # only the kept rate of the group's label is its own
@@ -285,9 +345,10 @@ def print_evaluation(result: dict, console) -> None:
                   f"minDCF {fmt_ci(m, 'min_dcf')} (threshold {fmt(m['min_dcf_threshold'])})")
     if result.get("intervals"):
         console.print(escape(intervals_line(result["intervals"])), style="dim", soft_wrap=True)
+    print_calibration(result, console)
     columns = [(k, title if k == "at_0.5" else f"{title} {fmt(m[k]['threshold'])}")
                for k, title in (("at_0.5", "at 0.5"), ("at_eer", "at EER threshold"),
-                                ("at_val", "at validation threshold")) if k in m]
+                                ("at_val", "at validation threshold"), ("at_bayes", "at Bayes LLR >")) if k in m]
     table = Table("metric", *(title for _, title in columns), title="decisions: fake when score >= threshold")
     for name in ("accuracy", "precision", "recall", "f1", "mcc", "specificity", "tp", "fp", "tn", "fn"):
         label = {"recall": "recall (sensitivity)"}.get(name, name)
@@ -300,6 +361,21 @@ def print_evaluation(result: dict, console) -> None:
                       "within the group only recall (fakes caught) or specificity (reals passed) exists, and "
                       "precision, F1 and MCC are undefined. Every metric at every threshold: --json.",
                       style="dim", soft_wrap=True)
+
+
+def print_calibration(result: dict, console) -> None:
+    """actDCF beside minDCF and Cllr beside minCllr, and the calibration that made the LLRs."""
+    from rich.markup import escape
+
+    m, calibration = result["metrics"], result["source"].get("calibration")
+    line = f"minCllr {fmt(m.get('min_cllr'))}"
+    if m.get("act_dcf_undefined"):
+        line += f"   actDCF, Cllr: undefined ({m['act_dcf_undefined']})"
+    elif "act_dcf" in m:
+        line = f"actDCF {fmt(m['act_dcf'])} (minDCF {fmt(m['min_dcf'])})   Cllr {fmt(m['cllr'])} bits ({line})"
+    console.print(line, highlight=False)
+    if calibration:
+        console.print(f"calibration {escape(calibration['description'])}", style="dim", soft_wrap=True)
 
 
 def breakdown_table(column: str, groups: dict):

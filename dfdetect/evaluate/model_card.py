@@ -52,8 +52,29 @@ class _CardPage(Page):
         super().table(headers, [[defang(str(cell)) for cell in row] for row in rows])
 
 
-def model_card(run: LoadedRun) -> str:
-    """The model card of `run` at its loaded epoch, as Markdown."""
+def calibration_section(page, run: LoadedRun, calibration) -> None:
+    """The calibration the export ships and what it was fitted on, and the epoch's actDCF and Cllr
+    per set (LLRs by the calibration fitted on that epoch's validation set) beside minDCF and minCllr."""
+    page.heading("Calibration")
+    if calibration is None:
+        page.text("No calibration ships with this model: its scores are P(fake), not log-likelihood ratios, so "
+                  "no actual DCF or Cllr can be read from them. Fit one on labelled clips of your own domain "
+                  "with `dfdetect calibrate`.")
+    else:
+        page.text(f"Ships the calibration {calibration.describe()}. Scores map to natural-log LLRs (fake vs real); "
+                  "a clip is called fake at the Bayes threshold llr > 0.642 (ASVspoof 5: Pspoof 0.05, Cmiss 1, "
+                  "Cfa 10). A calibration holds only for data like the data it was fitted on: on other domains "
+                  "recalibrate with `dfdetect calibrate` on a few hundred labelled clips of yours.")
+    rows = [[name, fmt(m.get("act_dcf")), fmt(m.get("min_dcf")), fmt(m.get("cllr")), fmt(m.get("min_cllr"))]
+            for name, m in run.record["sets"].items() if m.get("act_dcf") is not None]
+    if rows:
+        page.text(f"Per set at epoch {run.epoch}, LLRs by the calibration fitted on that epoch's validation set "
+                  "(validation's own numbers are optimistic):")
+        page.table(["set", "actDCF", "minDCF", "Cllr (bits)", "minCllr"], rows)
+
+
+def model_card(run: LoadedRun, calibration=None) -> str:
+    """The model card of `run` at its loaded epoch, as Markdown; `calibration`: the one it ships."""
     arch = get_architecture(run.arch)
     info = read_run(run.path)
     train = run.config.train_set
@@ -84,6 +105,7 @@ def model_card(run: LoadedRun) -> str:
                      fmt(at.get("specificity"), "specificity")])
     page.table(["set", "kind", "clips", "EER", "AUC", "minDCF", "accuracy at 0.5", "recall at 0.5",
                 "specificity at 0.5"], rows)
+    calibration_section(page, run, calibration)
     page.heading("Warnings")
     found = find_warnings(info)
     for w in found:
@@ -102,7 +124,7 @@ def model_card(run: LoadedRun) -> str:
 
 
 def export_run(run_path: str | Path, out: str | Path | None = None, epoch: str | int = "best", force: bool = False,
-               onnx: str | Path | None = None) -> dict:
+               onnx: str | Path | None = None, calibration: str | None = None) -> dict:
     """Write the exported folder of the run at `run_path`, `epoch` (best | last | N), to `out`
     and/or its head as ONNX to `onnx` (models/onnx_export.py: the check against PyTorch included)."""
     if out is None and onnx is None:
@@ -114,7 +136,9 @@ def export_run(run_path: str | Path, out: str | Path | None = None, epoch: str |
     run = load_run(run_path, epoch)
     done = {}
     if out is not None:
-        done["folder"] = write_pretrained(run, out, model_card(run), force=force)
+        calibrated = run.calibration(calibration)
+        done["folder"] = write_pretrained(run, out, model_card(run, calibrated), force=force,
+                                          calibration=calibrated)
     if onnx is not None:
         done["onnx"] = export_onnx(run, onnx, force=force, export_folder=out)
     return done

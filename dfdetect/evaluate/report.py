@@ -40,7 +40,7 @@ import numpy as np
 from dfdetect.errors import DfdetectError, check_output
 from dfdetect.evaluate.evaluation import HEADER, fmt, fmt_ci
 from dfdetect.evaluate.score_files import read_scores
-from dfdetect.metrics import det_curve, eer
+from dfdetect.metrics import bayes_error_curves, det_curve, eer
 from dfdetect.models.registry import (
     WAVLM_LARGE_BYTES,
     WAVLM_LARGE_PARAMETERS,
@@ -64,6 +64,8 @@ DEGENERATE_RATE = 0.05
 # accuracy and the epoch of best OOD accuracy at least max(EPOCH_GAP_MIN, EPOCH_GAP_FRACTION x
 # epochs) apart.
 EPOCH_GAP_MIN = 3
+# (f) an OOD set whose actDCF is this far above its minDCF: the decisions do not transfer
+CALIBRATION_GAP_RATIO, CALIBRATION_GAP_MIN = 2.0, 0.2
 EPOCH_GAP_FRACTION = 0.25
 
 
@@ -257,10 +259,25 @@ def baseline_warnings(runs: list[RunInfo], oods: list[str]) -> list[RunWarning]:
     return found
 
 
+def calibration_warnings(run: RunInfo) -> list[str]:
+    """(f) at the best-validation epoch, an OOD set whose actDCF (LLRs by the validation calibration)
+    is at least CALIBRATION_GAP_RATIO x its minDCF and CALIBRATION_GAP_MIN above it."""
+    found = []
+    for name in _ood_names(run):
+        act, low = run.metric(run.best_epoch, name, "act_dcf"), run.metric(run.best_epoch, name, "min_dcf")
+        if _missing(act) or _missing(low):
+            continue
+        if act >= CALIBRATION_GAP_RATIO * low and act >= low + CALIBRATION_GAP_MIN:
+            found.append(f"{name}: actDCF {act:.4f} against minDCF {low:.4f} at epoch {run.best_epoch}: the scores "
+                         "rank well but the decisions do not transfer: recalibrate on data like yours "
+                         "(`dfdetect calibrate`)")
+    return found
+
+
 def find_warnings(run: RunInfo) -> list[RunWarning]:
     """Every failure signature the run shows, with the numbers that triggered it."""
     checks = {"trap": trap_warnings, "degenerate": degenerate_warnings, "negative_mcc": negative_mcc_warnings,
-              "epoch_gap": epoch_gap_warnings}
+              "epoch_gap": epoch_gap_warnings, "calibration": calibration_warnings}
     return [RunWarning(run.name, signature, message) for signature, check in checks.items()
             for message in check(run)]
 
@@ -352,6 +369,55 @@ def scores_figure(run: RunInfo, files: list[tuple[str, Path]]) -> bytes:
     for ax in axes.flat:
         ax.grid(alpha=0.3)
     fig.suptitle(_mathtext_safe(f"{run.name}: epoch {run.best_epoch} (best validation)"))
+    return _png(fig)
+
+
+def calibration_section(page: Page, run: RunInfo) -> None:
+    """actDCF vs minDCF and Cllr vs minCllr per set at the best epoch (LLRs by the calibration fitted
+    on that epoch's validation set), and the normalised Bayes error-rate plot of its score tables."""
+    record = run.record(run.best_epoch)
+    rows = [[name, fmt(m.get("act_dcf")), fmt(m.get("min_dcf")), fmt(m.get("cllr")), fmt(m.get("min_cllr"))]
+            for name, m in record.sets.items()]
+    calibration = record.calibration
+    if not calibration:
+        page.text(f"{run.name} has no calibration at epoch {run.best_epoch} "
+                  f"({record.get('calibration_note') or 'trained before calibration existed'}): its scores are not "
+                  "LLRs, so no actDCF or Cllr; minCllr is the ranking's floor.")
+        page.table(["set", "actDCF", "minDCF", "Cllr (bits)", "minCllr"], rows)
+        return
+    f = calibration["fitted_on"]
+    page.text(f"{run.name}, epoch {run.best_epoch}: LLRs by a {calibration['method']} calibration fitted on that "
+              f"epoch's validation set ({f.get('n_real')} real, {f.get('n_fake')} fake clips; its own actDCF and "
+              "Cllr are optimistic). actDCF is the cost of the decisions at the Bayes threshold, minDCF the best any "
+              "threshold could do; Cllr - minCllr is what calibration loses.")
+    page.table(["set", "actDCF", "minDCF", "Cllr (bits)", "minCllr"], rows)
+    files = score_files(run)
+    if files:
+        page.figure(bayes_error_figure(run, files, calibration), f"{run.name}: normalised Bayes error rate per set "
+                    "(actual, minimum, default 1) over the prior log-odds; dotted: ASVspoof 5's operating point")
+
+
+def bayes_error_figure(run: RunInfo, files: list[tuple[str, Path]], calibration: dict) -> bytes:
+    """BOSARIS's normalised Bayes error-rate plot of each set's best-epoch scores."""
+    from matplotlib.figure import Figure
+
+    from dfdetect.calibration import Calibration, effective_prior
+
+    llr_of = Calibration.from_dict(calibration).llr
+    etas = np.linspace(-7, 7, 141)
+    operating = math.log(effective_prior() / (1 - effective_prior()))
+    fig = Figure(figsize=(4 * len(files), 3.5), layout="constrained")
+    for ax, (name, path) in zip(fig.subplots(1, len(files), squeeze=False)[0], files):
+        table = read_scores(path, fmt="csv")
+        actual, minimum = bayes_error_curves(table.labels, llr_of(table.scores), etas)
+        ax.plot(etas, actual, label="actual")
+        ax.plot(etas, minimum, label="minimum", linestyle="--")
+        ax.axhline(1, color="grey", label="default")
+        ax.axvline(operating, color="grey", linestyle=":")
+        ax.set(title=_mathtext_safe(name), xlabel="prior log-odds logit(P(fake))", ylabel="normalised DCF",
+               ylim=(0, 1.2))
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
     return _png(fig)
 
 
@@ -729,7 +795,8 @@ def build_report(runs: list[str | Path], out: str | Path = "report.html", ood: s
               f"epoch); (b) OOD recall or specificity <= {DEGENERATE_RATE:.0%} at 0.5; (c) MCC < 0 on any set "
               f"((b), (c): best-validation and last epoch); (d) best-test and best-OOD epochs at least "
               f"max({EPOCH_GAP_MIN}, {EPOCH_GAP_FRACTION:.0%} of epochs) apart; (e) a head whose OOD EER is not below "
-              "the best reference system's (best-validation epochs).")
+              "the best reference system's (best-validation epochs); (f) an OOD set whose actDCF is at least "
+              f"{CALIBRATION_GAP_RATIO:g}x its minDCF and {CALIBRATION_GAP_MIN} above it (best-validation epoch).")
     for w in found:
         page.warning(f"{w.run}: {w.message}")
     if not found:
@@ -750,6 +817,8 @@ def build_report(runs: list[str | Path], out: str | Path = "report.html", ood: s
                                                    f"{run.best_epoch} (scores/best)")
         else:
             page.text(f"{run.name} has no scores/best/*.csv: no ROC/DET curves or histograms.")
+        page.heading(f"{run.name}: calibration (actDCF vs minDCF, Cllr vs minCllr)")
+        calibration_section(page, run)
 
     out = Path(out)
     markdown = out.with_suffix(".md")

@@ -62,6 +62,8 @@ class ScoreTable:
     notes: list[str] = field(default_factory=list)
     ids: np.ndarray | None = None        # clip ids, when the file names its clips (compare joins by them)
     speakers: np.ndarray | None = None   # a speaker column, when there is one (bootstrap groups)
+    read: np.ndarray | None = None      # the scores as the file holds them (before any flip)
+    higher_is: str = "fake"             # what the file's higher scores mean
 
 
 def guess_format(path: Path) -> str:
@@ -269,6 +271,7 @@ def read_scores(path: str | Path, fmt: str | None = None, score_col: str | None 
     keep, labels, scores = _usable_rows(records, score_key, label_key, unit, path, drop_bad, notes)
     labels, scores = np.asarray(labels, dtype=int), np.asarray(scores, dtype=np.float64)
     probabilities = bool(((scores >= 0) & (scores <= 1)).all())
+    read = scores
     if higher_is == "real":  # order-reversing: EER, AUC and minDCF are those of the original scores
         scores = 1.0 - scores if probabilities else -scores
         notes.append("--higher-is real: scores flipped to P(fake) = "
@@ -285,7 +288,8 @@ def read_scores(path: str | Path, fmt: str | None = None, score_col: str | None 
     speaker_key = None if fmt == "asvspoof" else _column(records, None, SPEAKER_COLUMNS, "speaker", path, False)
     ids, speakers = ([_text(records[i][1].get(key)) for i in keep] if key else None for key in (clip_key, speaker_key))
     return ScoreTable(str(path), fmt, labels, scores, lines, columns, notes,
-                      None if ids is None else np.asarray(ids), None if speakers is None else np.asarray(speakers))
+                      ids=None if ids is None else np.asarray(ids),
+                      speakers=None if speakers is None else np.asarray(speakers), read=read, higher_is=higher_is)
 
 
 def _one_row_per_clip(records: list[tuple[int, dict]], id_key: str | None, score_key: str, label_key: str,

@@ -27,8 +27,9 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from dfdetect import __version__
+from dfdetect.calibration import Calibration
 from dfdetect.devices import PRECISIONS
-from dfdetect.errors import ConfigError, check_output, check_range
+from dfdetect.errors import ConfigError, DfdetectError, check_output, check_range
 from dfdetect.featurize.frontend import FRONTEND_VERSION, FrontendConfig, LfccConfig, MelConfig
 from dfdetect.featurize.wavlm import WavLMConfig
 from dfdetect.models.registry import build_model, config_to_dict, get_architecture
@@ -119,7 +120,7 @@ def _holds_export(out: Path) -> bool:
     return all(p.name in ours for p in out.iterdir())
 
 
-def write_pretrained(run: LoadedRun, out: str | Path, card: str, force: bool = False) -> Path:
+def write_pretrained(run: LoadedRun, out: str | Path, card: str, force: bool = False, calibration=None) -> Path:
     """The exported folder of `run` at `out` (an existing export is replaced; a non-empty folder that is
     not one only with `force`; a run, a folder inside a run, or one holding a run or a store never).
 
@@ -137,7 +138,8 @@ def write_pretrained(run: LoadedRun, out: str | Path, card: str, force: bool = F
     with open(staged[WEIGHTS], "rb+") as f:
         os.fsync(f.fileno())
     _write_synced(staged[CARD], card)
-    config = {**export_config(run), "files": {WEIGHTS: {"sha256": _sha256(staged[WEIGHTS])}}}
+    config = {**export_config(run), "files": {WEIGHTS: {"sha256": _sha256(staged[WEIGHTS])}},
+              "calibration": calibration.to_dict() if calibration is not None else None}
     _write_synced(staged[CONFIG], json.dumps(config, indent=2))
     if (out / CONFIG).exists():
         os.unlink(out / CONFIG)        # from here until the last rename the folder is not loadable
@@ -200,7 +202,17 @@ def load_pretrained(path: str | Path) -> LoadedRun:
                   "model": options, "frontend": frontend.to_dict(),
                   "sets": {"train": {"frontend_hash": config["frontend_hash"]}}, "wavlm": wavlm}
     records = [{"epoch": epoch, "sets": {"val": {"eer_threshold": threshold}}}]
+    if config.get("calibration") is not None:   # checked here: a bad one is a RunError naming the file
+        records[0]["calibration"] = _calibration(config_file, config["calibration"])
     return LoadedRun(path, arch, epoch, model, run_config, records)
+
+
+def _calibration(config_file: Path, data) -> dict:
+    """The exported calibration's JSON, checked (Calibration.from_dict's rules)."""
+    try:
+        return Calibration.from_dict(data, str(config_file)).to_dict()
+    except DfdetectError as e:
+        raise RunError(f"{printable(str(e))[:300]}; export the run again") from None
 
 
 def _check_inputs(config_file: Path, model: torch.nn.Module, arch: str, frontend: FrontendConfig, wavlm) -> None:

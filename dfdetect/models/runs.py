@@ -9,6 +9,8 @@
       checkpoints/epoch_NNN.safetensors, best.safetensors (model weights only)
       state.safetensors + state.json   optimizer, RNG and progress, for --resume
       scores/{best,last}/SET.csv       per-clip scores (P(fake)) of the best and the last epoch
+      calibrations/NAME.json           P(fake) -> LLR maps (dfdetect.calibration): "val", fitted at the
+                         end of training on the best epoch's validation set, and `dfdetect calibrate`'s
       run.json           environment (git commit, versions, device) and totals
 
 `RunFolder` names every file (the trainer writes through it; evaluate, report, score, the study
@@ -24,6 +26,7 @@ epoch with what scoring raw audio needs (the frontend and WavLM it was trained o
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -36,6 +39,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from dfdetect.calibration import Calibration
 from dfdetect.errors import ConfigError, DfdetectError
 from dfdetect.featurize.frontend import FrontendConfig
 from dfdetect.featurize.wavlm import WavLMConfig
@@ -47,13 +51,16 @@ from dfdetect.store.schema import wavlm_storage_of
 STATE_KEY = "dfdetect_state"   # the progress, in state.safetensors' header
 # A run folder's layout: what `RunFolder.create` may remove (with the ".tmp" of a replace cut off).
 LAYOUT_FILES = {"config.json", "metrics.jsonl", "run.json", "state.json", "state.safetensors"}
-LAYOUT_DIRS = {"checkpoints", "scores"}
+LAYOUT_DIRS = {"checkpoints", "scores", "calibrations"}
 _CHECKPOINT = re.compile(r"(epoch_\d{3,}|best)\.safetensors(\.tmp)?")
+CALIBRATION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_CALIBRATION_FILE = re.compile(CALIBRATION_NAME.pattern + r"\.json(\.tmp)?")
 
 
 # A per-clip score table (scores/{best,last}/SET.csv): its columns; score = P(fake).
 SCORE_COLUMNS = ("clip_id", "label", "score", "generator", "split", "store_row")
-_TOP_LEVEL_METRICS = ("eer", "auc", "min_dcf")   # a set's metrics beside its thresholds' ("at_0.5", ...)
+# a set's metrics beside its thresholds' ("at_0.5", ...)
+_TOP_LEVEL_METRICS = ("eer", "auc", "min_dcf", "act_dcf", "cllr", "min_cllr")
 
 
 class RunError(DfdetectError):
@@ -144,11 +151,16 @@ class EpochRecord(dict):
         """The validation EER threshold on P(fake) (None when validation had none)."""
         return self.sets.get("val", {}).get("eer_threshold")
 
+    @property
+    def calibration(self) -> dict | None:
+        """The calibration fitted on this epoch's validation scores (Calibration.to_dict), if any."""
+        return self.get("calibration")
+
     def metric(self, name: str, key: str):
         """Set `name`'s metric `key`: eer/auc/min_dcf as stored, the rest at threshold 0.5 (None
         when not recorded); KeyError when the epoch has no such set."""
         metrics = self.sets[name]
-        return metrics[key] if key in _TOP_LEVEL_METRICS else metrics["at_0.5"].get(key)
+        return metrics.get(key) if key in _TOP_LEVEL_METRICS else metrics["at_0.5"].get(key)
 
     def at_05(self, name: str) -> dict:
         """Set `name`'s metrics at threshold 0.5 (confusion counts included)."""
@@ -201,6 +213,40 @@ class RunFolder:
             for clip_id, label, score, generator, split, row in zip(*(columns[c] for c in SCORE_COLUMNS)):
                 w.writerow([csv_cell(clip_id), int(label), f"{score:.6f}", csv_cell(generator), csv_cell(split),
                             int(row)])
+
+    # -- calibrations (dfdetect.calibration's JSON) ---------------------------------------------------
+    @property
+    def calibrations(self) -> Path:
+        return self.path / "calibrations"
+
+    def calibration_file(self, name: str) -> Path:
+        if name == "none" or not CALIBRATION_NAME.fullmatch(name):
+            raise RunError(f"calibration name {name!r}: use letters, digits, '_', '.' and '-' (up to 64, "
+                           "not 'none')")
+        return self.calibrations / f"{name}.json"
+
+    def write_calibration(self, name: str, calibration: Calibration) -> Path:
+        """calibrations/NAME.json, replaced in one rename."""
+        file = self.calibration_file(name)
+        file.parent.mkdir(parents=True, exist_ok=True)
+        _replace(file, lambda tmp: tmp.write_text(json.dumps(calibration.to_dict(), indent=2)))
+        return file
+
+    def read_calibration(self, name: str) -> Calibration:
+        file = self.calibration_file(name)
+        if not file.is_file():
+            have = ", ".join(self.calibration_names()) or "none"
+            raise RunError(f"{self.path} has no calibration {name!r} (it has: {have}); fit one with "
+                           f"`dfdetect calibrate {self.path} --on STORE[:SPLIT] --name {name}`")
+        return dataclasses.replace(Calibration.from_dict(_read_json(file), str(file)), name=name)
+
+    def calibration_names(self) -> list[str]:
+        """The run's calibrations, newest first (by when they were fitted)."""
+        if not self.calibrations.is_dir():
+            return []
+        found = [(f.stem, f) for f in self.calibrations.glob("*.json") if CALIBRATION_NAME.fullmatch(f.stem)]
+        return [name for _, name in sorted(((self.read_calibration(n).created_ns, n) for n, _ in found),
+                                           reverse=True)]
 
     # -- state --------------------------------------------------------------------------------------
     @property
@@ -376,6 +422,8 @@ def _in_layout(rel: Path, entry: Path) -> bool:
             not is_dir and parts[0].removesuffix(".tmp") in LAYOUT_FILES)
     if parts[0] == "checkpoints":
         return len(parts) == 2 and not is_dir and bool(_CHECKPOINT.fullmatch(parts[1]))
+    if parts[0] == "calibrations":
+        return len(parts) == 2 and not is_dir and bool(_CALIBRATION_FILE.fullmatch(parts[1]))
     if parts[0] == "scores":
         return parts[1] in ("best", "last") and (
             (len(parts) == 2 and is_dir) or (len(parts) == 3 and not is_dir and parts[2].endswith(".csv")))
@@ -473,6 +521,32 @@ class LoadedRun:
     @property
     def run_id(self) -> str:
         return f"{self.path.name}@epoch{self.epoch}"
+
+    def calibration(self, name: str | None = None) -> Calibration | None:
+        """The P(fake) -> LLR map for this epoch: `name` from calibrations/ ("none": None); by default
+        the newest one fitted on this epoch, else the one fitted on this epoch's validation scores
+        (its record's), else None (a run from before calibration). A named one fitted on another
+        epoch is refused: its LLRs would describe another model."""
+        if name == "none":
+            return None
+        folder = RunFolder(self.path)
+        if name is not None:
+            calibration = folder.read_calibration(name)
+            fitted = calibration.fitted_on.get("epoch")
+            if fitted is not None and fitted != self.epoch:
+                raise RunError(f"calibration {name!r} of {self.path} was fitted on epoch {fitted}, not {self.epoch}: "
+                               f"use --epoch {fitted}, or calibrate epoch {self.epoch} with `dfdetect calibrate`")
+            return calibration
+        if folder.is_run:   # an exported model's folder has no calibrations/ of a run
+            for candidate in folder.calibration_names():
+                calibration = folder.read_calibration(candidate)
+                if calibration.fitted_on.get("epoch") == self.epoch:
+                    return calibration
+        record = self.record.calibration
+        if not record:
+            return None
+        calibration = Calibration.from_dict(record, f"{self.path} epoch {self.epoch}'s record")
+        return dataclasses.replace(calibration, name=f"epoch {self.epoch}'s validation")
 
 
 def load_run(path: str | Path, epoch: str | int = "best") -> LoadedRun:

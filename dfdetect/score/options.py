@@ -32,6 +32,7 @@ class ScoreOptions:
     device: str = "auto"
     features_from: str | None = None   # STORE[@VERSION]: score its rows' features for files it holds
     format: str = "table"         # table (by --out's extension) | asvspoof5 | asvspoof2019
+    calibration: str | None = None   # the run's calibration NAME | "none"; None: the newest (its LLR column)
 
     def checked(self) -> ScoreOptions:
         """These options, or a ScoreError/ConfigError naming the first that scoring cannot run with.

@@ -7,7 +7,9 @@ multi-window files share.
     FileWindows  window scores collected per file as pieces arrive (a piece holds windows of
                  several files, a file spans several pieces) and pieces that failed (out of GPU
                  memory) -> the file's FileOutcome when its FileResult arrives
-    FileOutcome  status, score, decision, error, and the windows behind the score
+    FileOutcome  status, score, decision, error, and the windows behind the score; with the run's
+                 calibration, the file's LLR (its aggregated score through the calibration, here
+                 and nowhere else) and the decision at the Bayes threshold of ASVspoof 5's costs
 
 The decision is taken on the unrounded score (fake when score >= threshold); the table's 6
 decimals (SCORE_DIGITS) are presentation only, so a score within 5e-7 of the threshold gets the
@@ -23,7 +25,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from dfdetect.calibration import Calibration
 from dfdetect.errors import ConfigError
+from dfdetect.metrics import bayes_threshold
 from dfdetect.score.options import AGGREGATES
 from dfdetect.score.sources import ERROR, OK
 from dfdetect.score.windows import FileResult, Piece
@@ -65,11 +69,17 @@ class FileOutcome:
     end: np.ndarray = field(default_factory=_empty)
     silent: np.ndarray = field(default_factory=lambda: _empty(bool))
     scores: np.ndarray = field(default_factory=_empty)
+    llr: float | None = None             # natural-log LLR fake vs real (None: no calibration, or not ok)
+    llr_decision: str | None = None      # fake when llr > the Bayes threshold (metrics.act_dcf's rule)
 
     @property
     def table_score(self) -> float | None:
         """The score as the tables write it (and the API's Result shows it)."""
         return rounded(self.score, SCORE_DIGITS)
+
+    @property
+    def table_llr(self) -> float | None:
+        return rounded(self.llr, SCORE_DIGITS)
 
 
 @dataclass(frozen=True)
@@ -77,11 +87,13 @@ class FileRule:
     threshold: float
     aggregate: str = "mean"
     top_k: int = 3
+    calibration: Calibration | None = None
 
     @classmethod
     def of(cls, run, options) -> FileRule:
-        """The rule of `run` (its threshold) under ScoreOptions `options`."""
-        return cls(run.threshold, options.aggregate, options.top_k)
+        """The rule of `run` (its threshold, and its calibration options.calibration names: None the
+        newest, "none" no LLRs) under ScoreOptions `options`."""
+        return cls(run.threshold, options.aggregate, options.top_k, run.calibration(options.calibration))
 
     @property
     def name(self) -> str:
@@ -90,6 +102,13 @@ class FileRule:
 
     def decision(self, score: float) -> str:
         return "fake" if score >= self.threshold else "real"
+
+    def llr(self, score: float) -> tuple[float | None, str | None]:
+        """(LLR, its Bayes decision) of a file's aggregated score; (None, None) without a calibration."""
+        if self.calibration is None:
+            return None, None
+        value = float(self.calibration.llr([score])[0])
+        return value, "fake" if value > -bayes_threshold() else "real"
 
     def outcome(self, scores: np.ndarray, silent: np.ndarray | None = None, window: np.ndarray | None = None,
                 start: np.ndarray | None = None, end: np.ndarray | None = None, where: str = "") -> FileOutcome:
@@ -109,7 +128,8 @@ class FileRule:
                 f"{prefix}the model gave {bad} of {len(kept)} windows a non-finite score (NaN); its weights are "
                 "broken (or were trained to overflow): retrain or export the run again"))
         value = aggregate(kept, self.aggregate, self.top_k)
-        return FileOutcome(OK, value, self.decision(value), **windows)
+        llr, llr_decision = self.llr(value)
+        return FileOutcome(OK, value, self.decision(value), **windows, llr=llr, llr_decision=llr_decision)
 
 
 class FileWindows:

@@ -63,6 +63,7 @@ from dfdetect.featurize.frontend import FRONTEND_FEATURES
 from dfdetect.featurize.pipeline import dask_client
 from dfdetect.featurize.wavlm import load_wavlm
 from dfdetect.locks import ExclusiveLock
+from dfdetect.metrics import bayes_threshold
 from dfdetect.models.pretrained import load_model
 from dfdetect.names import printable
 from dfdetect.score.from_store import open_feature_store, store_matches, store_pieces
@@ -274,10 +275,12 @@ def score(model: str | Path, paths: list[str], out: str | Path, options: ScoreOp
 
     with _locked(out, windows_out):   # one writer per table, as featurize per store
         before, complete = previous_rows(out, resume)
-        other = {(r.get("run_id"), r.get("aggregate")) for r in before if r.get("status") == OK}
-        if other - {(run.run_id, rule.name)}:
-            raise ScoreError(f"{out} holds scores of {sorted(other)} (run id, aggregate); --resume needs the same "
-                             f"--model/--epoch/--aggregate ({run.run_id}, {rule.name}) or a new --out")
+        other = {(r.get("run_id"), r.get("aggregate"), r.get("calibration") or "") for r in before
+                 if r.get("status") == OK}
+        if other - {(run.run_id, rule.name, constants["calibration"])}:
+            raise ScoreError(f"{out} holds scores of {sorted(other)} (run id, aggregate, calibration); --resume needs "
+                             f"the same --model/--epoch/--aggregate/--calibration ({run.run_id}, {rule.name}, "
+                             f"{constants['calibration']!r}) or a new --out")
         done = {(r["path"], r["member"]) for r in before}
         summary = ScoreSummary(str(out), run.run_id, resumed=len(before),
                                not_ok_before=sum(r.get("status") != OK for r in before))
@@ -321,10 +324,14 @@ def _table_header(run, config: WindowConfig, rule: FileRule) -> tuple[dict, dict
     """(the columns every row repeats, the table's metadata)."""
     rate = config.frontend.sample_rate
     constants = {"threshold": rule.threshold, "score_meaning": SCORE_MEANING, "aggregate": rule.name,
-                 "run_id": run.run_id, "frontend_hash": config.frontend.hash()}
+                 "run_id": run.run_id, "frontend_hash": config.frontend.hash(),
+                 "calibration": rule.calibration.name if rule.calibration is not None else ""}
     metadata = {"dfdetect": __version__, "score": SCORE_MEANING, "decision": "fake when score >= threshold",
                 "run": str(run.path), **constants, "window_seconds": config.window / rate,
-                "hop_seconds": config.hop / rate}
+                "hop_seconds": config.hop / rate,
+                "llr": "natural-log LLR fake vs real, higher = more likely fake; llr_decision: fake when llr > "
+                       f"{-bayes_threshold():.4f} (the Bayes threshold of Pspoof 0.05, Cmiss 1, Cfa 10)",
+                "calibration_fitted": rule.calibration.describe() if rule.calibration is not None else None}
     return constants, metadata
 
 
@@ -378,7 +385,8 @@ class _Results:
             summary.by_status[outcome.status][outcome.error_kind] += 1
             summary.examples.setdefault(outcome.error_kind, printable(outcome.error))
         self.rows.write({"path": path, "member": member, "status": outcome.status, "score": outcome.table_score,
-                         "decision": outcome.decision, "duration": rounded(result.duration, 3),
+                         "decision": outcome.decision, "llr": outcome.table_llr, "llr_decision": outcome.llr_decision,
+                         "duration": rounded(result.duration, 3),
                          "sample_rate": result.sample_rate, "channels": result.channels,
                          "container": result.container, "windows": result.windows,
                          "silent_windows": result.silent_windows, "error_kind": outcome.error_kind,

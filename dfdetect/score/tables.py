@@ -21,6 +21,9 @@ COLUMNS = {
     "score_meaning": str, "duration": float, "sample_rate": int, "channels": int, "container": str,
     "windows": int, "silent_windows": int, "aggregate": str, "features": str, "run_id": str,
     "frontend_hash": str, "error_kind": str, "error": str,
+    # calibrated: the file's natural-log LLR fake vs real (higher = more likely fake), the decision at
+    # the Bayes threshold of ASVspoof 5's costs, and the calibration's name; empty without one
+    "llr": float, "llr_decision": str, "calibration": str,
 }
 WINDOW_COLUMNS = {"path": str, "member": str, "window": int, "start": float, "end": float,
                   "silent": bool, "score": float, "score_meaning": str}
@@ -171,6 +174,15 @@ class TableWriter:
 
 # -- challenge score files (--format asvspoof5 | asvspoof2019) ---------------------------------------------
 CHALLENGE_MEANING = "1 - P(fake) = P(bona fide): higher = more likely bona fide (the challenges' polarity)"
+CHALLENGE_LLR_MEANING = "-llr: the bona fide LLR, ln p(x|bona fide) - ln p(x|spoof), higher = bona fide"
+
+
+def challenge_score(rows: list[dict]) -> tuple[str, str]:
+    """(column, meaning) of a challenge file's scores: the bona fide LLR (-llr) when every ok row is
+    calibrated, so the ASVspoof 5 package's actDCF and Cllr mean what they say; else 1 - P(fake)."""
+    if rows and all(r.get("llr") not in (None, "") for r in rows):
+        return "llr", CHALLENGE_LLR_MEANING
+    return "score", CHALLENGE_MEANING
 
 
 def status_table(out: Path) -> Path:
@@ -205,12 +217,14 @@ def write_challenge(path: Path, fmt: str, rows: list[dict]) -> tuple[int, int]:
                              f"{first['path']}{':' + first['member'] if first['member'] else ''} are both trial "
                              f"{name!r}; score them into separate --out files (every row is in the status table)")
         names[name] = row
-    # P(bona fide) = 1 - P(fake), the score as written (6 decimals): exact, bounded, the order reversed,
-    # so EER and minDCF are dfdetect's. Not a log-likelihood ratio: the ASVspoof 5 package's actDCF
-    # and Cllr assume calibrated LLRs and do not mean anything for it.
+    # Calibrated rows: the bona fide LLR -llr (as written, 6 decimals), which the ASVspoof 5 package's
+    # actDCF and Cllr assume. Otherwise P(bona fide) = 1 - P(fake), the score as written: exact,
+    # bounded, the order reversed, so EER and minDCF are dfdetect's, but it is not an LLR.
+    column, _ = challenge_score(ok)
     lines = ["filename\tcm-score\n"] if fmt == "asvspoof5" else []
     sep = "\t" if fmt == "asvspoof5" else " "
-    lines += [f"{name}{sep}{1.0 - float(row['score']):.6f}\n" for name, row in names.items()]
+    value = (lambda r: -float(r["llr"]) + 0.0) if column == "llr" else (lambda r: 1.0 - float(r["score"]))
+    lines += [f"{name}{sep}{value(row):.6f}\n" for name, row in names.items()]
     tmp = path.with_name(path.name + ".partial")
     try:
         tmp.write_text("".join(lines), encoding="utf-8")

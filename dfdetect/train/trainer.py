@@ -36,10 +36,11 @@ import torch
 from safetensors.torch import load_file
 
 from dfdetect import __version__
+from dfdetect.calibration import Calibration, CalibrationError, fit_calibration
 from dfdetect.devices import autocast, precision_dtype, resolve_device, tf32
 from dfdetect.errors import ConfigError, DfdetectError, check_output, check_range
 from dfdetect.locks import ExclusiveLock
-from dfdetect.metrics import evaluate_scores
+from dfdetect.metrics import evaluate_scores, llr_metrics
 from dfdetect.models.registry import build_model, config_to_dict, count_parameters, get_architecture
 from dfdetect.models.runs import EpochRecord, RunFolder, is_better
 from dfdetect.store import open_store, parse_store_spec
@@ -591,6 +592,25 @@ def evaluate_sets(model, sets: dict[str, DataSet], loaders: dict[str, FeatureLoa
     return results, predictions
 
 
+def calibrate_epoch(sets: dict[str, DataSet], predictions: dict, results: dict, epoch: int) -> dict:
+    """{"calibration": JSON} of the epoch's calibration, fitted on its validation scores (so
+    validation's own act_dcf and cllr are optimistic; the other sets' are honest), with every set's
+    act_dcf, cllr and decisions at the Bayes threshold of its LLRs added to `results`; or
+    {"calibration": None, "calibration_note": why} when validation cannot be calibrated (fewer than
+    MIN_PER_CLASS clips of a class: its LLRs would be guesses)."""
+    rows, scores = predictions["val"]
+    labels = sets["val"].store.meta["label"][rows]
+    fitted_on = {**sets["val"].describe(), "set": "val", "epoch": epoch}
+    try:
+        calibration = fit_calibration(labels, scores, fitted_on=fitted_on)
+    except CalibrationError as e:
+        return {"calibration": None, "calibration_note": f"no calibration: {e}"}
+    for name, (rows, scores) in predictions.items():
+        results[name].pop("act_dcf_undefined", None)
+        results[name].update(llr_metrics(sets[name].store.meta["label"][rows], calibration.llr(scores)))
+    return {"calibration": calibration.to_dict()}
+
+
 def save_epoch(folder: RunFolder, record: EpochRecord, model, sets, predictions, progress: dict) -> bool:
     """The epoch's checkpoint, score tables and record (last: a record means its checkpoint is
     there); updates `progress` and says whether this epoch is the new best (RunFolder's rule:
@@ -668,7 +688,8 @@ def train_epochs(folder: RunFolder, config: TrainConfig, model, steppers, sets, 
         train_metrics.update(loaders["train"].counts)   # --augment's draws, each corpus's clips
         t1 = time.perf_counter()
         results, predictions = evaluate_sets(model, sets, loaders, device, config.score_precision)
-        record = EpochRecord(epoch=epoch, train=train_metrics, sets=results,
+        calibration = calibrate_epoch(sets, predictions, results, epoch)
+        record = EpochRecord(epoch=epoch, train=train_metrics, sets=results, **calibration,
                              seconds={"train": t1 - t0, "eval": time.perf_counter() - t1,
                                       "loader": loaders["train"].seconds})
         save_epoch(folder, record, model, sets, predictions, progress)
@@ -677,7 +698,21 @@ def train_epochs(folder: RunFolder, config: TrainConfig, model, steppers, sets, 
         if config.early_stopping and progress["epochs_since_best"] >= config.early_stopping:
             console.print(f"early stopping: validation EER has not improved for {config.early_stopping} epochs")
             break
+    save_val_calibration(folder)
     return record
+
+
+def save_val_calibration(folder: RunFolder) -> None:
+    """calibrations/val.json: the best epoch's calibration on its validation set, the run's default."""
+    records = folder.records()
+    best = RunFolder.best_epoch(records)
+    record = next((r for r in records if r.epoch == best), None)
+    if record is None or not record.calibration:
+        return
+    calibration = Calibration.from_dict(record.calibration)
+    if "val" in folder.calibration_names() and folder.read_calibration("val") == calibration:
+        return   # unchanged (a resume that kept the best epoch): rewriting would make it the newest again
+    folder.write_calibration("val", calibration)
 
 
 def epoch_line(record: EpochRecord, epochs: int) -> str:
