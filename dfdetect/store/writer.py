@@ -22,6 +22,7 @@ from dfdetect.store.schema import (
     CLIP_COLUMNS,
     OPTIONAL_COLUMNS,
     OUTCOME_COLUMNS,
+    RECORDING_STATISTICS_VERSION,
     STORE_FORMAT,
     StoreError,
     array_dtype,
@@ -124,6 +125,7 @@ def create_version(path: str, version: str, config: dict, clips: list[Clip], sha
         group.attrs.update({   # last, in one write (zarr renames it into place): the version now exists
             "config": config, "config_hash": version, "clip_table_hash": table_hash, "n_clips": n,
             "block_size": block_size, "complete": False, "dfdetect_version": __version__,
+            "recording_statistics": RECORDING_STATISTICS_VERSION,
             "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         })
         return group
