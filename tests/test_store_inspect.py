@@ -184,10 +184,10 @@ def test_verify_passes_on_the_good_store(built):
     assert line.startswith(f"OK: {built['store']}@{built['version']}: 26 clips") and "\n" not in line
     report = verify_store(str(built["store"]))
     assert report["ok"] and report["n_problems"] == 0
-    # mel + lfcc: 4 shards of one chunk each; 20 meta columns (17 + size, mtime_ns, warning) of 4
-    # chunks; block_done 4 chunks
-    assert report["arrays"] == 2 + 20 + 1
-    assert report["chunks_read"] == 4 + 4 + 20 * 4 + 4
+    # mel + lfcc: 4 shards of one chunk each; 30 meta columns (17 + size, mtime_ns, warning + 10
+    # recording statistics) of 4 chunks; block_done 4 chunks
+    assert report["arrays"] == 2 + 30 + 1
+    assert report["chunks_read"] == 4 + 4 + 30 * 4 + 4
     assert report["bytes_read"] >= 26 * (2 * 128 * 301 + 60 * 301) * 2
 
 
