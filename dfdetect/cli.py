@@ -386,6 +386,8 @@ def train_command(
     config_file: Path = typer.Option(None, "--config", help="JSON file of TrainConfig fields; flags given here override it."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out where it stopped."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing run in --out."),
+    no_audit: bool = typer.Option(False, "--no-audit", help="Skip the shortcut audit of --train before the first "
+                                  "epoch (`dfdetect audit`: it warns, never stops)."),
 ):
     """Train a head from cached features; every epoch is evaluated on validation, test and OOD sets.
 
@@ -396,7 +398,8 @@ def train_command(
     given = {"arch": arch, "train": train_set, "val": val, "test": test, "ood": tuple(ood) or None,
              "epochs": epochs, "batch_size": batch_size, "seed": seed, "device": device,
              "early_stopping": early_stopping, "init_from": str(init_from) if init_from else None,
-             "lr": lr, "weight_decay": weight_decay, "holdout_generators": tuple(holdout_generator) or None}
+             "lr": lr, "weight_decay": weight_decay, "holdout_generators": tuple(holdout_generator) or None,
+             "audit": False if no_audit else None}
     fields.update({k: v for k, v in given.items() if v is not None})
     train(TrainConfig(**fields), out, resume=resume, force=force, console=console)
 

@@ -152,3 +152,22 @@ def test_featurize_trim_silence_option_writes_the_trimming_frontend(tmp_path):
     from dfdetect.featurize.frontend import FrontendConfig
 
     assert open_store(str(tmp_path / "t.zarr")).config["frontend_hash"] == FrontendConfig(trim_silence=True).hash()
+
+
+def test_train_warns_about_a_shortcut_before_the_first_epoch_and_the_report_shows_it(stores, tmp_path):
+    spec = stores["silence"]
+    result = runner.invoke(app, ["train", "--arch", "mel_cnn", "--train", spec, "--out", str(tmp_path / "run"),
+                                 "--epochs", "1", "--batch-size", "16", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    warned = text.index("warning: leading silence alone separates real from fake")
+    assert warned < text.index("epoch 1/1")                     # before the first epoch
+    quiet = runner.invoke(app, ["train", "--arch", "mel_cnn", "--train", spec, "--out", str(tmp_path / "quiet"),
+                                "--epochs", "1", "--batch-size", "16", "--device", "cpu", "--no-audit"])
+    assert quiet.exit_code == 0 and "leading silence" not in quiet.output, quiet.output
+    report = runner.invoke(app, ["report", str(tmp_path / "run"), str(tmp_path / "quiet"),
+                                 "--out", str(tmp_path / "r.html")])
+    assert report.exit_code == 0, report.output
+    markdown = (tmp_path / "r.md").read_text()
+    section = markdown[markdown.index("## Audit"):markdown.index("## Model size")]
+    assert "**warning:**" in section and "leading silence alone separates real from fake: EER 0.00" in section

@@ -76,6 +76,7 @@ class TrainConfig:
     holdout_real_fraction: float = 0.2        # the reals) leave --train and form "ood:holdout"
     model: dict = field(default_factory=dict)   # head config overrides
     memory_budget_gb: float = 4.0       # load sets into RAM when they fit, else stream chunks
+    audit: bool = True                  # the shortcut audit of the train set before the first epoch
 
     def resolved(self, option: Callable[[str], str] | None = None) -> TrainConfig:
         """Defaults filled in, every number checked (ConfigError naming the option: `option(field)`,
@@ -482,18 +483,37 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, force: boo
                 progress = load_state(folder, model, optimizer, scaler, device)
             else:
                 progress = {"epoch": 0, "best_epoch": None, "best_val_eer": None, "epochs_since_best": 0}
+                shortcuts = audit_training_set(sets["train"], console) if config.audit else None
                 folder.write_config({
                     "config": asdict(config), "model": config_to_dict(model.config),
                     "parameters": count_parameters(model), "sets": {n: s.describe() for n, s in sets.items()},
                     # what scoring raw audio needs to reproduce the features this head was trained on
                     "frontend": sets["train"].store.config["frontend"],
-                    "wavlm": sets["train"].store.config.get("wavlm")})
+                    "wavlm": sets["train"].store.config.get("wavlm"), "audit": shortcuts})
             folder.write_run_info({
                 "dfdetect_version": __version__, "git_commit": git_commit(), "torch": torch.__version__,
                 "device": str(device), "threads": torch.get_num_threads(),
                 "loaders": {n: "in memory" if l.in_memory else "streaming" for n, l in loaders.items()}})
             return train_epochs(folder, config, model, (optimizer, scaler), sets, loaders, progress, device,
                                 console)
+
+
+def audit_training_set(train: DataSet, console) -> dict:
+    """The shortcut audit of the train set (featurize/shortcuts.py): one warning line per cue a
+    detector could learn instead of synthesis. It never stops training; what it found goes into
+    config.json for the report."""
+    from rich.markup import escape
+
+    from dfdetect.featurize.shortcuts import audit_store
+    from dfdetect.names import printable
+
+    found = audit_store(train.store, train.rows)
+    for line in found.warnings():
+        console.print(f"[yellow]warning:[/] {escape(printable(line))}", soft_wrap=True)
+    if found.warnings():
+        console.print(f"(the shortcut audit of the train set: `dfdetect audit {escape(printable(train.spec))}` "
+                      "shows every statistic; --no-audit skips it)", soft_wrap=True)
+    return found.to_dict()
 
 
 def run_lock(folder: RunFolder) -> ExclusiveLock:
