@@ -283,31 +283,31 @@ def datasets_show(
     name: str = typer.Argument(..., help="Adapter name (see `dfdetect datasets list`)."),
     root: Path = typer.Option(..., "--root", help="The dataset's folder (a CSV file for `manifest`)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
-    decode: int = typer.Option(0, "--decode", help="Also decode N random clips (-1: all) to find broken audio early."),
+    decode: int = typer.Option(0, "--decode", help="Also decode N random clips (-1: all) to find broken audio early, "
+                               "and run the shortcut audit (`dfdetect audit`) on them."),
     max_problems: int = typer.Option(20, help="How many problems to list (all are counted)."),
     option: list[str] = typer.Option(None, "--option", "-o", help=OPTION_HELP),
 ):
     """Validate a download: counts per split, label and generator, and every problem found.
 
     Exit code 0 when clean, 1 when problems were found, 2 when the root has the wrong layout."""
-    from dfdetect.datasets import Problem, parse_options, prepare
-    from dfdetect.featurize.audio import AudioError
-    from dfdetect.featurize.frontend import Frontend
+    from dfdetect.datasets import parse_options, prepare
+    from dfdetect.evaluate.audit import audit_clips
 
     index = prepare(name, root, **parse_options(option))
+    shortcuts = None
     if decode:
         clips = index.clips if decode < 0 else random.Random(0).sample(index.clips, min(decode, len(index.clips)))
-        frontend = Frontend()
-        for clip in clips:
-            try:
-                frontend.load(clip.path)
-            except AudioError as e:
-                index.problems.append(Problem(e.where, f"[{e.kind}] {e.reason}"))
+        shortcuts, problems = audit_clips(clips)
+        index.problems.extend(problems)
     report = index.to_dict()
     if as_json:
-        print(json.dumps(report, indent=2))
+        print(json.dumps({**report, **({"audit": shortcuts.to_dict()} if shortcuts else {})}, indent=2,
+                         default=_json_number))
     else:
         _print_index(report, max_problems)
+        for line in shortcuts.warnings() if shortcuts else []:
+            console.print(f"[yellow]warning:[/] {escape(line)}", soft_wrap=True)
     raise typer.Exit(1 if index.problems else 0)
 
 

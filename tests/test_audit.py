@@ -171,3 +171,14 @@ def test_train_warns_about_a_shortcut_before_the_first_epoch_and_the_report_show
     markdown = (tmp_path / "r.md").read_text()
     section = markdown[markdown.index("## Audit"):markdown.index("## Model size")]
     assert "**warning:**" in section and "leading silence alone separates real from fake: EER 0.00" in section
+
+
+def test_datasets_show_decode_runs_the_cues_on_a_sample_before_featurizing(tmp_path):
+    corpus = write_dataset(tmp_path / "c", "rate")
+    result = runner.invoke(app, ["datasets", "show", "folder", "--root", str(corpus), "--decode", "40"])
+    text = " ".join(result.output.split())
+    assert "warning: native sample rate alone separates real from fake: EER 0.00" in text, result.output
+    clean = runner.invoke(app, ["datasets", "show", "folder", "--root", str(write_dataset(tmp_path / "n", "none")),
+                                "--decode", "40", "--json"])
+    assert clean.exit_code == 0, clean.output
+    assert all(c["warning"] is None for c in json.loads(clean.stdout)["audit"]["cues"])

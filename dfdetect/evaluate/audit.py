@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from dfdetect.featurize.recording import STATISTICS
-from dfdetect.featurize.shortcuts import MAX_CUE_EER, TEXT, Audit, audit_store, text
+from dfdetect.featurize.shortcuts import MAX_CUE_EER, TEXT, Audit, audit_set, audit_store, text
 from dfdetect.store import open_store, parse_store_spec
 from dfdetect.store.schema import RECORDING_COLUMNS, StoreError
 
@@ -102,3 +102,30 @@ def shifts(meta: dict, rows, other: dict, other_rows) -> list[Shift]:
 def _mode(values: np.ndarray) -> str:
     kinds, counts = np.unique(values, return_counts=True)
     return str(kinds[np.argmax(counts)]) if len(kinds) else ""
+
+
+def audit_clips(clips, seed: int = 0):
+    """(Audit, problems) of dataset clips before any store exists (`datasets show --decode N`):
+    each decoded and prepared as featurize would, its statistics kept; a clip that fails is a
+    problem, as featurize would record it."""
+    from dfdetect.datasets import Problem
+    from dfdetect.featurize.audio import AudioError, decode
+    from dfdetect.featurize.frontend import Frontend
+    from dfdetect.featurize.recording import clip_statistics
+    from dfdetect.store.schema import file_stamp
+
+    frontend, rows, problems = Frontend(), [], []
+    for clip in clips:
+        try:
+            audio = decode(clip.path)
+            frontend.waveform(audio, clip.path)
+        except AudioError as e:
+            problems.append(Problem(e.where, f"[{e.kind}] {e.reason}"))
+            continue
+        rows.append({"label": clip.label, "generator": clip.generator, "duration": audio.duration,
+                     "sample_rate": audio.sample_rate, "channels": audio.channels, "container": audio.container,
+                     **clip_statistics(frontend, audio, file_stamp(clip.path)[0])})
+    columns = {name: np.array([r[name] for r in rows]) for name in STATISTICS} if rows else {}
+    labels = np.array([r["label"] for r in rows], np.int64)
+    generators = np.array([r["generator"] for r in rows], str)
+    return audit_set(columns, labels, generators, seed=seed), problems
