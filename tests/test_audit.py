@@ -182,3 +182,37 @@ def test_datasets_show_decode_runs_the_cues_on_a_sample_before_featurizing(tmp_p
                                 "--decode", "40", "--json"])
     assert clean.exit_code == 0, clean.output
     assert all(c["warning"] is None for c in json.loads(clean.stdout)["audit"]["cues"])
+
+
+def test_a_cue_of_one_generator_is_named_with_it_and_small_sets_are_not_audited():
+    from dfdetect.featurize.shortcuts import audit_set
+
+    rng = np.random.default_rng(3)
+    n = 30
+    labels = np.r_[np.zeros(n), np.ones(2 * n)].astype(int)
+    generators = np.array([""] * n + ["tts_a"] * n + ["tts_b"] * n)
+    lead = np.r_[rng.uniform(0, 0.1, 2 * n), rng.uniform(0.5, 0.9, n)]    # only tts_b's fakes start silent
+    columns = {"leading_silence": lead, "rms_dbfs": rng.normal(-20, 3, 3 * n)}
+    lines = audit_set(columns, labels, generators).warnings()
+    assert any(line.startswith("leading silence alone separates real from fake of generator tts_b: EER 0.00")
+               for line in lines), lines
+    assert not any("tts_a" in line for line in lines), lines
+    few = audit_set({"leading_silence": np.r_[np.zeros(8), np.ones(8)]}, np.r_[np.zeros(8), np.ones(8)].astype(int))
+    assert few.warnings() == [] and "at least 10 of each" in few.note
+
+
+def test_labels_that_carry_no_information_give_no_warning_over_many_draws():
+    """The test against chance: 40 clips a class, ten statistics of one distribution, 30 draws,
+    not one warning, though chance alone brings some statistic's EER well below 0.5."""
+    from dfdetect.featurize.shortcuts import audit_set
+
+    labels = np.r_[np.zeros(40), np.ones(40)].astype(int)
+    chance_eers, warned = [], 0
+    for seed in range(30):
+        rng = np.random.default_rng(seed)
+        columns = {name: rng.normal(size=80) for name in RECORDING_COLUMNS}
+        result = audit_set(columns, labels)
+        warned += bool(result.warnings())
+        chance_eers.append(min(c.eer for c in result.cues))
+    assert warned == 0
+    assert min(chance_eers) < 0.35     # what chance alone reaches: the EER bound by itself is not enough

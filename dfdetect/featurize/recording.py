@@ -110,9 +110,13 @@ def bandwidth(mono: np.ndarray, rate: int, dc: float = 0.0) -> float:
     if len(x) < n:
         x = np.pad(x, (0, n - len(x)))
     starts = np.linspace(0, len(x) - n, min(SPECTRUM_FRAMES, 1 + (len(x) - n) // n)).astype(np.int64)
-    frames = (x[starts[:, None] + np.arange(n)] - dc) * _WINDOW
-    spectrum = np.square(np.abs(scipy.fft.rfft(frames, axis=1))).mean(axis=0)   # float32, unlike numpy's
-    cumulative = np.cumsum(spectrum)
+    frames = x[starts[:, None] + np.arange(n)]
+    frames -= dc
+    frames *= _WINDOW
+    spectrum = scipy.fft.rfft(frames, axis=1)    # float32, unlike numpy's
+    # re^2 + im^2 (abs() takes a square root only to square it again), summed over frames
+    cumulative = np.cumsum(np.einsum("ij,ij->j", spectrum.real, spectrum.real)
+                           + np.einsum("ij,ij->j", spectrum.imag, spectrum.imag))
     if cumulative[-1] <= 0:
         return 0.0
     return float(np.searchsorted(cumulative, BANDWIDTH_ENERGY * cumulative[-1]) * rate / n)
@@ -141,7 +145,7 @@ def statistics(samples: np.ndarray, rate: int) -> dict[str, float]:
         "active_fraction": float(active.mean()),
         "rms_dbfs": float(_db(power @ counts / len(mono))),
         "peak_dbfs": float(_db(peak * peak)),
-        "clipping_fraction": clipped / samples.size,
+        "clipping_fraction": float(clipped / samples.size),
         "dc_offset": dc,
         "bandwidth_hz": bandwidth(mono, rate, dc),
         "noise_floor_dbfs": noise_floor(power),
