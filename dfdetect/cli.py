@@ -471,6 +471,8 @@ def audit_command(
     max_cue_eer: float = typer.Option(0.25, help="Warn about a statistic whose EER alone is at or below this."),
     against: str = typer.Option(None, help="A second STORE[@VERSION][:SPLIT] (e.g. an OOD set): also list the "
                                 "statistics whose distributions shift most between the two."),
+    add_statistics: bool = typer.Option(False, "--add-statistics", help="First add the recording statistics to a "
+                                        "store featurized before they were kept (each clip decoded again)."),
 ):
     """Shortcut audit: does a recording statistic (silence, sample rate, level, ...) alone separate
     real from fake? Exit code 0 when none does, 1 with one warning line per cue at or below
@@ -479,6 +481,16 @@ def audit_command(
     from dfdetect.evaluate.audit import audit
 
     check_range("--max-cue-eer", max_cue_eer, 0.0, 0.5)
+    if add_statistics:
+        from dfdetect.featurize.backfill import add_statistics as add
+        from dfdetect.store import parse_store_spec
+
+        path, version, _ = parse_store_spec(store)
+        added = add(f"{path}@{version}" if version else path)
+        (errors if as_json else console).print(
+            f"recording statistics added: {added['clips']} clips decoded again"
+            + (f", {added['skipped']} skipped (gone, changed since featurize, or no longer decoding: NaN)"
+               if added["skipped"] else ""), soft_wrap=True)
     report = audit(store, against)
     if as_json:
         print(json.dumps(report.to_dict(max_cue_eer), indent=2, default=_json_number))
@@ -806,8 +818,8 @@ def _print_recording_statistics(info: dict) -> None:
         console.print(f"recording statistics (definitions v{recorded.get('version')}, clip table): "
                       f"{', '.join(recorded['columns'])}", soft_wrap=True)
     else:
-        console.print("recording statistics: none (featurized before they were kept; `dfdetect audit` needs "
-                      "them: featurize the dataset again into a new --out)", soft_wrap=True)
+        console.print("recording statistics: none (featurized before they were kept; `dfdetect audit STORE "
+                      "--add-statistics` adds them)", soft_wrap=True)
 
 
 @store_app.command("verify")

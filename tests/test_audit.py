@@ -125,8 +125,19 @@ def test_a_store_without_statistics_is_audited_on_what_it_has_and_says_how_to_ge
         del meta[name]
     result = runner.invoke(app, ["audit", old])
     text = " ".join(result.output.split())
-    assert "has no recording statistics" in text and "featurize the dataset again into a new --out" in text
+    assert "has no recording statistics" in text and f"dfdetect audit {old} --add-statistics" in text
     assert result.exit_code == 1 and "native sample rate alone separates" in text   # still a clip-table column
+    assert "RMS level" not in text
+    added = runner.invoke(app, ["audit", old, "--add-statistics", "--json"])
+    assert added.exit_code == 1, added.output
+    assert "recording statistics added: 48 clips decoded again" in " ".join(added.stderr.split())
+    after = json.loads(added.stdout)
+    assert after["missing"] == [] and after["missing_note"] == ""
+    assert np.array_equal(open_store(old).meta["rms_dbfs"], open_store(stores["rate"]).meta["rms_dbfs"])
+    version = zarr.open_group(old, mode="r+", path=store.version)   # as if killed before its commit point
+    version.attrs.put({k: v for k, v in version.attrs.asdict().items() if k != "recording_statistics"})
+    cut = runner.invoke(app, ["audit", old])
+    assert "has no recording statistics" in " ".join(cut.output.split()) and "RMS level" not in cut.output
 
 
 def test_trim_silence_is_its_own_frontend_and_removes_the_silence_cue(stores):

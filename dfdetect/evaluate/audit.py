@@ -51,8 +51,8 @@ def missing_note(spec: str, audit: Audit) -> str:
     if not lacking:
         return ""
     return (f"{spec} has no recording statistics ({', '.join(lacking)}): it was featurized before they were "
-            "kept, so only the clip table's duration, sample rate, channels and container are audited; featurize "
-            "the dataset again into a new --out to audit the rest")
+            "kept, so only the clip table's duration, sample rate, channels and container are audited; add them "
+            f"with `dfdetect audit {spec} --add-statistics` (each clip decoded again, no features computed)")
 
 
 def open_set(spec: str):

@@ -29,6 +29,7 @@ import numpy as np
 
 from dfdetect.featurize.recording import STATISTICS
 from dfdetect.metrics import eer, mixed_ties
+from dfdetect.store.schema import RECORDING_COLUMNS
 
 MAX_CUE_EER = 0.25
 ALPHA = 0.01
@@ -225,6 +226,8 @@ def audit_set(columns: dict[str, np.ndarray], labels: np.ndarray, generators: np
 def audit_store(store, rows: np.ndarray | None = None, seed: int = 0) -> Audit:
     """Audit the clips of a FeatureStore (its `rows`, default: every clip decoded)."""
     meta = store.meta
+    if not store.attrs.get("recording_statistics"):   # columns an --add-statistics run did not finish
+        meta = {name: values for name, values in meta.items() if name not in RECORDING_COLUMNS}
     rows = store.rows() if rows is None else np.asarray(rows)
     present = [name for name in STATISTICS if name in meta]
     missing = [name for name in STATISTICS if name not in meta]

@@ -192,3 +192,15 @@ def mark_complete(group: zarr.Group) -> bool:
     if done:
         group.attrs["complete"] = True
     return done
+
+
+def add_meta_columns(group: zarr.Group, columns: dict[str, np.ndarray], attrs: dict) -> None:
+    """Write whole clip-table columns into an existing version (created when missing), then set
+    `attrs`: the commit point, so a run cut off in between leaves columns that the attributes do
+    not vouch for (readers check the attribute), and the rerun writes them again."""
+    meta = group["meta"]
+    n, block_size = int(group.attrs["n_clips"]), int(group.attrs["block_size"])
+    for name, values in columns.items():
+        column = meta[name] if name in meta else _meta_array(meta, name, values.dtype, n, block_size)
+        column[:] = values
+    group.attrs.update(attrs)
