@@ -158,6 +158,9 @@ def clip_statistics(frontend, audio, file_bytes: int) -> dict[str, float]:
     file, no bitrate)."""
     if audio is None:
         return MISSING
-    used = frontend.source(audio)
-    bitrate = round(file_bytes * 8 / audio.duration / 1000) if file_bytes else np.nan   # of the whole file
-    return {"bitrate_kbps": bitrate, **statistics(used.samples, used.sample_rate)}
+    try:
+        used = frontend.source(audio)
+        bitrate = round(file_bytes * 8 / audio.duration / 1000) if file_bytes else np.nan   # of the whole file
+        return {"bitrate_kbps": bitrate, **statistics(used.samples, used.sample_rate)}
+    except (MemoryError, ValueError, IndexError, FloatingPointError):
+        return MISSING   # a clip the frontend prepared keeps its row: only its statistics are unknown
