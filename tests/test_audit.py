@@ -227,3 +227,10 @@ def test_labels_that_carry_no_information_give_no_warning_over_many_draws():
         chance_eers.append(min(c.eer for c in result.cues))
     assert warned == 0
     assert min(chance_eers) < 0.35     # what chance alone reaches: the EER bound by itself is not enough
+
+
+def test_audit_usage_errors_are_one_line(stores):
+    from conftest import one_line
+
+    one_line(runner.invoke(app, ["audit", f"{stores['none']}:test"]), "no decoded clips in split 'test'", "all")
+    one_line(runner.invoke(app, ["audit", stores["none"], "--max-cue-eer", "0.7"]), "--max-cue-eer 0.7")
