@@ -234,3 +234,16 @@ def test_audit_usage_errors_are_one_line(stores):
 
     one_line(runner.invoke(app, ["audit", f"{stores['none']}:test"]), "no decoded clips in split 'test'", "all")
     one_line(runner.invoke(app, ["audit", stores["none"], "--max-cue-eer", "0.7"]), "--max-cue-eer 0.7")
+
+
+def test_an_exported_frontend_reads_trim_silence_when_on_and_without_it_when_off():
+    from dfdetect.errors import ConfigError
+    from dfdetect.featurize.frontend import FrontendConfig
+    from dfdetect.models.pretrained import check_frontend
+
+    assert check_frontend(FrontendConfig().to_dict()) == FrontendConfig()
+    assert "trim_silence" not in FrontendConfig().to_dict()
+    trimmed = FrontendConfig(trim_silence=True)
+    assert check_frontend(trimmed.to_dict()) == trimmed
+    with pytest.raises(ConfigError, match="frontend.trim_silence must be true or false"):
+        check_frontend({**trimmed.to_dict(), "trim_silence": "yes"})
