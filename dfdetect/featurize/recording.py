@@ -40,7 +40,7 @@ SILENCE_DB = 40.0
 CLIP_LEVEL = 0.999
 BANDWIDTH_ENERGY = 0.99
 SPECTRUM_SIZE = 512
-SPECTRUM_FRAMES = 32
+SPECTRUM_FRAMES = 16
 NOISE_PERCENTILE = 10
 FLOOR_DB = -200.0
 
@@ -109,10 +109,11 @@ def bandwidth(mono: np.ndarray, rate: int, dc: float = 0.0) -> float:
     n = SPECTRUM_SIZE
     if len(x) < n:
         x = np.pad(x, (0, n - len(x)))
-    starts = np.linspace(0, len(x) - n, min(SPECTRUM_FRAMES, 1 + (len(x) - n) // n)).astype(np.int64)
-    frames = x[starts[:, None] + np.arange(n)]
-    frames -= dc
-    frames *= _WINDOW
+    count = min(SPECTRUM_FRAMES, 1 + (len(x) - n) // n)
+    step = (len(x) - n) // max(1, count - 1)    # frames evenly spread, read through a strided view
+    x = np.ascontiguousarray(x)
+    frames = np.lib.stride_tricks.as_strided(x, (count, n), (step * x.itemsize, x.itemsize), writeable=False)
+    frames = (frames - np.float32(dc)) * _WINDOW
     spectrum = scipy.fft.rfft(frames, axis=1)    # float32, unlike numpy's
     # re^2 + im^2 (abs() takes a square root only to square it again), summed over frames
     cumulative = np.cumsum(np.einsum("ij,ij->j", spectrum.real, spectrum.real)
@@ -136,8 +137,9 @@ def statistics(samples: np.ndarray, rate: int) -> dict[str, float]:
     active = active_frames(power)
     where = np.flatnonzero(active)
     peak = max(float(samples.max()), -float(samples.min()))
-    clipped = np.count_nonzero(samples >= CLIP_LEVEL) + np.count_nonzero(samples <= -CLIP_LEVEL)
-    counts = np.diff(np.append(np.arange(0, len(mono), size), len(mono)))
+    clipped = 0 if peak < CLIP_LEVEL else int(np.count_nonzero(np.abs(samples) >= CLIP_LEVEL))
+    counts = np.full(len(power), size)
+    counts[-1] = len(mono) - size * (len(power) - 1)
     dc = float(mono.mean())
     return {
         "leading_silence": int(where[0]) * size / rate,
