@@ -247,3 +247,13 @@ def test_an_exported_frontend_reads_trim_silence_when_on_and_without_it_when_off
     assert check_frontend(trimmed.to_dict()) == trimmed
     with pytest.raises(ConfigError, match="frontend.trim_silence must be true or false"):
         check_frontend({**trimmed.to_dict(), "trim_silence": "yes"})
+
+
+def test_a_value_shared_by_both_classes_counts_as_a_coin_flip():
+    from dfdetect.featurize.shortcuts import tie_fair_eer
+
+    labels = np.r_[np.zeros(20), np.ones(20)].astype(int)
+    rate = np.r_[np.full(20, 16000.0), np.full(10, 16000.0), np.full(10, 22050.0)]   # half the fakes at 22.05 kHz
+    # the ROC from (FPR 0, TPR 0.5) to (1, 1) across the tie crosses FPR = FNR at 1/3
+    assert tie_fair_eer(labels, rate) == pytest.approx(1 / 3)
+    assert tie_fair_eer(labels, np.r_[np.zeros(20), np.ones(20)]) == 0.0   # no shared value: metrics.eer
