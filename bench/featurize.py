@@ -4,6 +4,7 @@ decode alone, on the same generated clips, side by side in one run.
     python bench/featurize.py [--clips 900] [--workers 2] [--block-size 128]
     python bench/featurize.py --clips 160 --profile     # where one worker's time goes (cProfile)
     python bench/featurize.py --cold-runs 9             # end to end only, in 9 fresh processes: median
+    python bench/featurize.py --clips 300 --statistics-cost   # the recording statistics' share of the pass
 
 A cold start happens once per process, so one run gives one end-to-end sample (they spread by
 +-10% on a 2-core VM); --cold-runs N repeats the librosa loop and the cold local-cluster run in N
@@ -47,10 +48,15 @@ def main() -> None:
                         help="instead: profile one in-process pass (after a warm one), top 30 by cumulative time")
     parser.add_argument("--cold-runs", type=int, default=0,
                         help="instead: the end-to-end ratio in this many fresh processes, and its median")
+    parser.add_argument("--statistics-cost", action="store_true",
+                        help="instead: the recording statistics' time against the in-process pass (mel + LFCC)")
     parser.add_argument("--one-cold-run", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.cold_runs:
         cold_runs(args)
+        return
+    if args.statistics_cost:
+        statistics_cost(args)
         return
     torch.set_num_threads(1)
     quiet = Console(quiet=True)
@@ -119,6 +125,41 @@ def main() -> None:
     for name, (raw, stored) in sizes.items():
         print(f"{name:<6} {raw / n / 1024:7.1f} KiB/clip raw (float16), {stored / n / 1024:7.1f} KiB/clip "
               f"stored, compression {raw / stored:.2f}x")
+
+
+def statistics_cost(args) -> None:
+    """Recording statistics (featurize/recording.py, computed inside the pass) timed alone on the
+    same decoded clips, against the whole in-process pass (workers=0, 1 torch thread) that
+    computes them: their share of the pass."""
+    import torch
+    from common import make_clips, time_it
+    from rich.console import Console
+
+    from dfdetect.featurize.audio import decode
+    from dfdetect.featurize.frontend import Frontend
+    from dfdetect.featurize.pipeline import featurize
+    from dfdetect.featurize.recording import clip_statistics
+
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        corpus = Path(tmp) / "corpus"
+        paths = make_clips(corpus, args.clips)
+        decoded = [(decode(p), p.stat().st_size) for p in paths]
+        frontend = Frontend()
+
+        def stats_only():
+            for audio, size in decoded:
+                clip_statistics(frontend, audio, size)
+
+        featurize("folder", corpus, str(Path(tmp) / "warm.zarr"), features=("mel", "lfcc"), workers=0,
+                  block_size=args.block_size, console=Console(quiet=True))   # imports, first-call costs
+        passes = [time_it(lambda i=i: featurize("folder", corpus, str(Path(tmp) / f"p{i}.zarr"),
+                                                features=("mel", "lfcc"), workers=0, block_size=args.block_size,
+                                                console=Console(quiet=True))) for i in range(3)]
+        stats = [time_it(stats_only) for _ in range(3)]
+    n, full, alone = len(paths), statistics.median(passes), statistics.median(stats)
+    print(f"clips: {n}; in-process pass (mel + LFCC, statistics included) {full / n * 1000:.2f} ms/clip, "
+          f"statistics alone {alone / n * 1000:.2f} ms/clip: {alone / full:.1%} of the pass (target < 5%)")
 
 
 def cold_runs(args) -> None:

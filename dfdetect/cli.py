@@ -205,6 +205,9 @@ def featurize(
     option: list[str] = typer.Option(None, "--option", "-o", help=OPTION_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout (progress and notices "
                                  "go to stderr)."),
+    trim_silence: bool = typer.Option(False, "--trim-silence", help="Cut each clip's leading and trailing silence "
+                                      "before the centre crop (a frontend of its own: a new store version), to test "
+                                      "whether a model survives without the silence shortcut (`dfdetect audit`)."),
 ):
     """Decode every clip once and write mel, LFCC and frozen WavLM features to a versioned Zarr store.
 
@@ -220,7 +223,8 @@ def featurize(
         features=features, wavlm=wavlm, wavlm_storage=wavlm_storage, codec=codec, corrupt=corrupt,
         variant_seed=variant_seed, device=device, scheduler=scheduler, workers=workers, block_size=block_size,
         vocode=vocode, vocode_keep_real=vocode_keep_real,
-        wavlm_layers=_int_list(wavlm_layers, "--wavlm-layers") if wavlm_layers is not None else None)
+        wavlm_layers=_int_list(wavlm_layers, "--wavlm-layers") if wavlm_layers is not None else None,
+        frontend=_trimming_frontend() if trim_silence else None)
     # under --json, stdout holds the JSON alone: the progress bar and notices go to stderr
     said = Console(stderr=True) if as_json else console
     try:
@@ -233,6 +237,12 @@ def featurize(
         _print_featurize_summary(result)
     # a failed block is a problem the summary lists, like a bad clip: rerunning retries it
     raise typer.Exit(1 if result.errors or result.failed_blocks or not result.complete else 0)
+
+
+def _trimming_frontend():
+    from dfdetect.featurize.frontend import FrontendConfig
+
+    return FrontendConfig(trim_silence=True)
 
 
 def featurize_summary(result) -> dict:
@@ -286,31 +296,31 @@ def datasets_show(
     name: str = typer.Argument(..., help="Adapter name (see `dfdetect datasets list`)."),
     root: Path = typer.Option(..., "--root", help="The dataset's folder (a CSV file for `manifest`)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
-    decode: int = typer.Option(0, "--decode", help="Also decode N random clips (-1: all) to find broken audio early."),
+    decode: int = typer.Option(0, "--decode", help="Also decode N random clips (-1: all) to find broken audio early, "
+                               "and run the shortcut audit (`dfdetect audit`) on them."),
     max_problems: int = typer.Option(20, help="How many problems to list (all are counted)."),
     option: list[str] = typer.Option(None, "--option", "-o", help=OPTION_HELP),
 ):
     """Validate a download: counts per split, label and generator, and every problem found.
 
     Exit code 0 when clean, 1 when problems were found, 2 when the root has the wrong layout."""
-    from dfdetect.datasets import Problem, parse_options, prepare
-    from dfdetect.featurize.audio import AudioError
-    from dfdetect.featurize.frontend import Frontend
+    from dfdetect.datasets import parse_options, prepare
+    from dfdetect.evaluate.audit import audit_clips
 
     index = prepare(name, root, **parse_options(option))
+    shortcuts = None
     if decode:
         clips = index.clips if decode < 0 else random.Random(0).sample(index.clips, min(decode, len(index.clips)))
-        frontend = Frontend()
-        for clip in clips:
-            try:
-                frontend.load(clip.path)
-            except AudioError as e:
-                index.problems.append(Problem(e.where, f"[{e.kind}] {e.reason}"))
+        shortcuts, problems = audit_clips(clips)
+        index.problems.extend(problems)
     report = index.to_dict()
     if as_json:
-        print(json.dumps(report, indent=2))
+        print(json.dumps({**report, **({"audit": shortcuts.to_dict()} if shortcuts else {})}, indent=2,
+                         default=_json_number))
     else:
         _print_index(report, max_problems)
+        for line in shortcuts.warnings() if shortcuts else []:
+            console.print(f"[yellow]warning:[/] {escape(line)}", soft_wrap=True)
     raise typer.Exit(1 if index.problems else 0)
 
 
@@ -406,6 +416,8 @@ def train_command(
                               "OUT/seed-0 ... (the report gives their mean +- sd); replaces --seed."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out where it stopped."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing run in --out."),
+    no_audit: bool = typer.Option(False, "--no-audit", help="Skip the shortcut audit of --train before the first "
+                                  "epoch (`dfdetect audit`: it warns, never stops)."),
 ):
     """Train a head from cached features; every epoch is evaluated on validation, test and OOD sets.
 
@@ -418,7 +430,7 @@ def train_command(
              "early_stopping": early_stopping, "init_from": str(init_from) if init_from else None,
              "lr": lr, "weight_decay": weight_decay, "holdout_generators": tuple(holdout_generator) or None,
              "augment": tuple(augment) or None, "augment_p": augment_p, "augment_unit": augment_unit,
-             "balance": balance}
+             "balance": balance, "audit": False if no_audit else None}
     fields.update({k: v for k, v in given.items() if v is not None})
     if seeds is None:
         train(TrainConfig(**fields), out, resume=resume, force=force, console=console)
@@ -494,6 +506,79 @@ def experiment_status(
 
 
 # -- dfdetect evaluate / report --------------------------------------------------------------------
+@app.command("audit")
+def audit_command(
+    store: str = typer.Argument(..., help="STORE[@VERSION][:SPLIT] to audit (the clips decoded without error)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON (every cue, its EER and quantiles) instead."),
+    max_cue_eer: float = typer.Option(0.25, help="Warn about a statistic whose EER alone is at or below this."),
+    against: str = typer.Option(None, help="A second STORE[@VERSION][:SPLIT] (e.g. an OOD set): also list the "
+                                "statistics whose distributions shift most between the two."),
+    add_statistics: bool = typer.Option(False, "--add-statistics", help="First add the recording statistics to a "
+                                        "store featurized before they were kept (each clip decoded again)."),
+):
+    """Shortcut audit: does a recording statistic (silence, sample rate, level, ...) alone separate
+    real from fake? Exit code 0 when none does, 1 with one warning line per cue at or below
+    --max-cue-eer (docs/reliability.md defines the statistics and the test against chance)."""
+    from dfdetect.errors import check_range
+    from dfdetect.evaluate.audit import audit
+
+    check_range("--max-cue-eer", max_cue_eer, 0.0, 0.5)
+    if add_statistics:
+        from dfdetect.featurize.backfill import add_statistics as add
+        from dfdetect.store import parse_store_spec
+
+        path, version, _ = parse_store_spec(store)
+        added = add(f"{path}@{version}" if version else path)
+        (errors if as_json else console).print(
+            f"recording statistics added: {added['clips']} clips decoded again"
+            + (f", {added['skipped']} skipped (gone, changed since featurize, or no longer decoding: NaN)"
+               if added["skipped"] else ""), soft_wrap=True)
+    report = audit(store, against)
+    if as_json:
+        print(json.dumps(report.to_dict(max_cue_eer), indent=2, default=_json_number))
+    else:
+        _print_audit(report, max_cue_eer)
+    raise typer.Exit(1 if report.audit.warnings(max_cue_eer) else 0)
+
+
+def _json_number(value):
+    return value.item() if hasattr(value, "item") else str(value)
+
+
+def _print_audit(report, max_cue_eer: float) -> None:
+    from dfdetect.names import printable
+
+    result = report.audit
+    combined = next((c for c in result.cues if c.cue == "metadata" and c.generator is None), None)
+    console.print(f"audit of {escape(printable(report.spec))}: {result.n_real} real, {result.n_fake} fake clips"
+                  + (f"; all statistics together: EER {combined.eer:.2f}" if combined else ""), soft_wrap=True)
+    table = Table("statistic", "EER alone", "real 10% / 50% / 90%", "fake 10% / 50% / 90%")
+    for cue in result.cues:
+        if cue.generator is None and cue.cue != "metadata":
+            table.add_row(cue.name, f"{cue.eer:.3f}", _quantiles(cue.quantiles.get("real")),
+                          _quantiles(cue.quantiles.get("fake")))
+    if table.row_count:
+        console.print(table)
+    for note in (result.note, report.missing_note):
+        if note:
+            console.print(f"[yellow]notice:[/] {escape(note)}", soft_wrap=True)
+    if report.against is not None:
+        shifts = Table("statistic", "shift (KS)", "median here", f"median in {escape(printable(report.against))}")
+        for shift in report.shifts[:5]:
+            shifts.add_row(shift.name, f"{shift.distance:.2f}", _value(shift.median), _value(shift.median_against))
+        console.print(shifts)
+    for line in result.warnings(max_cue_eer):
+        console.print(f"[yellow]warning:[/] {escape(printable(line))}", soft_wrap=True)
+
+
+def _value(v) -> str:
+    return f"{v:.6g}" if isinstance(v, float) else escape(str(v))
+
+
+def _quantiles(q) -> str:
+    return " / ".join(_value(v) for v in q) if q else "-"
+
+
 @app.command("evaluate", cls=_renamed_options({"--format": "--scores-format"}))
 def evaluate_command(
     run: Path = typer.Argument(None, help="Run folder (runs/NAME) whose checkpoint scores --on."),
@@ -856,6 +941,7 @@ def _print_store_info(info: dict) -> None:
                                                                  if info["wavlm_storage"] == "uint8" else ""))
         config.add_row("wavlm", json.dumps(info["wavlm"], sort_keys=True))
     console.print(config)
+    _print_recording_statistics(info)
     arrays = Table("array", "shape", "dtype", "chunks", "shards", "codecs", "bytes", "stored", "ratio",
                    "stored/clip")
     for a in info["arrays"]:
@@ -887,6 +973,16 @@ def _print_store_info(info: dict) -> None:
         console.print(gen)
     for p in info["problems"]:
         console.print(f"[yellow]problem:[/] {escape(one_line(str(p)))}", soft_wrap=True)
+
+
+def _print_recording_statistics(info: dict) -> None:
+    recorded = info.get("recording_statistics") or {}
+    if recorded.get("columns"):
+        console.print(f"recording statistics (definitions v{recorded.get('version')}, clip table): "
+                      f"{', '.join(recorded['columns'])}", soft_wrap=True)
+    else:
+        console.print("recording statistics: none (featurized before they were kept; `dfdetect audit STORE "
+                      "--add-statistics` adds them)", soft_wrap=True)
 
 
 @store_app.command("verify")

@@ -86,6 +86,7 @@ class RunInfo:
     best_epoch: int
     records: list[EpochRecord]
     baseline: bool = False     # one of the field's reference systems
+    audit: dict | None = None  # the shortcut audit of its train set (config.json; None: not audited)
 
     @property
     def kind(self) -> str:
@@ -143,7 +144,8 @@ def read_run(path: Path) -> RunInfo:
     wavlm = (run.config.wavlm or {}).get("model") if arch.uses_wavlm else None
     checkpoint = RunFolder(path).checkpoint(run.epoch)
     return RunInfo(path, seeded_name(path)[0], arch.title, f"{data} ({train['rows']:,} clips)", wavlm,
-                   count_parameters(run.model), checkpoint.stat().st_size, run.epoch, run.records, arch.baseline)
+                   count_parameters(run.model), checkpoint.stat().st_size, run.epoch, run.records, arch.baseline,
+                   run.config.get("audit"))
 
 
 def _choose_ood(runs: list[RunInfo], ood: str | None) -> tuple[list[str], str | None]:
@@ -733,6 +735,32 @@ TITLE = "dfdetect report"
 MARKDOWN_HEAD = f"# {TITLE}\n".encode()
 
 
+def audit_section(page: Page, runs: list[RunInfo]) -> None:
+    """"Audit": per training set, the cues of the shortcut audit train ran before its first epoch
+    (featurize/shortcuts.py): the statistics that alone separate its real from fake clips."""
+    page.heading("Audit")
+    page.text("Before its first epoch, train audits its training set: does a recording statistic alone (silence, "
+              "sample rate, level, bandwidth, ...) separate real from fake? Such a cue is a shortcut a detector can "
+              "learn instead of synthesis (`dfdetect audit` shows every statistic).")
+    sets: dict[str, dict | None] = {}
+    for run in runs:
+        sets.setdefault(run.data, run.audit)
+    for data, audit in sets.items():
+        if audit is None:
+            page.text(f"{data}: not audited (trained with --no-audit, or before the audit existed).")
+            continue
+        if audit.get("note"):
+            page.text(f"{data}: {audit['note']}")
+        flagged = [c for c in audit.get("cues", []) if c.get("warning")]
+        combined = audit.get("combined_eer")
+        page.text(f"{data}: {audit['n_real']:,} real, {audit['n_fake']:,} fake clips; "
+                  + (f"all recording statistics together: EER {combined:.2f}; " if combined is not None else "")
+                  + (f"{len(flagged)} cue(s) at or below EER {audit['max_cue_eer']}." if flagged else
+                     f"no statistic alone separates the classes (EER > {audit['max_cue_eer']} or within chance)."))
+        for cue in flagged:
+            page.warning(f"{data}: {cue['warning']}")
+
+
 def _is_report(file: Path) -> bool:
     """Whether `file` is a page or Markdown this command wrote (by its first bytes), which a rerun
     may overwrite. A file that is the start of those bytes (empty included) was cut off while an
@@ -801,6 +829,7 @@ def build_report(runs: list[str | Path], out: str | Path = "report.html", ood: s
         page.warning(f"{w.run}: {w.message}")
     if not found:
         page.text("None of the runs shows the reference study's failure signatures.")
+    audit_section(page, infos)
     page.heading("Model size")
     size_table(page, infos, chosen)
     for name, group in seed_groups(infos).items():

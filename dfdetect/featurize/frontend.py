@@ -1,6 +1,7 @@
 """The reference study's audio frontend, exactly, behind one frozen and hashable config.
 
-    decoded audio -> mono (mean of channels) -> 16 kHz (soxr, HQ) -> 3 s: centre crop / zero pad
+    decoded audio -> [trim_silence: leading and trailing silence cut] ->
+    mono (mean of channels) -> 16 kHz (soxr, HQ) -> 3 s: centre crop / zero pad
     at the end -> peak normalisation (x / max|x|) -> features
 
 Mel (the reference study's table): n_fft 1024 (Hann), hop 160, 128 mel bins (HTK scale, no filter-bank norm:
@@ -30,6 +31,7 @@ import torch
 import torchaudio.functional as AF
 
 from dfdetect.featurize.audio import Audio, AudioError, Source, decode, describe
+from dfdetect.featurize.recording import speech_bounds
 
 # Bump when the code computes something different for the same config.
 FRONTEND_VERSION = 1
@@ -73,6 +75,10 @@ class FrontendConfig:
     min_seconds: float = 0.1      # shorter clips are errors, not 3 s of padding
     silence_peak: float = 1e-5    # peak below -100 dBFS: nothing to normalise, an error
     resample_quality: str = "HQ"  # soxr quality
+    # Cut leading and trailing silence (recording.speech_bounds) before the crop: the standard
+    # mitigation of the silence shortcut. Named in the hash only when on, so every version
+    # featurized without it keeps its name.
+    trim_silence: bool = False
     mel: MelConfig = field(default_factory=MelConfig)
     lfcc: LfccConfig = field(default_factory=LfccConfig)
 
@@ -93,7 +99,10 @@ class FrontendConfig:
         return {"mel": self.mel_shape, "lfcc": self.lfcc_shape, "wave": (self.clip_samples,)}[kind]
 
     def to_dict(self) -> dict:
-        return {"frontend_version": FRONTEND_VERSION, **asdict(self)}
+        d = {"frontend_version": FRONTEND_VERSION, **asdict(self)}
+        if not self.trim_silence:
+            del d["trim_silence"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> FrontendConfig:
@@ -135,10 +144,22 @@ class Frontend:
         if not np.isfinite(audio.samples).all():
             bad = int((~np.isfinite(audio.samples)).sum())
             raise AudioError(where, "non_finite", f"{bad} samples are NaN or Inf; the file is corrupt")
+        audio = self.source(audio)
         mono = audio.samples.mean(axis=0, dtype=np.float64).astype(np.float32)
         if audio.sample_rate != c.sample_rate:
             mono = soxr.resample(mono, audio.sample_rate, c.sample_rate, quality=c.resample_quality)
         return mono.astype(np.float32, copy=False)
+
+    def source(self, audio: Audio) -> Audio:
+        """The part of the decoded audio the frontend uses: all of it, or without its leading and
+        trailing silence (`trim_silence`). Its samples must be finite."""
+        if not self.config.trim_silence:
+            return audio
+        first, last = speech_bounds(audio.samples, audio.sample_rate)
+        if (first, last) == (0, audio.frames):
+            return audio
+        return Audio(np.ascontiguousarray(audio.samples[:, first:last]), audio.sample_rate, audio.container,
+                     audio.warnings)
 
     def crop_or_pad(self, wave: np.ndarray) -> np.ndarray:
         """Centre crop when longer than the clip, zero pad at the end when shorter."""

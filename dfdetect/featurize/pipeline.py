@@ -42,12 +42,14 @@ from dfdetect.errors import ConfigError
 from dfdetect.featurize.audio import AudioError, decode
 from dfdetect.featurize.config import FeaturizeConfig, default_out
 from dfdetect.featurize.frontend import FRONTEND_FEATURES, Frontend, FrontendConfig
+from dfdetect.featurize.recording import clip_statistics
 from dfdetect.featurize.variants import Variant, clip_stamp, codec_label, vocoded_index
 from dfdetect.featurize.wavlm import compute_info, load_wavlm
 from dfdetect.store.schema import (
     ERROR,
     FILE_COLUMNS,
     OK,
+    RECORDING_COLUMNS,
     VARIANT_CODEC_COLUMN,
     WARNING_COLUMN,
     StoreError,
@@ -155,7 +157,7 @@ def frontend_block(job: BlockJob) -> dict:
     n = len(job.paths)
     waves = np.zeros((n, job.frontend.clip_samples), np.float32)
     outcomes = {k: [] for k in ("status", "error_kind", "error", "duration", "sample_rate", "channels", "container",
-                                WARNING_COLUMN, VARIANT_CODEC_COLUMN, *FILE_COLUMNS)}
+                                WARNING_COLUMN, VARIANT_CODEC_COLUMN, *FILE_COLUMNS, *RECORDING_COLUMNS)}
     ok = np.zeros(n, bool)
     for i, path in enumerate(job.paths):
         audio = None
@@ -181,6 +183,8 @@ def frontend_block(job: BlockJob) -> dict:
         outcomes["channels"].append(audio.channels if audio else 0)
         outcomes["container"].append(audio.container if audio else "")
         outcomes[WARNING_COLUMN].append("; ".join(audio.warnings)[:1000] if audio else "")
+        for name, value in clip_statistics(frontend, audio if ok[i] else None, outcomes["size"][-1]).items():
+            outcomes[name].append(value)
 
     features = {}
     kinds = [k for k in FRONTEND_FEATURES if k in job.features]

@@ -279,6 +279,7 @@ def check_frontend(values: dict) -> FrontendConfig:
     if version != FRONTEND_VERSION:
         raise ConfigError(f"frontend_version {printable(repr(version))[:20]}: this dfdetect computes frontend "
                           f"version {FRONTEND_VERSION}")
+    values.setdefault("trim_silence", False)   # FrontendConfig.to_dict writes it only when on
     checked = _fields(FrontendConfig, values, "frontend")
     c = FrontendConfig(**{**checked, "mel": MelConfig(**checked["mel"]), "lfcc": LfccConfig(**checked["lfcc"])})
     nyquist, samples = c.sample_rate / 2, c.clip_samples
@@ -319,6 +320,10 @@ def _fields(cls: type, values, where: str) -> dict:
         default, key = getattr(cls(), name), f"{where}.{name}"
         if dataclasses.is_dataclass(default):
             checked[name] = _fields(type(default), value, key)
+        elif isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise ConfigError(f"{key} must be true or false")
+            checked[name] = value
         elif isinstance(default, str):
             if not isinstance(value, str):
                 raise ConfigError(f"{key} must be text")

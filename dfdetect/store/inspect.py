@@ -34,6 +34,7 @@ from dfdetect.store.schema import (
     ERROR,
     OK,
     OUTCOME_COLUMNS,
+    RECORDING_COLUMNS,
     VERSION_PREFIX,
     FeatureStore,
     StoreError,
@@ -312,6 +313,8 @@ def store_info(spec: str) -> dict:
         "nbytes_stored": stored,
         "ratio": total / stored if stored else None,
         "counts": _counts(meta),
+        "recording_statistics": {"version": attrs.get("recording_statistics"),
+                                 "columns": [name for name in RECORDING_COLUMNS if name in meta]},
         "problems": meta_problems,
     }
 

@@ -12,8 +12,8 @@
         wavlm_stats  [N, 25, 2, 1024]     float16   per-layer mean/std over time, all layers
         meta/        one 1-D array per clip-table column (clip_id, path, label, split, ...) and
                      per outcome column (status, error_kind, error, duration, sample_rate, ...,
-                     size and mtime_ns of the file as featurize read it, the decoder's warning:
-                     OPTIONAL_COLUMNS, which stores written before them lack)
+                     size and mtime_ns of the file as featurize read it, the decoder's warning,
+                     the recording statistics: OPTIONAL_COLUMNS, which stores written before them lack)
         block_done   [n_blocks] int8      1 when a block's rows are all written
     NAME.zarr.lock                  held (flock) by the featurize run writing this store
 
@@ -75,8 +75,15 @@ WARNING_COLUMN = "warning"
 # The codec round trip a variant gave the clip ("opus:24k"; "" for none): `featurize --codec random`
 # draws one per clip (featurize/variants.py).
 VARIANT_CODEC_COLUMN = "variant_codec"
+# Recording statistics of each clip (featurize/recording.py computes them; the store only keeps the
+# named columns): a version records which definitions it holds in its "recording_statistics"
+# attribute. Not part of a version's name, and stores written before them lack them (`audit` says so).
+RECORDING_STATISTICS_VERSION = 1
+RECORDING_COLUMNS = {name: np.float32 for name in (
+    "bitrate_kbps", "leading_silence", "trailing_silence", "active_fraction", "rms_dbfs", "peak_dbfs",
+    "clipping_fraction", "dc_offset", "bandwidth_hz", "noise_floor_dbfs")}
 # Columns newer than the format: created with every version, written where present.
-OPTIONAL_COLUMNS = {**FILE_COLUMNS, WARNING_COLUMN: str, VARIANT_CODEC_COLUMN: str}
+OPTIONAL_COLUMNS = {**FILE_COLUMNS, WARNING_COLUMN: str, VARIANT_CODEC_COLUMN: str, **RECORDING_COLUMNS}
 NO_STAMP = (0, 0)   # not a plain file (a datasets/refs.py path, a missing file), or not recorded
 
 

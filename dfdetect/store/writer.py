@@ -22,6 +22,7 @@ from dfdetect.store.schema import (
     CLIP_COLUMNS,
     OPTIONAL_COLUMNS,
     OUTCOME_COLUMNS,
+    RECORDING_STATISTICS_VERSION,
     STORE_FORMAT,
     StoreError,
     array_dtype,
@@ -124,6 +125,7 @@ def create_version(path: str, version: str, config: dict, clips: list[Clip], sha
         group.attrs.update({   # last, in one write (zarr renames it into place): the version now exists
             "config": config, "config_hash": version, "clip_table_hash": table_hash, "n_clips": n,
             "block_size": block_size, "complete": False, "dfdetect_version": __version__,
+            "recording_statistics": RECORDING_STATISTICS_VERSION,
             "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         })
         return group
@@ -190,3 +192,15 @@ def mark_complete(group: zarr.Group) -> bool:
     if done:
         group.attrs["complete"] = True
     return done
+
+
+def add_meta_columns(group: zarr.Group, columns: dict[str, np.ndarray], attrs: dict) -> None:
+    """Write whole clip-table columns into an existing version (created when missing), then set
+    `attrs`: the commit point, so a run cut off in between leaves columns that the attributes do
+    not vouch for (readers check the attribute), and the rerun writes them again."""
+    meta = group["meta"]
+    n, block_size = int(group.attrs["n_clips"]), int(group.attrs["block_size"])
+    for name, values in columns.items():
+        column = meta[name] if name in meta else _meta_array(meta, name, values.dtype, n, block_size)
+        column[:] = values
+    group.attrs.update(attrs)

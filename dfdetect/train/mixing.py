@@ -72,6 +72,13 @@ class CorpusStack:
             meta[c] = np.concatenate(parts)
         return meta
 
+    @property
+    def attrs(self) -> dict:
+        """The version attributes every store shares (e.g. the recording statistics' definitions, so
+        the shortcut audit reads the stacked corpora as the one training set they are)."""
+        first = self.stores[0].attrs
+        return {k: v for k, v in first.items() if all(s.attrs.get(k) == v for s in self.stores[1:])}
+
     def corpus_of(self, rows) -> np.ndarray:
         """The index of the store each row is in."""
         return np.searchsorted(self.offsets, np.asarray(rows, np.int64), side="right") - 1

@@ -94,6 +94,7 @@ class TrainConfig:
     augment_p: float = 0.5              # is read from one of them with this probability (mixing.py)
     augment_unit: str = "clip"          # clip: a draw per clip; chunk: per read unit (streams at full speed)
     balance: str = "none"               # none | corpus | generator | label: weighted sampling per epoch
+    audit: bool = True                  # the shortcut audit of the train set before the first epoch
 
     def resolved(self, option: Callable[[str], str] | None = None) -> TrainConfig:
         """Defaults filled in, every number checked (ConfigError naming the option: `option(field)`,
@@ -649,19 +650,38 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, force: boo
                 progress = load_state(folder, model, optimizer, scaler, device)
             else:
                 progress = {"epoch": 0, "best_epoch": None, "best_val_eer": None, "epochs_since_best": 0}
+                shortcuts = audit_training_set(sets["train"], console) if config.audit else None
                 folder.write_config({
                     "config": asdict(config), "model": config_to_dict(model.config),
                     "parameters": count_parameters(model), "sets": {n: s.describe() for n, s in sets.items()},
                     # what scoring raw audio needs to reproduce the features this head was trained on
                     "frontend": sets["train"].store.config["frontend"],
                     "wavlm": sets["train"].store.config.get("wavlm"),
-                    "mixing": mixing_record(config, sets["train"], *mixing)})
+                    "mixing": mixing_record(config, sets["train"], *mixing), "audit": shortcuts})
             folder.write_run_info({
                 "dfdetect_version": __version__, "git_commit": git_commit(), "torch": torch.__version__,
                 "device": str(device), "threads": torch.get_num_threads(),
                 "loaders": {n: "in memory" if loader.in_memory else "streaming" for n, loader in loaders.items()}})
             return train_epochs(folder, config, model, (optimizer, scaler), sets, loaders, progress, device,
                                 console)
+
+
+def audit_training_set(train: DataSet, console) -> dict:
+    """The shortcut audit of the train set (featurize/shortcuts.py): one warning line per cue a
+    detector could learn instead of synthesis. It never stops training; what it found goes into
+    config.json for the report."""
+    from rich.markup import escape
+
+    from dfdetect.featurize.shortcuts import audit_store
+    from dfdetect.names import printable
+
+    found = audit_store(train.store, train.rows)
+    for line in found.warnings():
+        console.print(f"[yellow]warning:[/] {escape(printable(line))}", soft_wrap=True)
+    if found.warnings():
+        console.print(f"(the shortcut audit of the train set: `dfdetect audit {escape(printable(train.spec))}` "
+                      "shows every statistic; --no-audit skips it)", soft_wrap=True)
+    return found.to_dict()
 
 
 def run_lock(folder: RunFolder) -> ExclusiveLock:
