@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dfdetect.evaluate.evaluation import EvaluationError, check_compatible, interval_groups
+from dfdetect.evaluate.evaluation import EvaluationError, interval_groups, score_run_on
 from dfdetect.metrics import eer
 from dfdetect.names import printable
 from dfdetect.uncertainty import METRICS, Bootstrap, SetMetrics, bootstrap_values, interval, resampling_units
@@ -55,22 +55,9 @@ def system_from_table(table) -> System:
 
 
 def system_from_run(run: str | Path, on: str, epoch: str | int = "best", batch_size: int | None = None,
-                    device: str = "cpu") -> System:
+                    device: str = "auto") -> System:
     """A run's checkpoint scored on the set `on`, as `evaluate_run` scores it."""
-    from dfdetect.devices import resolve_device, tf32
-    from dfdetect.models.registry import get_architecture
-    from dfdetect.models.runs import load_run
-    from dfdetect.train.data import FeatureLoader, open_set
-    from dfdetect.train.trainer import predict
-
-    loaded = load_run(run, epoch)
-    data = open_set(on, "eval")
-    check_compatible(loaded, data)
-    device = resolve_device(device)
-    loader = FeatureLoader(data, loaded.inputs, batch_size or get_architecture(loaded.arch).batch_size,
-                           shuffle=False)
-    with tf32(loaded.tf32):
-        rows, scores = predict(loaded.model.to(device), loader, device, loaded.score_precision)
+    loaded, data, rows, scores = score_run_on(run, on, epoch, batch_size, device)
     meta = data.store.meta
     columns = {c: meta[c][rows] for c in ("speaker", "generator", "source") if c in meta}
     return System(f"{loaded.path} (epoch {loaded.epoch})", np.asarray([str(c) for c in meta["clip_id"][rows]]),

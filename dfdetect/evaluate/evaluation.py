@@ -99,14 +99,10 @@ def _result(source: dict, labels, scores, columns: dict, thresholds: dict, notes
 
 
 # -- a run's checkpoint on a store ----------------------------------------------------------------------
-def evaluate_run(run: str | Path, on: str, epoch: str | int = "best", batch_size: int | None = None,
-                 device: str = "auto", boot: Bootstrap | None = Bootstrap(), ci_groups: str | None = None,
-                 calibration: str | None = None) -> dict:
-    """Score the set `on` (STORE[@V][:SPLIT]) with the run's checkpoint at `epoch`, then measure it at
-    0.5, at its own EER threshold and at the run's validation EER threshold, each metric with its
-    bootstrap interval (`boot`, None for none; resampled by `ci_groups`, see `interval_groups`); with
-    the run's `calibration` (a name, "none", or None: the newest for the epoch) also act_dcf, cllr and
-    the decisions at the Bayes threshold of its LLRs."""
+def score_run_on(run: str | Path, on: str, epoch: str | int = "best", batch_size: int | None = None,
+                 device: str = "auto"):
+    """(the loaded run, the set, its rows, their P(fake)): the run's checkpoint at `epoch` scored on
+    the set `on`, checked compatible first; evaluate and compare both score a run here."""
     # torch-heavy: loaded only when a run is evaluated (score files need none of it)
     from dfdetect.devices import resolve_device, tf32
     from dfdetect.models.registry import get_architecture
@@ -122,6 +118,18 @@ def evaluate_run(run: str | Path, on: str, epoch: str | int = "best", batch_size
                            shuffle=False)
     with tf32(loaded.tf32):   # the forward as validation ran it (its threshold)
         rows, scores = predict(loaded.model.to(device), loader, device, loaded.score_precision)
+    return loaded, data, rows, scores
+
+
+def evaluate_run(run: str | Path, on: str, epoch: str | int = "best", batch_size: int | None = None,
+                 device: str = "auto", boot: Bootstrap | None = Bootstrap(), ci_groups: str | None = None,
+                 calibration: str | None = None) -> dict:
+    """Score the set `on` (STORE[@V][:SPLIT]) with the run's checkpoint at `epoch`, then measure it at
+    0.5, at its own EER threshold and at the run's validation EER threshold, each metric with its
+    bootstrap interval (`boot`, None for none; resampled by `ci_groups`, see `interval_groups`); with
+    the run's `calibration` (a name, "none", or None: the newest for the epoch) also act_dcf, cllr and
+    the decisions at the Bayes threshold of its LLRs."""
+    loaded, data, rows, scores = score_run_on(run, on, epoch, batch_size, device)
     meta = data.store.meta
     val = loaded.record.val_threshold
     thresholds, notes = {}, []
