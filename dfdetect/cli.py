@@ -693,6 +693,8 @@ def report_command(
     runs: list[Path] = typer.Argument(..., help="Run folders to compare."),
     out: Path = typer.Option(Path("report.html"), "--out", help="HTML page; the Markdown tables go next to it (.md)."),
     ood: str = typer.Option(None, "--ood", help="OOD set to rank by (NAME of ood:NAME; default: the first)."),
+    rank_by: str = typer.Option("accuracy", "--rank-by", help="Rank by the OOD set's accuracy (at 0.5, the "
+                                "reference study's), eer, or act_dcf (the calibrated decisions' cost)."),
     force: bool = typer.Option(False, "--force", help="Overwrite --out or its .md even when they are not reports."),
 ):
     """One self-contained HTML page (+ Markdown): runs ranked by OOD accuracy, test vs OOD and their
@@ -701,7 +703,7 @@ def report_command(
     Labels: 1 = fake, 0 = real; scores are P(fake); accuracies at threshold 0.5."""
     from dfdetect.evaluate.report import build_report
 
-    report = build_report(runs, out, ood=ood, force=force)
+    report = build_report(runs, out, ood=ood, force=force, rank_by=rank_by)
     for warning in report.warnings:
         console.print(f"[yellow]warning:[/] {escape(str(warning.run))}: {escape(warning.message)}", soft_wrap=True,
                       highlight=False)

@@ -154,3 +154,37 @@ def test_cli_report_and_its_errors(runs, tmp_path):
         build_report([empty], tmp_path / "y.html")
     result = CliRunner().invoke(app, ["report", str(empty), "--out", str(tmp_path / "z.html")])
     assert result.exit_code == 2 and "checkpoint" in result.output
+
+
+def _ranked_run(name: str, accuracy: float, eer: float, act_dcf: float | None):
+    from pathlib import Path
+
+    from dfdetect.evaluate.report import RunInfo
+    from dfdetect.models.runs import EpochRecord
+
+    ood = {"eer": eer, "auc": 1 - eer, "min_dcf": 0.1, "at_0.5": {"accuracy": accuracy, "f1": accuracy}}
+    if act_dcf is not None:
+        ood["act_dcf"] = act_dcf
+    record = EpochRecord({"epoch": 1, "train": {}, "seconds": {}, "sets": {"ood:x": ood, "val": {"eer": 0.1}}})
+    return RunInfo(Path(name), name, "Mel-CNN", "t", None, 1, 1, 1, [record])
+
+
+@pytest.mark.parametrize("rank_by,order", [("accuracy", ["acc", "dcf", "uncal"]),
+                                           ("eer", ["uncal", "dcf", "acc"]),
+                                           ("act_dcf", ["dcf", "acc", "uncal"])])
+def test_the_ranking_can_be_sorted_by_accuracy_eer_or_act_dcf(rank_by, order):
+    from dfdetect.evaluate.report import Page, ranking_table
+
+    runs = [_ranked_run("acc", 0.9, 0.2, 0.8), _ranked_run("dcf", 0.7, 0.15, 0.3), _ranked_run("uncal", 0.5, 0.1, None)]
+    page = Page("t")
+    ranking_table(page, runs, ["ood:x"], "ood:x", "best", rank_by)
+    (_, headers, rows), = page.blocks
+    assert [row[1] for row in rows] == order
+    assert ("x actDCF" in headers) == (rank_by == "act_dcf")
+    if rank_by == "act_dcf":   # the uncalibrated run has no actDCF: undefined, ranked last
+        assert rows[-1][headers.index("x actDCF")] == "undefined"
+
+
+def test_rank_by_is_checked_before_any_work(tmp_path):
+    with pytest.raises(ReportError, match="--rank-by 'cllr': choose one of accuracy, eer, act_dcf"):
+        build_report([tmp_path / "nothing"], tmp_path / "r.html", rank_by="cllr")

@@ -512,19 +512,34 @@ def _cell(run: RunInfo, epoch: int, name: str | None, key: str) -> str:
     return "n/a" if value is None else fmt_ci({key: value, f"{key}_ci": ci}, key)
 
 
-def _sort_key(run: RunInfo, epoch: int, ood: str | None):
-    """Higher OOD accuracy first, ties by lower OOD EER; runs without the set (or the metric) last."""
-    acc, err = (None, None) if ood is None else (run.metric(epoch, ood, "accuracy"), run.metric(epoch, ood, "eer"))
+# What the ranking can be sorted by, on the chosen OOD set: accuracy at 0.5 (the reference study's
+# ranking), EER (the ranking alone), or actDCF (the decisions of the calibrated LLRs: what a user gets).
+RANK_BY = {"accuracy": "accuracy at 0.5", "eer": "EER", "act_dcf": "actDCF"}
+
+
+def _sort_key(run: RunInfo, epoch: int, ood: str | None, rank_by: str = "accuracy"):
+    """Higher OOD accuracy first, ties by lower OOD EER (rank_by "accuracy"), or lower OOD EER or
+    actDCF first; runs without the set (or the metric, e.g. no calibration) last."""
+    def value(key):
+        return None if ood is None else run.metric(epoch, ood, key)
+
+    if rank_by != "accuracy":
+        v = value(rank_by)
+        return (_missing(v), 0 if _missing(v) else v)
+    acc, err = value("accuracy"), value("eer")
     return (_missing(acc), 0 if _missing(acc) else -acc, _missing(err), 0 if _missing(err) else err)
 
 
-def ranking_table(page: Page, runs: list[RunInfo], oods: list[str], ood: str | None, which: str) -> None:
-    """The reference study's "Complete Picture": ranked by the chosen OOD set's accuracy at the given epoch."""
+def ranking_table(page: Page, runs: list[RunInfo], oods: list[str], ood: str | None, which: str,
+                  rank_by: str = "accuracy") -> None:
+    """The reference study's "Complete Picture": ranked by the chosen OOD set's accuracy (or `rank_by`)
+    at the given epoch."""
     epoch_of = {"best": lambda r: r.best_epoch, "last": lambda r: r.last_epoch}[which]
-    ranked = sorted(runs, key=lambda r: _sort_key(r, epoch_of(r), ood))
+    ranked = sorted(runs, key=lambda r: _sort_key(r, epoch_of(r), ood, rank_by))
     headers = ["Rank", "Run", "Model", "Kind", "Data", "Epochs", "Epoch", "Val EER", "Test Acc"]
     for name in oods:
         headers += [f"{name[4:]} Acc", f"{name[4:]} F1", f"{name[4:]} EER"]
+        headers += [f"{name[4:]} actDCF"] if rank_by == "act_dcf" else []
     rows = []
     for rank, run in enumerate(ranked, 1):
         e = epoch_of(run)
@@ -532,6 +547,7 @@ def ranking_table(page: Page, runs: list[RunInfo], oods: list[str], ood: str | N
                _cell(run, e, "val", "eer"), _cell(run, e, "test", "accuracy")]
         for name in oods:
             row += [_cell(run, e, name, "accuracy"), _cell(run, e, name, "f1"), _cell(run, e, name, "eer")]
+            row += [_cell(run, e, name, "act_dcf")] if rank_by == "act_dcf" else []
         rows.append(row)
     page.table(headers, rows)
 
@@ -789,10 +805,13 @@ def check_outputs(out: Path, force: bool, option: str = "--out") -> None:
 
 
 def build_report(runs: list[str | Path], out: str | Path = "report.html", ood: str | None = None,
-                 force: bool = False) -> Report:
-    """Write the HTML page and the Markdown next to it; returns where, and the warnings."""
+                 force: bool = False, rank_by: str = "accuracy") -> Report:
+    """Write the HTML page and the Markdown next to it; returns where, and the warnings. The ranking
+    is by the OOD set's `rank_by` (RANK_BY)."""
     if not runs:
         raise ReportError("give at least one run folder")
+    if rank_by not in RANK_BY:
+        raise ReportError(f"--rank-by {rank_by!r}: choose one of {', '.join(RANK_BY)}")
     check_outputs(Path(out), force)
     infos = [read_run(p) for p in seed_runs(runs)]
     if len({r.name for r in infos}) < len(infos):
@@ -804,15 +823,17 @@ def build_report(runs: list[str | Path], out: str | Path = "report.html", ood: s
     page = Page(TITLE)
     page.text(HEADER)
     page.heading("Ranking (the reference study's \"Complete Picture\")")
-    page.text(f"Ranked by {chosen or 'OOD'} accuracy (ties: lower EER first). Metrics at each run's best-validation "
+    page.text(f"Ranked by {chosen or 'OOD'} {RANK_BY[rank_by]}"
+              + (" (ties: lower EER first)" if rank_by == "accuracy" else " (lower first; runs without it last)")
+              + ". Metrics at each run's best-validation "
               "epoch (lowest validation EER: the epoch chosen without looking at test or OOD). Accuracy and F1 at "
               "threshold 0.5, EER by the ASVspoof convention. Epochs: trained; Epoch: the one shown. n/a: the run has "
               "no such set.")
     page.text("Each row is one training run: n = 1 seed. EER [low, high]: its 95% bootstrap interval over the set's "
               "clips (drawing the clips again, not another corpus).")
-    ranking_table(page, infos, oods, chosen, "best")
+    ranking_table(page, infos, oods, chosen, "best", rank_by)
     page.text("The same at each run's last epoch (OOD performance can keep moving after validation stops improving):")
-    ranking_table(page, infos, oods, chosen, "last")
+    ranking_table(page, infos, oods, chosen, "last", rank_by)
     page.text(correlation_text(infos, chosen))
     page.heading("Across seeds")
     seeds_table(page, infos, oods, chosen)
