@@ -202,3 +202,25 @@ def test_breakdown_groups_get_intervals_on_the_clips_they_are_measured_on(tmp_pa
     assert a01["eer_ci"] == expected["eer_ci"]
     assert set(a01["at_0.5"]) == {"threshold", "recall", "recall_ci"}   # a fakes-only group: its recall alone
     assert a01["at_0.5"]["recall_ci"][0] <= a01["at_0.5"]["recall"] <= a01["at_0.5"]["recall_ci"][1]
+
+
+def test_llr_metrics_get_intervals_on_the_llrs_not_on_the_probabilities():
+    """act_dcf and cllr get intervals, and the decisions at the Bayes threshold (a threshold on the
+    LLR, fake when llr > ln 1.9) are resampled on the LLRs. Fakes at P 0.645-0.654 have an LLR just
+    below it (logit(0.655) = 0.642): every one is called real at the Bayes threshold, so accuracy
+    there is exactly 0.5 in every stratified resample; read on P(fake) as if 0.642 were a
+    probability, each would be called fake (accuracy 1)."""
+    from dfdetect.evaluate.evaluation import evaluate_score_file
+    from dfdetect.evaluate.score_files import ScoreTable
+
+    rng = np.random.default_rng(0)
+    labels = np.r_[np.ones(200, int), np.zeros(200, int)]
+    scores = np.r_[rng.uniform(0.645, 0.654, 200), rng.uniform(0.1, 0.5, 200)]
+    table = ScoreTable("s.csv", "csv", labels, scores, np.arange(400))
+    result = evaluate_score_file(table, uncertainty.Bootstrap(n=200), None, "probability", 0.5)
+    m = result["metrics"]
+    assert m["at_bayes"]["accuracy"] == 0.5 and m["at_bayes"]["accuracy_ci"] == [0.5, 0.5]
+    for key in ("act_dcf", "cllr"):   # act_dcf is 1 in every resample here: every fake missed
+        low, high = m[f"{key}_ci"]
+        assert low <= m[key] <= high, (key, m[key], m[f"{key}_ci"])
+    assert m["cllr_ci"][0] < m["cllr_ci"][1]
