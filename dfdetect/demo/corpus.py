@@ -22,6 +22,8 @@ recording conditions are not a shortcut. Files are written in the `folder` datas
 level, in mixed formats and sample rates chosen independently of the label (so the container tells a model nothing):
 
     train/real, train/fake/{vocoder,bandlimited,griffinlim}   the seen generators
+    val/real,   val/fake/{...}                                same generators, for choosing the epoch and
+                                                              threshold (only when the spec asks for it)
     test/real,  test/fake/{...}                               same generators, held-out clips
     ood/real,   ood/fake/codec                                an unseen generator family
 """
@@ -63,6 +65,24 @@ class CorpusSpec:
     min_seconds: float = 2.0
     max_seconds: float = 4.5
     seed: int = 0
+    # A validation split of its own (reals and the seen generators; never the held-out family): clips
+    # numbered after the others, so adding it changes no train/test/ood clip.
+    val_real: int = 0
+    val_per_generator: int = 0
+
+    def jobs(self) -> list[tuple[str, int]]:
+        """(family, index) of every clip; the val clips are the last `val_*` indices of a family."""
+        jobs = [("real", i) for i in range(self.real + self.val_real)]
+        for g in GENERATORS:
+            extra = 0 if g == HELD_OUT_GENERATOR else self.val_per_generator
+            jobs += [(g, i) for i in range(self.per_generator + extra)]
+        return jobs
+
+    def split_of(self, family: str, i: int) -> str:
+        """The val clips, else the default split rule (`split_of`)."""
+        if i >= (self.real if family == "real" else self.per_generator):
+            return "val"
+        return split_of(family, i)
 
 
 def _stft(x: np.ndarray) -> np.ndarray:
@@ -218,17 +238,15 @@ def write_corpus(root: Path, spec: CorpusSpec = CorpusSpec()) -> list[Path]:
     Every clip has its own seed derived from (spec.seed, family, index), so the corpus is the same
     on every machine and a clip does not change when the counts do."""
     root = Path(root)
-    jobs = [("real", i) for i in range(spec.real)]
-    jobs += [(g, i) for g in GENERATORS for i in range(spec.per_generator)]
     written = []
-    for family, i in jobs:
+    for family, i in spec.jobs():
         rng = np.random.default_rng([spec.seed, (["real", *GENERATORS]).index(family), i])
         seconds = rng.uniform(spec.min_seconds, spec.max_seconds)
         fmt, rate = FORMATS[rng.integers(len(FORMATS))]
         audio = synthesize(family, rng, seconds)
         if rate != _RATE:
             audio = soxr.resample(audio, _RATE, rate).astype(np.float32)
-        split = root / split_of(family, i)
+        split = root / spec.split_of(family, i)
         folder = split / "real" if family == "real" else split / "fake" / family
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{family}_{i:04d}.{_EXTENSION[fmt]}"

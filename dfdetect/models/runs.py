@@ -166,6 +166,11 @@ class EpochRecord(dict):
         """Set `name`'s metrics at threshold 0.5 (confusion counts included)."""
         return self.sets[name]["at_0.5"]
 
+    def at_val(self, name: str) -> dict | None:
+        """Set `name`'s metrics at the validation threshold, the run's decision threshold (None when
+        validation had none, and for the val set itself)."""
+        return self.sets[name].get("at_val")
+
 
 def is_better(val_eer, best_val_eer) -> bool:
     """The best-epoch rule: the lowest validation EER wins, the earliest epoch on a tie; an epoch
