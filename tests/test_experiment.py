@@ -75,9 +75,10 @@ def test_the_generalization_study_runs_scaled_down_with_its_variants(data, tmp_p
     run_scaled_down(study, data, tmp_path / "out")
     experiment = load_experiment(study, scaled_down(study, data, tmp_path / "out"))
     mixing = {n: json.loads((experiment.run_dirs[n] / "config.json").read_text())["mixing"] for n in experiment.runs}
-    assert [len(mixing[n]["augment"]) for n in ("clean", "rawboost", "codec", "vocoded", "all")] == [0, 1, 1, 0, 2]
-    assert [len(mixing[n]["corpora"]) for n in ("clean", "rawboost", "codec", "vocoded", "all")] == [1, 1, 1, 2, 2]
-    record = json.loads((experiment.run_dirs["all"] / "metrics.jsonl").read_text().splitlines()[0])
+    recipes = [f"{n}/seed-0" for n in ("clean", "rawboost", "codec", "vocoded", "all")]   # scaled down: 1 seed
+    assert [len(mixing[n]["augment"]) for n in recipes] == [0, 1, 1, 0, 2]
+    assert [len(mixing[n]["corpora"]) for n in recipes] == [1, 1, 1, 2, 2]
+    record = json.loads((experiment.run_dirs["all/seed-0"] / "metrics.jsonl").read_text().splitlines()[0])
     assert sum(record["train"]["draws"].values()) == sum(record["train"]["corpora"]) == record["train"]["clips"]
 
 
