@@ -609,6 +609,10 @@ def evaluate_command(
     bootstrap: int = typer.Option(1000, "--bootstrap", help="Bootstrap resamples per interval (0: no intervals)."),
     ci_groups: str = typer.Option(None, "--ci-groups", help="Resample whole groups: speaker | generator | source | "
                                   "clip (default: speaker when the set names speakers, else clip)."),
+    scores_out: Path = typer.Option(None, "--scores-out", help="With RUN: also write one row per clip (.csv | "
+                                    ".jsonl | .parquet): clip_id, label, score, decision, llr, as `score` writes "
+                                    "a file's."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing --scores-out."),
 ):
     """Every metric at threshold 0.5, at the EER threshold and at the run's validation threshold, with
     breakdowns per generator/attack, codec, language and source, and a bootstrap interval for each
@@ -630,8 +634,10 @@ def evaluate_command(
         if on is None:
             raise EvaluationError("RUN needs --on STORE[@VERSION][:SPLIT], the set to score")
         result = evaluate_run(run, on, epoch=epoch, batch_size=batch_size, device=device, boot=boot,
-                              ci_groups=ci_groups, calibration=calibration)
+                              ci_groups=ci_groups, calibration=calibration, scores_out=scores_out, force=force)
     else:
+        if scores_out is not None:
+            raise EvaluationError("--scores-out needs RUN --on STORE: a score file already is one row per clip")
         result = evaluate_score_file(read_scores(scores, fmt, score_col, label_col, id_col, higher_is,
                                                  labels, drop_bad), boot, ci_groups, score_type, train_prior)
     if as_json:

@@ -390,3 +390,31 @@ def test_compare_two_runs_on_one_store(run):
     assert "not distinguishable" in result["verdict"]
     out = CliRunner().invoke(app, ["compare", str(run["run"]), str(run["run"])])
     assert out.exit_code == 2 and "--on" in out.output
+
+
+def test_scores_out_writes_one_row_per_clip_as_score_decides_a_file(run, tmp_path):
+    """--scores-out: every clip of the set, its score as the trainer scored it at that epoch, the
+    decision at the run's threshold and the label; an existing file is replaced only with --force."""
+    import csv
+
+    out = tmp_path / "clips.csv"
+    result = evaluate_run(run["run"], f"{run['store']}:test", scores_out=out)
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == result["source"]["clips"] and {r["status"] for r in rows} == {"ok"}
+    best = next(r for r in run["records"] if r["epoch"] == result["source"]["epoch"])
+    trainer = {r["clip_id"]: r for r in csv.DictReader((run["run"] / "scores" / "best" / "test.csv").open())}
+    assert best["sets"]["test"]["n"] == len(trainer) == len(rows)
+    threshold = result["thresholds"]["val"]
+    for r in rows:
+        assert float(r["score"]) == pytest.approx(float(trainer[r["clip_id"]]["score"]), abs=2e-6)
+        assert r["label"] == ("fake" if trainer[r["clip_id"]]["label"] == "1" else "real")
+        assert r["decision"] == ("fake" if float(r["score"]) >= threshold else "real") or \
+            abs(float(r["score"]) - threshold) < 1e-6   # a score rounded onto the threshold
+    assert not list(tmp_path.glob(".clips*"))    # nothing left beside it
+    command = ["evaluate", str(run["run"]), "--on", f"{run['store']}:test", "--scores-out", str(out)]
+    again = CliRunner().invoke(app, command)
+    assert again.exit_code == 2 and "already exists; --force replaces it" in again.output
+    forced = CliRunner().invoke(app, [*command, "--force", "--bootstrap", "0"])
+    assert forced.exit_code == 0, forced.output
+    score_file = CliRunner().invoke(app, ["evaluate", "--scores", str(out), "--scores-out", str(tmp_path / "y.csv")])
+    assert score_file.exit_code == 2 and "--scores-out needs RUN" in score_file.output

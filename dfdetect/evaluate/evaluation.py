@@ -123,12 +123,16 @@ def score_run_on(run: str | Path, on: str, epoch: str | int = "best", batch_size
 
 def evaluate_run(run: str | Path, on: str, epoch: str | int = "best", batch_size: int | None = None,
                  device: str = "auto", boot: Bootstrap | None = Bootstrap(), ci_groups: str | None = None,
-                 calibration: str | None = None) -> dict:
+                 calibration: str | None = None, scores_out: str | Path | None = None,
+                 force: bool = False) -> dict:
     """Score the set `on` (STORE[@V][:SPLIT]) with the run's checkpoint at `epoch`, then measure it at
     0.5, at its own EER threshold and at the run's validation EER threshold, each metric with its
     bootstrap interval (`boot`, None for none; resampled by `ci_groups`, see `interval_groups`); with
     the run's `calibration` (a name, "none", or None: the newest for the epoch) also act_dcf, cllr and
-    the decisions at the Bayes threshold of its LLRs."""
+    the decisions at the Bayes threshold of its LLRs. `scores_out`: a table of one row per clip as
+    `dfdetect score` writes a file's (write_clip_scores); an existing file only with `force`."""
+    if scores_out is not None:
+        check_scores_out(scores_out, force)
     loaded, data, rows, scores = score_run_on(run, on, epoch, batch_size, device)
     meta = data.store.meta
     val = loaded.record.val_threshold
@@ -146,9 +150,60 @@ def evaluate_run(run: str | Path, on: str, epoch: str | int = "best", batch_size
         source["calibration"] = {"name": calibrated.name, "description": calibrated.describe(),
                                  **calibrated.to_dict()}
     llrs = calibrated.llr(scores) if calibrated is not None else None
+    if scores_out is not None:
+        source["scores_out"] = str(scores_out)
+        write_clip_scores(Path(scores_out), meta, rows, scores, thresholds.get("val"), calibrated, source)
     group_columns = {c: meta[c][rows] for c in GROUPINGS if c in meta}
     return _result(source, meta["label"][rows].astype(int), scores, columns, thresholds, notes, llrs,
                    (boot, group_columns, ci_groups))
+
+
+# -- one row per clip (--scores-out) ----------------------------------------------------------------------
+# What `dfdetect score` writes of a file, for each clip of an evaluated set: the same per-file rule
+# (score/per_file.py: the decision at the run's threshold, the calibrated LLR and its Bayes decision),
+# so a set evaluated from a store and the same files scored live can be compared row by row.
+CLIP_SCORE_COLUMNS = {"clip_id": str, "path": str, "label": str, "generator": str, "status": str, "score": float,
+                      "decision": str, "threshold": float, "llr": float, "llr_decision": str, "calibration": str,
+                      "error": str}
+
+
+def check_scores_out(path: str | Path, force: bool) -> None:
+    """--scores-out, checked before any scoring: a table format, and never a file replaced unasked."""
+    from dfdetect.score.tables import output_format
+
+    path = Path(path)
+    output_format(path)
+    if path.is_dir():
+        raise EvaluationError(f"--scores-out {path} is a folder; give a .csv, .jsonl or .parquet file")
+    if path.exists() and not force:
+        raise EvaluationError(f"--scores-out {path} already exists; --force replaces it")
+
+
+def write_clip_scores(path: Path, meta: dict, rows, scores, threshold: float | None, calibrated, source: dict) -> None:
+    """One row per clip through score's per-file rule, written beside `path` and moved into place at
+    the end (a kill leaves the old file or the new one)."""
+    import os
+
+    from dfdetect.score.per_file import FileRule
+    from dfdetect.score.tables import TableWriter
+
+    rule = FileRule(math.nan if threshold is None else threshold, calibration=calibrated)
+    partial = path.with_name(f".{path.stem}.{os.getpid()}.partial{path.suffix}")
+    try:
+        writer = TableWriter(partial, CLIP_SCORE_COLUMNS, metadata=source)
+        for row, score in zip(rows, scores):
+            outcome = rule.outcome(np.array([score]))
+            writer.write({"clip_id": str(meta["clip_id"][row]), "path": str(meta["path"][row]),
+                          "label": "fake" if meta["label"][row] == 1 else "real",
+                          "generator": str(meta["generator"][row]) if "generator" in meta else "",
+                          "status": outcome.status, "score": outcome.table_score,
+                          "decision": outcome.decision if threshold is not None else None,
+                          "threshold": threshold, "llr": outcome.table_llr, "llr_decision": outcome.llr_decision,
+                          "calibration": calibrated.name if calibrated is not None else "", "error": outcome.error})
+        writer.close()
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def calibration_notes(calibrated, on: str) -> list[str]:
