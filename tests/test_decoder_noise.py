@@ -89,8 +89,10 @@ def test_score_prints_no_library_line(damaged_mp3, run_dir, tmp_path, capfd):
     assert not _library_lines(out + err + result.output), err
     with open(tmp_path / "s.csv", newline="") as f:
         rows = {r["path"]: r for r in csv.DictReader(f)}
-    assert rows.pop(str(clips / "damaged.mp3"))["error_kind"] == "truncated"
-    assert rows and all(r["status"] == "ok" for r in rows.values())
+    damaged = rows.pop(str(clips / "damaged.mp3"))
+    assert damaged["error_kind"] == "truncated"
+    assert _library_lines(damaged["warning"].replace("; ", "\n")), damaged   # what the decoder said: in its row
+    assert rows and all(r["status"] == "ok" and r["warning"] == "" for r in rows.values())
 
 
 def runner() -> CliRunner:

@@ -279,6 +279,11 @@ def _release_fd2(start: int | None) -> list[str]:
     return list(dict.fromkeys(line.strip() for line in text.splitlines() if line.strip()))[:MAX_DECODER_LINES]
 
 
+def warning_text(warnings) -> str:
+    """A decode's warnings as one table cell (featurize's meta/warning, score's `warning` column)."""
+    return "; ".join(warnings)[:1000]
+
+
 def decode(source: Source, name: str | None = None) -> Audio:
     """Decode a path, bytes or binary stream into float32 samples [channels, frames]."""
     where = describe(source, name)

@@ -39,7 +39,7 @@ from rich.markup import escape
 from dfdetect.datasets import prepare
 from dfdetect.devices import device_variable, local_devices
 from dfdetect.errors import ConfigError
-from dfdetect.featurize.audio import AudioError, decode
+from dfdetect.featurize.audio import AudioError, decode, warning_text
 from dfdetect.featurize.config import FeaturizeConfig, default_out
 from dfdetect.featurize.frontend import FRONTEND_FEATURES, Frontend, FrontendConfig
 from dfdetect.featurize.recording import clip_statistics
@@ -182,7 +182,7 @@ def frontend_block(job: BlockJob) -> dict:
         outcomes["sample_rate"].append(audio.sample_rate if audio else 0)
         outcomes["channels"].append(audio.channels if audio else 0)
         outcomes["container"].append(audio.container if audio else "")
-        outcomes[WARNING_COLUMN].append("; ".join(audio.warnings)[:1000] if audio else "")
+        outcomes[WARNING_COLUMN].append(warning_text(audio.warnings) if audio else "")
         for name, value in clip_statistics(frontend, audio if ok[i] else None, outcomes["size"][-1]).items():
             outcomes[name].append(value)
 

@@ -391,7 +391,7 @@ class _Results:
                          "container": result.container, "windows": result.windows,
                          "silent_windows": result.silent_windows, "error_kind": outcome.error_kind,
                          "features": result.features if outcome.status == OK else "",
-                         "error": printable(outcome.error), **self.constants})
+                         "error": printable(outcome.error), "warning": printable(result.warning), **self.constants})
 
     def close(self) -> None:
         for writer in (self.rows, self.window_rows):

@@ -78,6 +78,11 @@ class AudioStream:
             raise self._too_long(declared)
 
     @property
+    def warnings(self) -> list[str]:
+        """What the decoder library said about damage it decoded past (libmpg123's lines)."""
+        return getattr(self._reader, "warnings", [])
+
+    @property
     def seconds(self) -> float:
         """Duration decoded so far (the whole file once `blocks()` is exhausted)."""
         return self.frames / self.info.sample_rate

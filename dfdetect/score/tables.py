@@ -24,6 +24,9 @@ COLUMNS = {
     # calibrated: the file's natural-log LLR fake vs real (higher = more likely fake), the decision at
     # the Bayes threshold of ASVspoof 5's costs, and the calibration's name; empty without one
     "llr": float, "llr_decision": str, "calibration": str,
+    # what the decoder library said about damage it decoded past (e.g. libmpg123's "part2_3_length
+    # too large"): the file is scored, but its audio may be partly wrong
+    "warning": str,
 }
 WINDOW_COLUMNS = {"path": str, "member": str, "window": int, "start": float, "end": float,
                   "silent": bool, "score": float, "score_meaning": str}

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from dfdetect.featurize.audio import AudioError
+from dfdetect.featurize.audio import AudioError, warning_text
 from dfdetect.featurize.frontend import Frontend, FrontendConfig
 from dfdetect.score.sources import ERROR, OK, Item, Opener
 from dfdetect.score.stream import AudioStream, sliding_windows
@@ -44,6 +44,7 @@ class FileResult:
     windows: int = 0
     silent_windows: int = 0
     features: str = LIVE
+    warning: str = ""              # the decoder's own messages about damage it decoded past
 
 
 @dataclass
@@ -144,6 +145,7 @@ def _windows_of(item: Item, opener: Opener, frontend: Frontend, config: WindowCo
         result.status, result.error_kind = ERROR, "internal"
         result.error = f"{item.where}: unexpected {type(e).__name__}: {e}"
     result.duration = stream.seconds if stream is not None else None
+    result.warning = warning_text(stream.warnings) if stream is not None else ""
 
 
 def _prepare(frontend: Frontend, wave: np.ndarray, where: str) -> np.ndarray | None:
