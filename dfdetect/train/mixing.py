@@ -103,14 +103,8 @@ class CorpusStack:
     def row_nbytes(self, name: str) -> int:
         return self.stores[0].row_nbytes(name)
 
-    def read_rows(self, names, rows) -> dict[str, np.ndarray]:
-        rows = np.asarray(rows, dtype=np.int64)
-        out = {}
-        for name in names:
-            shape, dtype = self.row_format(name)
-            out[name] = np.empty((len(rows), *shape), dtype)
-            self.read_rows_into(name, rows, list(out[name]))
-        return out
+    # the store's own: new buffers filled through row_format and read_rows_into, which a stack has
+    read_rows = FeatureStore.read_rows
 
     def read_rows_into(self, name: str, rows, targets: list) -> None:
         rows = np.asarray(rows, dtype=np.int64)
