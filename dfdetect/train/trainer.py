@@ -180,7 +180,6 @@ def _kind(hint) -> str:
 # -- checks before anything expensive ----------------------------------------------------------------
 def open_sets(config: TrainConfig) -> dict[str, DataSet]:
     """Train, val, test and OOD sets, checked against each other and the architecture."""
-    arch = get_architecture(config.arch)
     train = open_train(config)
     holdout = None
     if config.holdout_generators:
@@ -200,10 +199,8 @@ def open_sets(config: TrainConfig) -> dict[str, DataSet]:
         sets[name] = open_set(spec, name)
     # Every set must fit the head as the train set's features define it (store.fit_problems, the
     # rule evaluate and score use too): same frontend, same WavLM, every array the head reads.
-    reference = sets["train"].store.config
     for name, s in sets.items():
-        problems = s.store.fit_problems(arch.inputs, reference.get("frontend_hash"), reference.get("wavlm"),
-                                        config.arch)
+        problems = misfit(s.store, sets["train"].store, config.arch)
         if problems:
             raise TrainError(f"the {name} set {s.spec} does not fit the train set {sets['train'].spec}: "
                              + "; ".join(problems))
@@ -266,13 +263,31 @@ def train_specs(train) -> str | tuple[str, ...]:
     return train
 
 
+def misfit(store, train_store, arch_name: str) -> list[str]:
+    """What keeps `store` from serving beside the train store (FeatureStore.fit_problems, the rule
+    evaluate and score use too): the same frontend and WavLM, every array the head reads."""
+    reference = train_store.config
+    return store.fit_problems(get_architecture(arch_name).inputs, reference.get("frontend_hash"),
+                              reference.get("wavlm"), arch_name)
+
+
+def spec_list(train) -> list[str]:
+    """--train as a list of specs (one or several)."""
+    return [train] if isinstance(train, str) else list(train)
+
+
+def corpora_of(train: DataSet) -> list:
+    """The training set's stores: several when stacked (CorpusStack), else its one store."""
+    return train.store.stores if isinstance(train.store, CorpusStack) else [train.store]
+
+
 def check_mixing(config: TrainConfig, option: Callable[[str], str]) -> None:
     check_range(option("augment_p"), config.augment_p, 0, 1)
     if config.augment_unit not in ("clip", "chunk"):
         raise ConfigError(f"{option('augment_unit')} {config.augment_unit!r}: choose clip or chunk")
     if config.balance not in BALANCES:
         raise ConfigError(f"{option('balance')} {config.balance!r}: choose one of {', '.join(BALANCES)}")
-    specs = [config.train] if isinstance(config.train, str) else list(config.train)
+    specs = spec_list(config.train)
     if len(set(specs)) < len(specs) or not specs:
         raise ConfigError(f"{option('train')}: give each training set once (given: {', '.join(specs) or 'none'})")
 
@@ -283,9 +298,8 @@ def open_train(config: TrainConfig) -> DataSet:
     if isinstance(config.train, str):
         return open_set(config.train, "train")
     parts = [open_set(spec, "train") for spec in config.train]
-    first, arch = parts[0].store.config, get_architecture(config.arch)
     for part in parts[1:]:
-        problems = part.store.fit_problems(arch.inputs, first.get("frontend_hash"), first.get("wavlm"), config.arch)
+        problems = misfit(part.store, parts[0].store, config.arch)
         if problems:
             raise TrainError(f"--train {part.spec} does not fit --train {parts[0].spec}: " + "; ".join(problems))
     stack = CorpusStack([p.store for p in parts])
@@ -296,7 +310,7 @@ def open_train(config: TrainConfig) -> DataSet:
 def split_validation(train: DataSet, config: TrainConfig) -> dict[str, DataSet]:
     """Train and a seeded, stratified `val_fraction` of it as validation: of each corpus on its own
     when there are several, so every corpus is validated in its proportion."""
-    corpora = train.store.corpus_of(train.rows) if isinstance(train.store, CorpusStack) else np.zeros(len(train.rows))
+    corpora = corpus_index(train)
     labels = train.labels
     if min((labels == 0).sum(), (labels == 1).sum()) < 2:
         raise TrainError(f"train set {train.spec} needs at least 2 clips of each label to split off validation")
@@ -319,13 +333,11 @@ def open_mixing(config: TrainConfig, train: DataSet) -> tuple[Augmentation | Non
     rule against the train features) and --balance's weights; None for what is not asked."""
     augmentation = None
     if config.augment:
-        arch, reference = get_architecture(config.arch), train.store.config
-        stores = train.store.stores if isinstance(train.store, CorpusStack) else [train.store]
+        arch, stores = get_architecture(config.arch), corpora_of(train)
         variants = []
         for spec in config.augment:
             store = open_store(spec)
-            problems = store.fit_problems(arch.inputs, reference.get("frontend_hash"), reference.get("wavlm"),
-                                          config.arch)
+            problems = misfit(store, train.store, config.arch)
             if problems:
                 raise TrainError(f"--augment {spec} does not fit the train set {train.spec}: " + "; ".join(problems))
             variants.append(variant_of(spec, store, stores, train.store))
@@ -365,14 +377,15 @@ def corpus_index(train: DataSet) -> np.ndarray:
 def mixing_record(config: TrainConfig, train: DataSet, augmentation, balance) -> dict:
     """What config.json records of the mixing: the corpora (each one's rows and share of the
     training draws, as the weights say), the augmentation versions and p."""
-    stores = train.store.stores if isinstance(train.store, CorpusStack) else [train.store]
-    specs = [config.train] if isinstance(config.train, str) else list(config.train)
-    corpus = corpus_index(train)
+    stores, specs, corpus = corpora_of(train), spec_list(config.train), corpus_index(train)
     weights = balance.weights if balance else np.full(len(train.rows), 1 / len(train.rows))
     corpora = [{"spec": spec, "store": s.path, "version": s.version, "rows": int((corpus == i).sum()),
                 "share": float(weights[corpus == i].sum())} for i, (spec, s) in enumerate(zip(specs, stores))]
-    variants = [{"spec": v.spec, "store": v.store.store.path if isinstance(v.store, Shifted) else v.store.path,
-                 "version": (v.store.store if isinstance(v.store, Shifted) else v.store).version,
+
+    def store_of(variant):   # a variant of a stacked corpus reads through Shifted
+        return variant.store.store if isinstance(variant.store, Shifted) else variant.store
+
+    variants = [{"spec": v.spec, "store": store_of(v).path, "version": store_of(v).version,
                  "rows": int(v.holds(train.rows).sum())} for v in (augmentation.variants if augmentation else [])]
     return {"corpora": corpora, "balance": config.balance, "augment": variants,
             "augment_p": config.augment_p if augmentation else None,
