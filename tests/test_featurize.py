@@ -245,30 +245,40 @@ def test_local_workers_keep_clip_buffers_off_mmap():
 def test_the_coordinator_runs_blocks_while_its_cluster_starts_then_hands_the_rest_over(corpus, tmp_path, monkeypatch):
     """A local run starts its cluster on a thread and runs blocks itself meanwhile; the moment the
     cluster is up the blocks not yet started go to its workers. The store equals a one-process run.
-    The test holds the start until the coordinator has run two blocks and holds its third until the
-    cluster is up, so both sides run blocks whatever the machine's speed."""
+    The test holds the start until the coordinator has finished two blocks (its third is then
+    already submitted) and holds that third block until the start has completed, so exactly three
+    blocks run here whatever the machine's speed or load."""
     import threading
+    import time
 
     from dfdetect.featurize import pipeline
 
-    two_blocks_run, cluster_up = threading.Event(), threading.Event()
-    start, run_block, calls = pipeline.ClusterStarting._start, pipeline._run_block, []
+    two_blocks_run, starting = threading.Event(), []
+    start, init, run_block, calls = (pipeline.ClusterStarting._start, pipeline.ClusterStarting.__init__,
+                                     pipeline._run_block, [])
 
     def held_start(workers):
         assert two_blocks_run.wait(60)
-        cluster = start(workers)
-        cluster_up.set()
-        return cluster
+        return start(workers)
+
+    def recorded_init(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        starting.append(self)
 
     def counted_block(job):   # only the coordinator's calls come here: workers import pipeline afresh
         calls.append(job.block)
+        if len(calls) == 3:   # until the start's future is done, not only its function returned
+            deadline = time.monotonic() + 60
+            while not starting[0]._cluster.done():
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+        report = run_block(job)
         if len(calls) == 2:
             two_blocks_run.set()
-        if len(calls) == 3:
-            assert cluster_up.wait(60)
-        return run_block(job)
+        return report
 
     monkeypatch.setattr(pipeline.ClusterStarting, "_start", staticmethod(held_start))
+    monkeypatch.setattr(pipeline.ClusterStarting, "__init__", recorded_init)
     monkeypatch.setattr(pipeline, "_run_block", counted_block)
     result = featurize("folder", corpus, str(tmp_path / "overlap.zarr"), features=("mel", "lfcc"), workers=2,
                        block_size=2)
