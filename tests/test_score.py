@@ -28,11 +28,12 @@ from dfdetect.featurize.audio import decode, encode
 from dfdetect.featurize.frontend import Frontend, FrontendConfig
 from dfdetect.featurize.pipeline import featurize
 from dfdetect.featurize.wavlm import WavLMConfig, clear_wavlm_cache, load_wavlm
+from dfdetect.featurize.windows import sliding_windows
 from dfdetect.models.runs import load_run
 from dfdetect.score.lanes import LANES_PER_WORKER, make_lanes
 from dfdetect.score.scoring import Scorer, aggregate
 from dfdetect.score.sources import Item
-from dfdetect.score.stream import AudioStream, sliding_windows
+from dfdetect.score.stream import AudioStream
 from dfdetect.store import open_store
 from dfdetect.train.data import FeatureLoader, open_set
 from dfdetect.train.trainer import TrainConfig, predict, train

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from dfdetect.featurize.frontend import FrontendConfig
     from dfdetect.featurize.variants import Variant
     from dfdetect.featurize.wavlm import WavLMConfig
+    from dfdetect.featurize.windows import WindowProtocol
 
 # DESIGN.md's CLI contract (`featurize ... [--features mel,lfcc,wavlm]`) makes WavLM part of the
 # default pass: frozen WavLM is the strongest of the three frontends, and the pass exists so that
@@ -42,6 +43,12 @@ def _wavlm() -> WavLMConfig:
     return WavLMConfig()
 
 
+def _windows() -> WindowProtocol:
+    from dfdetect.featurize.windows import WindowProtocol
+
+    return WindowProtocol()
+
+
 def _frontend() -> FrontendConfig:
     from dfdetect.featurize.frontend import FrontendConfig
 
@@ -51,7 +58,8 @@ def _frontend() -> FrontendConfig:
 @dataclass(frozen=True)
 class FeaturizeConfig:
     """Every setting of a featurize pass. `features`, `wavlm` (when "wavlm" is in features),
-    `frontend` and `variant` name the store version; the rest say how it runs.
+    `frontend`, `variant` and `windows` (when not the centre crop) name the store version; the
+    rest say how it runs.
 
     workers: local worker processes (None: one per core; 0: in this process, no dask).
     scheduler: tcp://HOST:PORT of a running dask scheduler (None: a local cluster).
@@ -60,6 +68,7 @@ class FeaturizeConfig:
     wavlm: WavLMConfig = field(default_factory=_wavlm)
     frontend: FrontendConfig = field(default_factory=_frontend)
     variant: Variant | None = None
+    windows: WindowProtocol = field(default_factory=_windows)   # featurize/windows.py: centre | all | N
     device: str = "auto"
     scheduler: str | None = None
     workers: int | None = None
@@ -73,9 +82,11 @@ class FeaturizeConfig:
     def from_options(cls, features: str | tuple | list | None = None, wavlm: str | None = None,
                      wavlm_layers=None, wavlm_storage: str | None = None, codec: str | None = None,
                      corrupt: str | None = None, variant_seed: int | None = None, vocode: str | None = None,
-                     vocode_keep_real: bool | None = None, **rest) -> FeaturizeConfig:
+                     vocode_keep_real: bool | None = None, windows: str | int | None = None,
+                     window: float | None = None, hop: float | None = None, **rest) -> FeaturizeConfig:
         """From the flat options the CLI and study files spell (None: the default)."""
         from dfdetect.featurize.variants import Variant
+        from dfdetect.featurize.windows import WindowProtocol
 
         config = cls().replace(**rest)
         if isinstance(features, str):
@@ -86,7 +97,8 @@ class FeaturizeConfig:
         variant = Variant.parse(codec, corrupt, 0 if variant_seed is None else variant_seed, vocode,
                                 bool(vocode_keep_real))
         return config.replace(features=tuple(features) if features is not None else None,
-                              wavlm=wavlm_config, variant=variant)
+                              wavlm=wavlm_config, variant=variant,
+                              windows=WindowProtocol.parse(windows, window, hop))
 
     def resolved(self, option=lambda name: "--" + name.replace("_", "-")) -> FeaturizeConfig:
         """Defaults filled in (workers), features in the store's order, every value checked
@@ -105,5 +117,11 @@ class FeaturizeConfig:
         check_range(option("block_size"), self.block_size, 1, MAX_BLOCK_SIZE)
         if self.workers is not None:
             check_range(option("workers"), self.workers, 0)
+        if not self.windows.centre and self.variant is not None:
+            # a variant is applied around the one crop (pipeline.prepare_waveform); per window not yet
+            raise StoreError(f"{option('windows')} {self.windows.keep} cannot be combined with a variant (codec, "
+                             "corruption, vocoded fakes) yet: featurize the variant with the centre crop, or the "
+                             "windows without a variant")
         return dataclasses.replace(self, features=tuple(f for f in known if f in features),
+                                   windows=self.windows.resolved(self.frontend.clip_seconds),
                                    workers=(os.cpu_count() or 1) if self.workers is None else int(self.workers))

@@ -45,6 +45,7 @@ from dfdetect.featurize.frontend import FRONTEND_FEATURES, Frontend, FrontendCon
 from dfdetect.featurize.recording import clip_statistics
 from dfdetect.featurize.variants import Variant, clip_stamp, codec_label, vocoded_index
 from dfdetect.featurize.wavlm import compute_info, load_wavlm
+from dfdetect.featurize.windows import WindowProtocol, WindowTable, plan_windows, window_starts
 from dfdetect.store.schema import (
     ERROR,
     FILE_COLUMNS,
@@ -52,6 +53,7 @@ from dfdetect.store.schema import (
     RECORDING_COLUMNS,
     VARIANT_CODEC_COLUMN,
     WARNING_COLUMN,
+    WINDOW_COLUMNS,
     StoreError,
     arrays_of,
     list_versions,
@@ -84,6 +86,10 @@ class BlockJob:
     wavlm_threads: int = 1
     variant: Variant | None = None
     clip_ids: tuple[str, ...] = ()  # seed each clip's corruption
+    # a windowed version (featurize/windows.py): each row's (window number, its file's planned length
+    # in samples), and the window and hop in samples; None: one centre crop per clip
+    windows: tuple[tuple[int, int], ...] | None = None
+    window_samples: tuple[int, int] = (0, 0)
 
 
 @dataclass
@@ -159,33 +165,7 @@ def frontend_block(job: BlockJob) -> dict:
     outcomes = {k: [] for k in ("status", "error_kind", "error", "duration", "sample_rate", "channels", "container",
                                 WARNING_COLUMN, VARIANT_CODEC_COLUMN, *FILE_COLUMNS, *RECORDING_COLUMNS)}
     ok = np.zeros(n, bool)
-    for i, path in enumerate(job.paths):
-        audio = None
-        key = job.clip_ids[i] if job.clip_ids else path
-        # before reading: a later change shows (a vocoded fake records none: its features are not its file's)
-        for name, value in zip(FILE_COLUMNS, clip_stamp(job.variant, path, key)):
-            outcomes[name].append(value)
-        outcomes[VARIANT_CODEC_COLUMN].append(codec_label(job.variant, key))
-        try:
-            audio = decode(path)
-            waves[i] = prepare_waveform(frontend, audio, path, job.variant, key)
-            ok[i] = True
-            status, kind, message = OK, "", ""
-        except AudioError as e:
-            status, kind, message = ERROR, e.kind, str(e)
-        except Exception as e:   # a hostile clip (NaN segment, huge allocation) costs its row, never its block
-            status, kind, message = ERROR, *clip_failure(path, e)
-        outcomes["status"].append(status)
-        outcomes["error_kind"].append(kind)
-        outcomes["error"].append(message)
-        outcomes["duration"].append(audio.duration if audio else 0.0)
-        outcomes["sample_rate"].append(audio.sample_rate if audio else 0)
-        outcomes["channels"].append(audio.channels if audio else 0)
-        outcomes["container"].append(audio.container if audio else "")
-        outcomes[WARNING_COLUMN].append(warning_text(audio.warnings) if audio else "")
-        for name, value in clip_statistics(frontend, audio if ok[i] else None, outcomes["size"][-1]).items():
-            outcomes[name].append(value)
-
+    (_centre_crops if job.windows is None else _cut_windows)(job, frontend, waves, outcomes, ok)
     features = {}
     kinds = [k for k in FRONTEND_FEATURES if k in job.features]
     if kinds:
@@ -203,6 +183,85 @@ def frontend_block(job: BlockJob) -> dict:
     if last:
         return report
     return {**report, "waves": waves[ok], "ok_mask": ok}
+
+
+def _centre_crops(job: BlockJob, frontend: Frontend, waves: np.ndarray, outcomes: dict, ok: np.ndarray) -> None:
+    """A block of the reference study's protocol: each clip decoded and prepared as one centre crop."""
+    for i, path in enumerate(job.paths):
+        audio = None
+        key = job.clip_ids[i] if job.clip_ids else path
+        # before reading: a later change shows (a vocoded fake records none: its features are not its file's)
+        for name, value in zip(FILE_COLUMNS, clip_stamp(job.variant, path, key)):
+            outcomes[name].append(value)
+        outcomes[VARIANT_CODEC_COLUMN].append(codec_label(job.variant, key))
+        try:
+            audio = decode(path)
+            waves[i] = prepare_waveform(frontend, audio, path, job.variant, key)
+            ok[i] = True
+            status, kind, message = OK, "", ""
+        except AudioError as e:
+            status, kind, message = ERROR, e.kind, str(e)
+        except Exception as e:   # a hostile clip (NaN segment, huge allocation) costs its row, never its block
+            status, kind, message = ERROR, *clip_failure(path, e)
+        _add_outcome(outcomes, (status, kind, message), audio, clip_statistics(
+            frontend, audio if ok[i] else None, outcomes["size"][-1]))
+
+
+def _add_outcome(outcomes: dict, status: tuple[str, str, str], audio, statistics: dict) -> None:
+    """One row's outcome columns: (status, error kind, message), what was decoded, its statistics."""
+    for name, value in zip(("status", "error_kind", "error"), status):
+        outcomes[name].append(value)
+    outcomes["duration"].append(audio.duration if audio else 0.0)
+    outcomes["sample_rate"].append(audio.sample_rate if audio else 0)
+    outcomes["channels"].append(audio.channels if audio else 0)
+    outcomes["container"].append(audio.container if audio else "")
+    outcomes[WARNING_COLUMN].append(warning_text(audio.warnings) if audio else "")
+    for name, value in statistics.items():
+        outcomes[name].append(value)
+
+
+def _cut_windows(job: BlockJob, frontend: Frontend, waves: np.ndarray, outcomes: dict, ok: np.ndarray) -> None:
+    """A windowed block: each file of the block decoded once (the rows of a file are consecutive) and
+    cut exactly as `dfdetect score` cuts it (featurize/windows.py); each row's window prepared as a
+    clip is. A silent window is an error row ("silent_window", left out of the file's score as score
+    leaves it out); a file that cannot be decoded, or whose length is not the planned one, makes
+    all its rows errors."""
+    size, hop = job.window_samples
+    i = 0
+    while i < len(job.paths):
+        path, key, planned = job.paths[i], job.clip_ids[i], job.windows[i][1]
+        end = i + 1
+        while end < len(job.paths) and job.clip_ids[end] == key and job.paths[end] == path:
+            end += 1
+        stamp, audio, cuts, failure = clip_stamp(None, path, key), None, [], None
+        try:
+            audio = decode(path)
+            wave = frontend.to_mono_16k(audio, path)
+            cuts = window_starts(len(wave), size, hop)
+            if len(wave) != planned:
+                raise AudioError(path, "changed", f"decodes to {len(wave)} samples, {planned} when its windows were "
+                                 "planned: the file changed during featurize; featurize into a new --out")
+        except AudioError as e:
+            failure = (ERROR, e.kind, str(e))
+        except Exception as e:   # a hostile file costs its rows, never its block
+            failure = (ERROR, *clip_failure(path, e))
+        statistics = clip_statistics(frontend, audio if failure is None else None, stamp[0])
+        for row in range(i, end):
+            status = failure
+            if failure is None:
+                number = job.windows[row][0]
+                start, length = cuts[number]
+                try:
+                    waves[row] = frontend.peak_normalise(frontend.crop_or_pad(wave[start:start + length]), path)
+                    ok[row], status = True, (OK, "", "")
+                except AudioError as e:
+                    at = start / frontend.config.sample_rate
+                    status = (ERROR, "silent_window", f"{e} (window {number}, {at:.2f} s)")
+            for name, value in zip(FILE_COLUMNS, stamp):
+                outcomes[name].append(value)
+            outcomes[VARIANT_CODEC_COLUMN].append("")
+            _add_outcome(outcomes, status, audio, statistics)
+        i = end
 
 
 def wavlm_block(job: BlockJob, prepared: dict) -> dict:
@@ -509,10 +568,10 @@ def featurize(dataset: str, root: str | Path, out: str | None = None, features=N
         # the version records WavLM as the process that runs the blocks computes it
         info = {**spec["info"], **placement.compute} if spec else None
         described, version = version_config(frontend.to_dict(), frontend.hash(), features, info,
-                                            variant.to_dict() if variant else None, shapes)
+                                            variant.to_dict() if variant else None, shapes, config.windows.to_dict())
         result = FeaturizeResult(store=out, version=version, n_clips=len(index.clips))
         _write_version(out, version, described, index, shapes, block_size, frontend, features, wavlm, placement,
-                       variant, client if spec else connect, result, console)
+                       variant, client if spec else connect, result, console, config.windows, workers)
     result.seconds = time.perf_counter() - t0
     return result
 
@@ -526,33 +585,79 @@ def _print_problems(index, dataset: str, root, console) -> None:
 
 
 def _write_version(out, version, config, index, shapes, block_size, frontend, features, wavlm, placement,
-                   variant, client, result: FeaturizeResult, console) -> None:
+                   variant, client, result: FeaturizeResult, console, windows: WindowProtocol, workers: int) -> None:
     """Create or reopen the version and run its pending blocks (`client`: a dask client, None for
     this process, or a function of the number of blocks to run that connects one)."""
     with StoreLock(out):
         if placement is not None:
             check_resume_precision(out, version, config["wavlm"])
-        group = create_version(out, version, config, index.clips,
-                               shapes, block_size,
-                               dataset=index.dataset, dataset_root=index.root)
+        table = None if windows.centre else window_rows(out, version, index.clips, windows, frontend, workers, console)
+        group = create_version(out, version, config, table.clips if table else index.clips,
+                               shapes, block_size, dataset=index.dataset, dataset_root=index.root,
+                               columns=table.columns if table else None)
+        result.n_clips = int(group.attrs["n_clips"])
         block_size = int(group.attrs["block_size"])
         pending = pending_blocks(group)
-        n_blocks = -(-len(index.clips) // block_size)
+        rows = table.clips if table else index.clips
+        n_blocks = -(-len(rows) // block_size)
         result.blocks_skipped = n_blocks - len(pending)
         if result.blocks_skipped:
             console.print(f"resuming {out}@{version}: {result.blocks_skipped} of {n_blocks} blocks already written")
-        blocks = {b: index.clips[b * block_size:(b + 1) * block_size] for b in pending}
         where = {} if placement is None else {
             "device": placement.device, "precision": placement.compute["precision"],
             "wavlm_threads": placement.threads}
-        jobs = [BlockJob(out, version, b, tuple(c.path for c in clips), frontend, features, wavlm, threads=1,
-                         variant=variant, clip_ids=tuple(c.clip_id for c in clips), **where)
-                for b, clips in blocks.items()]
+        jobs = [BlockJob(out, version, b, tuple(c.path for c in rows[b * block_size:(b + 1) * block_size]), frontend,
+                         features, wavlm, threads=1, variant=variant, **where, **_block_rows(rows, table, b, block_size,
+                                                                                             windows, frontend))
+                for b in pending]
         if jobs:
             client = client(len(jobs)) if callable(client) else client
             _run_jobs(jobs, client, {} if placement is None else placement.resources, result, console)
         result.complete = mark_complete(group)
         _count_outcomes(group, result)
+
+
+def _block_rows(rows: list, table: WindowTable | None, block: int, size: int, windows: WindowProtocol,
+                frontend: FrontendConfig) -> dict:
+    """A BlockJob's fields saying which rows it writes: their clip ids, and their windows."""
+    part = slice(block * size, (block + 1) * size)
+    fields = {"clip_ids": tuple(c.clip_id for c in rows[part])}
+    if table is not None:
+        columns = table.columns
+        fields["windows"] = tuple(zip(columns["window"][part].tolist(), columns["file_samples"][part].tolist()))
+        fields["window_samples"] = windows.samples(frontend.sample_rate)
+    return fields
+
+
+def window_rows(out: str, version: str, clips: list, windows: WindowProtocol, frontend: FrontendConfig,
+                workers: int, console) -> WindowTable:
+    """The rows of a windowed version: those it was created with when it exists (a resumed run
+    plans nothing), else planned (every file decoded once to learn its length)."""
+    existing = list_versions(out).get(version) if Path(out).exists() else None
+    if existing and "clip_table_hash" in existing:
+        table = recorded_windows(out, version, clips)
+        if table is not None:
+            return table
+    console.print(f"planning windows ({windows.describe(frontend.clip_seconds)}): decoding {len(clips)} files "
+                  "to learn their lengths")
+    return plan_windows(clips, windows, _frontend(frontend), threads=max(1, workers))
+
+
+def recorded_windows(out: str, version: str, clips: list) -> WindowTable | None:
+    """An existing version's window table, when its files are `clips` (None: they are not)."""
+    import zarr
+
+    meta = zarr.open_group(out, mode="r", path=f"{version}/meta")
+    if any(name not in meta for name in WINDOW_COLUMNS):
+        return None
+    columns = {name: meta[name][:] for name in WINDOW_COLUMNS}
+    files = columns["file"]
+    if len(files) and (files.max() >= len(clips) or files.min() < 0):
+        return None
+    ids, paths = meta["clip_id"][:], meta["path"][:]
+    if any(ids[r] != clips[f].clip_id or paths[r] != clips[f].path for r, f in enumerate(files.tolist())):
+        return None
+    return WindowTable([clips[f] for f in files.tolist()], columns)
 
 
 def _run_jobs(jobs: list[BlockJob], client, resources: dict, result: FeaturizeResult, console) -> None:

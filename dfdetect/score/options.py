@@ -7,8 +7,8 @@ import numbers
 from dataclasses import dataclass
 
 from dfdetect.errors import DfdetectError, check_range
+from dfdetect.featurize.windows import AGGREGATES
 
-AGGREGATES = ("mean", "max", "topk")
 SCORE_MEANING = "P(fake): higher = more likely fake"
 # Challenge score files --out can be instead of a table (tables.write_challenge)
 CHALLENGE_FORMATS = ("asvspoof5", "asvspoof2019")

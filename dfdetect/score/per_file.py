@@ -2,7 +2,7 @@
 `dfdetect score`'s table, the Python API (Detector.score / score_many) and evaluation of
 multi-window files share.
 
-    FileRule     the aggregate (mean | max | topk; see scoring.py) and the run's threshold;
+    FileRule     the aggregate (mean | max | topk; featurize/windows.py) and the run's threshold;
                  `outcome(window scores)` is a file's answer from plain arrays
     FileWindows  window scores collected per file as pieces arrive (a piece holds windows of
                  several files, a file spans several pieces) and pieces that failed (out of GPU
@@ -26,9 +26,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from dfdetect.calibration import Calibration
-from dfdetect.errors import ConfigError
+from dfdetect.featurize.windows import aggregate
 from dfdetect.metrics import bayes_threshold
-from dfdetect.score.options import AGGREGATES
 from dfdetect.score.sources import ERROR, OK
 from dfdetect.score.windows import FileResult, Piece
 
@@ -38,17 +37,6 @@ NON_FINITE = "non_finite_score"
 
 def rounded(value: float | None, digits: int) -> float | None:
     return None if value is None or not math.isfinite(value) else round(float(value), digits)
-
-
-def aggregate(scores: np.ndarray, how: str = "mean", top_k: int = 3) -> float:
-    """A file's score from its (non-silent) window scores; see scoring.py's docstring."""
-    if how == "mean":
-        return float(np.mean(scores))
-    if how == "max":
-        return float(np.max(scores))
-    if how == "topk":
-        return float(np.mean(np.sort(scores)[-top_k:]))
-    raise ConfigError(f"unknown aggregate {how!r}; valid: {', '.join(AGGREGATES)}")
 
 
 def _empty(dtype=np.float64) -> np.ndarray:

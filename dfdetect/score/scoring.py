@@ -25,16 +25,8 @@ same WavLM (model, revision, layers, normalisation) as the run was trained on, e
 Scores are P(fake): higher = more likely fake (labels: 1 = fake, 0 = real). A file's score
 aggregates its window scores; silent windows (peak below the frontend's silence level) are left
 out and counted; the decision is taken on the unrounded score, the table shows 6 decimals
-(per_file.py). The aggregates:
-
-    mean  (default) the mean of the window probabilities. The run's threshold was chosen on single
-          clips' scores, and the mean stays on that scale whatever the file's length: one false
-          alarm among 40 windows moves it by 1/40, and a file that is fake throughout scores high.
-    max   the most suspicious window. Flags a short spliced segment in a long real recording, but
-          its false-alarm rate grows with the number of windows, so long real files drift to "fake"
-          at a clip-level threshold.
-    topk  the mean of the k highest windows (--top-k): between the two, a segment of about k
-          windows decides.
+(per_file.py). The aggregates (mean, max, topk) and how windows are cut are the whole-file
+protocol's, featurize/windows.py, which featurize --windows and evaluation share.
 
 Outputs by extension (.csv, .jsonl, .parquet), one row per input in the order inputs finish; the
 `score_meaning` column says what the score is in every row (and the Parquet schema metadata holds

@@ -13,7 +13,7 @@ or failed mid-stream), "too_long" and "unsupported_codec".
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -202,30 +202,3 @@ class _FFmpegReader:
                 raise stream.truncated(f"ffmpeg: {getattr(e, 'strerror', None) or e}") from None
         if gathered:
             yield np.concatenate(gathered, axis=1)
-
-
-def sliding_windows(blocks: Iterable[np.ndarray], size: int, hop: int) -> Iterator[tuple[int, np.ndarray]]:
-    """(start sample, samples) of windows of `size` every `hop` over the concatenated blocks.
-
-    When the regular windows leave samples at the end uncovered, one more window ends at the last
-    sample, so every sample is scored; a stream shorter than `size` gives one short window (the
-    frontend pads it, as in training). Holds at most one window plus one block."""
-    buffer = np.zeros(0, np.float32)
-    offset = 0             # stream position of buffer[0]
-    next_start = 0
-    covered = 0            # end of the last window yielded
-    for block in blocks:
-        buffer = np.concatenate([buffer, block])
-        while next_start + size <= offset + len(buffer):
-            i = next_start - offset
-            yield next_start, buffer[i:i + size]
-            covered = next_start + size
-            next_start += hop
-        # keep what the next regular window or a final tail window can still need
-        keep = max(offset, min(next_start, offset + len(buffer) - size))
-        buffer = buffer[keep - offset:]
-        offset = keep
-    total = offset + len(buffer)
-    if total > covered:
-        start = max(0, total - size)
-        yield start, buffer[start - offset:]

@@ -12,8 +12,9 @@ import torch
 
 from dfdetect.featurize.audio import AudioError, warning_text
 from dfdetect.featurize.frontend import Frontend, FrontendConfig
+from dfdetect.featurize.windows import sliding_windows
 from dfdetect.score.sources import ERROR, OK, Item, Opener
-from dfdetect.score.stream import AudioStream, sliding_windows
+from dfdetect.score.stream import AudioStream
 
 LIVE, STORE = "live", "store"   # the `features` column: decoded and windowed here, or read from --features-from
 

@@ -84,6 +84,12 @@ RECORDING_COLUMNS = {name: np.float32 for name in (
     "clipping_fraction", "dc_offset", "bandwidth_hz", "noise_floor_dbfs")}
 # Columns newer than the format: created with every version, written where present.
 OPTIONAL_COLUMNS = {**FILE_COLUMNS, WARNING_COLUMN: str, VARIANT_CODEC_COLUMN: str, **RECORDING_COLUMNS}
+# A windowed version (featurize --windows all|N, featurize/windows.py) has a row per window of each
+# file: which file (its number in the dataset's clip table; clip_id and the clip columns repeat per
+# window), the window's number as `dfdetect score` numbers them, where it lies (seconds), and the
+# file's window count and length (16 kHz samples) when planned. Only windowed versions have them.
+WINDOW_COLUMNS = {"file": np.int32, "window": np.int32, "window_start": np.float64, "window_end": np.float64,
+                  "file_windows": np.int32, "file_samples": np.int64}
 NO_STAMP = (0, 0)   # not a plain file (a datasets/refs.py path, a missing file), or not recorded
 
 
@@ -223,13 +229,16 @@ def wavlm_differences(want: dict, have: dict) -> list[str]:
 
 
 def version_config(frontend: dict, frontend_hash: str, features, wavlm: dict | None,
-                   variant: dict | None, shapes: dict) -> tuple[dict, str]:
+                   variant: dict | None, shapes: dict, windows: dict | None = None) -> tuple[dict, str]:
     """What a version records, and its name: the hash of everything that determines the features
-    (frontend, features, dtype, variant, WavLM's identity). Change any of it and a new version is
-    written beside the old. `shapes` (array -> per-clip shape) is recorded, not hashed: the rest
-    determines it, and `store verify` checks the arrays against it."""
+    (frontend, features, dtype, variant, WavLM's identity, and the window protocol when it is not
+    the centre crop: absent from every centre version, whose names stay what they were). Change
+    any of it and a new version is written beside the old. `shapes` (array -> per-clip shape) is
+    recorded, not hashed: the rest determines it, and `store verify` checks the arrays against it."""
     config = {"frontend": frontend, "frontend_hash": frontend_hash, "features": sorted(features),
               "dtype": "float16", "wavlm": wavlm, "variant": variant}
+    if windows:
+        config["windows"] = windows
     identity = {**config, "wavlm": wavlm and wavlm_identity(wavlm)}
     config["shapes"] = {name: [int(d) for d in shape] for name, shape in shapes.items()}
     return config, version_name(identity)
@@ -391,6 +400,16 @@ class FeatureStore:
     @property
     def n_clips(self) -> int:
         return int(self.attrs["n_clips"])
+
+    @property
+    def windows(self) -> dict | None:
+        """The window protocol the version was written under (featurize/windows.py's
+        WindowProtocol.to_dict()); None: one centre crop per clip."""
+        return self.config.get("windows")
+
+    def files(self, rows: np.ndarray) -> np.ndarray:
+        """Each row's file: its window table's `file` (a centre version's rows are files)."""
+        return self.meta["file"][rows] if self.windows else np.asarray(rows)
 
     @property
     def complete(self) -> bool:

@@ -39,9 +39,12 @@ from dfdetect.store.shards import ShardFiles
 CHUNK_ROWS = {"mel": 16, "lfcc": 64, "wave": 16, "wavlm": 16, "wavlm_stats": 16, "wavlm_scale": 16}
 
 
-def clip_table_hash(clips: list[Clip]) -> str:
-    """Identity of the rows: a resumed run must see the same clips in the same order."""
-    return content_hash([[c.clip_id, c.path, c.label, c.split] for c in clips])
+def clip_table_hash(clips: list[Clip], columns: dict | None = None) -> str:
+    """Identity of the rows: a resumed run must see the same clips (and windows) in the same order."""
+    rows = [[c.clip_id, c.path, c.label, c.split] for c in clips]
+    if columns:   # a windowed version: which window of which file each row is
+        rows.append({name: np.asarray(values).tolist() for name, values in sorted(columns.items())})
+    return content_hash(rows)
 
 
 def StoreLock(store_path: str) -> ExclusiveLock:
@@ -71,10 +74,11 @@ def check_writable(path: str) -> None:
 
 
 def create_version(path: str, version: str, config: dict, clips: list[Clip], shapes: dict,
-                   block_size: int, dataset: str, dataset_root: str) -> zarr.Group:
+                   block_size: int, dataset: str, dataset_root: str, columns: dict | None = None) -> zarr.Group:
     """Create (or reopen, when it matches) one version of a store; returns its group.
 
-    `shapes` maps feature name -> per-clip shape. Reopening checks that the rows and the block
+    `shapes` maps feature name -> per-clip shape; `columns`: a windowed version's WINDOW_COLUMNS
+    (`clips` then holds each row's file). Reopening checks that the rows and the block
     size are the ones the version was started with, so a resumed run cannot mix two datasets. The
     version's attributes are its commit point: a version without them was cut off while being
     created (killed, a full disk), and is created again."""
@@ -89,7 +93,7 @@ def create_version(path: str, version: str, config: dict, clips: list[Clip], sha
                 # this holds no finished block. Created again; the store's other versions are untouched.
                 del root[version]
             existing = root[version] if version in root else None
-        table_hash = clip_table_hash(clips)
+        table_hash = clip_table_hash(clips, columns)
         if existing is not None:
             group = existing
             attrs = group.attrs
@@ -113,9 +117,9 @@ def create_version(path: str, version: str, config: dict, clips: list[Clip], sha
                 shards=(block_size, *shape), compressors=compressors(),
             )
         meta = group.create_group("meta")
-        columns = {k: np.array([getattr(c, k) for c in clips]) for k in CLIP_COLUMNS}
-        columns["label"] = columns["label"].astype(np.int8)
-        for name, values in columns.items():
+        table = {k: np.array([getattr(c, k) for c in clips]) for k in CLIP_COLUMNS}
+        table["label"] = table["label"].astype(np.int8)
+        for name, values in {**table, **(columns or {})}.items():
             _meta_array(meta, name, values.dtype if values.dtype.kind != "U" else str, n, block_size)[:] = values
         for name, dtype in {**OUTCOME_COLUMNS, **OPTIONAL_COLUMNS}.items():
             _meta_array(meta, name, dtype, n, block_size)
