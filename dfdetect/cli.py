@@ -208,6 +208,13 @@ def featurize(
     trim_silence: bool = typer.Option(False, "--trim-silence", help="Cut each clip's leading and trailing silence "
                                       "before the centre crop (a frontend of its own: a new store version), to test "
                                       "whether a model survives without the silence shortcut (`dfdetect audit`)."),
+    windows: str = typer.Option(None, "--windows", help="Which windows of each file become rows: centre (default: "
+                                "one centre crop, the reference study's protocol), all (every window, cut exactly as "
+                                "`dfdetect score` cuts them: evaluation then scores each file as score does), or N "
+                                "(up to N evenly spaced). Disk grows with the audio: docs/whole-file.md."),
+    window: float = typer.Option(None, "--window", help="With --windows all|N: window length in seconds (default: "
+                                 "the clip length, 3)."),
+    hop: float = typer.Option(None, "--hop", help="With --windows all|N: hop in seconds (default: half the window)."),
 ):
     """Decode every clip once and write mel, LFCC and frozen WavLM features to a versioned Zarr store.
 
@@ -222,7 +229,7 @@ def featurize(
     config = FeaturizeConfig.from_options(
         features=features, wavlm=wavlm, wavlm_storage=wavlm_storage, codec=codec, corrupt=corrupt,
         variant_seed=variant_seed, device=device, scheduler=scheduler, workers=workers, block_size=block_size,
-        vocode=vocode, vocode_keep_real=vocode_keep_real,
+        vocode=vocode, vocode_keep_real=vocode_keep_real, windows=windows, window=window, hop=hop,
         wavlm_layers=_int_list(wavlm_layers, "--wavlm-layers") if wavlm_layers is not None else None,
         frontend=_trimming_frontend() if trim_silence else None)
     # under --json, stdout holds the JSON alone: the progress bar and notices go to stderr
