@@ -425,6 +425,11 @@ def train_command(
     force: bool = typer.Option(False, "--force", help="Overwrite an existing run in --out."),
     no_audit: bool = typer.Option(False, "--no-audit", help="Skip the shortcut audit of --train before the first "
                                   "epoch (`dfdetect audit`: it warns, never stops)."),
+    max_windows_per_file: int = typer.Option(None, "--max-windows-per-file", help="A store featurized with "
+                                             "--windows all|N: train on at most this many windows of each file "
+                                             "(evenly spaced), so long files do not dominate an epoch. Default: all."),
+    aggregate: str = typer.Option(None, "--aggregate", help="How val/test/OOD files of a windowed store are scored "
+                                  "from their windows, as `dfdetect score --aggregate`: mean (default) | max | topk."),
 ):
     """Train a head from cached features; every epoch is evaluated on validation, test and OOD sets.
 
@@ -437,7 +442,8 @@ def train_command(
              "early_stopping": early_stopping, "init_from": str(init_from) if init_from else None,
              "lr": lr, "weight_decay": weight_decay, "holdout_generators": tuple(holdout_generator) or None,
              "augment": tuple(augment) or None, "augment_p": augment_p, "augment_unit": augment_unit,
-             "balance": balance, "audit": False if no_audit else None}
+             "balance": balance, "audit": False if no_audit else None,
+             "max_windows_per_file": max_windows_per_file, "aggregate": aggregate}
     fields.update({k: v for k, v in given.items() if v is not None})
     if seeds is None:
         train(TrainConfig(**fields), out, resume=resume, force=force, console=console)
@@ -620,9 +626,12 @@ def evaluate_command(
                                     ".jsonl | .parquet): clip_id, label, score, decision, llr, as `score` writes "
                                     "a file's."),
     force: bool = typer.Option(False, "--force", help="Replace an existing --scores-out."),
+    aggregate: str = typer.Option(None, "--aggregate", help="A store featurized with --windows all|N is measured "
+                                  "per file, as `dfdetect score` scores one: mean | max | topk of its windows' "
+                                  "scores (default: the run's, mean)."),
 ):
     """Every metric at threshold 0.5, at the EER threshold and at the run's validation threshold, with
-    breakdowns per generator/attack, codec, language and source, and a bootstrap interval for each
+    breakdowns per generator/attack, codec, language, source and duration band, and a bootstrap interval for each
     (`0.176 [0.159, 0.194]`; --json: `<metric>_ci`). The intervals cover drawing the clips again from
     the same population, not another corpus.
 
@@ -641,7 +650,8 @@ def evaluate_command(
         if on is None:
             raise EvaluationError("RUN needs --on STORE[@VERSION][:SPLIT], the set to score")
         result = evaluate_run(run, on, epoch=epoch, batch_size=batch_size, device=device, boot=boot,
-                              ci_groups=ci_groups, calibration=calibration, scores_out=scores_out, force=force)
+                              ci_groups=ci_groups, calibration=calibration, scores_out=scores_out, force=force,
+                              aggregate=aggregate)
     else:
         if scores_out is not None:
             raise EvaluationError("--scores-out needs RUN --on STORE: a score file already is one row per clip")

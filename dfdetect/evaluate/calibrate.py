@@ -21,19 +21,13 @@ from dfdetect.metrics import act_dcf, cllr, min_cllr, min_dcf
 
 
 def _scores(loaded, spec: str, batch_size: int | None, device) -> tuple[np.ndarray, np.ndarray, object]:
-    """(labels, P(fake), the set) of the set `spec` scored by the loaded run."""
-    from dfdetect.devices import tf32
-    from dfdetect.evaluate.evaluation import check_compatible
-    from dfdetect.models.registry import get_architecture
-    from dfdetect.train.data import FeatureLoader, open_set
-    from dfdetect.train.trainer import predict
+    """(labels, P(fake), the set) of the set `spec` scored by the loaded run (a windowed set: per
+    file, as evaluate and score score one)."""
+    from dfdetect.evaluate.evaluation import score_set
+    from dfdetect.train.data import open_set
 
     data = open_set(spec, "calibration")
-    check_compatible(loaded, data)
-    loader = FeatureLoader(data, loaded.inputs, batch_size or get_architecture(loaded.arch).batch_size,
-                           shuffle=False)
-    with tf32(loaded.tf32):
-        rows, scores = predict(loaded.model.to(device), loader, device, loaded.score_precision)
+    rows, scores = score_set(loaded, data, batch_size, device)
     return data.store.meta["label"][rows].astype(int), scores, data
 
 

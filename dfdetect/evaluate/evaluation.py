@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from dfdetect.errors import DfdetectError, check_range
+from dfdetect.featurize.windows import AGGREGATES, WindowProtocol, per_file
 from dfdetect.metrics import evaluate_scores
 from dfdetect.uncertainty import GROUPINGS, LLR_METRICS, Bootstrap, metric_intervals, resampling_units
 
@@ -100,40 +101,54 @@ def _result(source: dict, labels, scores, columns: dict, thresholds: dict, notes
 
 # -- a run's checkpoint on a store ----------------------------------------------------------------------
 def score_run_on(run: str | Path, on: str, epoch: str | int = "best", batch_size: int | None = None,
-                 device: str = "auto"):
+                 device: str = "auto", aggregate: str | None = None):
     """(the loaded run, the set, its rows, their P(fake)): the run's checkpoint at `epoch` scored on
-    the set `on`, checked compatible first; evaluate and compare both score a run here."""
-    # torch-heavy: loaded only when a run is evaluated (score files need none of it)
-    from dfdetect.devices import resolve_device, tf32
-    from dfdetect.models.registry import get_architecture
+    the set `on`, checked compatible first; evaluate and compare both score a run here. A windowed
+    set is scored per file as `dfdetect score` scores one (featurize/windows.per_file: `aggregate`,
+    default the run's): the rows are then each file's first window."""
+    from dfdetect.devices import resolve_device
     from dfdetect.models.runs import load_run
-    from dfdetect.train.data import FeatureLoader, open_set
-    from dfdetect.train.trainer import predict
+    from dfdetect.train.data import open_set
 
     loaded = load_run(run, epoch)
     data = open_set(on, "eval")
+    return loaded, data, *score_set(loaded, data, batch_size, resolve_device(device), aggregate)
+
+
+def score_set(loaded, data, batch_size: int | None, device, aggregate: str | None = None):
+    """(rows, P(fake)) of the set `data` scored by the loaded run (per file: see score_run_on)."""
+    # torch-heavy: loaded only when a run is evaluated (score files need none of it)
+    from dfdetect.devices import tf32
+    from dfdetect.models.registry import get_architecture
+    from dfdetect.train.data import FeatureLoader
+    from dfdetect.train.trainer import predict
+
     check_compatible(loaded, data)
-    device = resolve_device(device)
     loader = FeatureLoader(data, loaded.inputs, batch_size or get_architecture(loaded.arch).batch_size,
                            shuffle=False)
     with tf32(loaded.tf32):   # the forward as validation ran it (its threshold)
         rows, scores = predict(loaded.model.to(device), loader, device, loaded.score_precision)
-    return loaded, data, rows, scores
+    return per_file(data.store, rows, scores, aggregate or loaded.config.aggregate)
 
 
 def evaluate_run(run: str | Path, on: str, epoch: str | int = "best", batch_size: int | None = None,
                  device: str = "auto", boot: Bootstrap | None = Bootstrap(), ci_groups: str | None = None,
                  calibration: str | None = None, scores_out: str | Path | None = None,
-                 force: bool = False) -> dict:
+                 force: bool = False, aggregate: str | None = None) -> dict:
     """Score the set `on` (STORE[@V][:SPLIT]) with the run's checkpoint at `epoch`, then measure it at
     0.5, at its own EER threshold and at the run's validation EER threshold, each metric with its
     bootstrap interval (`boot`, None for none; resampled by `ci_groups`, see `interval_groups`); with
     the run's `calibration` (a name, "none", or None: the newest for the epoch) also act_dcf, cllr and
     the decisions at the Bayes threshold of its LLRs. `scores_out`: a table of one row per clip as
-    `dfdetect score` writes a file's (write_clip_scores); an existing file only with `force`."""
+    `dfdetect score` writes a file's (write_clip_scores); an existing file only with `force`.
+    A windowed set (featurize --windows) is measured per file, its windows' scores aggregated by
+    `aggregate` (default: the run's), as `dfdetect score` scores a file; `source["protocol"]` says
+    which protocol the numbers are of."""
     if scores_out is not None:
         check_scores_out(scores_out, force)
-    loaded, data, rows, scores = score_run_on(run, on, epoch, batch_size, device)
+    if aggregate is not None and aggregate not in AGGREGATES:
+        raise EvaluationError(f"--aggregate {aggregate!r}: valid: {', '.join(AGGREGATES)}")
+    loaded, data, rows, scores = score_run_on(run, on, epoch, batch_size, device, aggregate)
     meta = data.store.meta
     val = loaded.record.val_threshold
     thresholds, notes = {}, []
@@ -142,8 +157,11 @@ def evaluate_run(run: str | Path, on: str, epoch: str | int = "best", batch_size
     else:
         thresholds["val"] = float(val)
     source = {"run": str(loaded.path), "arch": loaded.arch, "epoch": loaded.epoch, "set": on,
-              "store": data.store.path, "version": data.store.version, "clips": int(len(rows))}
+              "store": data.store.path, "version": data.store.version, "clips": int(len(rows)),
+              **protocol_of(data, aggregate or loaded.config.aggregate)}
     columns = {c: meta[c][rows] for c in BREAKDOWN_COLUMNS if c in meta}
+    if "duration" in meta:
+        columns["duration"] = duration_bands(meta["duration"][rows])
     calibrated = loaded.calibration(calibration)
     notes += calibration_notes(calibrated, on)
     if calibrated is not None:
@@ -152,10 +170,42 @@ def evaluate_run(run: str | Path, on: str, epoch: str | int = "best", batch_size
     llrs = calibrated.llr(scores) if calibrated is not None else None
     if scores_out is not None:
         source["scores_out"] = str(scores_out)
-        write_clip_scores(Path(scores_out), meta, rows, scores, thresholds.get("val"), calibrated, source)
+        write_clip_scores(Path(scores_out), meta, rows, scores, thresholds.get("val"), calibrated, source,
+                          windows_of(data, rows))
     group_columns = {c: meta[c][rows] for c in GROUPINGS if c in meta}
     return _result(source, meta["label"][rows].astype(int), scores, columns, thresholds, notes, llrs,
                    (boot, group_columns, ci_groups))
+
+
+def protocol_of(data, aggregate: str) -> dict:
+    """What the set's numbers are of: {"protocol": in words, and for a windowed set its windows}."""
+    clip_seconds = data.store.config["frontend"]["clip_seconds"]
+    protocol = WindowProtocol.from_dict(data.store.windows)
+    if protocol.centre:
+        return {"protocol": protocol.describe(clip_seconds)}
+    return {"protocol": protocol.describe(clip_seconds, aggregate), "windows": int(len(data.rows)),
+            "aggregate": aggregate}
+
+
+# Duration bands of the breakdown (seconds of the whole file): where a centre crop sees a small
+# part of a file, and where the reference study's systems were near chance (10-30 s files).
+DURATION_BANDS = ((4.0, "< 4 s"), (10.0, "4-10 s"), (30.0, "10-30 s"), (60.0, "30-60 s"), (math.inf, ">= 60 s"))
+
+
+def duration_bands(seconds: np.ndarray) -> np.ndarray:
+    """Each file's duration band (DURATION_BANDS)."""
+    edges = np.array([edge for edge, _ in DURATION_BANDS[:-1]])
+    names = np.array([name for _, name in DURATION_BANDS])
+    return names[np.searchsorted(edges, np.asarray(seconds, np.float64), side="right")]
+
+
+def windows_of(data, rows: np.ndarray) -> np.ndarray | None:
+    """How many windows the store keeps of each file of `rows`, silent ones included (score's
+    `windows` column; None: a centre set)."""
+    if not data.windowed:
+        return None
+    files, counts = np.unique(data.store.meta["file"], return_counts=True)
+    return counts[np.searchsorted(files, data.store.files(rows))]
 
 
 # -- one row per clip (--scores-out) ----------------------------------------------------------------------
@@ -164,7 +214,7 @@ def evaluate_run(run: str | Path, on: str, epoch: str | int = "best", batch_size
 # so a set evaluated from a store and the same files scored live can be compared row by row.
 CLIP_SCORE_COLUMNS = {"clip_id": str, "path": str, "label": str, "generator": str, "status": str, "score": float,
                       "decision": str, "threshold": float, "llr": float, "llr_decision": str, "calibration": str,
-                      "error": str}
+                      "error": str, "windows": int}
 
 
 def check_scores_out(path: str | Path, force: bool) -> None:
@@ -179,8 +229,10 @@ def check_scores_out(path: str | Path, force: bool) -> None:
         raise EvaluationError(f"--scores-out {path} already exists; --force replaces it")
 
 
-def write_clip_scores(path: Path, meta: dict, rows, scores, threshold: float | None, calibrated, source: dict) -> None:
-    """One row per clip through score's per-file rule, written beside `path` and moved into place at
+def write_clip_scores(path: Path, meta: dict, rows, scores, threshold: float | None, calibrated, source: dict,
+                      windows: np.ndarray | None = None) -> None:
+    """One row per clip (a file: `scores` are already its aggregate over `windows` windows; None: one
+    centre crop each) through score's per-file rule, written beside `path` and moved into place at
     the end (a kill leaves the old file or the new one)."""
     import os
 
@@ -191,7 +243,7 @@ def write_clip_scores(path: Path, meta: dict, rows, scores, threshold: float | N
     partial = path.with_name(f".{path.stem}.{os.getpid()}.partial{path.suffix}")
     try:
         writer = TableWriter(partial, CLIP_SCORE_COLUMNS, metadata=source)
-        for row, score in zip(rows, scores):
+        for i, (row, score) in enumerate(zip(rows, scores)):
             outcome = rule.outcome(np.array([score]))
             writer.write({"clip_id": str(meta["clip_id"][row]), "path": str(meta["path"][row]),
                           "label": "fake" if meta["label"][row] == 1 else "real",
@@ -199,7 +251,8 @@ def write_clip_scores(path: Path, meta: dict, rows, scores, threshold: float | N
                           "status": outcome.status, "score": outcome.table_score,
                           "decision": outcome.decision if threshold is not None else None,
                           "threshold": threshold, "llr": outcome.table_llr, "llr_decision": outcome.llr_decision,
-                          "calibration": calibrated.name if calibrated is not None else "", "error": outcome.error})
+                          "calibration": calibrated.name if calibrated is not None else "", "error": outcome.error,
+                          "windows": 1 if windows is None else int(windows[i])})
         writer.close()
         os.replace(partial, path)
     finally:

@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from dfdetect.featurize.recording import STATISTICS
+from dfdetect.featurize.windows import file_rows
 from dfdetect.metrics import eer, mixed_ties
 from dfdetect.store.schema import RECORDING_COLUMNS
 
@@ -224,11 +225,12 @@ def audit_set(columns: dict[str, np.ndarray], labels: np.ndarray, generators: np
 
 
 def audit_store(store, rows: np.ndarray | None = None, seed: int = 0) -> Audit:
-    """Audit the clips of a FeatureStore (its `rows`, default: every clip decoded)."""
+    """Audit the clips of a FeatureStore (its `rows`, default: every clip decoded). A windowed
+    store's files are audited once each (their statistics are the file's, repeated per window)."""
     meta = store.meta
     if not store.attrs.get("recording_statistics"):   # columns an --add-statistics run did not finish
         meta = {name: values for name, values in meta.items() if name not in RECORDING_COLUMNS}
-    rows = store.rows() if rows is None else np.asarray(rows)
+    rows = file_rows(store, store.rows() if rows is None else np.asarray(rows))
     present = [name for name in STATISTICS if name in meta]
     missing = [name for name in STATISTICS if name not in meta]
     columns = {name: meta[name][rows] for name in present}

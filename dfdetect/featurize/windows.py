@@ -104,6 +104,25 @@ def file_scores(files: np.ndarray, scores: np.ndarray, how: str = "mean",
     return order[firsts], aggregated
 
 
+def file_rows(store, rows: np.ndarray) -> np.ndarray:
+    """The first of each file's rows among `rows` (a centre store's rows are its files)."""
+    if not store.windows:
+        return rows
+    files = store.files(rows)
+    return rows[np.sort(np.unique(files, return_index=True)[1])]
+
+
+def per_file(store, rows: np.ndarray, scores: np.ndarray, how: str = "mean",
+             top_k: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """(each file's first row, its score) from the scores of a set's rows: a windowed store's
+    windows aggregated per file (its ok rows: silent windows are not in a set, as score leaves
+    them out); a centre store's rows are its files and come back as they are."""
+    if not store.windows:
+        return rows, scores
+    first, aggregated = file_scores(store.files(rows), scores, how, top_k)
+    return rows[first], aggregated
+
+
 @dataclass(frozen=True)
 class WindowProtocol:
     """Which windows of each file a store keeps. `keep`: "centre", "all" or a number N (up to N of

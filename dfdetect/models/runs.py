@@ -104,6 +104,12 @@ class RunConfig(dict):
         return self.train_config.get("score_precision", "float32")
 
     @property
+    def aggregate(self) -> str:
+        """How the run scores a file of a windowed set from its windows (featurize/windows.py);
+        runs written before it was recorded: mean, `dfdetect score`'s default."""
+        return self.train_config.get("aggregate", "mean")
+
+    @property
     def tf32(self) -> bool:
         """Whether the run's CUDA forwards use TF32: validation chose its threshold so, and evaluate
         and score run so too."""

@@ -43,11 +43,24 @@ class DataSet:
     def labels(self) -> np.ndarray:
         return self.store.meta["label"][self.rows].astype(np.int64)
 
+    @property
+    def windowed(self) -> bool:
+        """Rows are windows of files (featurize --windows all|N), evaluated per file."""
+        return bool(self.store.windows)
+
+    @property
+    def files(self) -> np.ndarray:
+        """Each row's file (a centre store's rows are its files)."""
+        return self.store.files(self.rows)
+
     def describe(self) -> dict:
         labels = self.labels
-        return {"name": self.name, "spec": self.spec, "store": self.store.path, "version": self.store.version,
-                "frontend_hash": self.store.config.get("frontend_hash"), "rows": int(len(self.rows)),
-                "fake": int(labels.sum()), "real": int((labels == 0).sum())}
+        described = {"name": self.name, "spec": self.spec, "store": self.store.path, "version": self.store.version,
+                     "frontend_hash": self.store.config.get("frontend_hash"), "rows": int(len(self.rows)),
+                     "fake": int(labels.sum()), "real": int((labels == 0).sum())}
+        if self.windowed:   # the counts above are windows; the protocol names how files are scored
+            described.update(windows=self.store.windows, files=int(len(np.unique(self.files))))
+        return described
 
 
 def open_set(spec: str, name: str) -> DataSet:
@@ -64,11 +77,17 @@ def open_set(spec: str, name: str) -> DataSet:
     return DataSet(name, spec, store, rows)
 
 
-def stratified_split(rows: np.ndarray, labels: np.ndarray, fraction: float, seed: int):
+def stratified_split(rows: np.ndarray, labels: np.ndarray, fraction: float, seed: int,
+                     groups: np.ndarray | None = None):
     """(train_rows, val_rows): `fraction` of each label to validation (at least one clip of each
-    label, so validation EER is defined on small sets), seeded."""
+    label, so validation EER is defined on small sets), seeded. With `groups` (each row's file, for
+    a windowed store), whole groups are split, so no file has windows on both sides."""
     from sklearn.model_selection import train_test_split
 
+    if groups is not None:
+        keys, first = np.unique(groups, return_index=True)
+        train_keys, val_keys = stratified_split(keys, labels[first], fraction, seed)
+        return np.sort(rows[np.isin(groups, train_keys)]), np.sort(rows[np.isin(groups, val_keys)])
     n_val = max(len(np.unique(labels)), int(np.ceil(fraction * len(rows))))
     train, val = train_test_split(rows, test_size=n_val, stratify=labels, random_state=seed)
     return np.sort(train), np.sort(val)

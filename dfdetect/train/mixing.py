@@ -79,6 +79,20 @@ class CorpusStack:
         first = self.stores[0].attrs
         return {k: v for k, v in first.items() if all(s.attrs.get(k) == v for s in self.stores[1:])}
 
+    @property
+    def windows(self) -> dict | None:
+        """The window protocol of the stacked corpora's first windowed store (None: all centre)."""
+        return next((s.windows for s in self.stores if s.windows), None)
+
+    def files(self, rows) -> np.ndarray:
+        """Each row's file, numbered uniquely across the corpora (a store's files at its offset)."""
+        rows = np.asarray(rows, np.int64)
+        corpus, files = self.corpus_of(rows), np.empty(len(rows), np.int64)
+        for c, (store, offset) in enumerate(zip(self.stores, self.offsets)):
+            mine = corpus == c
+            files[mine] = store.files(rows[mine] - offset).astype(np.int64) + offset
+        return files
+
     def corpus_of(self, rows) -> np.ndarray:
         """The index of the store each row is in."""
         return np.searchsorted(self.offsets, np.asarray(rows, np.int64), side="right") - 1

@@ -39,6 +39,7 @@ from dfdetect import __version__
 from dfdetect.calibration import Calibration, CalibrationError, fit_calibration
 from dfdetect.devices import autocast, precision_dtype, resolve_device, tf32
 from dfdetect.errors import ConfigError, DfdetectError, check_output, check_range
+from dfdetect.featurize.windows import AGGREGATES, WindowProtocol, per_file
 from dfdetect.locks import ExclusiveLock
 from dfdetect.metrics import evaluate_scores, llr_metrics
 from dfdetect.models.registry import build_model, config_to_dict, count_parameters, get_architecture
@@ -95,6 +96,11 @@ class TrainConfig:
     augment_unit: str = "clip"          # clip: a draw per clip; chunk: per read unit (streams at full speed)
     balance: str = "none"               # none | corpus | generator | label: weighted sampling per epoch
     audit: bool = True                  # the shortcut audit of the train set before the first epoch
+    # Windowed stores (featurize --windows, featurize/windows.py): each window of a training file is a
+    # sample, at most this many per file (evenly spaced; None: all); val, test and OOD files are
+    # scored as `dfdetect score` scores a file, their windows' scores aggregated by `aggregate`.
+    max_windows_per_file: int | None = None
+    aggregate: str = "mean"
 
     def resolved(self, option: Callable[[str], str] | None = None) -> TrainConfig:
         """Defaults filled in, every number checked (ConfigError naming the option: `option(field)`,
@@ -122,6 +128,10 @@ class TrainConfig:
         if config.early_stopping is not None:
             check_range(option("early_stopping"), config.early_stopping, 1)
         check_mixing(config, option)
+        if config.max_windows_per_file is not None:
+            check_range(option("max_windows_per_file"), config.max_windows_per_file, 1)
+        if config.aggregate not in AGGREGATES:
+            raise ConfigError(f"{option('aggregate')} {config.aggregate!r}: valid: {', '.join(AGGREGATES)}")
         return config
 
     @staticmethod
@@ -139,7 +149,8 @@ class TrainConfig:
 
 # Fields that are `dfdetect train` options of another spelling; the rest are --config fields only.
 _CLI_FIELDS = {"arch", "train", "val", "test", "ood", "epochs", "batch_size", "lr", "weight_decay", "seed", "device",
-               "early_stopping", "init_from", "augment", "augment_p", "augment_unit", "balance"}
+               "early_stopping", "init_from", "augment", "augment_p", "augment_unit", "balance",
+               "max_windows_per_file", "aggregate"}
 
 
 def cli_option(field_name: str) -> str:
@@ -223,11 +234,12 @@ def hold_out_generators(train: DataSet, config: TrainConfig) -> tuple[DataSet, D
         raise TrainError(f"--holdout-generator {', '.join(missing)}: not among the fakes of {train.spec} "
                          f"(generators: {', '.join(sorted(present)) or 'none recorded'})")
     held_fakes = (labels == 1) & np.isin(generators, config.holdout_generators)
-    reals = np.flatnonzero(labels == 0)
+    # a windowed store's reals are held out file by file; a centre store's rows (by position, as always)
+    files = train.files if train.windowed else np.arange(len(labels))
+    reals = np.unique(files[labels == 0])
     rng = np.random.default_rng([config.seed, 1])
     held_reals = rng.choice(reals, size=max(1, int(round(config.holdout_real_fraction * len(reals)))), replace=False)
-    held = held_fakes.copy()
-    held[held_reals] = True
+    held = held_fakes | np.isin(files, held_reals)
     if held_fakes.all() or (labels[~held] == 1).sum() == 0:
         raise TrainError("holding out every generator leaves no fakes to train on")
     spec = f"{train.spec} (generators {', '.join(config.holdout_generators)} held out)"
@@ -320,12 +332,27 @@ def split_validation(train: DataSet, config: TrainConfig) -> dict[str, DataSet]:
         if (np.bincount(labels[mine]) == 1).any():
             raise TrainError(f"train set {train.spec}: corpus {int(c) + 1} has a label with a single clip; "
                              "validation is split per corpus and needs 2 or more of each label it has")
-        rows, val_rows = stratified_split(train.rows[mine], labels[mine], config.val_fraction, config.seed)
+        rows, val_rows = stratified_split(train.rows[mine], labels[mine], config.val_fraction, config.seed,
+                                          groups=train.files[mine] if train.windowed else None)
         kept.append(rows)
         held.append(val_rows)
-    return {"train": DataSet("train", train.spec, train.store, np.sort(np.concatenate(kept))),
+    kept_rows = limit_windows(train.store, np.sort(np.concatenate(kept)), config.max_windows_per_file)
+    return {"train": DataSet("train", train.spec, train.store, kept_rows),
             "val": DataSet("val", f"{train.spec} (seeded {config.val_fraction:.0%} split)", train.store,
                            np.sort(np.concatenate(held)))}
+
+
+def limit_windows(store, rows: np.ndarray, most: int | None) -> np.ndarray:
+    """At most `most` windows of each file (evenly spaced, first and last kept), so one long file
+    does not dominate an epoch; a centre store's rows are files and stay."""
+    if most is None or not store.windows:
+        return rows
+    files = store.files(rows)
+    kept = []
+    for file in np.unique(files):
+        mine = rows[files == file]
+        kept.append(mine[WindowProtocol(most).selected(len(mine))])
+    return np.sort(np.concatenate(kept))
 
 
 def open_mixing(config: TrainConfig, train: DataSet) -> tuple[Augmentation | None, Balance | None]:
@@ -592,10 +619,13 @@ def predict(model, loader: FeatureLoader, device, precision: str = "float32") ->
 
 
 def evaluate_sets(model, sets: dict[str, DataSet], loaders: dict[str, FeatureLoader], device,
-                  precision: str = "float32"):
-    """Every set but train, scored and measured; validation first, so the others are also measured
-    at its EER threshold. Returns (metrics per set, (rows, scores) per set)."""
-    predictions = {name: predict(model, loaders[name], device, precision) for name in sets if name != "train"}
+                  precision: str = "float32", aggregate: str = "mean"):
+    """Every set but train, scored and measured per file (a windowed set's windows aggregated as
+    `dfdetect score` aggregates them: featurize/windows.per_file); validation first, so the others
+    are also measured at its EER threshold. Returns (metrics per set, (rows, scores) per set: a
+    file's first row and its score)."""
+    predictions = {name: per_file(sets[name].store, *predict(model, loaders[name], device, precision), aggregate)
+                   for name in sets if name != "train"}
     results, val_threshold = {}, None
     for name, (rows, scores) in predictions.items():
         extra = {"val": val_threshold} if name != "val" and val_threshold is not None else None
@@ -720,7 +750,7 @@ def train_epochs(folder: RunFolder, config: TrainConfig, model, steppers, sets, 
                                             console)
         train_metrics.update(loaders["train"].counts)   # --augment's draws, each corpus's clips
         t1 = time.perf_counter()
-        results, predictions = evaluate_sets(model, sets, loaders, device, config.score_precision)
+        results, predictions = evaluate_sets(model, sets, loaders, device, config.score_precision, config.aggregate)
         calibration = calibrate_epoch(sets, predictions, results, epoch)
         record = EpochRecord(epoch=epoch, train=train_metrics, sets=results, **calibration,
                              seconds={"train": t1 - t0, "eval": time.perf_counter() - t1,
