@@ -450,12 +450,14 @@ def print_evaluation(result: dict, console) -> None:
     src, m = result["source"], result["metrics"]
     if "run" in src:
         console.print(f"run {escape(src['run'])} ({src['arch']}, epoch {src['epoch']}) on {escape(src['set'])} "
-                      f"({escape(src['store'])}@{src['version']})", soft_wrap=True)
+                      f"({escape(src['store'])}@{src['version']}); each file scored as: {src['protocol']}"
+                      + (f" ({src['windows']} windows)" if "windows" in src else ""), soft_wrap=True)
     else:
         console.print(f"scores {escape(src['scores'])} ({src['format']})", soft_wrap=True)
     for note in result["notes"]:
         console.print(f"[yellow]note:[/] {escape(note)}", soft_wrap=True)
-    console.print(f"{m['n']} clips: {m['n_fake']} fake, {m['n_real']} real; {m['tied_scores']} tied scores "
+    what = "files" if "windows" in src else "clips"
+    console.print(f"{m['n']} {what}: {m['n_fake']} fake, {m['n_real']} real; {m['tied_scores']} tied scores "
                   f"({m['mixed_ties']} clips tie with a clip of the other label)")
     console.print(f"EER {fmt_ci(m, 'eer')} (threshold {fmt(m['eer_threshold'])})   AUC {fmt_ci(m, 'auc')}   "
                   f"minDCF {fmt_ci(m, 'min_dcf')} (threshold {fmt(m['min_dcf_threshold'])})")

@@ -32,7 +32,7 @@ import math
 import os
 import re
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -87,6 +87,7 @@ class RunInfo:
     records: list[EpochRecord]
     baseline: bool = False     # one of the field's reference systems
     audit: dict | None = None  # the shortcut audit of its train set (config.json; None: not audited)
+    protocols: dict = field(default_factory=dict)   # set name -> how its files were scored (RunConfig.protocol)
 
     @property
     def kind(self) -> str:
@@ -145,7 +146,7 @@ def read_run(path: Path) -> RunInfo:
     checkpoint = RunFolder(path).checkpoint(run.epoch)
     return RunInfo(path, seeded_name(path)[0], arch.title, f"{data} ({train['rows']:,} clips)", wavlm,
                    count_parameters(run.model), checkpoint.stat().st_size, run.epoch, run.records, arch.baseline,
-                   run.config.get("audit"))
+                   run.config.get("audit"), {name: run.config.protocol(name) for name in run.config.get("sets", {})})
 
 
 def _choose_ood(runs: list[RunInfo], ood: str | None) -> tuple[list[str], str | None]:
@@ -552,6 +553,26 @@ def ranking_table(page: Page, runs: list[RunInfo], oods: list[str], ood: str | N
     page.table(headers, rows)
 
 
+def protocol_text(page: Page, runs: list[RunInfo], sets: list[str]) -> None:
+    """How each set's files were scored (the whole-file protocol: featurize --windows); a warning
+    where the runs ranked together were scored differently on one set, whose numbers then measure
+    different things (a centre 3 s crop of a long file vs all of it)."""
+    said = []
+    for name in sets:
+        protocols: dict[str, list[str]] = {}
+        for run in runs:
+            if name in run.protocols:
+                protocols.setdefault(run.protocols[name], []).append(run.name)
+        if len(protocols) == 1:
+            said.append(f"{name}: {next(iter(protocols))}")
+        elif protocols:
+            page.warning(f"the runs were scored under different protocols on {name}, so its numbers in one table "
+                         "measure different things: " + "; ".join(f"{p} ({', '.join(r)})" for p, r in protocols.items())
+                         + ". Rank them on a store featurized the same way (featurize --windows).")
+    if said:
+        page.text("Protocol (how each file is scored): " + "; ".join(said) + ".")
+
+
 def baseline_table(page: Page, runs: list[RunInfo], oods: list[str]) -> None:
     """Every head against the best reference system of each set: EER and the gap in EER points."""
     sets = [n for n in ["test", *oods] if any(r.metric(r.best_epoch, n, "eer") is not None for r in runs)]
@@ -831,6 +852,7 @@ def build_report(runs: list[str | Path], out: str | Path = "report.html", ood: s
               "no such set.")
     page.text("Each row is one training run: n = 1 seed. EER [low, high]: its 95% bootstrap interval over the set's "
               "clips (drawing the clips again, not another corpus).")
+    protocol_text(page, infos, ["test", *oods])
     ranking_table(page, infos, oods, chosen, "best", rank_by)
     page.text("The same at each run's last epoch (OOD performance can keep moving after validation stops improving):")
     ranking_table(page, infos, oods, chosen, "last", rank_by)

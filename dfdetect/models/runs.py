@@ -103,6 +103,16 @@ class RunConfig(dict):
         precision evaluate and score always used."""
         return self.train_config.get("score_precision", "float32")
 
+    def protocol(self, set_name: str) -> str:
+        """How the run's set `set_name` was scored, in words ("centre 3 s crop", "all 3 s windows,
+        hop 1.5 s, mean"): featurize/windows.py's WindowProtocol of the set's store version."""
+        from dfdetect.featurize.windows import WindowProtocol
+
+        described = self.get("sets", {}).get(set_name, {})
+        protocol = WindowProtocol.from_dict(described.get("windows"))
+        clip_seconds = (self.get("frontend") or {}).get("clip_seconds", 3.0)
+        return protocol.describe(clip_seconds, None if protocol.centre else self.aggregate)
+
     @property
     def aggregate(self) -> str:
         """How the run scores a file of a windowed set from its windows (featurize/windows.py);
