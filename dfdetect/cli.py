@@ -254,7 +254,7 @@ def _trimming_frontend():
 
 def featurize_summary(result) -> dict:
     """What `featurize --json` prints."""
-    return {"store": result.store, "version": result.version, "clips": result.n_clips,
+    return {"store": result.store, "version": result.version, "clips": result.n_clips, "files": result.files,
             "written": result.ok, "errors": sum(result.errors.values()),
             "errors_by_kind": dict(result.errors.most_common()), "error_examples": result.error_examples,
             "failed_blocks": {str(b): m for b, m in sorted(result.failed_blocks.items())},
@@ -265,7 +265,8 @@ def featurize_summary(result) -> dict:
 
 def _print_featurize_summary(result) -> None:
     console.print(
-        f"{escape(result.store)}@{result.version}: {result.ok} of {result.n_clips} clips written, "
+        f"{escape(result.store)}@{result.version}: {result.ok} of {result.n_clips} "
+        + (f"windows of {result.files} files" if result.files is not None else "clips") + " written, "
         f"{sum(result.errors.values())} errors; {result.blocks_run} blocks run, "
         f"{result.blocks_skipped} already done; {result.seconds:.1f} s"
         + ("" if result.complete else " [yellow](incomplete: rerun to finish)[/]"))

@@ -144,3 +144,44 @@ def test_the_report_names_the_protocol_and_warns_when_runs_differ(long_files, wi
     both = build_report([windowed_run, centre_run], tmp_path / "two.html").markdown.read_text()
     assert "the runs were scored under different protocols on test" in both
     assert "centre 3 s crop (c)" in both and "all 3 s windows, hop 1.5 s, mean (w)" in both
+
+
+def test_wavlm_windows_go_through_the_same_path(tmp_path):
+    """WavLM features of a windowed store are those of each window prepared as score prepares it."""
+    from dfdetect.demo.random_wavlm import save_random_wavlm
+    from dfdetect.featurize.audio import decode
+    from dfdetect.featurize.frontend import Frontend
+    from dfdetect.featurize.wavlm import WavLMConfig, load_wavlm
+    from dfdetect.featurize.windows import sliding_windows
+
+    root = tmp_path / "corpus"
+    write_corpus(root, CorpusSpec(real=1, per_generator=0, min_seconds=7, max_seconds=8, seed=5))
+    model = save_random_wavlm(tmp_path / "tiny", size="tiny", seed=0)
+    wavlm = WavLMConfig(model=str(model), layers=(0, 2))
+    result = featurize("folder", root, str(tmp_path / "w.zarr"), workers=0, block_size=4, wavlm=wavlm,
+                       config=FeaturizeConfig.from_options(features="wavlm", windows="all"))
+    store = open_store(str(tmp_path / "w.zarr"), version=result.version)
+    rows = store.rows()
+    path = str(store.meta["path"][rows[0]])
+    frontend = Frontend()
+    wave = frontend.to_mono_16k(decode(path))
+    windows = [frontend.peak_normalise(frontend.crop_or_pad(w)) for _, w in sliding_windows([wave], 48000, 24000)]
+    assert len(rows) == len(windows) == store.meta["file_windows"][rows[0]] >= 5
+    expected = load_wavlm(wavlm, device="cpu")(np.stack(windows), keys=("layers",))["layers"]
+    np.testing.assert_allclose(store.array("wavlm")[:].astype(np.float32), expected.astype(np.float32), atol=2e-3)
+
+
+def test_validation_needs_two_files_of_each_label_however_many_windows(long_files):
+    """One fake file of 10+ windows is one file: too few to put fakes on both sides of the split."""
+    from dfdetect.train.data import DataSet
+    from dfdetect.train.trainer import TrainError
+
+    spec = f"{long_files['store']}@{long_files['windows']}:train"
+    train_set = open_set(spec, "train")
+    meta = train_set.store.meta
+    fakes = train_set.rows[meta["label"][train_set.rows] == 1]
+    one_fake = fakes[meta["file"][fakes] == meta["file"][fakes[0]]]
+    rows = np.sort(np.r_[train_set.rows[meta["label"][train_set.rows] == 0], one_fake])
+    assert len(one_fake) >= 5
+    with pytest.raises(TrainError, match="needs at least 2 files of each label"):
+        split_validation(DataSet("train", spec, train_set.store, rows), TrainConfig(arch="mel_cnn", train=spec))

@@ -104,6 +104,7 @@ class FeaturizeResult:
     warning_example: str = ""
     failed_blocks: dict = field(default_factory=dict)
     blocks_run: int = 0
+    files: int | None = None      # a windowed version's files (its n_clips are windows); None: centre crops
     blocks_in_coordinator: int = 0   # of blocks_run: run by this process (workers=0, or while a cluster started)
     blocks_skipped: int = 0
     seconds: float = 0.0
@@ -596,6 +597,7 @@ def _write_version(out, version, config, index, shapes, block_size, frontend, fe
                                shapes, block_size, dataset=index.dataset, dataset_root=index.root,
                                columns=table.columns if table else None)
         result.n_clips = int(group.attrs["n_clips"])
+        result.files = len(index.clips) if table else None
         block_size = int(group.attrs["block_size"])
         pending = pending_blocks(group)
         rows = table.clips if table else index.clips

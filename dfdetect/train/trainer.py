@@ -324,14 +324,17 @@ def split_validation(train: DataSet, config: TrainConfig) -> dict[str, DataSet]:
     when there are several, so every corpus is validated in its proportion."""
     corpora = corpus_index(train)
     labels = train.labels
-    if min((labels == 0).sum(), (labels == 1).sum()) < 2:
-        raise TrainError(f"train set {train.spec} needs at least 2 clips of each label to split off validation")
+    # what is split: clips, or a windowed store's files (all of a file's windows on one side)
+    units = train.files if train.windowed else np.arange(len(labels))
+    what = "files" if train.windowed else "clips"
+    if min(len(np.unique(units[labels == label])) for label in (0, 1)) < 2:
+        raise TrainError(f"train set {train.spec} needs at least 2 {what} of each label to split off validation")
     kept, held = [], []
     for c in np.unique(corpora):
         mine = corpora == c
-        if (np.bincount(labels[mine]) == 1).any():
-            raise TrainError(f"train set {train.spec}: corpus {int(c) + 1} has a label with a single clip; "
-                             "validation is split per corpus and needs 2 or more of each label it has")
+        if any(len(np.unique(units[mine & (labels == label)])) == 1 for label in (0, 1)):
+            raise TrainError(f"train set {train.spec}: corpus {int(c) + 1} has a label with a single {what[:-1]}; "
+                             f"validation is split per corpus and needs 2 or more {what} of each label it has")
         rows, val_rows = stratified_split(train.rows[mine], labels[mine], config.val_fraction, config.seed,
                                           groups=train.files[mine] if train.windowed else None)
         kept.append(rows)
