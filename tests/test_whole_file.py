@@ -141,6 +141,8 @@ def test_the_report_names_the_protocol_and_warns_when_runs_differ(long_files, wi
     text = alone.markdown.read_text()
     assert "Protocol (how each file is scored): test: all 3 s windows, hop 1.5 s, mean" in text
     assert "different protocols" not in text
+    described = load_run(windowed_run).config.train_set
+    assert f"({described['files']} files, {described['rows']} windows)" in text
     both = build_report([windowed_run, centre_run], tmp_path / "two.html").markdown.read_text()
     assert "the runs were scored under different protocols on test" in both
     assert "centre 3 s crop (c)" in both and "all 3 s windows, hop 1.5 s, mean (w)" in both

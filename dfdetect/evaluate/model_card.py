@@ -92,7 +92,9 @@ def model_card(run: LoadedRun, calibration=None) -> str:
               "(centre crop / zero pad), peak normalisation; long files are scored in windows and their "
               "window scores averaged. " + needs)
     page.heading("Training data")
-    page.text(f"Trained on {train.get('spec')} ({train.get('rows', 0):,} clips, store version "
+    size = (f"{train['files']:,} files, {train.get('rows', 0):,} windows" if "files" in train
+            else f"{train.get('rows', 0):,} clips")
+    page.text(f"Trained on {train.get('spec')} ({size}, store version "
               f"{train.get('version')}); the other sets below were measured every epoch.")
     page.heading(f"Metrics at epoch {run.epoch}")
     rows = []
@@ -100,11 +102,11 @@ def model_card(run: LoadedRun, calibration=None) -> str:
         at = m.get("at_0.5", {})
         kind = ("out of distribution" if name.startswith("ood:") else
                 "validation" if name == "val" else "in distribution")
-        rows.append([name, kind, str(m.get("n", "")), fmt(m.get("eer")), fmt(m.get("auc")), fmt(m.get("min_dcf")),
-                     fmt(at.get("accuracy"), "accuracy"), fmt(at.get("recall"), "recall"),
-                     fmt(at.get("specificity"), "specificity")])
-    page.table(["set", "kind", "clips", "EER", "AUC", "minDCF", "accuracy at 0.5", "recall at 0.5",
-                "specificity at 0.5"], rows)
+        rows.append([name, kind, run.config.protocol(name), str(m.get("n", "")), fmt(m.get("eer")),
+                     fmt(m.get("auc")), fmt(m.get("min_dcf")), fmt(at.get("accuracy"), "accuracy"),
+                     fmt(at.get("recall"), "recall"), fmt(at.get("specificity"), "specificity")])
+    page.table(["set", "kind", "each file scored as", "files", "EER", "AUC", "minDCF", "accuracy at 0.5",
+                "recall at 0.5", "specificity at 0.5"], rows)
     calibration_section(page, run, calibration)
     page.heading("Warnings")
     found = find_warnings(info)

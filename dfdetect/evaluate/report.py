@@ -144,7 +144,8 @@ def read_run(path: Path) -> RunInfo:
     arch = get_architecture(run.arch)
     wavlm = (run.config.wavlm or {}).get("model") if arch.uses_wavlm else None
     checkpoint = RunFolder(path).checkpoint(run.epoch)
-    return RunInfo(path, seeded_name(path)[0], arch.title, f"{data} ({train['rows']:,} clips)", wavlm,
+    size = f"{train['files']:,} files, {train['rows']:,} windows" if "files" in train else f"{train['rows']:,} clips"
+    return RunInfo(path, seeded_name(path)[0], arch.title, f"{data} ({size})", wavlm,
                    count_parameters(run.model), checkpoint.stat().st_size, run.epoch, run.records, arch.baseline,
                    run.config.get("audit"), {name: run.config.protocol(name) for name in run.config.get("sets", {})})
 
