@@ -4,6 +4,7 @@ file's windows from its length alone, resumes without planning again, and leaves
 byte for byte what they were; `score --features-from` a windowed store scores a file from its
 windows only when they are all of score's windows."""
 
+import csv
 import hashlib
 import json
 import os
@@ -514,6 +515,76 @@ def test_a_centre_store_is_byte_for_byte_what_it_was_before_windows(tmp_path):
     got = centre_digest(str(tmp_path / "s.zarr"), result.version, tmp_path / "corpus")
     assert got.keys() == CENTRE_DIGEST.keys()
     assert [k for k in got if got[k] != CENTRE_DIGEST[k]] == []
+
+
+# -- 6. score --features-from a windowed store ------------------------------------------------------------
+def score_table(run_dir, inputs, out: Path, *extra) -> tuple[dict[str, dict], dict[str, list], str]:
+    """`dfdetect score` on the inputs: (file rows by path, window rows by path, its output)."""
+    windows = out.with_suffix(".windows.csv")
+    result = runner.invoke(app, ["score", "--model", str(run_dir), *map(str, inputs), "--out", str(out),
+                                 "--windows", str(windows), "--workers", "0", *map(str, extra)])
+    assert result.exit_code in (0, 1), result.output
+    with open(out, newline="", encoding="utf-8") as f:
+        rows = {r["path"]: r for r in csv.DictReader(f)}
+    by_file: dict[str, list] = {}
+    with open(windows, newline="", encoding="utf-8") as f:
+        for w in csv.DictReader(f):
+            by_file.setdefault(w["path"], []).append(w)
+    return rows, by_file, " ".join(result.output.split())
+
+
+@pytest.fixture(scope="module")
+def live_scores(run_dir, long_corpus, tmp_path_factory):
+    return score_table(run_dir, sorted(long_corpus.rglob("*.*")), tmp_path_factory.mktemp("live") / "live.csv")
+
+
+def test_score_from_a_store_of_all_windows_is_live_scoring(run_dir, long_corpus, windowed_store, live_scores,
+                                                           tmp_path):
+    live, live_windows, _ = live_scores
+    got, got_windows, output = score_table(run_dir, sorted(long_corpus.rglob("*.*")), tmp_path / "s.csv",
+                                           "--features-from", windowed_store)
+    assert got.keys() == live.keys() and "notice" not in output
+    misread = str(long_corpus / "train/real/real_0000.mp3")   # test_score_decodes_an_mp3_as_featurize_does
+    from_store = 0
+    for path, r in got.items():
+        want = live[path]
+        assert (r["status"], r["error_kind"]) == (want["status"], want["error_kind"]), path
+        if r["status"] != "ok":       # the broken file: no usable row, scored live (and failing) as before
+            assert path.endswith("broken.wav")
+            continue
+        from_store += r["features"] == "store"
+        assert r["features"] == "store" and want["features"] == "live", path
+        for column in ("windows", "silent_windows", "sample_rate", "channels", "duration"):
+            assert r[column] == want[column], (path, column)
+        if path != misread:
+            assert abs(float(r["score"]) - float(want["score"])) < 1e-4, (path, r["score"], want["score"])
+            assert r["decision"] == want["decision"] or abs(float(r["score"]) - float(r["threshold"])) < 1e-4
+            for a, b in zip(got_windows[path], live_windows[path], strict=True):
+                assert (a["window"], a["start"], a["end"], a["silent"]) == (b["window"], b["start"], b["end"],
+                                                                            b["silent"]), path
+                assert a["score"] == b["score"] == "" or abs(float(a["score"]) - float(b["score"])) < 1e-4, path
+    assert from_store == len(got) - 1
+    gap = got[str(long_corpus / SILENT_STRETCH)]
+    assert (gap["windows"], gap["silent_windows"]) == ("7", "2")
+    assert got[str(long_corpus / "test/real/short.flac")]["windows"] == "1"
+
+
+@pytest.mark.parametrize("keep, window, hop, said", [("4", None, None, "up to 4 3 s windows"),
+                                                     ("all", 2, 0.5, "all 2 s windows, hop 0.5 s")])
+def test_score_from_a_store_of_other_windows_scores_every_file_live_and_says_so(
+        keep, window, hop, said, run_dir, long_corpus, live_scores, tmp_path):
+    store = str(tmp_path / "other.zarr")
+    featurize("folder", long_corpus, store, features=("mel",), workers=0, block_size=8,
+              config=windowed(keep, window, hop))
+    live, live_windows, _ = live_scores
+    got, got_windows, output = score_table(run_dir, sorted(long_corpus.rglob("*.*")), tmp_path / "s.csv",
+                                           "--features-from", store)
+    assert output.count("notice:") == 1 and said in output and "scored live" in output, output
+    assert got.keys() == live.keys()
+    for path, r in got.items():
+        assert r["features"] in ("live", "") and r["score"] == live[path]["score"], path
+        assert r["windows"] == live[path]["windows"], path
+    assert got_windows == live_windows
 
 
 @pytest.mark.xfail(strict=True, reason="score/stream.py reads an MP3 in blocks of 65536 frames through libsndfile; "
