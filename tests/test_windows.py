@@ -587,6 +587,23 @@ def test_score_from_a_store_of_other_windows_scores_every_file_live_and_says_so(
     assert got_windows == live_windows
 
 
+def test_a_windowed_file_with_a_damaged_row_is_scored_live_whole(run_dir, long_corpus, windowed_store,
+                                                                 live_scores, tmp_path):
+    """A window whose stored features are not finite: the file is decoded and scored live, all of
+    it (never from its other stored windows, never both)."""
+    store = shutil.copytree(windowed_store, tmp_path / "damaged.zarr")
+    opened = open_store(str(store))
+    rows = np.flatnonzero(opened.meta["clip_id"] == SILENT_STRETCH)
+    mel = zarr.open_array(str(store / opened.version / "mel"), mode="r+")
+    mel[int(rows[-1])] = np.nan      # the file's last window: its others come first
+    gap, other = long_corpus / SILENT_STRETCH, long_corpus / "test/real/stereo44k.wav"
+    got, got_windows, output = score_table(run_dir, [gap, other], tmp_path / "s.csv", "--features-from", store)
+    live, live_windows, _ = live_scores
+    assert "mel not finite" in output and output.count("warning:") == 1, output
+    assert got[str(gap)]["features"] == "live" and got[str(other)]["features"] == "store"
+    assert got[str(gap)]["score"] == live[str(gap)]["score"] and got_windows[str(gap)] == live_windows[str(gap)]
+
+
 @pytest.mark.xfail(strict=True, reason="score/stream.py reads an MP3 in blocks of 65536 frames through libsndfile; "
                    "libmpg123 then reports 'part2_3_length too large' at some block seams and decodes those frames "
                    "otherwise than decode()'s whole read of the same (undamaged) file: score's windows differ")
