@@ -41,9 +41,10 @@ def open_feature_store(spec: str, run, config: WindowConfig | None = None, conso
     if problems:
         raise ScoreError(f"--features-from {store.path}@{store.version} does not fit the run {run.path}: "
                          + "; ".join(problems) + " (or score the files live, without --features-from)")
-    notice = config and windows_differ(store, config)
-    if notice and console is not None:
-        console.print(f"notice: --features-from {store.path}@{store.version} {notice}: its files are scored live",
+    differ = config and windows_differ(store, config)
+    if differ and console is not None:
+        console.print(f"notice: --features-from {store.path}@{store.version} {differ}: its files are scored live "
+                      "(a store featurized with --windows all at score's --window and --hop is read instead)",
                       soft_wrap=True, highlight=False, markup=False)
     return store
 
@@ -57,8 +58,8 @@ def windows_differ(store, config: WindowConfig) -> str | None:
     rate = config.frontend.sample_rate
     if protocol.keep == ALL and protocol.samples(rate) == (config.window, config.hop):
         return None
-    return (f"keeps {protocol.describe()}; score cuts all {config.window / rate:g} s windows, hop "
-            f"{config.hop / rate:g} s (featurize --windows all with score's --window and --hop to score from it)")
+    window, hop = config.window / rate, config.hop / rate
+    return f"keeps {protocol.describe()}, score cuts all {window:g} s windows, hop {hop:g} s"
 
 
 def store_matches(store, pending: list[tuple[int, Item]], config: WindowConfig | None = None
