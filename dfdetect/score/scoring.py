@@ -18,9 +18,11 @@ With `features_from` (--features-from STORE[@VERSION], a store built by `featuri
 files), a plain file (not an archive member) whose absolute path is an ok row of the store is not
 decoded: that row's stored features (every array the head reads) are scored as ONE window, the
 centre clip exactly as in training, so windows=1 and the `features` column says "store" (decoded
-rows say "live"). Rows are read in whole-chunk groups (from_store.py); inputs not in the store are
-scored live. The store must match the run: same frontend hash, every array the head reads, and the
-same WavLM (model, revision, layers, normalisation) as the run was trained on, else ScoreError.
+rows say "live"); a store of every window at score's window and hop (featurize --windows all) gives
+a file its windows, any other windowed store none. Rows are read in whole-chunk groups
+(from_store.py); inputs not in the store are scored live. The store must match the run: same
+frontend hash, every array the head reads, and the same WavLM (model, revision, layers,
+normalisation) as the run was trained on, else ScoreError.
 
 Scores are P(fake): higher = more likely fake (labels: 1 = fake, 0 = real). A file's score
 aggregates its window scores; silent windows (peak below the frontend's silence level) are left
@@ -260,7 +262,7 @@ def score(model: str | Path, paths: list[str], out: str | Path, options: ScoreOp
     constants, metadata = _table_header(run, config, rule)
     store = None
     if options.features_from:
-        store = open_feature_store(options.features_from, run)
+        store = open_feature_store(options.features_from, run, config, console)
         metadata["features_from"] = f"{store.path}@{store.version}"
     items = expand([str(p) for p in paths], stdin)
     scorer = Scorer(run, options.device)
@@ -407,7 +409,7 @@ def _score_items(scorer: Scorer, items: list[Item], done: set, config: WindowCon
                                       f"--max-file-mb limit of {options.max_file_mb:g} MB; not read"))
         else:
             pending.append((i, item))
-    stored, pending = store_matches(store, pending) if store is not None else ([], pending)
+    stored, pending = store_matches(store, pending, config) if store is not None else ([], pending)
     columns = [TextColumn("score"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[files]:.1f} files/s"),
                TextColumn("{task.fields[rate]:.0f} audio-h/h"), TextColumn("ETA"), TimeRemainingColumn()]
     with Progress(*columns, console=console, transient=False) as bar:
