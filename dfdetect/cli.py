@@ -260,6 +260,7 @@ def featurize_summary(result) -> dict:
             "failed_blocks": {str(b): m for b, m in sorted(result.failed_blocks.items())},
             "blocks_run": result.blocks_run, "blocks_skipped": result.blocks_skipped,
             "decoder_warnings": result.decoder_warnings, "warning_example": result.warning_example,
+            "silent_windows": result.silent_windows,
             "complete": result.complete, "seconds": round(result.seconds, 3)}
 
 
@@ -270,6 +271,9 @@ def _print_featurize_summary(result) -> None:
         f"{sum(result.errors.values())} errors; {result.blocks_run} blocks run, "
         f"{result.blocks_skipped} already done; {result.seconds:.1f} s"
         + ("" if result.complete else " [yellow](incomplete: rerun to finish)[/]"))
+    if result.silent_windows:
+        console.print(f"{result.silent_windows} silent windows kept as rows of status error, kind silent_window: left "
+                      "out of their files' scores, as `dfdetect score` leaves them out")
     if result.errors:
         table = Table("error kind", "clips", "example")
         for kind, n in result.errors.most_common():

@@ -600,9 +600,6 @@ def test_a_windowed_file_with_a_damaged_row_is_scored_live_whole(run_dir, long_c
     assert got[str(gap)]["score"] == live[str(gap)]["score"] and got_windows[str(gap)] == live_windows[str(gap)]
 
 
-@pytest.mark.xfail(strict=True, reason="score/stream.py reads an MP3 in blocks of 65536 frames through libsndfile; "
-                   "libmpg123 then reports 'part2_3_length too large' at some block seams and decodes those frames "
-                   "otherwise than decode()'s whole read of the same (undamaged) file: score's windows differ")
 def test_score_decodes_an_mp3_as_featurize_does(long_corpus):
     from dfdetect.score.stream import AudioStream
 

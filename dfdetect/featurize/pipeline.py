@@ -45,7 +45,7 @@ from dfdetect.featurize.frontend import FRONTEND_FEATURES, Frontend, FrontendCon
 from dfdetect.featurize.recording import clip_statistics
 from dfdetect.featurize.variants import Variant, clip_stamp, codec_label, vocoded_index
 from dfdetect.featurize.wavlm import compute_info, load_wavlm
-from dfdetect.featurize.windows import WindowProtocol, WindowTable, plan_windows, window_starts
+from dfdetect.featurize.windows import SILENT_WINDOW, WindowProtocol, WindowTable, plan_windows, window_starts
 from dfdetect.store.schema import (
     ERROR,
     FILE_COLUMNS,
@@ -105,6 +105,7 @@ class FeaturizeResult:
     failed_blocks: dict = field(default_factory=dict)
     blocks_run: int = 0
     files: int | None = None      # a windowed version's files (its n_clips are windows); None: centre crops
+    silent_windows: int = 0       # window rows left out as score leaves them out (not errors)
     blocks_in_coordinator: int = 0   # of blocks_run: run by this process (workers=0, or while a cluster started)
     blocks_skipped: int = 0
     seconds: float = 0.0
@@ -257,7 +258,7 @@ def _cut_windows(job: BlockJob, frontend: Frontend, waves: np.ndarray, outcomes:
                     ok[row], status = True, (OK, "", "")
                 except AudioError as e:
                     at = start / frontend.config.sample_rate
-                    status = (ERROR, "silent_window", f"{e} (window {number}, {at:.2f} s)")
+                    status = (ERROR, SILENT_WINDOW, f"{e} (window {number}, {at:.2f} s)")
             for name, value in zip(FILE_COLUMNS, stamp):
                 outcomes[name].append(value)
             outcomes[VARIANT_CODEC_COLUMN].append("")
@@ -780,5 +781,8 @@ def _count_outcomes(group, result: FeaturizeResult) -> None:
         if len(warned):
             result.warning_example = f"{group['meta/path'][:][rows][status == OK][warned[0]]}: {warnings[warned[0]]}"
     for kind, message in zip(kinds[status == ERROR], messages[status == ERROR]):
+        if kind == SILENT_WINDOW:
+            result.silent_windows += 1
+            continue
         result.errors[str(kind)] += 1
         result.error_examples.setdefault(str(kind), str(message))

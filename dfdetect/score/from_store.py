@@ -17,14 +17,12 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from dfdetect.featurize.windows import ALL, WindowProtocol
+from dfdetect.featurize.windows import ALL, SILENT_WINDOW, WindowProtocol
 from dfdetect.score.options import ScoreError
 from dfdetect.score.sources import OK, Item
 from dfdetect.score.windows import STORE, FileResult, Piece, WindowConfig
 from dfdetect.store import StoreError, open_store
 from dfdetect.store.schema import FILE_COLUMNS, NO_STAMP, file_stamp
-
-SILENT_WINDOW = "silent_window"   # featurize's error kind of a window score leaves out
 
 
 def open_feature_store(spec: str, run, config: WindowConfig | None = None, console=None):

@@ -34,6 +34,7 @@ from dfdetect.featurize.audio import (
 from dfdetect.featurize.frontend import FrontendConfig
 
 BLOCK_FRAMES = 1 << 16   # source frames per block: ~1.4 s at 48 kHz, 64 channels would be 16 MiB
+MP3_FRAME = 1152         # samples per MPEG-1 Layer III frame (MPEG-2/2.5 frames hold 576: a divisor)
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,10 @@ class AudioStream:
         # blocks are counted in source frames; sized so that one block is at most BLOCK_FRAMES
         # samples at the frontend's rate too (upsampling multiplies them)
         self.block_frames = max(1, min(block_frames, block_frames * self.info.sample_rate // config.sample_rate))
+        if container == "mp3" and isinstance(self._reader, _SoundfileReader):
+            # whole MPEG frames per read: libmpg123 (through libsndfile) misdecodes some frames at a read
+            # that ends inside one ("part2_3_length too large"), where a whole-file decode() does not
+            self.block_frames = max(MP3_FRAME, self.block_frames // MP3_FRAME * MP3_FRAME)
         declared = self.info.declared_frames
         if max_seconds is not None and declared and declared / self.info.sample_rate > max_seconds:
             raise self._too_long(declared)
