@@ -6,18 +6,22 @@ streaming loader on a windowed store against a centre one, side by side in one r
 `--clips` generated files of 8-24 s (the bench's mixed formats and rates) are featurized (mel +
 LFCC) twice per placement: one centre 3 s crop per file, and every 3 s window every 1.5 s
 (`--windows all`, as `dfdetect score` cuts them). Placements: in this process (workers=0, 1 torch
-thread) and on a local cluster of `--workers` processes that is already up (both protocols get
-the same cluster: its start is not what is measured). The centre pass writes one row per file
-(crops/s), the windowed pass one per window (windows/s); the windowed pass's planning (every
-file decoded once to learn its length, featurize/windows.py plan_windows) is timed inside the run
-and given as its share. In-process passes write featurize's default blocks (128 rows); on the
-cluster, blocks of `--block-size` rows, so the centre pass has blocks for every worker (a file
-whose windows straddle two blocks is decoded by both).
+thread, featurize's default blocks of 128 rows) and on a local cluster of `--workers` processes
+that is already up (both protocols get the same cluster: its start is not what is measured). On
+the cluster the centre pass writes blocks of `--block-size` rows (48 files in one 128-row block
+would keep one worker busy), the windowed pass default blocks and, to show what small blocks
+cost it, blocks of `--block-size` too: a block decodes, resamples and measures every file it
+holds a window of, so a file whose windows straddle two blocks is decoded twice. The centre pass
+writes one row per file (crops/s), the windowed pass one per window (windows/s); the windowed
+pass's planning (every file decoded once to learn its length, featurize/windows.py plan_windows)
+is timed inside the run and given as its share.
 
 Then the training loader (train/data.py FeatureLoader) streams (a memory budget of one byte: one
 read unit at a time, `--readers` threads) the windowed store's ok rows, and a centre store of as
-many rows (generated 3-3.5 s clips: the same row shapes and blocks, so the rows/s compare), median of
-`--epochs` shuffled epochs after a warm one. CPU timings are only meaningful on an idle machine.
+many rows (generated 3-3.5 s clips: the same row shapes and blocks, so the rows/s compare): one
+warm epoch each, then `--epochs` shuffled epochs of each in turn (an epoch is ~50 ms: taking
+turns keeps a burst of load on a shared machine from landing on one side), medians. CPU timings
+are only meaningful on an idle machine.
 """
 
 from __future__ import annotations
@@ -74,34 +78,42 @@ def featurize_passes(corpus: Path, tmp: Path, args) -> dict:
     run("warm", "centre", workers=0)     # imports and first-call costs
     results = {"centre crop, in-process": run("centre0", "centre", workers=0),
                "all windows, in-process": run("all0", "all", workers=0)}
+    small, cluster = args.block_size, f"dask x{args.workers} (cluster up)"
     with dask_client(None, args.workers) as client:
-        where = {"scheduler": client.scheduler.address, "workers": args.workers, "block_size": args.block_size}
-        run("warm-cluster", "centre", **where)     # the workers' imports and first calls
-        results[f"centre crop, dask x{args.workers} (cluster up)"] = run(f"centre{args.workers}", "centre", **where)
-        results[f"all windows, dask x{args.workers} (cluster up)"] = run(f"all{args.workers}", "all", **where)
+        where = {"scheduler": client.scheduler.address, "workers": args.workers}
+        run("warm-cluster", "centre", block_size=small, **where)     # the workers' imports and first calls
+        results[f"centre crop, {cluster}, blocks of {small}"] = run("centre-c", "centre", block_size=small, **where)
+        results[f"all windows, {cluster}"] = run("all-c", "all", **where)
+        results[f"all windows, {cluster}, blocks of {small}"] = run("all-c-small", "all", block_size=small, **where)
     return results
 
 
-def loader_rows_per_second(spec: str, args) -> tuple[int, float, float]:
-    """(rows, rows/s, MB/s) of the streaming loader over the ok rows of a store version."""
+def loaders_rows_per_second(specs: dict[str, str], args) -> dict[str, tuple[int, float, float]]:
+    """{name: (rows, rows/s, MB/s)} of the streaming loader over the ok rows of each store version,
+    their epochs taken in turn."""
     from dfdetect.store import open_store
     from dfdetect.train.data import DataSet, FeatureLoader, row_bytes
 
-    store = open_store(spec)
-    features = ("mel", "lfcc")
-    data = DataSet("train", spec, store, store.rows())
-    loader = FeatureLoader(data, features, args.batch, shuffle=True, seed=0, memory_budget=1, readers=args.readers)
-    assert not loader.in_memory
-    for _ in loader.epoch(0):     # untimed: warms the page cache and the allocator
-        pass
-    times = []
-    for e in range(1, args.epochs + 1):
-        t0 = time.perf_counter()
-        for _ in loader.epoch(e):
-            pass
-        times.append(time.perf_counter() - t0)
-    seconds, n = statistics.median(times), len(data.rows)
-    return n, n / seconds, n * row_bytes(store, features) / seconds / 1e6
+    features, loaders = ("mel", "lfcc"), {}
+    for name, spec in specs.items():
+        store = open_store(spec)
+        data = DataSet("train", spec, store, store.rows())
+        loaders[name] = FeatureLoader(data, features, args.batch, shuffle=True, seed=0, memory_budget=1,
+                                      readers=args.readers)
+        assert not loaders[name].in_memory
+    times = {name: [] for name in loaders}
+    for e in range(args.epochs + 1):
+        for name, loader in loaders.items():
+            t0 = time.perf_counter()
+            for _ in loader.epoch(e):
+                pass
+            if e:     # epoch 0 untimed: warms the page cache and the allocator
+                times[name].append(time.perf_counter() - t0)
+    out = {}
+    for name, loader in loaders.items():
+        seconds, n = statistics.median(times[name]), len(loader.data.rows)
+        out[name] = (n, n / seconds, n * row_bytes(loader.data.store, features) / seconds / 1e6)
+    return out
 
 
 def main() -> None:
@@ -117,7 +129,7 @@ def main() -> None:
     parser.add_argument("--clips", type=int, default=48, help="files of 8-24 s")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--block-size", type=int, default=12, help="rows per block (shard) on the cluster")
-    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--readers", type=int, default=2)
     args = parser.parse_args()
@@ -134,14 +146,14 @@ def main() -> None:
         make_clips(tmp / "short", n_rows, 3.0, 3.5, start=args.clips)
         featurize("folder", tmp / "short", str(tmp / "short.zarr"), features=("mel", "lfcc"), workers=0,
                   console=Console(quiet=True))
-        loaders = {"windowed store (--windows all), ok rows": loader_rows_per_second(
-                       f"{windowed.path}@{windowed.version}", args),
-                   f"centre store of {n_rows} 3-3.5 s clips": loader_rows_per_second(str(tmp / "short.zarr"), args)}
+        specs = {"windowed store (--windows all), ok rows": f"{windowed.path}@{windowed.version}",
+                 f"centre store of {n_rows} 3-3.5 s clips": str(tmp / "short.zarr")}
+        loaders = loaders_rows_per_second(specs, args)
     audio = coverage["audio_hours"] * 3600
     spread = coverage["windows_per_file"]
     print(f"{coverage['files']} files, {audio / 60:.1f} min of audio (8-24 s each); windows per file "
           f"{spread['min']}-{spread['max']} (median {spread['median']:g}); {coverage['rows']} windows, "
-          f"{coverage['silent_windows']} silent; block size {args.block_size}")
+          f"{coverage['silent_windows']} silent")
     print(f"disk: windowed {human_bytes(coverage['bytes_per_audio_hour'])} per audio-hour; centre "
           f"{human_bytes(centre_info['bytes_per_clip'])} per stored clip\n")
     print("| featurize pass (mel + LFCC) | rows | s | rows/s | audio s/s | planning share |")
@@ -149,10 +161,14 @@ def main() -> None:
     for label, (rows, seconds, plan) in passes.items():
         share = f"{plan / seconds:.0%} ({plan:.2f} s)" if plan else "-"
         print(f"| {label} | {rows} | {seconds:.2f} | {rows / seconds:.1f} | {audio / seconds:.0f} | {share} |")
-    for placement in ("in-process", f"dask x{args.workers} (cluster up)"):
-        (c_rows, c_s, _), (w_rows, w_s, _) = passes[f"centre crop, {placement}"], passes[f"all windows, {placement}"]
-        print(f"{placement}: windows/s / crops/s = {(w_rows / w_s) / (c_rows / c_s):.2f}x; "
-              f"the windowed pass takes {w_s / c_s:.1f}x the centre pass's time for the same files")
+    cluster = f"dask x{args.workers} (cluster up)"
+    for centre, windows in (("centre crop, in-process", "all windows, in-process"),
+                            (f"centre crop, {cluster}, blocks of {args.block_size}", f"all windows, {cluster}"),
+                            (f"centre crop, {cluster}, blocks of {args.block_size}",
+                             f"all windows, {cluster}, blocks of {args.block_size}")):
+        (c_rows, c_s, _), (w_rows, w_s, _) = passes[centre], passes[windows]
+        print(f"{windows}: windows/s / crops/s = {(w_rows / w_s) / (c_rows / c_s):.2f}x; "
+              f"{w_s / c_s:.1f}x the centre pass's time for the same files")
     reference = loaders[f"centre store of {n_rows} 3-3.5 s clips"][1]
     print(f"\n| streaming loader ({args.readers} readers, budget 1 byte, batch {args.batch}, "
           f"median of {args.epochs} epochs) | rows | rows/s | MB/s | vs centre |")
