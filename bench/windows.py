@@ -1,7 +1,7 @@
 """The whole-file protocol's cost: `featurize --windows all` against the centre crop, and the
 streaming loader on a windowed store against a centre one, side by side in one run.
 
-    python bench/windows.py [--clips 48] [--workers 2] [--block-size 12] [--epochs 5] [--batch 64]
+    python bench/windows.py [--clips 48] [--workers 2] [--block-size 12] [--epochs 40] [--batch 64]
 
 `--clips` generated files of 8-24 s (the bench's mixed formats and rates) are featurized (mel +
 LFCC) twice per placement: one centre 3 s crop per file, and every 3 s window every 1.5 s
@@ -19,7 +19,7 @@ is timed inside the run and given as its share.
 Then the training loader (train/data.py FeatureLoader) streams (a memory budget of one byte: one
 read unit at a time, `--readers` threads) the windowed store's ok rows, and a centre store of as
 many rows (generated 3-3.5 s clips: the same row shapes and blocks, so the rows/s compare): one
-warm epoch each, then `--epochs` shuffled epochs of each in turn (an epoch is ~50 ms: taking
+warm epoch each, then `--epochs` (40) shuffled epochs of each in turn (an epoch is ~50 ms: taking
 turns keeps a burst of load on a shared machine from landing on one side), medians. CPU timings
 are only meaningful on an idle machine.
 """
@@ -129,7 +129,7 @@ def main() -> None:
     parser.add_argument("--clips", type=int, default=48, help="files of 8-24 s")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--block-size", type=int, default=12, help="rows per block (shard) on the cluster")
-    parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--readers", type=int, default=2)
     args = parser.parse_args()
