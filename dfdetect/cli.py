@@ -1027,8 +1027,10 @@ def _print_coverage(info: dict) -> None:
     spread = c["windows_per_file"]
     spread = (f"; windows per file min {spread['min']}, median {spread['median']:g}, max {spread['max']}"
               if spread else "")
+    n = c["other_error_rows"]
+    errors = f", {n} other error row{'s' if n > 1 else ''}" if n else ""
     console.print(f"protocol: {c['protocol']}: {c['files']} files, {c['rows']} rows ({c['ok_windows']} ok windows, "
-                  f"{c['silent_windows']} silent){spread}", soft_wrap=True, highlight=False)
+                  f"{c['silent_windows']} silent{errors}){spread}", soft_wrap=True, highlight=False)
     console.print(f"audio: {c['audio_hours']:.4g} hours in {c['files']} files; "
                   f"{human_bytes(c['bytes_per_audio_hour'])} stored per audio-hour ({c['note']})",
                   soft_wrap=True, highlight=False)

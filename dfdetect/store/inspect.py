@@ -281,17 +281,21 @@ def coverage(meta: dict[str, np.ndarray], config: dict, stored_bytes: int) -> di
     if not config.get("windows"):
         return {**base, "files": n, "bytes_per_clip": stored_bytes / n if n else None,
                 "audio_hours": None, "bytes_per_audio_hour": None,
-                "note": "a centre crop keeps one clip-length crop of each file whatever its length, so bytes per "
-                        "audio-hour would not size this store; bytes per stored clip does"}
+                "note": f"a centre crop keeps {base['clip_seconds'] or 3:g} s of each file whatever its length, so "
+                        "bytes per audio-hour would not size this store; bytes per stored clip does"}
     if "file" not in meta or "file_samples" not in meta:
         return {**base, "problem": "windowed version without meta/file or meta/file_samples"}
-    files, first, per_file = np.unique(meta["file"], return_index=True, return_counts=True)
+    files, first, rows = np.unique(meta["file"], return_index=True, return_counts=True)
+    # a file that could not be decoded keeps one error row and has no window
+    per_file = np.minimum(rows, meta["file_windows"][first]) if "file_windows" in meta else rows
     seconds = meta["file_samples"][first].astype(np.float64).sum() / int(frontend.get("sample_rate") or 16000)
     hours = seconds / 3600
     kinds = meta.get("error_kind")
     silent = int((kinds == SILENT_WINDOW).sum()) if kinds is not None else 0
+    errors = int((status == ERROR).sum()) - silent if status is not None else 0
     by_split = Counter(str(s) for s in meta["split"][first]) if "split" in meta else Counter()
     return {**base, "files": int(files.size), "ok_windows": base["ok"], "silent_windows": silent,
+            "other_error_rows": errors,
             "windows_per_file": {"min": int(per_file.min()), "median": float(np.median(per_file)),
                                  "max": int(per_file.max())} if files.size else None,
             "files_by_split": dict(sorted(by_split.items())),
@@ -558,12 +562,7 @@ def _check_meta(meta: dict[str, np.ndarray], done_rows: np.ndarray, problems: _P
         report(bad, f"label not 0 or 1 (found {sorted(set(label[bad].tolist()))[:5]})")
     if "clip_id" in meta:
         ids = meta["clip_id"].astype(object)
-        counts = Counter(ids.tolist())
-        dups = [i for i, c in counts.items() if c > 1]
-        if dups:
-            examples = ", ".join(f"{d!r} (rows {', '.join(map(str, np.flatnonzero(ids == d)[:4]))})"
-                                 for d in dups[:3])
-            problems.add(f"meta/clip_id: {len(dups)} id(s) occur more than once: {examples}")
+        _check_ids(ids, meta.get("file"), problems)
         empty = np.flatnonzero(ids == "")
         report(empty, "empty clip_id")
     status = meta.get("status")
@@ -582,6 +581,24 @@ def _check_meta(meta: dict[str, np.ndarray], done_rows: np.ndarray, problems: _P
         empty = text == ""
         report(np.flatnonzero(ok & ~empty), f"status ok but meta/{column} is not empty")
         report(np.flatnonzero(err & empty), f"status error but meta/{column} is empty")
+
+
+def _check_ids(ids: np.ndarray, files: np.ndarray | None, problems: _Problems) -> None:
+    """A clip id names one file: one row's in a centre version; in a windowed one (`files`: each
+    row's file) every window of a file carries the file's id, and no two files share one."""
+    rows = np.arange(len(ids))
+    windowed = files is not None and len(files) == len(ids)
+    if windowed:
+        _, first, of_row = np.unique(files, return_index=True, return_inverse=True)
+        for a, b in _runs(np.flatnonzero(ids != ids[first][of_row])):
+            problems.add(f"meta/clip_id: {_rows_text(a, b)}: not the clip_id of the file's other windows")
+        ids, rows = ids[first], first
+    counts = Counter(ids.tolist())
+    dups = [i for i, c in counts.items() if c > 1]
+    if dups:
+        examples = ", ".join(f"{d!r} (rows {', '.join(map(str, rows[ids == d][:4]))})" for d in dups[:3])
+        across = " across files" if windowed else ""
+        problems.add(f"meta/clip_id: {len(dups)} id(s) occur more than once{across}: {examples}")
 
 
 def _verify_feature(name: str, arr: zarr.Array, n: int, shape, dtype: str, ok_rows, error_rows,
