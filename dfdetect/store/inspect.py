@@ -289,7 +289,7 @@ def coverage(meta: dict[str, np.ndarray], config: dict, stored_bytes: int) -> di
     # a file that could not be decoded keeps one error row and has no window
     per_file = np.minimum(rows, meta["file_windows"][first]) if "file_windows" in meta else rows
     seconds = meta["file_samples"][first].astype(np.float64).sum() / int(frontend.get("sample_rate") or 16000)
-    hours = seconds / 3600
+    hours = float(seconds) / 3600
     kinds = meta.get("error_kind")
     silent = int((kinds == SILENT_WINDOW).sum()) if kinds is not None else 0
     errors = int((status == ERROR).sum()) - silent if status is not None else 0
@@ -300,7 +300,14 @@ def coverage(meta: dict[str, np.ndarray], config: dict, stored_bytes: int) -> di
                                  "max": int(per_file.max())} if files.size else None,
             "files_by_split": dict(sorted(by_split.items())),
             "audio_hours": hours, "bytes_per_audio_hour": stored_bytes / hours if hours else None,
-            "note": "every window of a file is a row, so a file costs disk in proportion to its length"}
+            "note": _cost_note(config["windows"])}
+
+
+def _cost_note(windows: dict) -> str:
+    if windows.get("keep") == "all":
+        return "every window of a file is a row, so a file costs disk in proportion to its length"
+    return (f"up to {windows.get('keep')} windows of a file are rows, so a file costs disk in proportion to its "
+            "length up to that many windows")
 
 
 def store_info(spec: str) -> dict:
