@@ -906,20 +906,24 @@ def store_ls(
     from dfdetect.store.inspect import find_stores, human_bytes
 
     rows = find_stores(directory)
+    for r in rows:
+        if r.get("version"):
+            r["protocol"] = _store_protocol(r.get("windows"), r.get("clip_seconds"))
     if as_json:
         print(json.dumps(rows, indent=2))
         return
     if not rows:
         console.print(f"no dfdetect stores under {directory}")
         return
-    table = Table("store", "dataset", "version", "clips", "ok", "errors", "complete", "features",
+    table = Table("store", "dataset", "version", "protocol", "rows", "ok", "errors", "complete", "features",
                   "size", "created")
     for r in rows:
         complete = r.get("complete")
         blocks = (f" ({r['blocks_done']}/{r['blocks']} blocks)"
                   if not complete and r.get("blocks") is not None else "")
         table.add_row(escape(r["store"]), escape(str(r.get("dataset") or "-")), str(r.get("version") or "-"),
-                      str(r.get("clips", "-")), str(r.get("ok", "-")), str(r.get("errors", "-")),
+                      r.get("protocol") or "-", str(r.get("clips", "-")), str(r.get("ok", "-")),
+                      str(r.get("errors", "-")),
                       ("yes" if complete else "[yellow]no[/]" + blocks) if "complete" in r else "-",
                       ",".join(r.get("features") or []), human_bytes(r.get("size_bytes")),
                       str(r.get("created") or r.get("problem") or "-"))
@@ -938,10 +942,22 @@ def store_info(
 
     with reading_metadata(parse_store_spec(store)[0]):
         info = info_of(store)
+    clip_seconds = info["coverage"]["clip_seconds"]
+    info["protocol"] = info["coverage"]["protocol"] = _store_protocol(info["coverage"]["windows"], clip_seconds)
+    for v in info["versions"]:
+        v["protocol"] = _store_protocol(v["windows"], clip_seconds)
     if as_json:
         print(json.dumps(info, indent=2))
         return
     _print_store_info(info)
+
+
+def _store_protocol(windows: dict | None, clip_seconds: float | None) -> str:
+    """A version's window protocol in words, as reports name it ("centre 3 s crop", "all 3 s windows,
+    hop 1.5 s"); featurize/windows.py owns the words (the store layer below it cannot call it)."""
+    from dfdetect.featurize.windows import WindowProtocol
+
+    return WindowProtocol.from_dict(windows).describe(clip_seconds or 3.0)
 
 
 def _print_store_info(info: dict) -> None:
@@ -952,13 +968,14 @@ def _print_store_info(info: dict) -> None:
              f"[yellow]incomplete: {info['blocks_done']}/{info['blocks']} blocks done[/]")
     console.print(f"[bold]{escape(printable(info['store']))}@{info['version']}[/]  dataset "
                   f"{escape(printable(str(info['dataset'])))} ({escape(printable(str(info['dataset_root'])))}): "
-                  f"{info['n_clips']} clips, blocks of {info['block_size']}, "
+                  f"{info['n_clips']} {'rows' if info['coverage']['windows'] else 'clips'}, "
+                  f"blocks of {info['block_size']}, "
                   f"{state}; created {info['created']} by dfdetect {info['dfdetect_version']}",
                   soft_wrap=True)
     if len(info["versions"]) > 1:
-        versions = Table("version", "clips", "features", "complete", "created", "shown")
+        versions = Table("version", "protocol", "rows", "features", "complete", "created", "shown")
         for v in info["versions"]:
-            versions.add_row(v["version"], str(v["clips"]), ",".join(v["features"] or []),
+            versions.add_row(v["version"], v["protocol"], str(v["clips"]), ",".join(v["features"] or []),
                              "yes" if v["complete"] else "no", str(v["created"]), "<-" if v["shown"] else "")
         console.print(versions)
     config = Table("config", "value")
@@ -971,6 +988,7 @@ def _print_store_info(info: dict) -> None:
                                                                  if info["wavlm_storage"] == "uint8" else ""))
         config.add_row("wavlm", json.dumps(info["wavlm"], sort_keys=True))
     console.print(config)
+    _print_coverage(info)
     _print_recording_statistics(info)
     arrays = Table("array", "shape", "dtype", "chunks", "shards", "codecs", "bytes", "stored", "ratio",
                    "stored/clip")
@@ -985,11 +1003,13 @@ def _print_store_info(info: dict) -> None:
     console.print(arrays)
     counts = info["counts"]
     statuses = sorted({s for c in counts["by_split_status"].values() for s in c})
-    splits = Table("split", "real (0)", "fake (1)", "total", *statuses)
+    files = info["coverage"].get("files_by_split")   # a windowed version: its rows are windows
+    splits = Table("split", *(("files",) if files else ()), "real (0)", "fake (1)", "total", *statuses,
+                   title="rows (windows) by split" if files else None)
     for split, c in counts["by_split"].items():
         by_status = counts["by_split_status"].get(split, {})
-        splits.add_row(escape(printable(split)), str(c["real"]), str(c["fake"]), str(c["total"]),
-                       *(str(by_status.get(s, 0)) for s in statuses))
+        splits.add_row(escape(printable(split)), *((str(files.get(split, 0)),) if files else ()), str(c["real"]),
+                       str(c["fake"]), str(c["total"]), *(str(by_status.get(s, 0)) for s in statuses))
     console.print(splits)
     if counts["error_kinds"]:
         kinds = Table("error kind", "clips")
@@ -997,12 +1017,38 @@ def _print_store_info(info: dict) -> None:
             kinds.add_row(kind, str(n))
         console.print(kinds)
     if counts["fake_by_generator"]:
-        gen = Table("generator / attack", "fake clips")
+        gen = Table("generator / attack", "fake rows (windows)" if files else "fake clips")
         for g, n in counts["fake_by_generator"].items():
             gen.add_row(escape(printable(g)), str(n))
         console.print(gen)
     for p in info["problems"]:
         console.print(f"[yellow]problem:[/] {escape(one_line(str(p)))}", soft_wrap=True)
+
+
+def _print_coverage(info: dict) -> None:
+    """The protocol, the files and windows it kept, and what the version costs on disk per audio-hour
+    (windowed) or per stored clip (centre: a crop's cost does not follow its file's length)."""
+    from dfdetect.store.inspect import human_bytes
+
+    c = info["coverage"]
+    if c.get("problem"):
+        console.print(f"protocol: {c['protocol']}; [yellow]problem:[/] {c['problem']}", soft_wrap=True)
+        return
+    if not c["windows"]:
+        console.print(f"protocol: {c['protocol']}: {c['files']} files, one row each; "
+                      f"{human_bytes(c['bytes_per_clip'])} per stored clip ({c['note']})",
+                      soft_wrap=True, highlight=False)
+        return
+    spread = c["windows_per_file"]
+    spread = (f"; windows per file min {spread['min']}, median {spread['median']:g}, max {spread['max']}"
+              if spread else "")
+    n = c["other_error_rows"]
+    errors = f", {n} other error row{'s' if n > 1 else ''}" if n else ""
+    console.print(f"protocol: {c['protocol']}: {c['files']} files, {c['rows']} rows ({c['ok_windows']} ok windows, "
+                  f"{c['silent_windows']} silent{errors}){spread}", soft_wrap=True, highlight=False)
+    console.print(f"audio: {c['audio_hours']:.4g} hours in {c['files']} files; "
+                  f"{human_bytes(c['bytes_per_audio_hour'])} stored per audio-hour ({c['note']})",
+                  soft_wrap=True, highlight=False)
 
 
 def _print_recording_statistics(info: dict) -> None:

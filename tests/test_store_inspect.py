@@ -11,11 +11,13 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+import soundfile
 import zarr
 from typer.testing import CliRunner
 
 from dfdetect.cli import app
 from dfdetect.demo.corpus import CorpusSpec, write_corpus
+from dfdetect.featurize.config import FeaturizeConfig
 from dfdetect.featurize.pipeline import featurize
 from dfdetect.store import open_store
 from dfdetect.store.inspect import export_hdf5, find_stores, store_info, verify_store
@@ -175,6 +177,123 @@ def test_bad_store_specs_exit_2(built, tmp_path):
             result = _invoke(command, spec)
             assert result.exit_code == 2, (command, spec, result.output)
             assert message in " ".join(result.output.split()), result.output
+
+
+# -- info on the whole-file protocol (featurize --windows) --------------------------------------
+RATE, WINDOW, HOP = 16000, 48000, 24000     # 3 s windows every 1.5 s, at 16 kHz
+
+
+def _frames(path: Path) -> tuple[int, int]:
+    """(frames, sample rate) of a file, read by libsndfile or, for what it cannot open, FFmpeg."""
+    try:
+        info = soundfile.info(str(path))
+        return info.frames, info.samplerate
+    except soundfile.LibsndfileError:
+        import av
+
+        with av.open(str(path)) as f:
+            stream = f.streams.audio[0]
+            return sum(frame.samples for frame in f.decode(stream)), stream.rate
+
+
+def _n_windows(total: int) -> int:
+    """`dfdetect score`'s window rule: every WINDOW every HOP, plus one ending at the last sample
+    when the regular ones leave a tail."""
+    starts = list(range(0, total - WINDOW + 1, HOP))
+    if not starts or starts[-1] + WINDOW < total:
+        starts.append(max(0, total - WINDOW))
+    return len(starts)
+
+
+@pytest.fixture(scope="module")
+def windowed(tmp_path_factory):
+    """Seven 8-14 s demo files, one of 4 s of tone then 5 s of digital silence (its windows at 4.5 s
+    and 6 s are silent) and one that is not audio (one error row, no window), featurized with
+    --windows all and again with centre crops."""
+    base = tmp_path_factory.mktemp("windowed")
+    corpus = base / "corpus"
+    paths = write_corpus(corpus, CorpusSpec(real=3, per_generator=1, min_seconds=8, max_seconds=14))
+    tone = 0.5 * np.sin(2 * np.pi * 220 * np.arange(4 * RATE) / RATE)
+    silent_tail = corpus / "train" / "real" / "silent_tail.wav"
+    soundfile.write(silent_tail, np.concatenate([tone, np.zeros(5 * RATE)]).astype(np.float32), RATE)
+    (corpus / "train" / "real" / "broken.wav").write_text("not audio")
+    out = base / "w.zarr"
+    options = dict(features="mel,lfcc")
+    versions = {keep: featurize("folder", corpus, str(out), workers=0,
+                                config=FeaturizeConfig.from_options(**options, windows=keep)).version
+                for keep in ("all", "centre")}
+    lengths = []
+    for path in [*paths, silent_tail]:
+        frames, rate = _frames(path)
+        lengths.append(frames if rate == RATE else (2 * frames * RATE + rate) // (2 * rate))  # soxr's length
+    return {"store": out, "versions": versions, "lengths": lengths, "seconds": [n / RATE for n in lengths]}
+
+
+def test_info_reports_the_files_windows_and_disk_per_audio_hour_of_a_windowed_version(windowed):
+    spec = f"{windowed['store']}@{windowed['versions']['all']}"
+    result = _invoke("info", spec, "--json")
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.output)
+    windows = [_n_windows(n) for n in windowed["lengths"]]
+    assert len(windows) == 8 and min(windows) >= 5 and max(windows) >= 8   # 8-14 s files: several windows each
+    per_file, rows = [0, *windows], sum(windows) + 1        # broken.wav: one error row, no window
+    hours = sum(windowed["seconds"]) / 3600
+    c = info["coverage"]
+    assert info["protocol"] == c["protocol"] == "all 3 s windows, hop 1.5 s"
+    assert (c["files"], c["rows"], info["n_clips"]) == (9, rows, rows)
+    assert (c["silent_windows"], c["ok_windows"], c["other_error_rows"]) == (2, rows - 3, 1)
+    assert c["windows_per_file"] == {"min": 0, "median": float(np.median(per_file)), "max": max(windows)}
+    assert c["files_by_split"] == {"ood": 1, "train": 8}
+    assert c["audio_hours"] == pytest.approx(hours, rel=1e-9)
+    assert c["bytes_per_audio_hour"] == pytest.approx(info["nbytes_stored"] / hours, rel=1e-9)
+    assert "in proportion to its length" in c["note"]
+
+    text = " ".join(_invoke("info", spec).output.split())
+    assert (f"protocol: all 3 s windows, hop 1.5 s: 9 files, {rows} rows ({rows - 3} ok windows, 2 silent, "
+            f"1 other error row); windows per file min 0, median {np.median(per_file):g}, max {max(windows)}") in text
+    assert f"audio: {hours:.4g} hours in 9 files; " in text and "stored per audio-hour" in text
+    assert "in proportion to its length" in text and f"{rows} rows, blocks of" in text
+
+
+def test_info_on_a_centre_version_gives_bytes_per_stored_clip_not_per_audio_hour(windowed):
+    spec = f"{windowed['store']}@{windowed['versions']['centre']}"
+    info = json.loads(_invoke("info", spec, "--json").output)
+    c = info["coverage"]
+    assert info["protocol"] == "centre 3 s crop" and (c["files"], c["rows"], c["ok"]) == (9, 9, 8)
+    assert c["bytes_per_clip"] == pytest.approx(info["nbytes_stored"] / 9)
+    assert c["audio_hours"] is None and c["bytes_per_audio_hour"] is None and "bytes per stored clip" in c["note"]
+    assert {v["version"]: v["protocol"] for v in info["versions"]} == {
+        windowed["versions"]["all"]: "all 3 s windows, hop 1.5 s", windowed["versions"]["centre"]: "centre 3 s crop"}
+    text = " ".join(_invoke("info", spec).output.split())
+    assert "protocol: centre 3 s crop: 9 files, one row each;" in text and "per stored clip" in text
+    assert "per audio-hour" in text and "stored per audio-hour" not in text   # named only to say it does not apply
+
+
+def test_ls_shows_each_versions_protocol(windowed):
+    rows = json.loads(_invoke("ls", windowed["store"].parent, "--json").output)
+    assert {r["version"]: (r["protocol"], r["clips"]) for r in rows} == {
+        windowed["versions"]["all"]: ("all 3 s windows, hop 1.5 s", sum(map(_n_windows, windowed["lengths"])) + 1),
+        windowed["versions"]["centre"]: ("centre 3 s crop", 9)}
+    table = runner.invoke(app, ["store", "ls", str(windowed["store"].parent)], env={"COLUMNS": "1000"}).output
+    assert "protocol" in table and "all 3 s windows, hop 1.5 s" in table and "centre 3 s crop" in table
+
+
+def test_verify_passes_a_windowed_version_whose_windows_share_their_files_clip_id(windowed, tmp_path):
+    spec = f"{windowed['store']}@{windowed['versions']['all']}"
+    report = verify_store(spec)
+    assert report["ok"], report["problems"]
+    assert _invoke("verify", spec).exit_code == 0
+    copy = tmp_path / "w.zarr"
+    shutil.copytree(windowed["store"], copy)
+    meta = zarr.open_group(str(copy), mode="r+", path=f"{windowed['versions']['all']}/meta")
+    files, ids = meta["file"][:], meta["clip_id"][:]
+    first, second = np.flatnonzero(files == 0), np.flatnonzero(files == 1)
+    meta["clip_id"][second[0]:second[-1] + 1] = np.full(len(second), ids[first[0]], dtype=object)
+    meta["clip_id"][int(first[2])] = "someone else"
+    problems = verify_store(f"{copy}@{windowed['versions']['all']}")["problems"]
+    assert sorted(problems) == sorted([
+        f"meta/clip_id: row {first[2]}: not the clip_id of the file's other windows",
+        f"meta/clip_id: 1 id(s) occur more than once across files: {ids[first[0]]!r} (rows {first[0]}, {second[0]})"])
 
 
 # -- verify -------------------------------------------------------------------------------------

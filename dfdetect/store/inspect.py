@@ -5,7 +5,7 @@ renders as tables or JSON; nothing prints. Bad input (a path that is not a store
 version, a store without versions) raises `StoreError` with a one-line message.
 
     find_stores(DIR)            every store under DIR, one row per version           (store ls)
-    store_info("s.zarr@v-..")   arrays, config, counts of one version                 (store info)
+    store_info("s.zarr@v-..")   arrays, config, counts, files and windows of one version (store info)
     verify_store("s.zarr")      read every chunk, check shapes, finiteness, metadata  (store verify)
     export_hdf5("s.zarr", "x.h5", arrays=["mel"], split="train", status="ok")        (store export)
 """
@@ -203,6 +203,8 @@ def _store_rows(path: str) -> list[dict]:
         row = {**base, "version": name, "clips": attrs.get("n_clips"), "ok": None, "errors": None,
                "complete": bool(attrs.get("complete", False)), "blocks_done": None, "blocks": None,
                "features": [n for n in ARRAY_NAMES if n in group],
+               "windows": (attrs.get("config") or {}).get("windows"),
+               "clip_seconds": ((attrs.get("config") or {}).get("frontend") or {}).get("clip_seconds"),
                "size_bytes": _dir_size(os.path.join(path, name)), "created": attrs.get("created")}
         row["blocks_done"], row["blocks"] = _block_counts(attrs, group)
         try:
@@ -263,6 +265,51 @@ def _counts(meta: dict[str, np.ndarray]) -> dict:
     }
 
 
+SILENT_WINDOW = "silent_window"   # the error_kind of a window left out of its file's score
+
+
+def coverage(meta: dict[str, np.ndarray], config: dict, stored_bytes: int) -> dict:
+    """What the version's rows cover and what that costs on disk. A windowed version: its files
+    (distinct `file`), rows, ok and silent windows, windows per file, the audio hours of its files
+    and stored bytes per audio-hour. A centre version keeps one crop per file, so its files are its
+    rows and the length of a file says nothing about its cost: bytes per stored clip instead."""
+    frontend = config.get("frontend") or {}
+    status = meta.get("status")
+    n = len(status) if status is not None else 0
+    base = {"windows": config.get("windows"), "clip_seconds": frontend.get("clip_seconds"), "rows": n,
+            "ok": int((status == OK).sum()) if status is not None else None}
+    if not config.get("windows"):
+        return {**base, "files": n, "bytes_per_clip": stored_bytes / n if n else None,
+                "audio_hours": None, "bytes_per_audio_hour": None,
+                "note": f"a centre crop keeps {base['clip_seconds'] or 3:g} s of each file whatever its length, so "
+                        "bytes per audio-hour would not size this store; bytes per stored clip does"}
+    if "file" not in meta or "file_samples" not in meta:
+        return {**base, "problem": "windowed version without meta/file or meta/file_samples"}
+    files, first, rows = np.unique(meta["file"], return_index=True, return_counts=True)
+    # a file that could not be decoded keeps one error row and has no window
+    per_file = np.minimum(rows, meta["file_windows"][first]) if "file_windows" in meta else rows
+    seconds = meta["file_samples"][first].astype(np.float64).sum() / int(frontend.get("sample_rate") or 16000)
+    hours = float(seconds) / 3600
+    kinds = meta.get("error_kind")
+    silent = int((kinds == SILENT_WINDOW).sum()) if kinds is not None else 0
+    errors = int((status == ERROR).sum()) - silent if status is not None else 0
+    by_split = Counter(str(s) for s in meta["split"][first]) if "split" in meta else Counter()
+    return {**base, "files": int(files.size), "ok_windows": base["ok"], "silent_windows": silent,
+            "other_error_rows": errors,
+            "windows_per_file": {"min": int(per_file.min()), "median": float(np.median(per_file)),
+                                 "max": int(per_file.max())} if files.size else None,
+            "files_by_split": dict(sorted(by_split.items())),
+            "audio_hours": hours, "bytes_per_audio_hour": stored_bytes / hours if hours else None,
+            "note": _cost_note(config["windows"])}
+
+
+def _cost_note(windows: dict) -> str:
+    if windows.get("keep") == "all":
+        return "every window of a file is a row, so a file costs disk in proportion to its length"
+    return (f"up to {windows.get('keep')} windows of a file are rows, so a file costs disk in proportion to its "
+            "length up to that many windows")
+
+
 def store_info(spec: str) -> dict:
     """Everything about one version (the named one, else the newest): arrays, config, counts."""
     store, versions = open_version(spec)
@@ -290,6 +337,7 @@ def store_info(spec: str) -> dict:
         "versions": [{"version": name, "complete": bool(a.get("complete", False)),
                       "created": a.get("created"), "clips": a.get("n_clips"),
                       "features": (a.get("config") or {}).get("features"),
+                      "windows": (a.get("config") or {}).get("windows"),
                       "shown": name == store.version}
                      for name, a in sorted(versions.items(), key=lambda kv: str(kv[1].get("created", "")))],
         "n_clips": attrs.get("n_clips"),
@@ -313,6 +361,7 @@ def store_info(spec: str) -> dict:
         "nbytes_stored": stored,
         "ratio": total / stored if stored else None,
         "counts": _counts(meta),
+        "coverage": coverage(meta, config, stored),
         "recording_statistics": {"version": attrs.get("recording_statistics"),
                                  "columns": [name for name in RECORDING_COLUMNS if name in meta]},
         "problems": meta_problems,
@@ -520,12 +569,7 @@ def _check_meta(meta: dict[str, np.ndarray], done_rows: np.ndarray, problems: _P
         report(bad, f"label not 0 or 1 (found {sorted(set(label[bad].tolist()))[:5]})")
     if "clip_id" in meta:
         ids = meta["clip_id"].astype(object)
-        counts = Counter(ids.tolist())
-        dups = [i for i, c in counts.items() if c > 1]
-        if dups:
-            examples = ", ".join(f"{d!r} (rows {', '.join(map(str, np.flatnonzero(ids == d)[:4]))})"
-                                 for d in dups[:3])
-            problems.add(f"meta/clip_id: {len(dups)} id(s) occur more than once: {examples}")
+        _check_ids(ids, meta.get("file"), problems)
         empty = np.flatnonzero(ids == "")
         report(empty, "empty clip_id")
     status = meta.get("status")
@@ -544,6 +588,24 @@ def _check_meta(meta: dict[str, np.ndarray], done_rows: np.ndarray, problems: _P
         empty = text == ""
         report(np.flatnonzero(ok & ~empty), f"status ok but meta/{column} is not empty")
         report(np.flatnonzero(err & empty), f"status error but meta/{column} is empty")
+
+
+def _check_ids(ids: np.ndarray, files: np.ndarray | None, problems: _Problems) -> None:
+    """A clip id names one file: one row's in a centre version; in a windowed one (`files`: each
+    row's file) every window of a file carries the file's id, and no two files share one."""
+    rows = np.arange(len(ids))
+    windowed = files is not None and len(files) == len(ids)
+    if windowed:
+        _, first, of_row = np.unique(files, return_index=True, return_inverse=True)
+        for a, b in _runs(np.flatnonzero(ids != ids[first][of_row])):
+            problems.add(f"meta/clip_id: {_rows_text(a, b)}: not the clip_id of the file's other windows")
+        ids, rows = ids[first], first
+    counts = Counter(ids.tolist())
+    dups = [i for i, c in counts.items() if c > 1]
+    if dups:
+        examples = ", ".join(f"{d!r} (rows {', '.join(map(str, rows[ids == d][:4]))})" for d in dups[:3])
+        across = " across files" if windowed else ""
+        problems.add(f"meta/clip_id: {len(dups)} id(s) occur more than once{across}: {examples}")
 
 
 def _verify_feature(name: str, arr: zarr.Array, n: int, shape, dtype: str, ok_rows, error_rows,
