@@ -23,13 +23,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from dfdetect.errors import ConfigError
-from dfdetect.store.schema import WINDOW_COLUMNS
+from dfdetect.store.schema import SILENT_WINDOW, WINDOW_COLUMNS  # noqa: F401 (SILENT_WINDOW: re-exported)
 
 AGGREGATES = ("mean", "max", "topk")
 CENTRE, ALL = "centre", "all"
-# The error kind of a window row whose peak is below the silence level: score leaves such a window out
-# of its file's score, and featurize counts them apart from errors (they are not problems of the file).
-SILENT_WINDOW = "silent_window"
 
 
 def sliding_windows(blocks: Iterable[np.ndarray], size: int, hop: int) -> Iterator[tuple[int, np.ndarray]]:

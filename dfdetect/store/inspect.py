@@ -35,6 +35,7 @@ from dfdetect.store.schema import (
     OK,
     OUTCOME_COLUMNS,
     RECORDING_COLUMNS,
+    SILENT_WINDOW,
     VERSION_PREFIX,
     FeatureStore,
     StoreError,
@@ -263,9 +264,6 @@ def _counts(meta: dict[str, np.ndarray]) -> dict:
         "error_kinds": dict(error_kinds.most_common()),
         "fake_by_generator": dict(sorted(generators.items())),
     }
-
-
-SILENT_WINDOW = "silent_window"   # the error_kind of a window left out of its file's score
 
 
 def coverage(meta: dict[str, np.ndarray], config: dict, stored_bytes: int) -> dict:

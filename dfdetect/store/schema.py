@@ -88,6 +88,9 @@ OPTIONAL_COLUMNS = {**FILE_COLUMNS, WARNING_COLUMN: str, VARIANT_CODEC_COLUMN: s
 # file: which file (its number in the dataset's clip table; clip_id and the clip columns repeat per
 # window), the window's number as `dfdetect score` numbers them, where it lies (seconds), and the
 # file's window count and length (16 kHz samples) when planned. Only windowed versions have them.
+# A window row whose peak is below the silence level is an error row of this kind: `dfdetect score`
+# leaves such a window out of its file's score, and featurize counts them apart from errors.
+SILENT_WINDOW = "silent_window"
 WINDOW_COLUMNS = {"file": np.int32, "window": np.int32, "window_start": np.float64, "window_end": np.float64,
                   "file_windows": np.int32, "file_samples": np.int64}
 NO_STAMP = (0, 0)   # not a plain file (a datasets/refs.py path, a missing file), or not recorded
