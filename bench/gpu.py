@@ -24,6 +24,9 @@ tiny: the test model), it measures:
    `nvidia-smi -lms 100`; "n/a" on the CPU). Blocks that fail are printed with their errors, and
    the later phases use the blocks that were written.
    Targets: >= 2,000 WavLM-Large clips/s, busy >= 80%.
+   1b. the whole-file protocol: `--long-files` files of 30 s featurized with `--windows all` (every
+   3 s window, hop 1.5 s: 19 a file) through the same path: windows/s end to end, the planning
+   pass's share (each file decoded once first), the GPU's busy %.
 2. cached training: each trainable head of dfdetect.models.registry (the reference study's four
    and the reference systems; LFCC-GMM is fitted once, not stepped, so it is left out) stepped by
    bench/train.py's Trainer (the real step inside train's torch_settings: seed, TF32,
@@ -92,6 +95,7 @@ FEATURES = ("mel", "lfcc", "wave", "wavlm")
 TARGET_CLIPS_S, TARGET_BUSY, TARGET_RATIO = 2000.0, 80.0, 1.5
 LARGE_GFLOP_PER_CLIP = 109         # WavLM-Large forward on a 3 s clip
 BIG_BATCH = 64                     # the ceiling's second WavLM batch: fewer, larger launches
+LONG_SECONDS = 30.0                # the long files of phase 1b (--windows all): 19 windows each
 
 
 def say(text: str = "") -> None:
@@ -284,6 +288,8 @@ def main(argv=None) -> int:
                         help="cap per timed head, loader mode and the ceiling (default 10)")
     parser.add_argument("--featurize-seconds", type=float, default=120, help="cap on the featurize pass (default 120)")
     parser.add_argument("--max-seconds", type=float, default=320, help="cap on the whole run (default 320)")
+    parser.add_argument("--long-files", type=int, default=64,
+                        help=f"files of {LONG_SECONDS:g} s featurized with --windows all after phase 1 (0: skip)")
     parser.add_argument("--wavlm-storage", choices=("float16", "uint8"), default="float16",
                         help="how the store holds WavLM's layers (uint8: dequantized as the loader reads)")
     args = parser.parse_args(argv)
@@ -333,6 +339,7 @@ def bench(args, tmp: Path, device: torch.device, where: str, heads: list[str], d
     wavlm = WavLMConfig(model=str(model_dir), layers=LAYERS[args.size], storage=args.wavlm_storage)
 
     store, rows, failed = featurize_phase(args, tmp, device, where, wavlm, model_dir, deadline, targets)
+    long_files_phase(args, tmp, device, where, wavlm, deadline)
     if failed:
         targets.notes.append(f"featurize: blocks FAILED: {failed} (their first errors are printed above table 1)")
     if len(rows) < 2:
@@ -413,6 +420,47 @@ def featurize_phase(args, tmp: Path, device: torch.device, where: str, wavlm: Wa
     if not store.complete:   # cut short or failed blocks: only the blocks written
         rows = rows[np.isin(rows // args.block_size, [b for _, c, b in marks if c])]
     return store, rows, len(result.failed_blocks)
+
+
+def long_files_phase(args, tmp: Path, device: torch.device, where: str, wavlm: WavLMConfig, deadline: float) -> None:
+    """The whole-file protocol's featurize: `--long-files` files of LONG_SECONDS with every 3 s window
+    kept (`--windows all`, docs/whole-file.md), through the same WavLM path: windows/s end to end,
+    the planning pass's share (every file decoded once to lay out the rows), and the GPU's busy %."""
+    if not args.long_files or clock() > deadline - 2 * args.phase_seconds:
+        say("1b. long files skipped" + ("" if not args.long_files else ": too close to --max-seconds"))
+        return
+    from dfdetect.featurize.config import FeaturizeConfig
+
+    make_clips(tmp / "long", args.long_files, LONG_SECONDS, LONG_SECONDS)
+    planned, plan = [], pipeline.plan_windows
+
+    def timed_plan(*a, **k):
+        t = time.perf_counter()
+        try:
+            return plan(*a, **k)
+        finally:
+            planned.append(time.perf_counter() - t)
+
+    pipeline.plan_windows = timed_plan
+    config = FeaturizeConfig.from_options(features=",".join(FEATURES), windows="all")
+    stop_at = min(deadline - args.phase_seconds, time.perf_counter() + args.featurize_seconds)
+    try:
+        with GPUBusy(device) as busy:
+            t0 = time.perf_counter()
+            result, marks, cut = timed_featurize(
+                stop_at, dataset="folder", root=tmp / "long", out=str(tmp / "long.zarr"), config=config,
+                wavlm=wavlm, device=args.device, workers=args.workers, block_size=args.block_size,
+                console=Console(quiet=True))
+            t1 = time.perf_counter()
+    finally:
+        pipeline.plan_windows = plan
+    report_failures(result, -(-result.n_clips // args.block_size))
+    done = sum(c for _, c, _ in marks)
+    table(f"1b. featurize --windows all on {where}: {args.long_files} files of {LONG_SECONDS:g} s, every 3 s "
+          "window (hop 1.5 s)", ("what", "windows", "seconds", "windows/s", "planning %", "GPU busy %"),
+          [("featurize --windows all, end to end", done, fmt(t1 - t0), fmt(done / (t1 - t0)),
+            fmt(100 * sum(planned) / (t1 - t0)), fmt(busy.mean(t0, t1)))])
+    say(f"  {result.n_clips} windows of {result.files} files" + ("; CUT SHORT" if cut else ""))
 
 
 def training_phase(args, data: DataSet, device: torch.device, where: str, heads: list[str], deadline: float,

@@ -47,7 +47,7 @@ def run_bench(tmp_path, *args: str, driver: str | None = None) -> subprocess.Com
 
 @pytest.mark.slow
 def test_gpu_bench_tiny_on_cpu(tmp_path):
-    done = run_bench(tmp_path, "--clips", "40", "--workers", "1", "--heads", ",".join(HEADS))
+    done = run_bench(tmp_path, "--clips", "40", "--workers", "1", "--heads", ",".join(HEADS), "--long-files", "2")
     out = done.stdout
     assert done.returncode == 0, out + done.stderr
     assert "everything runs on the CPU in float32" in out
@@ -61,6 +61,9 @@ def test_gpu_bench_tiny_on_cpu(tmp_path):
     assert feat["featurize end to end"][1] == "40"        # every clip featurized
     assert feat["featurize end to end"][-1] == "n/a"       # no GPU busy % on the CPU
     assert "FAILED" not in out
+    long = section(out, "1b. featurize --windows all")
+    assert len(long) == 1 and long[0][1] == "38" and number(long[0][3]) > 0    # 2 files x 19 windows
+    assert 0 < number(long[0][4]) < 100, long                                  # the planning pass's share
 
     train = {r[0]: r for r in section(out, "2. cached training")}
     assert set(train) == set(HEADS)
@@ -101,7 +104,7 @@ sys.path.insert(0, {str(BENCH.parent)!r})
 
 @pytest.mark.slow
 def test_gpu_bench_reports_a_failed_block_and_goes_on(tmp_path):
-    done = run_bench(tmp_path, "--clips", "24", "--workers", "0", "--heads", "mel_cnn,wavlm_cnn",
+    done = run_bench(tmp_path, "--clips", "24", "--workers", "0", "--heads", "mel_cnn,wavlm_cnn", "--long-files", "0",
                      driver=FAIL_BLOCK_1)
     out = done.stdout
     assert done.returncode == 1, out + done.stderr           # a failed block fails the run...
