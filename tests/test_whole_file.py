@@ -187,3 +187,36 @@ def test_validation_needs_two_files_of_each_label_however_many_windows(long_file
     assert len(one_fake) >= 5
     with pytest.raises(TrainError, match="needs at least 2 files of each label"):
         split_validation(DataSet("train", spec, train_set.store, rows), TrainConfig(arch="mel_cnn", train=spec))
+
+
+def test_variants_of_a_windowed_store_keep_its_rows_and_feed_augment(long_files, tmp_path):
+    """A variant (here RawBoost and a codec) is applied to the whole file, then its planned windows are
+    cut: the same rows as the clean windowed version (so `train --augment` can draw between them),
+    other values, the same on every run."""
+    root, out = long_files["root"], str(tmp_path / "v.zarr")
+
+    def variant(**options):
+        return featurize("folder", root, out, workers=0, block_size=32,
+                         config=FeaturizeConfig.from_options(features="mel", windows="all", **options))
+
+    clean = variant()
+    boosted = variant(corrupt="rawboost")
+    coded = variant(codec="mp3:32k")
+    stores = [open_store(out, version=r.version) for r in (clean, boosted, coded)]
+    assert len({r.version for r in (clean, boosted, coded)}) == 3 and clean.version == long_files["windows"]
+    for store in stores[1:]:
+        for column in ("clip_id", "file", "window", "window_start", "status"):
+            np.testing.assert_array_equal(store.meta[column], stores[0].meta[column])
+        assert store.attrs["clip_table_hash"] == stores[0].attrs["clip_table_hash"]
+        assert not np.array_equal(store.array("mel")[:8], stores[0].array("mel")[:8])
+    assert set(stores[2].meta["variant_codec"]) == {"mp3:32k"}
+    again = featurize("folder", root, str(tmp_path / "again.zarr"), workers=0, block_size=32,
+                      config=FeaturizeConfig.from_options(features="mel", windows="all", corrupt="rawboost"))
+    np.testing.assert_array_equal(open_store(again.store, version=again.version).array("mel")[:],
+                                  stores[1].array("mel")[:])
+    spec = f"{out}@{clean.version}"
+    train(TrainConfig(arch="mel_cnn", train=f"{spec}:train", augment=(f"{out}@{boosted.version}",), epochs=1,
+                      batch_size=16, val_fraction=0.25, max_windows_per_file=3, audit=False), tmp_path / "run")
+    record = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert sum(record["train"]["draws"].values()) == json.loads((tmp_path / "run" / "config.json").read_text())[
+        "sets"]["train"]["rows"] and len(record["train"]["draws"]) == 2

@@ -292,7 +292,6 @@ def test_the_protocol_names_the_version_and_centre_keeps_its_name(tmp_path):
     (["--windows", "all", "--window", "0"], ["--window 0", "seconds"]),
     (["--windows", "centre", "--hop", "1"], ["--windows centre", "--hop"]),
     (["--window", "2"], ["--windows centre", "--window"]),
-    (["--windows", "all", "--codec", "flac"], ["--windows all", "variant"]),
 ])
 def test_bad_window_options_are_one_line_errors(args, fragments, tmp_path):
     root = tmp_path / "c"

@@ -117,11 +117,6 @@ class FeaturizeConfig:
         check_range(option("block_size"), self.block_size, 1, MAX_BLOCK_SIZE)
         if self.workers is not None:
             check_range(option("workers"), self.workers, 0)
-        if not self.windows.centre and self.variant is not None:
-            # a variant is applied around the one crop (pipeline.prepare_waveform); per window not yet
-            raise StoreError(f"{option('windows')} {self.windows.keep} cannot be combined with a variant (codec, "
-                             "corruption, vocoded fakes) yet: featurize the variant with the centre crop, or the "
-                             "windows without a variant")
         return dataclasses.replace(self, features=tuple(f for f in known if f in features),
                                    windows=self.windows.resolved(self.frontend.clip_seconds),
                                    workers=(os.cpu_count() or 1) if self.workers is None else int(self.workers))

@@ -223,9 +223,10 @@ def _add_outcome(outcomes: dict, status: tuple[str, str, str], audio, statistics
 
 
 def _cut_windows(job: BlockJob, frontend: Frontend, waves: np.ndarray, outcomes: dict, ok: np.ndarray) -> None:
-    """A windowed block: each file of the block decoded once (the rows of a file are consecutive) and
-    cut exactly as `dfdetect score` cuts it (featurize/windows.py); each row's window prepared as a
-    clip is. A silent window is an error row ("silent_window", left out of the file's score as score
+    """A windowed block: each file of the block decoded once (the rows of a file are consecutive), the
+    store's variant applied to the whole file (seeded by its clip id, as for a centre crop), and cut
+    exactly as `dfdetect score` cuts it (featurize/windows.py); each row's window prepared as a clip
+    is. A silent window is an error row ("silent_window", left out of the file's score as score
     leaves it out); a file that cannot be decoded, or whose length is not the planned one, makes
     all its rows errors."""
     size, hop = job.window_samples
@@ -235,14 +236,16 @@ def _cut_windows(job: BlockJob, frontend: Frontend, waves: np.ndarray, outcomes:
         end = i + 1
         while end < len(job.paths) and job.clip_ids[end] == key and job.paths[end] == path:
             end += 1
-        stamp, audio, cuts, failure = clip_stamp(None, path, key), None, [], None
+        stamp, audio, cuts, failure = clip_stamp(job.variant, path, key), None, [], None
         try:
             audio = decode(path)
             wave = frontend.to_mono_16k(audio, path)
-            cuts = window_starts(len(wave), size, hop)
             if len(wave) != planned:
                 raise AudioError(path, "changed", f"decodes to {len(wave)} samples, {planned} when its windows were "
                                  "planned: the file changed during featurize; featurize into a new --out")
+            if job.variant is not None:   # the whole file, then its planned windows (a codec's delay cut)
+                wave = _same_length(job.variant.apply(wave, key), planned)
+            cuts = window_starts(len(wave), size, hop)
         except AudioError as e:
             failure = (ERROR, e.kind, str(e))
         except Exception as e:   # a hostile file costs its rows, never its block
@@ -261,9 +264,14 @@ def _cut_windows(job: BlockJob, frontend: Frontend, waves: np.ndarray, outcomes:
                     status = (ERROR, SILENT_WINDOW, f"{e} (window {number}, {at:.2f} s)")
             for name, value in zip(FILE_COLUMNS, stamp):
                 outcomes[name].append(value)
-            outcomes[VARIANT_CODEC_COLUMN].append("")
+            outcomes[VARIANT_CODEC_COLUMN].append(codec_label(job.variant, key))
             _add_outcome(outcomes, status, audio, statistics)
         i = end
+
+
+def _same_length(wave: np.ndarray, n: int) -> np.ndarray:
+    """`wave` cut or zero-padded at the end to `n` samples: a variant keeps the file's timeline."""
+    return wave[:n] if len(wave) >= n else np.pad(wave, (0, n - len(wave)))
 
 
 def wavlm_block(job: BlockJob, prepared: dict) -> dict:
