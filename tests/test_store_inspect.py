@@ -294,6 +294,11 @@ def test_verify_passes_a_windowed_version_whose_windows_share_their_files_clip_i
     assert sorted(problems) == sorted([
         f"meta/clip_id: row {first[2]}: not the clip_id of the file's other windows",
         f"meta/clip_id: 1 id(s) occur more than once across files: {ids[first[0]]!r} (rows {first[0]}, {second[0]})"])
+    # a windowed version without its file index cannot be read per file: verify says which column
+    gone = tmp_path / "gone.zarr"
+    shutil.copytree(windowed["store"], gone)
+    shutil.rmtree(gone / windowed["versions"]["all"] / "meta" / "file")
+    assert "meta/file: column missing" in verify_store(f"{gone}@{windowed['versions']['all']}")["problems"]
 
 
 # -- verify -------------------------------------------------------------------------------------

@@ -623,7 +623,8 @@ def _write_version(out, version, config, index, shapes, block_size, frontend, fe
                 for b in pending]
         if jobs:
             client = client(len(jobs)) if callable(client) else client
-            _run_jobs(jobs, client, {} if placement is None else placement.resources, result, console)
+            _run_jobs(jobs, client, {} if placement is None else placement.resources, result, console,
+                      "windows" if table else "clips")
         result.complete = mark_complete(group)
         _count_outcomes(group, result)
 
@@ -671,7 +672,8 @@ def recorded_windows(out: str, version: str, clips: list) -> WindowTable | None:
     return WindowTable([clips[f] for f in files.tolist()], columns)
 
 
-def _run_jobs(jobs: list[BlockJob], client, resources: dict, result: FeaturizeResult, console) -> None:
+def _run_jobs(jobs: list[BlockJob], client, resources: dict, result: FeaturizeResult, console,
+              unit: str = "clips") -> None:
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -683,7 +685,7 @@ def _run_jobs(jobs: list[BlockJob], client, resources: dict, result: FeaturizeRe
 
     total = sum(len(j.paths) for j in jobs)
     columns = [TextColumn("featurize"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("{task.fields[rate]:.1f} clips/s"), TimeElapsedColumn(), TextColumn("ETA"),
+               TextColumn(f"{{task.fields[rate]:.1f}} {unit}/s"), TimeElapsedColumn(), TextColumn("ETA"),
                TimeRemainingColumn()]
     t0 = time.perf_counter()
     with Progress(*columns, console=console, transient=False) as bar:

@@ -37,6 +37,7 @@ from dfdetect.store.schema import (
     RECORDING_COLUMNS,
     SILENT_WINDOW,
     VERSION_PREFIX,
+    WINDOW_COLUMNS,
     FeatureStore,
     StoreError,
     array_dtype,
@@ -522,7 +523,8 @@ def _verify_meta(group, n: int, done_rows: np.ndarray, reader: _Reader,
     if meta_group is None:
         problems.add("meta: group missing")
     present = sorted(meta_group.array_keys()) if meta_group is not None else []
-    for name in (*CLIP_COLUMNS, *OUTCOME_COLUMNS):
+    windowed = bool((group.attrs.get("config") or {}).get("windows"))   # a row per window: its file index too
+    for name in (*CLIP_COLUMNS, *OUTCOME_COLUMNS, *(WINDOW_COLUMNS if windowed else ())):
         if meta_group is not None and name not in present:
             problems.add(f"meta/{name}: column missing")
     for name in present:
