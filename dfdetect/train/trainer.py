@@ -351,11 +351,11 @@ def limit_windows(store, rows: np.ndarray, most: int | None) -> np.ndarray:
     if most is None or not store.windows:
         return rows
     files = store.files(rows)
-    kept = []
-    for file in np.unique(files):
-        mine = rows[files == file]
-        kept.append(mine[WindowProtocol(most).selected(len(mine))])
-    return np.sort(np.concatenate(kept))
+    order = np.argsort(files, kind="stable")      # each file's rows together, in row order
+    starts = np.flatnonzero(np.r_[True, files[order][1:] != files[order][:-1]])
+    keep = WindowProtocol(most)
+    kept = [order[a + keep.selected(b - a)] for a, b in zip(starts, np.r_[starts[1:], len(order)])]
+    return np.sort(rows[np.concatenate(kept)])
 
 
 def open_mixing(config: TrainConfig, train: DataSet) -> tuple[Augmentation | None, Balance | None]:
