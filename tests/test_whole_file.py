@@ -204,6 +204,9 @@ def test_variants_of_a_windowed_store_keep_its_rows_and_feed_augment(long_files,
     coded = variant(codec="mp3:32k")
     stores = [open_store(out, version=r.version) for r in (clean, boosted, coded)]
     assert len({r.version for r in (clean, boosted, coded)}) == 3 and clean.version == long_files["windows"]
+    # the API's keyword names the same version as the config (and resumes it: nothing to plan or run)
+    api = featurize("folder", root, out, features=("mel",), windows="all", workers=0, block_size=32)
+    assert api.version == clean.version and api.blocks_run == 0
     for store in stores[1:]:
         for column in ("clip_id", "file", "window", "window_start", "status"):
             np.testing.assert_array_equal(store.meta[column], stores[0].meta[column])

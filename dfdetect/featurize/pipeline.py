@@ -538,17 +538,21 @@ def featurize(dataset: str, root: str | Path, out: str | None = None, features=N
               device: str | None = None, scheduler: str | None = None, workers: int | None = None,
               block_size: int | None = None, frontend: FrontendConfig | None = None,
               variant: Variant | None = None, console=None, dataset_options: dict | None = None,
-              config: FeaturizeConfig | None = None) -> FeaturizeResult:
+              config: FeaturizeConfig | None = None, windows: WindowProtocol | str | int | None = None
+              ) -> FeaturizeResult:
     """Run (or resume) the featurize pass of one dataset into the store at `out` (default
     stores/DATASET.zarr). The options are `FeaturizeConfig`'s fields: each one given overrides
     `config`, whose defaults (FeaturizeConfig()) are the CLI's and the study files'.
-    `dataset_options`: the adapter's keyword arguments, `--option KEY=VALUE`."""
+    `dataset_options`: the adapter's keyword arguments, `--option KEY=VALUE`. `windows`: a
+    WindowProtocol, or what --windows takes ("centre", "all", N)."""
     from rich.console import Console
 
     console = console or Console()
     config = (config or FeaturizeConfig()).replace(
         features=features, wavlm=wavlm, device=device, scheduler=scheduler, workers=workers,
-        block_size=block_size, frontend=frontend, variant=variant).resolved()
+        block_size=block_size, frontend=frontend, variant=variant,
+        windows=windows if windows is None or isinstance(windows, WindowProtocol) else WindowProtocol.parse(windows)
+    ).resolved()
     out = out or default_out(dataset)
     features, frontend, variant, block_size = config.features, config.frontend, config.variant, config.block_size
     device, scheduler, workers = config.device, config.scheduler, config.workers
