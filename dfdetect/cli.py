@@ -231,7 +231,7 @@ def featurize(
         variant_seed=variant_seed, device=device, scheduler=scheduler, workers=workers, block_size=block_size,
         vocode=vocode, vocode_keep_real=vocode_keep_real, windows=windows, window=window, hop=hop,
         wavlm_layers=_int_list(wavlm_layers, "--wavlm-layers") if wavlm_layers is not None else None,
-        frontend=_trimming_frontend() if trim_silence else None)
+        trim_silence=trim_silence)
     # under --json, stdout holds the JSON alone: the progress bar and notices go to stderr
     said = Console(stderr=True) if as_json else console
     try:
@@ -244,12 +244,6 @@ def featurize(
         _print_featurize_summary(result)
     # a failed block is a problem the summary lists, like a bad clip: rerunning retries it
     raise typer.Exit(1 if result.errors or result.failed_blocks or not result.complete else 0)
-
-
-def _trimming_frontend():
-    from dfdetect.featurize.frontend import FrontendConfig
-
-    return FrontendConfig(trim_silence=True)
 
 
 def featurize_summary(result) -> dict:

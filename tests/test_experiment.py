@@ -195,6 +195,9 @@ def test_a_store_version_that_does_not_exist(data, tmp_path):
     (None, ['runs.first.val=["demo:train"]'], ["[runs.first] val:", "expected a string"]),   # train may be a list
     (None, ["runs.first.arch=\"big\""], ["[runs.first] arch: unknown architecture 'big'"]),
     (lambda t: t + "\n[report]\nout = 5\n", [], ["study.toml:30: [report] out: 5 is not a string"]),
+    (None, ['stores.demo.windows="half"'], ["[stores.demo]", "windows 'half'", "centre", "all"]),
+    (None, ["stores.demo.hop=1.0"], ["[stores.demo]", "--windows centre keeps one crop"]),
+    (None, ['stores.demo.trim_silence="yes"'], ["[stores.demo]", "trim_silence 'yes': true or false"]),
     (lambda t: t + "\n[report]\nout = \"report.txt\"\n", [], ["[report] out: report.out", "is an HTML page"]),
     (lambda t: t + "\n[report]\nood = \"dfeval\"\n",
      [], ["[report] ood: no run has an OOD set 'dfeval'; they have: heldout"]),

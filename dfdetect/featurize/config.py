@@ -83,7 +83,8 @@ class FeaturizeConfig:
                      wavlm_layers=None, wavlm_storage: str | None = None, codec: str | None = None,
                      corrupt: str | None = None, variant_seed: int | None = None, vocode: str | None = None,
                      vocode_keep_real: bool | None = None, windows: str | int | None = None,
-                     window: float | None = None, hop: float | None = None, **rest) -> FeaturizeConfig:
+                     window: float | None = None, hop: float | None = None, trim_silence: bool | None = None,
+                     **rest) -> FeaturizeConfig:
         """From the flat options the CLI and study files spell (None: the default)."""
         from dfdetect.featurize.variants import Variant
         from dfdetect.featurize.windows import WindowProtocol
@@ -96,6 +97,12 @@ class FeaturizeConfig:
                                                ("storage", wavlm_storage)) if v is not None})
         variant = Variant.parse(codec, corrupt, 0 if variant_seed is None else variant_seed, vocode,
                                 bool(vocode_keep_real))
+        if trim_silence is not None and not isinstance(trim_silence, bool):
+            from dfdetect.errors import ConfigError
+
+            raise ConfigError(f"trim_silence {trim_silence!r}: true or false")
+        if trim_silence:   # a frontend of its own (a new version): the silence shortcut's mitigation
+            config = config.replace(frontend=dataclasses.replace(config.frontend, trim_silence=True))
         return config.replace(features=tuple(features) if features is not None else None,
                               wavlm=wavlm_config, variant=variant,
                               windows=WindowProtocol.parse(windows, window, hop))

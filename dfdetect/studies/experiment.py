@@ -10,8 +10,8 @@
     root = "${DFDETECT_ASV5_ROOT}"
 
     [stores.asv5_mel]                # featurize options: features, codec, corrupt, wavlm, wavlm_layers,
-    data = "asv5"                    # wavlm_storage, variant_seed, block_size, windows, window, hop
-                                     # (defaults: FeaturizeConfig)
+    data = "asv5"                    # wavlm_storage, variant_seed, block_size, windows, window, hop,
+                                     # trim_silence (defaults: FeaturizeConfig)
     features = ["mel", "lfcc"]
 
     [runs.mel_aasist]                # any `dfdetect train` option; sets name stores as STORE[:SPLIT],
@@ -57,7 +57,7 @@ SECTIONS = {"experiment": {"name", "stores_dir", "runs_dir", "description"},
             "datasets": None, "stores": None, "runs": None, "report": {"out", "ood"}}
 DATASET_KEYS = {"dataset", "root"}
 STORE_KEYS = {"data", "features", "codec", "corrupt", "variant_seed", "wavlm", "wavlm_layers", "wavlm_storage",
-              "block_size", "vocode", "vocode_keep_real", "windows", "window", "hop"}
+              "block_size", "vocode", "vocode_keep_real", "windows", "window", "hop", "trim_silence"}
 RUN_KEYS = {f.name for f in dataclasses.fields(TrainConfig)} | {"out", "seeds"}
 SET_KEYS = ("train", "val", "test")
 
