@@ -61,6 +61,15 @@ def test_the_card_has_every_set_including_ood(mel_store, tmp_path):
     for name in ("| val |", "| test |", "| ood:unseen | out of distribution |"):
         assert name in card, card
     assert "Metrics at epoch 2" in card
+    # EER and minDCF with the intervals the epoch recorded; each set named with how its files were scored
+    import json
+    record = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["sets"]["ood:unseen"]
+    low, high = record["eer_ci"]
+    assert low < record["eer"] < high     # an interval with width, so the row shows a real one
+    row = (f"| ood:unseen | out of distribution | centre 3 s crop | {record['n']} | "
+           rf"{record['eer']:.4f} \[{low:.4f}, {high:.4f}\] |")
+    assert row in card, [line for line in card.splitlines() if line.startswith("| ood")]
+    assert "95% bootstrap intervals" in card
 
 
 def test_loading_refuses_pickles_and_forged_folders(run_dir, tmp_path):

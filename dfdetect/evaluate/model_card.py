@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 
 from dfdetect.errors import ConfigError
-from dfdetect.evaluate.evaluation import HEADER, fmt
+from dfdetect.evaluate.evaluation import HEADER, fmt, fmt_ci
 from dfdetect.evaluate.report import Page, find_warnings, read_run
 from dfdetect.models.onnx_export import check_onnx_target, export_onnx
 from dfdetect.models.pretrained import check_export_target, write_pretrained
@@ -102,11 +102,14 @@ def model_card(run: LoadedRun, calibration=None) -> str:
         at = m.get("at_0.5", {})
         kind = ("out of distribution" if name.startswith("ood:") else
                 "validation" if name == "val" else "in distribution")
-        rows.append([name, kind, run.config.protocol(name), str(m.get("n", "")), fmt(m.get("eer")),
-                     fmt(m.get("auc")), fmt(m.get("min_dcf")), fmt(at.get("accuracy"), "accuracy"),
+        rows.append([name, kind, run.config.protocol(name), str(m.get("n", "")), _with_ci(m, "eer"),
+                     fmt(m.get("auc")), _with_ci(m, "min_dcf"), fmt(at.get("accuracy"), "accuracy"),
                      fmt(at.get("recall"), "recall"), fmt(at.get("specificity"), "specificity")])
     page.table(["set", "kind", "each file scored as", "files", "EER", "AUC", "minDCF", "accuracy at 0.5",
                 "recall at 0.5", "specificity at 0.5"], rows)
+    if any(m.get("eer_ci") for m in run.record.sets.values()):
+        page.text("EER and minDCF [low, high]: 95% bootstrap intervals over each set's clips, as the epoch recorded "
+                  "them (drawing the clips again from the same population, not another corpus).")
     calibration_section(page, run, calibration)
     page.heading("Warnings")
     found = find_warnings(info)
@@ -144,3 +147,8 @@ def export_run(run_path: str | Path, out: str | Path | None = None, epoch: str |
     if onnx is not None:
         done["onnx"] = export_onnx(run, onnx, force=force, export_folder=out)
     return done
+
+
+def _with_ci(metrics: dict, name: str) -> str:
+    """A headline metric with the interval its epoch recorded (runs written before: the value alone)."""
+    return fmt(metrics.get(name)) if metrics.get(name) is None else fmt_ci(metrics, name)
