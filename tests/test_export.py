@@ -62,7 +62,6 @@ def test_the_card_has_every_set_including_ood(mel_store, tmp_path):
         assert name in card, card
     assert "Metrics at epoch 2" in card
     # EER and minDCF with the intervals the epoch recorded; each set named with how its files were scored
-    import json
     record = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["sets"]["ood:unseen"]
     low, high = record["eer_ci"]
     assert low < record["eer"] < high     # an interval with width, so the row shows a real one
