@@ -951,7 +951,7 @@ def _store_protocol(windows: dict | None, clip_seconds: float | None) -> str:
     hop 1.5 s"); featurize/windows.py owns the words (the store layer below it cannot call it)."""
     from dfdetect.featurize.windows import WindowProtocol
 
-    return WindowProtocol.from_dict(windows).describe(clip_seconds or 3.0)
+    return WindowProtocol.words(windows, clip_seconds)
 
 
 def _print_store_info(info: dict) -> None:

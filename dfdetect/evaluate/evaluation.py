@@ -179,12 +179,10 @@ def evaluate_run(run: str | Path, on: str, epoch: str | int = "best", batch_size
 
 def protocol_of(data, aggregate: str) -> dict:
     """What the set's numbers are of: {"protocol": in words, and for a windowed set its windows}."""
-    clip_seconds = data.store.config["frontend"]["clip_seconds"]
-    protocol = WindowProtocol.from_dict(data.store.windows)
-    if protocol.centre:
-        return {"protocol": protocol.describe(clip_seconds)}
-    return {"protocol": protocol.describe(clip_seconds, aggregate), "windows": int(len(data.rows)),
-            "aggregate": aggregate}
+    words = WindowProtocol.words(data.store.windows, data.store.config["frontend"]["clip_seconds"], aggregate)
+    if not data.windowed:
+        return {"protocol": words}
+    return {"protocol": words, "windows": int(len(data.rows)), "aggregate": aggregate}
 
 
 # Duration bands of the breakdown (seconds of the whole file): where a centre crop sees a small

@@ -88,20 +88,27 @@ def aggregate(scores: np.ndarray, how: str = "mean", top_k: int = 3) -> float:
     raise ConfigError(f"unknown aggregate {how!r}; valid: {', '.join(AGGREGATES)}")
 
 
+def by_file(files: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(order, bounds): `order` sorts the rows by file (stable: each file's rows in their order),
+    and file k's rows are order[bounds[k]:bounds[k + 1]]."""
+    order = np.argsort(files, kind="stable")
+    sorted_files = np.asarray(files)[order]
+    firsts = np.flatnonzero(np.r_[True, sorted_files[1:] != sorted_files[:-1]]) if len(order) else np.zeros(0, int)
+    return order, np.r_[firsts, len(order)].astype(np.int64)
+
+
 def file_scores(files: np.ndarray, scores: np.ndarray, how: str = "mean",
                 top_k: int = 3) -> tuple[np.ndarray, np.ndarray]:
     """(index of each file's first window, its aggregated score) from window scores of
     several files (`files`: each window's file number). Windows need not be in order."""
-    order = np.argsort(files, kind="stable")
-    files, scores = files[order], scores[order]
-    firsts = np.flatnonzero(np.r_[True, files[1:] != files[:-1]])
-    bounds = np.r_[firsts, len(files)]
+    order, bounds = by_file(files)
+    scores = scores[order]
     if how == "mean":   # the common case in one pass (evaluation of large windowed sets)
-        sums = np.add.reduceat(scores.astype(np.float64), firsts) if len(firsts) else np.zeros(0)
+        sums = np.add.reduceat(scores.astype(np.float64), bounds[:-1]) if len(order) else np.zeros(0)
         aggregated = sums / np.diff(bounds)
     else:
         aggregated = np.array([aggregate(scores[a:b], how, top_k) for a, b in zip(bounds[:-1], bounds[1:])])
-    return order[firsts], aggregated
+    return order[bounds[:-1]], aggregated
 
 
 def file_rows(store, rows: np.ndarray) -> np.ndarray:
@@ -183,6 +190,12 @@ class WindowProtocol:
         if self.keep == ALL or n <= int(self.keep):
             return np.arange(n)
         return np.unique(np.round(np.linspace(0, n - 1, int(self.keep))).astype(np.int64))
+
+    @classmethod
+    def words(cls, windows: dict | None, clip_seconds: float | None, how: str | None = None) -> str:
+        """A version's recorded protocol (`to_dict()`, None: centre) in words, as reports, runs and
+        `store info` name it; `how` (the aggregate) is named only for windows."""
+        return cls.from_dict(windows).describe(clip_seconds or 3.0, how)
 
     def describe(self, clip_seconds: float = 3.0, how: str | None = None) -> str:
         """In words, as reports name it: "centre 3 s crop", "all 3 s windows, hop 1.5 s, mean"."""

@@ -108,10 +108,8 @@ class RunConfig(dict):
         hop 1.5 s, mean"): featurize/windows.py's WindowProtocol of the set's store version."""
         from dfdetect.featurize.windows import WindowProtocol
 
-        described = self.get("sets", {}).get(set_name, {})
-        protocol = WindowProtocol.from_dict(described.get("windows"))
-        clip_seconds = (self.get("frontend") or {}).get("clip_seconds", 3.0)
-        return protocol.describe(clip_seconds, None if protocol.centre else self.aggregate)
+        windows = self.get("sets", {}).get(set_name, {}).get("windows")
+        return WindowProtocol.words(windows, (self.get("frontend") or {}).get("clip_seconds"), self.aggregate)
 
     @property
     def aggregate(self) -> str:

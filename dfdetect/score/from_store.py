@@ -17,7 +17,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from dfdetect.featurize.windows import ALL, SILENT_WINDOW, WindowProtocol
+from dfdetect.featurize.windows import ALL, SILENT_WINDOW, WindowProtocol, by_file
 from dfdetect.score.options import ScoreError
 from dfdetect.score.sources import OK, Item
 from dfdetect.score.windows import STORE, FileResult, Piece, WindowConfig
@@ -91,9 +91,7 @@ def _file_rows(store) -> dict[str, np.ndarray]:
         ok = store.rows()
         return {os.path.abspath(str(p)): np.array([r]) for r, p in zip(ok.tolist(), meta["path"][ok])}
     usable = (meta["status"] == OK) | (meta["error_kind"] == SILENT_WINDOW)
-    files = meta["file"]
-    order = np.argsort(files, kind="stable")
-    bounds = np.flatnonzero(np.r_[True, files[order][1:] != files[order][:-1], True])
+    order, bounds = by_file(meta["file"])
     found = {}
     for a, b in zip(bounds[:-1], bounds[1:]):
         rows = order[a:b]

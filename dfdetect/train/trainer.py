@@ -39,7 +39,7 @@ from dfdetect import __version__
 from dfdetect.calibration import Calibration, CalibrationError, fit_calibration
 from dfdetect.devices import autocast, precision_dtype, resolve_device, tf32
 from dfdetect.errors import ConfigError, DfdetectError, check_output, check_range
-from dfdetect.featurize.windows import AGGREGATES, WindowProtocol, per_file
+from dfdetect.featurize.windows import AGGREGATES, WindowProtocol, by_file, per_file
 from dfdetect.locks import ExclusiveLock
 from dfdetect.metrics import evaluate_scores, llr_metrics
 from dfdetect.models.registry import build_model, config_to_dict, count_parameters, get_architecture
@@ -350,11 +350,9 @@ def limit_windows(store, rows: np.ndarray, most: int | None) -> np.ndarray:
     does not dominate an epoch; a centre store's rows are files and stay."""
     if most is None or not store.windows:
         return rows
-    files = store.files(rows)
-    order = np.argsort(files, kind="stable")      # each file's rows together, in row order
-    starts = np.flatnonzero(np.r_[True, files[order][1:] != files[order][:-1]])
+    order, bounds = by_file(store.files(rows))
     keep = WindowProtocol(most)
-    kept = [order[a + keep.selected(b - a)] for a, b in zip(starts, np.r_[starts[1:], len(order)])]
+    kept = [order[a + keep.selected(b - a)] for a, b in zip(bounds[:-1], bounds[1:])]
     return np.sort(rows[np.concatenate(kept)])
 
 
